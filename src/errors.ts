@@ -1,0 +1,39 @@
+/**
+ * Every rejected call rejects with an Error whose `code` says why (ARCHITECTURE.md rule 6).
+ */
+export const ERROR_CODES = [
+  'NOT_LEADER',
+  'QUORUM_UNAVAILABLE',
+  'TIMEOUT',
+  'STOPPED',
+  'INVALID_ARGUMENT',
+  'PROPOSAL_DROPPED',
+] as const;
+
+export type DiskeyvalErrorCode = (typeof ERROR_CODES)[number];
+
+export type DiskeyvalError = Error & { code: DiskeyvalErrorCode; leaderId?: string | null };
+
+export const diskeyvalError = (
+  code: DiskeyvalErrorCode,
+  message: string,
+  extra: { leaderId?: string | null } = {},
+): DiskeyvalError => Object.assign(new Error(message), { code }, extra);
+
+export const isDiskeyvalError = (error: unknown, code?: DiskeyvalErrorCode): error is DiskeyvalError => {
+  if (!(error instanceof Error)) return false;
+  const actual = (error as { code?: unknown }).code;
+  return (
+    typeof actual === 'string' &&
+    (ERROR_CODES as readonly string[]).includes(actual) &&
+    (code === undefined || actual === code)
+  );
+};
+
+export const isNotLeader = (error: unknown): error is DiskeyvalError => isDiskeyvalError(error, 'NOT_LEADER');
+export const isTimeout = (error: unknown): error is DiskeyvalError => isDiskeyvalError(error, 'TIMEOUT');
+export const isStopped = (error: unknown): error is DiskeyvalError => isDiskeyvalError(error, 'STOPPED');
+export const isInvalidArgument = (error: unknown): error is DiskeyvalError =>
+  isDiskeyvalError(error, 'INVALID_ARGUMENT');
+export const isQuorumUnavailable = (error: unknown): error is DiskeyvalError =>
+  isDiskeyvalError(error, 'QUORUM_UNAVAILABLE');

@@ -1,0 +1,226 @@
+/**
+ * diskeyval: a Raft-replicated key/value store for Node.js. `diskeyval(options)` returns a node
+ * handle; nothing else lives here (ARCHITECTURE.md).
+ */
+import { EventEmitter } from 'node:events';
+import { randomInt } from 'node:crypto';
+import type { InspectionEvent } from 'xstate';
+import type { MemoryLog } from './actors/log.js';
+import { createRaftNode, type RaftStatus } from './actors/raft-node.js';
+import type { Change } from './actors/store.js';
+import { diskeyvalError } from './errors.js';
+import { encodeCommand } from './io/command.js';
+import type { RaftTransport } from './io/transport.js';
+import { DEFAULT_MAX_VALUE_BYTES, validateKey, validateSize, validateValue } from './validate.js';
+
+export type ClusterPeer = { nodeId: string; host: string; port: number };
+
+export type DiskeyvalOptions = {
+  nodeId: string;
+  host?: string;
+  port?: number;
+  peers: string[] | ClusterPeer[];
+  tls?: { cert: string; key: string; ca: string };
+  /** A custom transport, such as `createMemoryTransport()` for tests in one process. */
+  transport?: RaftTransport;
+  /** Base election timeout T in ms; each wait is drawn from [T, 2T). Default 300. */
+  electionTimeoutMs?: number;
+  /** Leader heartbeat interval in ms. Default 50. */
+  heartbeatMs?: number;
+  /** How long set/get wait for a majority before rejecting with QUORUM_UNAVAILABLE. Default 5000. */
+  proposalTimeoutMs?: number;
+  /** Largest msgpack-encoded value in bytes. Default 1 MiB. */
+  maxValueBytes?: number;
+  /** Seed for the election timeout generator; random when absent. */
+  seed?: number;
+  /** XState inspection callback: watch role transitions (e.g. with @statelyai/inspect). */
+  inspect?: (event: InspectionEvent) => void;
+  /** Restart state for tests (what the node persisted before); persistence on disk is not built yet. */
+  log?: MemoryLog;
+};
+
+export type ChangeEvent = { key: string; value: unknown; deleted: boolean; index: number };
+export type LeaderEvent = { nodeId: string | null; term: number };
+
+export type RaftMetrics = {
+  nodeId: string;
+  role: RaftStatus['role'];
+  term: number;
+  leaderId: string | null;
+  commitIndex: number;
+  appliedIndex: number;
+  lastIndex: number;
+  proposals: number;
+  proposalBatches: number;
+  reads: number;
+  readBatches: number;
+  elections: number;
+  pendingProposals: number;
+  pendingReads: number;
+  keys: number;
+  peers: Array<{ nodeId: string; messagesSent: number; messagesReceived: number; entriesSent: number }>;
+};
+
+export type DiskeyvalNode = {
+  start(): Promise<void>;
+  set(key: string, value: unknown): Promise<void>;
+  get<T = unknown>(key: string, options?: { consistency?: 'linearizable' | 'local' }): Promise<T | undefined>;
+  delete(key: string): Promise<void>;
+  reconfigure(peers: ClusterPeer[] | string[]): Promise<void>;
+  getPeers(): ClusterPeer[] | string[];
+  end(): Promise<void>;
+  isLeader(): boolean;
+  leaderId(): string | null;
+  getMetrics(): RaftMetrics;
+  on(event: 'change', listener: (change: ChangeEvent) => void): DiskeyvalNode;
+  on(event: 'leader', listener: (leader: LeaderEvent) => void): DiskeyvalNode;
+  off(event: 'change' | 'leader', listener: (arg: never) => void): DiskeyvalNode;
+};
+
+const peerIdOf = (peer: string | ClusterPeer): string => (typeof peer === 'string' ? peer : peer.nodeId);
+
+const checkOptions = (options: DiskeyvalOptions): void => {
+  if (typeof options?.nodeId !== 'string' || options.nodeId.length === 0) {
+    throw diskeyvalError('INVALID_ARGUMENT', 'options.nodeId must be a non-empty string');
+  }
+  if (!Array.isArray(options.peers)) throw diskeyvalError('INVALID_ARGUMENT', 'options.peers must be an array');
+  const ids = options.peers.map(peerIdOf);
+  if (ids.some((id) => typeof id !== 'string' || id.length === 0) || new Set(ids).size !== ids.length) {
+    throw diskeyvalError('INVALID_ARGUMENT', 'options.peers must name distinct, non-empty node ids');
+  }
+  if (ids.includes(options.nodeId)) throw diskeyvalError('INVALID_ARGUMENT', 'options.peers must not list the node itself');
+  const electionTimeoutMs = options.electionTimeoutMs ?? 300;
+  const heartbeatMs = options.heartbeatMs ?? 50;
+  if (!(heartbeatMs > 0 && electionTimeoutMs > heartbeatMs)) {
+    throw diskeyvalError('INVALID_ARGUMENT', 'heartbeatMs must be positive and below electionTimeoutMs');
+  }
+  if (!options.transport) {
+    throw diskeyvalError('INVALID_ARGUMENT', 'options.transport is required (the mTLS transport is not built yet)');
+  }
+};
+
+/** Creates a node. Call `start()` before anything else, and `end()` when done. */
+export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
+  checkOptions(options);
+  const emitter = new EventEmitter();
+  const maxValueBytes = options.maxValueBytes ?? DEFAULT_MAX_VALUE_BYTES;
+  let started = false;
+  let ended = false;
+  let leader: string | null = null;
+
+  const node = createRaftNode({
+    id: options.nodeId,
+    voters: [options.nodeId, ...options.peers.map(peerIdOf)],
+    transport: options.transport!,
+    electionTimeoutMs: options.electionTimeoutMs ?? 300,
+    heartbeatMs: options.heartbeatMs ?? 50,
+    proposalTimeoutMs: options.proposalTimeoutMs ?? 5000,
+    seed: options.seed ?? randomInt(2 ** 31),
+    ...(options.log ? { log: options.log } : {}),
+    ...(options.inspect ? { inspect: options.inspect } : {}),
+    onChange: (change: Change) => emitter.emit('change', change),
+    onRole: (status) => {
+      if (status.leaderId === leader) return;
+      leader = status.leaderId;
+      emitter.emit('leader', { nodeId: leader, term: status.term } satisfies LeaderEvent);
+    },
+  });
+
+  const running = (): void => {
+    if (!started || ended) throw diskeyvalError('STOPPED', `${options.nodeId} is ${ended ? 'ended' : 'not started'}`);
+  };
+
+  const propose = async (command: Parameters<typeof encodeCommand>[0]): Promise<void> => {
+    running();
+    const encoded = encodeCommand(command);
+    validateSize(encoded, maxValueBytes + 2 * 1024);
+    await node.propose(encoded);
+  };
+
+  const handle: DiskeyvalNode = {
+    async start() {
+      if (ended) throw diskeyvalError('STOPPED', `${options.nodeId} was ended`);
+      if (started) return;
+      started = true;
+      await node.start();
+    },
+    async set(key, value) {
+      validateKey(key);
+      validateValue(value);
+      const encoded = encodeCommand({ op: 'set', key, value });
+      validateSize(encoded, maxValueBytes);
+      running();
+      await node.propose(encoded);
+    },
+    async get<T>(key: string, getOptions?: { consistency?: 'linearizable' | 'local' }) {
+      validateKey(key);
+      running();
+      if (getOptions?.consistency !== 'local') await node.readBarrier();
+      return node.get(key) as T | undefined;
+    },
+    async delete(key) {
+      validateKey(key);
+      await propose({ op: 'delete', key });
+    },
+    async reconfigure() {
+      throw diskeyvalError('INVALID_ARGUMENT', 'reconfigure is not supported yet: membership is fixed at start');
+    },
+    getPeers: () => [...options.peers] as ClusterPeer[] | string[],
+    async end() {
+      if (ended) return;
+      ended = true;
+      if (started) await node.stop();
+    },
+    isLeader: () => started && !ended && node.status().role === 'leader',
+    leaderId: () => (started && !ended ? node.status().leaderId : null),
+    getMetrics: () => {
+      const metrics = node.metrics();
+      const status = started ? node.status() : null;
+      return {
+        nodeId: options.nodeId,
+        role: status?.role ?? 'follower',
+        term: status?.term ?? 0,
+        leaderId: status?.leaderId ?? null,
+        commitIndex: status?.commitIndex ?? 0,
+        appliedIndex: status?.appliedIndex ?? 0,
+        lastIndex: status?.lastIndex ?? 0,
+        proposals: metrics.proposals,
+        proposalBatches: metrics.proposalBatches,
+        reads: metrics.reads,
+        readBatches: metrics.readBatches,
+        elections: metrics.elections,
+        pendingProposals: metrics.pendingProposals,
+        pendingReads: metrics.pendingReads,
+        keys: metrics.storeSize,
+        peers: metrics.peers,
+      };
+    },
+    on(event: 'change' | 'leader', listener: (arg: never) => void) {
+      emitter.on(event, listener as (arg: unknown) => void);
+      return handle;
+    },
+    off(event, listener) {
+      emitter.off(event, listener as (arg: unknown) => void);
+      return handle;
+    },
+  };
+  return handle;
+};
+
+export default diskeyval;
+export { createMemoryLog } from './actors/log.js';
+export type { MemoryLog, PersistedState } from './actors/log.js';
+export {
+  ERROR_CODES,
+  isDiskeyvalError,
+  isInvalidArgument,
+  isNotLeader,
+  isQuorumUnavailable,
+  isStopped,
+  isTimeout,
+} from './errors.js';
+export type { DiskeyvalError, DiskeyvalErrorCode } from './errors.js';
+export { createMemoryTransport, type MemoryTransport } from './io/memory-transport.js';
+export type { RaftTransport, TransportEndpoint, TransportMessage } from './io/transport.js';
+export { raftMachine } from './machines/raft.machine.js';
+export { MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES } from './validate.js';

@@ -1,0 +1,22 @@
+/**
+ * The leader's commit rule, in a file of its own so that tests can swap in a broken variant and
+ * show that the model and simulation checkers catch it.
+ */
+import { lastIndex, termAt } from './log.js';
+import { quorumMatchIndex } from './quorum.js';
+import type { RaftContext } from './raft.types.js';
+
+/**
+ * Figure 2, Rules for Servers, Leaders: "If there exists an N such that N > commitIndex, a majority
+ * of matchIndex[i] ≥ N, and log[N].term == currentTerm: set commitIndex = N". Entries of earlier
+ * terms are never committed by counting replicas (§5.4.2, Figure 8); they commit with N.
+ */
+export const commitIndexByQuorum = (context: RaftContext): number => {
+  const matchIndexes = context.voters.map((voter) =>
+    voter === context.id ? lastIndex(context.log) : (context.progress[voter]?.matchIndex ?? 0),
+  );
+  const candidate = quorumMatchIndex(matchIndexes);
+  return candidate > context.commitIndex && termAt(context.log, candidate) === context.currentTerm
+    ? candidate
+    : context.commitIndex;
+};

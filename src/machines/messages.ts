@@ -1,0 +1,118 @@
+/**
+ * The messages Raft servers exchange (Raft paper, Figure 2, plus the extensions etcd-io/raft has:
+ * PreVote, heartbeats that carry a read-index sequence number, and a conflict hint on rejection).
+ *
+ * Contract: every message names its sender (`from`), its receiver (`to`) and the sender's
+ * `term`. Messages are plain data: they survive a msgpack round trip unchanged.
+ */
+
+export type NodeId = string;
+
+/** What a log entry carries. `noop` is the entry every new leader appends (Raft paper §8). */
+export type EntryKind = 'noop' | 'command';
+
+/**
+ * One log entry. `data` is the command, encoded once by the proposer and shipped as bytes
+ * everywhere after that (never re-encoded per hop).
+ */
+export type Entry = {
+  readonly term: number;
+  readonly kind: EntryKind;
+  readonly data: Uint8Array | null;
+};
+
+/** RequestVote RPC (Figure 2). With `preVote` set, `term` is the term the sender would campaign in (§9.6). */
+export type RequestVote = {
+  type: 'RequestVote';
+  from: NodeId;
+  to: NodeId;
+  term: number;
+  lastLogIndex: number;
+  lastLogTerm: number;
+  preVote: boolean;
+};
+
+export type RequestVoteResponse = {
+  type: 'RequestVoteResponse';
+  from: NodeId;
+  to: NodeId;
+  term: number;
+  voteGranted: boolean;
+  preVote: boolean;
+};
+
+/** AppendEntries RPC (Figure 2). `entries[i]` goes to index `prevLogIndex + 1 + i`. */
+export type AppendEntries = {
+  type: 'AppendEntries';
+  from: NodeId;
+  to: NodeId;
+  term: number;
+  prevLogIndex: number;
+  prevLogTerm: number;
+  entries: Entry[];
+  leaderCommit: number;
+};
+
+/**
+ * Reply to AppendEntries. On success `matchIndex` is the last index known to match the leader.
+ * On rejection `rejectedIndex` is the request's prevLogIndex and the conflict hint lets the
+ * leader skip a whole term per round trip (§5.3, "the leader can decrement nextIndex to bypass
+ * all of the conflicting entries in that term"): `conflictTerm` is the term of the follower's entry
+ * at rejectedIndex (0 when the follower's log is shorter) and `conflictIndex` the first index the
+ * follower holds of that term (or its lastIndex + 1 when shorter).
+ */
+export type AppendEntriesResponse = {
+  type: 'AppendEntriesResponse';
+  from: NodeId;
+  to: NodeId;
+  term: number;
+  success: boolean;
+  matchIndex: number;
+  rejectedIndex: number;
+  conflictIndex: number;
+  conflictTerm: number;
+};
+
+/**
+ * Leader heartbeat. `commit` is min(leader commit, the receiver's known match) so a follower never
+ * commits an entry it has not been shown to match. `seq` numbers heartbeat rounds for ReadIndex.
+ */
+export type Heartbeat = {
+  type: 'Heartbeat';
+  from: NodeId;
+  to: NodeId;
+  term: number;
+  commit: number;
+  seq: number;
+};
+
+export type HeartbeatResponse = {
+  type: 'HeartbeatResponse';
+  from: NodeId;
+  to: NodeId;
+  term: number;
+  seq: number;
+};
+
+export type RaftMessage =
+  | RequestVote
+  | RequestVoteResponse
+  | AppendEntries
+  | AppendEntriesResponse
+  | Heartbeat
+  | HeartbeatResponse;
+
+export type RaftMessageType = RaftMessage['type'];
+
+export const RAFT_MESSAGE_TYPES: readonly RaftMessageType[] = [
+  'RequestVote',
+  'RequestVoteResponse',
+  'AppendEntries',
+  'AppendEntriesResponse',
+  'Heartbeat',
+  'HeartbeatResponse',
+];
+
+/** Messages that ask for a reply (the lab suites count these as RPCs). */
+export const isRequest = (message: RaftMessage): boolean =>
+  message.type === 'RequestVote' || message.type === 'AppendEntries' || message.type === 'Heartbeat';

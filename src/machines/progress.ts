@@ -1,0 +1,100 @@
+/**
+ * What a leader knows about one follower's log (Figure 2: nextIndex[], matchIndex[]), and the
+ * flow control of the replication pipeline, after etcd-io/raft's tracker/progress.go:
+ *
+ * - `probe`: the leader does not know where the follower's log ends. It sends one AppendEntries
+ *   and waits for the answer (or the next heartbeat answer) before sending another.
+ * - `replicate`: the follower's log is known to match up to `matchIndex`. The leader streams
+ *   AppendEntries optimistically (nextIndex moves ahead at send time) with at most
+ *   `maxInflight` requests unanswered: the pipeline.
+ *
+ * Progress objects are owned by the raft machine and changed in place, once per message.
+ */
+import { assert } from './assert.js';
+
+export type ProgressState = 'probe' | 'replicate';
+
+export type Progress = {
+  state: ProgressState;
+  matchIndex: number;
+  nextIndex: number;
+  /** probe: an AppendEntries is out and unanswered. */
+  probeSent: boolean;
+  /** replicate: the last index carried by each unanswered AppendEntries, oldest first. */
+  inflight: number[];
+  /** Heard from since the last CheckQuorum round. */
+  recentActive: boolean;
+};
+
+export const createProgress = (leaderLastIndex: number): Progress => ({
+  state: 'probe',
+  matchIndex: 0,
+  nextIndex: leaderLastIndex + 1,
+  probeSent: false,
+  inflight: [],
+  recentActive: true,
+});
+
+export const isPaused = (progress: Progress, maxInflight: number): boolean =>
+  progress.state === 'probe' ? progress.probeSent : progress.inflight.length >= maxInflight;
+
+/** Records that an AppendEntries carrying entries up to `lastSentIndex` went out. */
+export const onAppendSent = (progress: Progress, lastSentIndex: number): void => {
+  if (progress.state === 'replicate') {
+    progress.inflight.push(lastSentIndex);
+    progress.nextIndex = Math.max(progress.nextIndex, lastSentIndex + 1);
+  } else {
+    progress.probeSent = true;
+  }
+};
+
+/**
+ * A success reply: the follower matches up to `matchIndex`. Returns false for a stale reply that
+ * tells nothing new. Replies may arrive reordered or duplicated, so match only moves forward.
+ */
+export const onAppendAccepted = (progress: Progress, matchIndex: number): boolean => {
+  const advanced = matchIndex > progress.matchIndex;
+  if (advanced) progress.matchIndex = matchIndex;
+  progress.nextIndex = Math.max(progress.nextIndex, matchIndex + 1);
+  progress.probeSent = false;
+  if (progress.state === 'probe') {
+    progress.state = 'replicate';
+    progress.inflight = [];
+    progress.nextIndex = progress.matchIndex + 1;
+  }
+  freeInflightUpTo(progress, matchIndex);
+  assert(progress.nextIndex > progress.matchIndex, 'nextIndex must stay above matchIndex');
+  return advanced;
+};
+
+const freeInflightUpTo = (progress: Progress, index: number): void => {
+  let count = 0;
+  while (count < progress.inflight.length && progress.inflight[count]! <= index) count += 1;
+  if (count > 0) progress.inflight.splice(0, count);
+};
+
+/**
+ * A rejection of the AppendEntries whose prevLogIndex was `rejectedIndex`. The leader moves
+ * nextIndex back to `hintIndex` (computed from the follower's conflict hint, §5.3) and probes.
+ * Returns false for a stale rejection: one about an index already known to match, or (in probe)
+ * one that does not answer the request currently out.
+ */
+export const onAppendRejected = (progress: Progress, rejectedIndex: number, hintIndex: number): boolean => {
+  if (rejectedIndex <= progress.matchIndex) return false;
+  if (progress.state === 'probe' && rejectedIndex !== progress.nextIndex - 1) return false;
+  progress.state = 'probe';
+  progress.inflight = [];
+  progress.probeSent = false;
+  progress.nextIndex = Math.max(progress.matchIndex + 1, Math.min(hintIndex, rejectedIndex));
+  return true;
+};
+
+/**
+ * A heartbeat reply: the follower is alive, so a paused probe may go again, and in replicate a
+ * full window frees its oldest slot (a lost AppendEntries would otherwise stall the pipeline).
+ */
+export const onHeartbeatAnswered = (progress: Progress, maxInflight: number): void => {
+  progress.recentActive = true;
+  progress.probeSent = false;
+  if (progress.state === 'replicate' && progress.inflight.length >= maxInflight) progress.inflight.shift();
+};

@@ -1,0 +1,235 @@
+/**
+ * The raft machine: one XState statechart per server whose top-level states are the roles of
+ * Raft (paper §5.1, Figure 4): follower, candidate (with PreVote, dissertation §9.6) and leader.
+ *
+ * Every message first meets the term rules of "Rules for All Servers" at the root, then is raised
+ * again as a typed event (`AppendEntries`, `RequestVote`, ...) for the role to handle. Timers are
+ * XState delayed transitions (`after`), so the same machine runs on the real clock and on a
+ * simulated one; each timer also has an explicit event (`electionTimeout`, `heartbeatTimeout`,
+ * `checkQuorum`) so tests and tools can fire it by hand.
+ *
+ * The machine is pure: it reads only (context, event) and asks for everything else with emitted
+ * outputs (see raft.types.ts). The bookkeeping per entry lives in log.ts and progress.ts.
+ */
+import { enqueueActions, raise, setup } from 'xstate';
+import type { RaftMessage } from './messages.js';
+import * as rules from './raft.rules.js';
+import type { Outcome, RaftContext, RaftEmitted, RaftEvent, RaftInput } from './raft.types.js';
+
+type MessageOf<T extends RaftMessage['type']> = Extract<RaftMessage, { type: T }>;
+
+/** Wraps a rule so its outcome becomes XState actions: one assign, one `send` output, the other outputs. */
+const rule = (decide: (context: RaftContext, event: RaftEvent) => Outcome) =>
+  enqueueActions<RaftContext, RaftEvent, undefined, RaftEvent, never, never, never, never, RaftEmitted>(
+    ({ context, event, enqueue }) => {
+      const outcome = decide(context, event);
+      if (outcome.patch && Object.keys(outcome.patch).length > 0) enqueue.assign(outcome.patch);
+      for (const emitted of outcome.emitted ?? []) enqueue.emit(emitted);
+      if (outcome.send && outcome.send.length > 0) enqueue.emit({ type: 'send', messages: outcome.send });
+    },
+  );
+
+const messageOf = <T extends RaftMessage['type']>(event: RaftEvent, type: T): MessageOf<T> => {
+  if (event.type === 'message' && event.message.type === type) return event.message as MessageOf<T>;
+  if (event.type === type && 'message' in event) return event.message as MessageOf<T>;
+  throw new Error(`expected a ${type} event, got ${event.type}`);
+};
+
+const incoming = (event: RaftEvent): RaftMessage => {
+  if (!('message' in event)) throw new Error(`expected a message event, got ${event.type}`);
+  return event.message;
+};
+
+export const raftMachine = setup({
+  types: {
+    context: {} as RaftContext,
+    events: {} as RaftEvent,
+    input: {} as RaftInput,
+    emitted: {} as RaftEmitted,
+  },
+  delays: {
+    electionTimeout: ({ context }) => context.randomizedElectionTimeoutMs,
+    heartbeatInterval: ({ context }) => context.heartbeatMs,
+    quorumCheckInterval: ({ context }) => context.electionTimeoutMs,
+  },
+  guards: {
+    isFromOlderTerm: ({ context, event }) => incoming(event).term < context.currentTerm,
+    isPreVoteRequest: ({ event }) => {
+      const message = incoming(event);
+      return message.type === 'RequestVote' && message.preVote;
+    },
+    isGrantedPreVote: ({ event }) => {
+      const message = incoming(event);
+      return message.type === 'RequestVoteResponse' && message.preVote && message.voteGranted;
+    },
+    isFromNewerTerm: ({ context, event }) => incoming(event).term > context.currentTerm,
+    canGrantVote: ({ context, event }) => rules.canGrantVote(context, messageOf(event, 'RequestVote')),
+    isAnswerToOurPreVote: ({ context, event }) =>
+      rules.isAnswerToOurPreVote(context, messageOf(event, 'RequestVoteResponse')),
+    isAnswerToOurElection: ({ context, event }) =>
+      rules.isAnswerToOurElection(context, messageOf(event, 'RequestVoteResponse')),
+    hasVoteQuorum: ({ context }) => rules.hasVoteQuorum(context),
+    hasRejectionQuorum: ({ context }) => rules.hasRejectionQuorum(context),
+    hasLostQuorumContact: ({ context }) => rules.hasLostQuorumContact(context),
+  },
+  actions: {
+    adoptHigherTerm: rule((context, event) => rules.adoptHigherTerm(context, incoming(event))),
+    answerStaleMessage: rule((context, event) => rules.answerStaleMessage(context, incoming(event))),
+    answerPreVote: rule((context, event) => rules.answerPreVote(context, messageOf(event, 'RequestVote'))),
+    routeByType: raise(({ event }) => {
+      const message = incoming(event);
+      return { type: message.type, message } as RaftEvent;
+    }),
+    redeliver: raise(({ event }) => event),
+    grantVote: rule((context, event) => rules.grantVote(context, messageOf(event, 'RequestVote'))),
+    rejectVote: rule((context, event) => rules.rejectVote(context, messageOf(event, 'RequestVote'))),
+    startPreVote: rule((context) => rules.startPreVote(context)),
+    startElection: rule((context) => rules.startElection(context)),
+    recordVote: rule((context, event) => rules.recordVote(context, messageOf(event, 'RequestVoteResponse'))),
+    appendFromLeader: rule((context, event) =>
+      rules.appendFromLeader(context, messageOf(event, 'AppendEntries')),
+    ),
+    heartbeatFromLeader: rule((context, event) =>
+      rules.heartbeatFromLeader(context, messageOf(event, 'Heartbeat')),
+    ),
+    becomeLeader: rule((context) => rules.becomeLeader(context)),
+    abandonLeadership: rule((context) => rules.abandonLeadership(context)),
+    appendProposals: rule((context, event) =>
+      event.type === 'propose' ? rules.appendProposals(context, event.batchId, event.commands) : {},
+    ),
+    rejectProposals: rule((context, event) =>
+      event.type === 'propose' ? rules.rejectProposals(context, event.batchId) : {},
+    ),
+    handleAppendResponse: rule((context, event) =>
+      rules.handleAppendResponse(context, messageOf(event, 'AppendEntriesResponse')),
+    ),
+    handleHeartbeatResponse: rule((context, event) =>
+      rules.handleHeartbeatResponse(context, messageOf(event, 'HeartbeatResponse')),
+    ),
+    broadcastHeartbeat: rule((context) => rules.broadcastHeartbeat(context)),
+    startReadRound: rule((context, event) =>
+      event.type === 'readIndex' ? rules.startReadRound(context, event.ids) : {},
+    ),
+    rejectReads: rule((context, event) => (event.type === 'readIndex' ? rules.rejectReads(context, event.ids) : {})),
+    startQuorumRound: rule((context) => rules.startQuorumRound(context)),
+    assertOneLeaderPerTerm: ({ context, event }) => {
+      throw new Error(
+        `diskeyval invariant violated: ${context.id} leads term ${context.currentTerm} and got ${event.type} from another leader`,
+      );
+    },
+  },
+}).createMachine({
+  id: 'raft',
+  context: ({ input }) => rules.initialContext(input),
+  initial: 'follower',
+  on: {
+    // Rules for All Servers: the term decides before the role does.
+    message: [
+      { guard: 'isFromOlderTerm', actions: 'answerStaleMessage' },
+      { guard: 'isPreVoteRequest', actions: 'answerPreVote' },
+      { guard: 'isGrantedPreVote', actions: 'routeByType' },
+      { guard: 'isFromNewerTerm', target: '.follower', actions: ['adoptHigherTerm', 'redeliver'] },
+      { actions: 'routeByType' },
+    ],
+    RequestVote: [{ guard: 'canGrantVote', target: '.follower', actions: 'grantVote' }, { actions: 'rejectVote' }],
+    propose: { actions: 'rejectProposals' },
+    readIndex: { actions: 'rejectReads' },
+  },
+  states: {
+    follower: {
+      initial: 'listening',
+      states: {
+        listening: { after: { electionTimeout: { target: '#raft.candidate' } } },
+      },
+      on: {
+        electionTimeout: { target: 'candidate' },
+        AppendEntries: { target: '.listening', reenter: true, actions: 'appendFromLeader' },
+        Heartbeat: { target: '.listening', reenter: true, actions: 'heartbeatFromLeader' },
+      },
+    },
+    candidate: {
+      initial: 'preVote',
+      on: {
+        // §5.2: a candidate that hears from the leader of its term returns to follower.
+        AppendEntries: { target: 'follower', actions: 'appendFromLeader' },
+        Heartbeat: { target: 'follower', actions: 'heartbeatFromLeader' },
+      },
+      states: {
+        preVote: {
+          entry: 'startPreVote',
+          after: { electionTimeout: { target: 'preVote', reenter: true } },
+          on: {
+            electionTimeout: { target: 'preVote', reenter: true },
+            RequestVoteResponse: { guard: 'isAnswerToOurPreVote', actions: 'recordVote' },
+          },
+          always: [
+            { guard: 'hasVoteQuorum', target: 'campaign' },
+            { guard: 'hasRejectionQuorum', target: '#raft.follower' },
+          ],
+        },
+        campaign: {
+          entry: 'startElection',
+          after: { electionTimeout: { target: 'preVote' } },
+          on: {
+            electionTimeout: { target: 'preVote' },
+            RequestVoteResponse: { guard: 'isAnswerToOurElection', actions: 'recordVote' },
+          },
+          always: [
+            { guard: 'hasVoteQuorum', target: '#raft.leader' },
+            { guard: 'hasRejectionQuorum', target: '#raft.follower' },
+          ],
+        },
+      },
+    },
+    leader: {
+      entry: 'becomeLeader',
+      exit: 'abandonLeadership',
+      type: 'parallel',
+      on: {
+        AppendEntries: { actions: 'assertOneLeaderPerTerm' },
+        Heartbeat: { actions: 'assertOneLeaderPerTerm' },
+        AppendEntriesResponse: { actions: 'handleAppendResponse' },
+        HeartbeatResponse: { actions: 'handleHeartbeatResponse' },
+        propose: { actions: 'appendProposals' },
+        readIndex: { actions: 'startReadRound' },
+        heartbeatTimeout: { actions: 'broadcastHeartbeat' },
+        checkQuorum: [
+          { guard: 'hasLostQuorumContact', target: 'follower' },
+          { actions: 'startQuorumRound' },
+        ],
+      },
+      states: {
+        heartbeat: {
+          initial: 'waiting',
+          states: {
+            waiting: {
+              after: { heartbeatInterval: { target: 'waiting', reenter: true, actions: 'broadcastHeartbeat' } },
+            },
+          },
+        },
+        quorumCheck: {
+          initial: 'waiting',
+          states: {
+            waiting: {
+              after: {
+                quorumCheckInterval: [
+                  { guard: 'hasLostQuorumContact', target: '#raft.follower' },
+                  { target: 'waiting', reenter: true, actions: 'startQuorumRound' },
+                ],
+              },
+            },
+          },
+        },
+      },
+    },
+  },
+});
+
+export type RaftMachine = typeof raftMachine;
+
+/** The role a snapshot is in: its top-level state. */
+export const roleOf = (value: unknown): 'follower' | 'candidate' | 'leader' => {
+  const top = typeof value === 'string' ? value : Object.keys(value as object)[0];
+  if (top === 'follower' || top === 'candidate' || top === 'leader') return top;
+  throw new Error(`unknown role ${String(top)}`);
+};

@@ -1,0 +1,554 @@
+/**
+ * The rules of Raft as pure functions of (context, message) → Outcome. Each one is a rule of the
+ * paper's Figure 2 (or an extension etcd-io/raft has) and is wired into the statechart as one named
+ * action or guard in raft.machine.ts. Log and progress objects are changed in place (they are the
+ * machine's own, see log.ts); everything else changes through `patch`.
+ */
+import { assert } from './assert.js';
+import {
+  append,
+  conflictHint,
+  isUpToDate,
+  lastIndex,
+  lastIndexOfTerm,
+  lastTerm,
+  matchesAt,
+  mergeEntries,
+  slice,
+  termAt,
+} from './log.js';
+import type {
+  AppendEntries,
+  AppendEntriesResponse,
+  Entry,
+  Heartbeat,
+  HeartbeatResponse,
+  NodeId,
+  RaftMessage,
+  RequestVote,
+  RequestVoteResponse,
+} from './messages.js';
+import {
+  createProgress,
+  isPaused,
+  onAppendAccepted,
+  onAppendRejected,
+  onAppendSent,
+  onHeartbeatAnswered,
+} from './progress.js';
+import { commitIndexByQuorum } from './commit.js';
+import { isMajority } from './quorum.js';
+import { nextInt } from './rng.js';
+import type { HardState, Outcome, RaftContext, RaftEmitted, RaftInput, ReadRound } from './raft.types.js';
+
+export const DEFAULT_MAX_INFLIGHT = 8;
+export const DEFAULT_MAX_ENTRIES_PER_APPEND = 512;
+
+export const peersOf = (context: RaftContext): NodeId[] => context.voters.filter((voter) => voter !== context.id);
+
+const hardStateOf = (term: number, votedFor: NodeId | null): HardState => ({ term, votedFor });
+
+const persistHardState = (term: number, votedFor: NodeId | null): RaftEmitted => ({
+  type: 'persist',
+  hardState: hardStateOf(term, votedFor),
+  fromIndex: -1,
+  entries: [],
+});
+
+/** Draws the next election timeout from [T, 2T) with the machine's seeded generator (§5.2). */
+export const drawElectionTimeout = (context: Pick<RaftContext, 'rng' | 'electionTimeoutMs'>) => {
+  const [timeoutMs, rng] = nextInt(context.rng, context.electionTimeoutMs, 2 * context.electionTimeoutMs);
+  return { randomizedElectionTimeoutMs: timeoutMs, rng };
+};
+
+export const initialContext = (input: RaftInput): RaftContext => {
+  assert(input.voters.includes(input.id), `voters must include the local server ${input.id}`);
+  assert(input.electionTimeoutMs > input.heartbeatMs, 'election timeout must exceed the heartbeat interval');
+  const base = {
+    id: input.id,
+    voters: [...input.voters].sort(),
+    electionTimeoutMs: input.electionTimeoutMs,
+    heartbeatMs: input.heartbeatMs,
+    maxInflight: input.maxInflight ?? DEFAULT_MAX_INFLIGHT,
+    maxEntriesPerAppend: input.maxEntriesPerAppend ?? DEFAULT_MAX_ENTRIES_PER_APPEND,
+    currentTerm: input.hardState?.term ?? 0,
+    votedFor: input.hardState?.votedFor ?? null,
+    log: { entries: [...(input.entries ?? [])] },
+    commitIndex: 0,
+    leaderId: null,
+    rng: input.seed | 0,
+    randomizedElectionTimeoutMs: input.electionTimeoutMs,
+    votes: {},
+    progress: {},
+    readSeq: 0,
+    readRounds: [],
+    pendingReadIds: [],
+  } satisfies RaftContext;
+  return { ...base, ...drawElectionTimeout(base) };
+};
+
+// ---------------------------------------------------------------------------------------------
+// Rules for all servers
+
+/** "If RPC request or response contains term T > currentTerm: set currentTerm = T, convert to follower" (§5.1). */
+export const adoptHigherTerm = (context: RaftContext, message: RaftMessage): Outcome => {
+  assert(message.term > context.currentTerm, 'adoptHigherTerm needs a higher term');
+  const fromLeader = message.type === 'AppendEntries' || message.type === 'Heartbeat';
+  return {
+    patch: {
+      currentTerm: message.term,
+      votedFor: null,
+      leaderId: fromLeader ? message.from : null,
+      votes: {},
+      ...drawElectionTimeout(context),
+    },
+    emitted: [persistHardState(message.term, null)],
+  };
+};
+
+/** A request from an older term is refused with our term, so its sender learns it is stale. */
+export const answerStaleMessage = (context: RaftContext, message: RaftMessage): Outcome => {
+  const base = { from: context.id, to: message.from, term: context.currentTerm };
+  switch (message.type) {
+    case 'RequestVote':
+      return { send: [{ ...base, type: 'RequestVoteResponse', voteGranted: false, preVote: message.preVote }] };
+    case 'AppendEntries':
+      return { send: [rejectAppend(context, message, base.term)] };
+    case 'Heartbeat':
+      return { send: [{ ...base, type: 'HeartbeatResponse', seq: message.seq }] };
+    default:
+      return {};
+  }
+};
+
+/**
+ * PreVote (dissertation §9.6): grant when the candidate could win a real election: its proposed
+ * term is above ours and its log is up to date, and we do not currently follow a live leader
+ * (the leader lease that CheckQuorum makes safe). Granting changes nothing on this server.
+ */
+export const canGrantPreVote = (context: RaftContext, request: RequestVote): boolean =>
+  request.term > context.currentTerm &&
+  context.leaderId === null &&
+  isUpToDate(context.log, request.lastLogIndex, request.lastLogTerm);
+
+export const answerPreVote = (context: RaftContext, request: RequestVote): Outcome => {
+  const granted = canGrantPreVote(context, request);
+  const response: RequestVoteResponse = {
+    type: 'RequestVoteResponse',
+    from: context.id,
+    to: request.from,
+    term: granted ? request.term : context.currentTerm,
+    voteGranted: granted,
+    preVote: true,
+  };
+  return { send: [response] };
+};
+
+/**
+ * RequestVote receiver rule 2: "If votedFor is null or candidateId, and candidate's log is at least
+ * as up-to-date as receiver's log, grant vote" (§5.2, §5.4).
+ */
+export const canGrantVote = (context: RaftContext, request: RequestVote): boolean =>
+  (context.votedFor === null || context.votedFor === request.from) &&
+  isUpToDate(context.log, request.lastLogIndex, request.lastLogTerm);
+
+export const grantVote = (context: RaftContext, request: RequestVote): Outcome => {
+  const response: RequestVoteResponse = {
+    type: 'RequestVoteResponse',
+    from: context.id,
+    to: request.from,
+    term: context.currentTerm,
+    voteGranted: true,
+    preVote: false,
+  };
+  const changed = context.votedFor !== request.from;
+  return {
+    patch: { votedFor: request.from, ...drawElectionTimeout(context) },
+    send: [response],
+    emitted: changed ? [persistHardState(context.currentTerm, request.from)] : [],
+  };
+};
+
+export const rejectVote = (context: RaftContext, request: RequestVote): Outcome => ({
+  send: [
+    {
+      type: 'RequestVoteResponse',
+      from: context.id,
+      to: request.from,
+      term: context.currentTerm,
+      voteGranted: false,
+      preVote: request.preVote,
+    },
+  ],
+});
+
+// ---------------------------------------------------------------------------------------------
+// Followers
+
+const rejectAppend = (context: RaftContext, request: AppendEntries, term: number): AppendEntriesResponse => {
+  const hint = conflictHint(context.log, request.prevLogIndex);
+  return {
+    type: 'AppendEntriesResponse',
+    from: context.id,
+    to: request.from,
+    term,
+    success: false,
+    matchIndex: 0,
+    rejectedIndex: request.prevLogIndex,
+    conflictIndex: hint.conflictIndex,
+    conflictTerm: hint.conflictTerm,
+  };
+};
+
+const commitOutcome = (context: RaftContext, newCommitIndex: number): Outcome => {
+  if (newCommitIndex <= context.commitIndex) return {};
+  assert(newCommitIndex <= lastIndex(context.log), 'commitIndex beyond the log');
+  return {
+    patch: { commitIndex: newCommitIndex },
+    emitted: [
+      {
+        type: 'committed',
+        firstIndex: context.commitIndex + 1,
+        entries: slice(context.log, context.commitIndex + 1, newCommitIndex),
+      },
+    ],
+  };
+};
+
+/**
+ * AppendEntries receiver implementation (Figure 2): reply false if the log has no entry at
+ * prevLogIndex with prevLogTerm (2); delete a conflicting entry and all that follow (3); append
+ * new entries (4); if leaderCommit > commitIndex, set commitIndex = min(leaderCommit, index of
+ * last new entry) (5). The term check (1) happened when the message was routed.
+ */
+export const appendFromLeader = (context: RaftContext, request: AppendEntries): Outcome => {
+  assert(request.term === context.currentTerm, 'appendFromLeader at another term');
+  const leaderPatch = { leaderId: request.from };
+  if (!matchesAt(context.log, request.prevLogIndex, request.prevLogTerm)) {
+    assert(request.prevLogIndex > context.commitIndex, 'a leader disagrees with a committed entry');
+    return { patch: leaderPatch, send: [rejectAppend(context, request, context.currentTerm)] };
+  }
+  const { firstWrittenIndex, lastNewIndex } = mergeEntries(context.log, request.prevLogIndex, request.entries);
+  assert(lastNewIndex >= context.commitIndex || firstWrittenIndex === -1, 'truncated a committed entry');
+  const emitted: RaftEmitted[] = [];
+  if (firstWrittenIndex !== -1) {
+    assert(firstWrittenIndex > context.commitIndex, 'overwrote a committed entry');
+    emitted.push({
+      type: 'persist',
+      hardState: null,
+      fromIndex: firstWrittenIndex,
+      entries: slice(context.log, firstWrittenIndex, lastIndex(context.log)),
+    });
+  }
+  const commit = commitOutcome(context, Math.min(request.leaderCommit, lastNewIndex));
+  const response: AppendEntriesResponse = {
+    type: 'AppendEntriesResponse',
+    from: context.id,
+    to: request.from,
+    term: context.currentTerm,
+    success: true,
+    matchIndex: lastNewIndex,
+    rejectedIndex: 0,
+    conflictIndex: 0,
+    conflictTerm: 0,
+  };
+  return {
+    patch: { ...leaderPatch, ...commit.patch },
+    send: [response],
+    emitted: [...emitted, ...(commit.emitted ?? [])],
+  };
+};
+
+/** A heartbeat: the leader is alive; commit what the leader says we match (etcd's MsgHeartbeat). */
+export const heartbeatFromLeader = (context: RaftContext, heartbeat: Heartbeat): Outcome => {
+  const commit = commitOutcome(context, Math.min(heartbeat.commit, lastIndex(context.log)));
+  const response: HeartbeatResponse = {
+    type: 'HeartbeatResponse',
+    from: context.id,
+    to: heartbeat.from,
+    term: context.currentTerm,
+    seq: heartbeat.seq,
+  };
+  return { patch: { leaderId: heartbeat.from, ...commit.patch }, send: [response], emitted: commit.emitted ?? [] };
+};
+
+// ---------------------------------------------------------------------------------------------
+// Candidates (§5.2)
+
+const requestVotes = (context: RaftContext, term: number, preVote: boolean): RequestVote[] =>
+  peersOf(context).map((peer) => ({
+    type: 'RequestVote',
+    from: context.id,
+    to: peer,
+    term,
+    lastLogIndex: lastIndex(context.log),
+    lastLogTerm: lastTerm(context.log),
+    preVote,
+  }));
+
+/** PreVote: ask whether we could win at currentTerm + 1 without changing any state (§9.6). */
+export const startPreVote = (context: RaftContext): Outcome => ({
+  patch: { leaderId: null, votes: { [context.id]: true }, ...drawElectionTimeout(context) },
+  send: requestVotes(context, context.currentTerm + 1, true),
+});
+
+/** "On conversion to candidate: increment currentTerm, vote for self, reset election timer, send RequestVote RPCs." */
+export const startElection = (context: RaftContext): Outcome => {
+  const term = context.currentTerm + 1;
+  return {
+    patch: {
+      currentTerm: term,
+      votedFor: context.id,
+      leaderId: null,
+      votes: { [context.id]: true },
+      ...drawElectionTimeout(context),
+    },
+    send: requestVotes(context, term, false),
+    emitted: [persistHardState(term, context.id)],
+  };
+};
+
+export const isAnswerToOurPreVote = (context: RaftContext, response: RequestVoteResponse): boolean =>
+  response.preVote && (!response.voteGranted || response.term === context.currentTerm + 1);
+
+export const isAnswerToOurElection = (context: RaftContext, response: RequestVoteResponse): boolean =>
+  !response.preVote && response.term === context.currentTerm;
+
+export const recordVote = (context: RaftContext, response: RequestVoteResponse): Outcome => ({
+  patch: { votes: { ...context.votes, [response.from]: response.voteGranted } },
+});
+
+const countVotes = (context: RaftContext, granted: boolean): number =>
+  context.voters.filter((voter) => context.votes[voter] === granted).length;
+
+/** "If votes received from majority of servers: become leader." */
+export const hasVoteQuorum = (context: RaftContext): boolean =>
+  isMajority(countVotes(context, true), context.voters.length);
+
+/** A majority refused: this election cannot be won. */
+export const hasRejectionQuorum = (context: RaftContext): boolean =>
+  isMajority(countVotes(context, false), context.voters.length);
+
+// ---------------------------------------------------------------------------------------------
+// Leaders
+
+const progressOf = (context: RaftContext, peer: NodeId) => {
+  const progress = context.progress[peer];
+  assert(progress !== undefined, `no progress for ${peer}`);
+  return progress;
+};
+
+/**
+ * Sends AppendEntries to `peer` from its nextIndex while the pipeline has room (§5.3 with
+ * etcd's flow control). With `evenIfEmpty`, one empty AppendEntries goes out when there is nothing
+ * new, to carry the commit index or to find where a follower's log ends.
+ */
+const appendsFor = (context: RaftContext, peer: NodeId, evenIfEmpty: boolean): AppendEntries[] => {
+  const progress = progressOf(context, peer);
+  const messages: AppendEntries[] = [];
+  const last = lastIndex(context.log);
+  // Bounded: each pass sends at least one entry or stops, and the window caps the passes.
+  for (let pass = 0; pass <= context.maxInflight; pass += 1) {
+    if (isPaused(progress, context.maxInflight)) break;
+    const next = progress.nextIndex;
+    if (next > last && !(evenIfEmpty && messages.length === 0)) break;
+    const prevLogIndex = Math.min(next - 1, last);
+    const prevLogTerm = termAt(context.log, prevLogIndex);
+    assert(prevLogTerm !== undefined, `no term at ${prevLogIndex}`);
+    const entries = next <= last ? slice(context.log, next, next + context.maxEntriesPerAppend - 1) : [];
+    messages.push({
+      type: 'AppendEntries',
+      from: context.id,
+      to: peer,
+      term: context.currentTerm,
+      prevLogIndex,
+      prevLogTerm,
+      entries,
+      leaderCommit: context.commitIndex,
+    });
+    onAppendSent(progress, prevLogIndex + entries.length);
+    if (entries.length === 0 || progress.state === 'probe') break;
+  }
+  return messages;
+};
+
+const merge = (...outcomes: Outcome[]): Outcome => {
+  const merged: Required<Outcome> = { patch: {}, send: [], emitted: [] };
+  for (const outcome of outcomes) {
+    Object.assign(merged.patch, outcome.patch);
+    if (outcome.send) merged.send.push(...outcome.send);
+    if (outcome.emitted) merged.emitted.push(...outcome.emitted);
+  }
+  return merged;
+};
+
+/** With the patch of `outcome` applied: the view later steps of the same rule must see. */
+const after = (context: RaftContext, outcome: Outcome): RaftContext => ({ ...context, ...outcome.patch });
+
+/**
+ * Advances commitIndex by the quorum rule, tells every follower (etcd broadcasts the new commit so
+ * followers apply promptly), and starts the reads that waited for this leader's first commit.
+ */
+const advanceCommit = (context: RaftContext): Outcome => {
+  const newCommitIndex = commitIndexByQuorum(context);
+  if (newCommitIndex === context.commitIndex) return {};
+  const commit = commitOutcome(context, newCommitIndex);
+  const committed = after(context, commit);
+  const broadcast = peersOf(committed).flatMap((peer) => appendsFor(committed, peer, true));
+  const reads = committed.pendingReadIds.length > 0 ? startReadRound(committed, committed.pendingReadIds) : {};
+  return merge(commit, { send: broadcast }, reads);
+};
+
+/** "Upon election: send initial empty AppendEntries RPCs"; the new term starts with a no-op entry (§8). */
+export const becomeLeader = (context: RaftContext): Outcome => {
+  const last = lastIndex(context.log);
+  const progress: Record<NodeId, ReturnType<typeof createProgress>> = {};
+  for (const peer of peersOf(context)) progress[peer] = createProgress(last);
+  const noop: Entry = { term: context.currentTerm, kind: 'noop', data: null };
+  append(context.log, [noop]);
+  const leading = after(context, { patch: { progress, leaderId: context.id, readRounds: [], pendingReadIds: [] } });
+  const persist: RaftEmitted = { type: 'persist', hardState: null, fromIndex: last + 1, entries: [noop] };
+  const appends = peersOf(leading).flatMap((peer) => appendsFor(leading, peer, true));
+  return merge(
+    { patch: { progress, leaderId: context.id, readRounds: [], pendingReadIds: [] } },
+    { send: appends, emitted: [persist] },
+    advanceCommit(leading),
+  );
+};
+
+/** "If command received from client: append entry to local log" and replicate it. One batch, one append. */
+export const appendProposals = (context: RaftContext, batchId: number, commands: Uint8Array[]): Outcome => {
+  const firstIndex = lastIndex(context.log) + 1;
+  const entries: Entry[] = commands.map((data) => ({ term: context.currentTerm, kind: 'command', data }));
+  append(context.log, entries);
+  const appends = peersOf(context).flatMap((peer) => appendsFor(context, peer, false));
+  return merge(
+    {
+      send: appends,
+      emitted: [
+        { type: 'persist', hardState: null, fromIndex: firstIndex, entries },
+        { type: 'proposalsAccepted', batchId, firstIndex, term: context.currentTerm },
+      ],
+    },
+    advanceCommit(context),
+  );
+};
+
+export const rejectProposals = (context: RaftContext, batchId: number): Outcome => ({
+  emitted: [{ type: 'proposalsRejected', batchId, leaderId: context.leaderId }],
+});
+
+/** Where the leader resumes after a rejection, from the follower's conflict hint (§5.3). */
+const nextIndexFromHint = (context: RaftContext, response: AppendEntriesResponse): number => {
+  if (response.conflictTerm > 0) {
+    const leaderLast = lastIndexOfTerm(context.log, response.conflictTerm);
+    if (leaderLast > 0) return leaderLast + 1;
+  }
+  return response.conflictIndex;
+};
+
+/**
+ * "If successful: update nextIndex and matchIndex for follower. If AppendEntries fails because of
+ * log inconsistency: decrement nextIndex and retry" — by a whole term at a time, with the hint.
+ */
+export const handleAppendResponse = (context: RaftContext, response: AppendEntriesResponse): Outcome => {
+  const progress = progressOf(context, response.from);
+  progress.recentActive = true;
+  if (response.success) {
+    assert(response.matchIndex <= lastIndex(context.log), 'a follower matched past the leader log');
+    const advanced = onAppendAccepted(progress, response.matchIndex);
+    const commit = advanced ? advanceCommit(context) : {};
+    const committed = after(context, commit);
+    return merge(commit, { send: appendsFor(committed, response.from, false) });
+  }
+  const changed = onAppendRejected(progress, response.rejectedIndex, nextIndexFromHint(context, response));
+  return changed ? { send: appendsFor(context, response.from, true) } : {};
+};
+
+/** Heartbeat rounds double as ReadIndex confirmations (dissertation §6.4). */
+export const broadcastHeartbeat = (context: RaftContext): Outcome => ({
+  send: peersOf(context).map(
+    (peer): Heartbeat => ({
+      type: 'Heartbeat',
+      from: context.id,
+      to: peer,
+      term: context.currentTerm,
+      commit: Math.min(progressOf(context, peer).matchIndex, context.commitIndex),
+      seq: context.readSeq,
+    }),
+  ),
+});
+
+/** Releases every read round, oldest first, up to the newest one a majority has confirmed. */
+const releaseConfirmedReads = (context: RaftContext, rounds: ReadRound[]): Outcome => {
+  let confirmed = -1;
+  rounds.forEach((round, position) => {
+    if (isMajority(round.acks.length, context.voters.length)) confirmed = position;
+  });
+  if (confirmed < 0) return { patch: { readRounds: rounds } };
+  const released = rounds.slice(0, confirmed + 1);
+  return {
+    patch: { readRounds: rounds.slice(confirmed + 1) },
+    emitted: released.map(
+      (round): RaftEmitted => ({ type: 'readsReady', ids: round.ids, readIndex: round.readIndex }),
+    ),
+  };
+};
+
+export const handleHeartbeatResponse = (context: RaftContext, response: HeartbeatResponse): Outcome => {
+  const progress = progressOf(context, response.from);
+  onHeartbeatAnswered(progress, context.maxInflight);
+  const rounds = context.readRounds.map((round) =>
+    round.seq <= response.seq && !round.acks.includes(response.from)
+      ? { ...round, acks: [...round.acks, response.from] }
+      : round,
+  );
+  const catchUp = progress.matchIndex < lastIndex(context.log) ? appendsFor(context, response.from, true) : [];
+  return merge(releaseConfirmedReads(context, rounds), { send: catchUp });
+};
+
+/** The leader has committed an entry of its own term, so its commitIndex is current (§6.4 step 1). */
+export const hasCommittedInCurrentTerm = (context: RaftContext): boolean =>
+  termAt(context.log, context.commitIndex) === context.currentTerm;
+
+/**
+ * ReadIndex (dissertation §6.4): record commitIndex as the read index, confirm leadership with one
+ * heartbeat round shared by every read in the batch, release once a majority answered.
+ */
+export const startReadRound = (context: RaftContext, ids: number[]): Outcome => {
+  if (!hasCommittedInCurrentTerm(context)) {
+    return { patch: { pendingReadIds: [...context.pendingReadIds, ...ids] } };
+  }
+  const seq = context.readSeq + 1;
+  const round: ReadRound = { seq, readIndex: context.commitIndex, ids, acks: [context.id] };
+  const withRound = after(context, { patch: { readSeq: seq, pendingReadIds: [] } });
+  return merge(
+    { patch: { readSeq: seq, pendingReadIds: [] } },
+    releaseConfirmedReads(withRound, [...context.readRounds, round]),
+    { send: context.voters.length > 1 ? broadcastHeartbeat(withRound).send : [] },
+  );
+};
+
+export const rejectReads = (context: RaftContext, ids: number[]): Outcome => ({
+  emitted: [{ type: 'readsRejected', ids, leaderId: context.leaderId }],
+});
+
+/** CheckQuorum: a leader that has not heard from a majority in an election timeout steps down. */
+export const hasLostQuorumContact = (context: RaftContext): boolean => {
+  const active = peersOf(context).filter((peer) => progressOf(context, peer).recentActive).length + 1;
+  return !isMajority(active, context.voters.length);
+};
+
+export const startQuorumRound = (context: RaftContext): Outcome => {
+  for (const peer of peersOf(context)) progressOf(context, peer).recentActive = false;
+  return {};
+};
+
+/** Leaving leadership: pending reads cannot be confirmed any more. */
+export const abandonLeadership = (context: RaftContext): Outcome => {
+  const ids = [...context.readRounds.flatMap((round) => round.ids), ...context.pendingReadIds];
+  return merge(
+    { patch: { progress: {}, readRounds: [], pendingReadIds: [], leaderId: null } },
+    ids.length > 0 ? { emitted: [{ type: 'readsRejected', ids, leaderId: null }] } : {},
+  );
+};

@@ -1,0 +1,102 @@
+/**
+ * The raft machine's context, input, events and outputs. The machine is pure (ARCHITECTURE.md
+ * rule 1): what it needs from the world arrives as events below, and what it wants done leaves as
+ * emitted outputs that the node's actors carry out.
+ */
+import type { RaftLog } from './log.js';
+import type { Entry, NodeId, RaftMessage } from './messages.js';
+import type { Progress } from './progress.js';
+import type { RngState } from './rng.js';
+
+export type Role = 'follower' | 'candidate' | 'leader';
+
+/** The state a server must persist before it answers an RPC (Figure 2, "Persistent state"). */
+export type HardState = { term: number; votedFor: NodeId | null };
+
+/** One ReadIndex round (dissertation §6.4): reads that wait for a heartbeat quorum at `seq`. */
+export type ReadRound = { seq: number; readIndex: number; ids: number[]; acks: NodeId[] };
+
+export type RaftTimings = {
+  /** Base election timeout T; each wait is drawn from [T, 2T). */
+  electionTimeoutMs: number;
+  heartbeatMs: number;
+};
+
+export type RaftInput = RaftTimings & {
+  id: NodeId;
+  /** Every voting member, the local server included. */
+  voters: readonly NodeId[];
+  /** What the server persisted before it (re)started. */
+  hardState?: HardState;
+  entries?: readonly Entry[];
+  /** Seed of the generator that randomizes election timeouts. */
+  seed: number;
+  /** Pipeline bound: unanswered AppendEntries per follower. */
+  maxInflight?: number;
+  /** Most entries in one AppendEntries. */
+  maxEntriesPerAppend?: number;
+};
+
+export type RaftContext = {
+  readonly id: NodeId;
+  readonly voters: readonly NodeId[];
+  readonly electionTimeoutMs: number;
+  readonly heartbeatMs: number;
+  readonly maxInflight: number;
+  readonly maxEntriesPerAppend: number;
+  // Persistent state on all servers (Figure 2).
+  currentTerm: number;
+  votedFor: NodeId | null;
+  log: RaftLog;
+  // Volatile state on all servers.
+  commitIndex: number;
+  leaderId: NodeId | null;
+  rng: RngState;
+  randomizedElectionTimeoutMs: number;
+  /** Answers received in the current pre-vote or election: granted or not, by voter. */
+  votes: Record<NodeId, boolean>;
+  // Volatile state on leaders (reinitialized after election).
+  progress: Record<NodeId, Progress>;
+  readSeq: number;
+  readRounds: ReadRound[];
+  /** Reads that arrived before this leader committed an entry of its own term. */
+  pendingReadIds: number[];
+};
+
+/** Events from the world. `message` carries every RPC; the machine routes it by term first. */
+export type RaftEvent =
+  | { type: 'message'; message: RaftMessage }
+  | { type: 'propose'; batchId: number; commands: Uint8Array[] }
+  | { type: 'readIndex'; ids: number[] }
+  | { type: 'electionTimeout' }
+  | { type: 'heartbeatTimeout' }
+  | { type: 'checkQuorum' }
+  // Routed RPCs: raised by the machine itself once the term check has passed.
+  | { type: 'RequestVote'; message: Extract<RaftMessage, { type: 'RequestVote' }> }
+  | { type: 'RequestVoteResponse'; message: Extract<RaftMessage, { type: 'RequestVoteResponse' }> }
+  | { type: 'AppendEntries'; message: Extract<RaftMessage, { type: 'AppendEntries' }> }
+  | { type: 'AppendEntriesResponse'; message: Extract<RaftMessage, { type: 'AppendEntriesResponse' }> }
+  | { type: 'Heartbeat'; message: Extract<RaftMessage, { type: 'Heartbeat' }> }
+  | { type: 'HeartbeatResponse'; message: Extract<RaftMessage, { type: 'HeartbeatResponse' }> };
+
+/** Outputs, carried out by the node in this order: persist, then send, then apply. */
+export type RaftEmitted =
+  | {
+      type: 'persist';
+      hardState: HardState | null;
+      /** Entries to write starting at `fromIndex`, replacing whatever the log held from there on. */
+      fromIndex: number;
+      entries: Entry[];
+    }
+  | { type: 'send'; messages: RaftMessage[] }
+  | { type: 'committed'; firstIndex: number; entries: Entry[] }
+  | { type: 'proposalsAccepted'; batchId: number; firstIndex: number; term: number }
+  | { type: 'proposalsRejected'; batchId: number; leaderId: NodeId | null }
+  | { type: 'readsReady'; ids: number[]; readIndex: number }
+  | { type: 'readsRejected'; ids: number[]; leaderId: NodeId | null };
+
+export type Outcome = {
+  patch?: Partial<RaftContext>;
+  send?: RaftMessage[];
+  emitted?: RaftEmitted[];
+};
