@@ -2,8 +2,9 @@
  * diskeyval: a Raft-replicated key/value store for Node.js. `diskeyval(options)` returns a node
  * handle; nothing else lives here (ARCHITECTURE.md).
  */
-import { EventEmitter } from 'node:events';
+
 import { randomInt } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import type { InspectionEvent } from 'xstate';
 import type { MemoryLog } from './actors/log.js';
 import { createRaftNode, type RaftStatus } from './actors/raft-node.js';
@@ -83,19 +84,24 @@ const checkOptions = (options: DiskeyvalOptions): void => {
   if (typeof options?.nodeId !== 'string' || options.nodeId.length === 0) {
     throw diskeyvalError('INVALID_ARGUMENT', 'options.nodeId must be a non-empty string');
   }
-  if (!Array.isArray(options.peers)) throw diskeyvalError('INVALID_ARGUMENT', 'options.peers must be an array');
+  if (!Array.isArray(options.peers))
+    throw diskeyvalError('INVALID_ARGUMENT', 'options.peers must be an array');
   const ids = options.peers.map(peerIdOf);
   if (ids.some((id) => typeof id !== 'string' || id.length === 0) || new Set(ids).size !== ids.length) {
     throw diskeyvalError('INVALID_ARGUMENT', 'options.peers must name distinct, non-empty node ids');
   }
-  if (ids.includes(options.nodeId)) throw diskeyvalError('INVALID_ARGUMENT', 'options.peers must not list the node itself');
+  if (ids.includes(options.nodeId))
+    throw diskeyvalError('INVALID_ARGUMENT', 'options.peers must not list the node itself');
   const electionTimeoutMs = options.electionTimeoutMs ?? 300;
   const heartbeatMs = options.heartbeatMs ?? 50;
   if (!(heartbeatMs > 0 && electionTimeoutMs > heartbeatMs)) {
     throw diskeyvalError('INVALID_ARGUMENT', 'heartbeatMs must be positive and below electionTimeoutMs');
   }
   if (!options.transport) {
-    throw diskeyvalError('INVALID_ARGUMENT', 'options.transport is required (the mTLS transport is not built yet)');
+    throw diskeyvalError(
+      'INVALID_ARGUMENT',
+      'options.transport is required (the mTLS transport is not built yet)',
+    );
   }
 };
 
@@ -127,7 +133,8 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
   });
 
   const running = (): void => {
-    if (!started || ended) throw diskeyvalError('STOPPED', `${options.nodeId} is ${ended ? 'ended' : 'not started'}`);
+    if (!started || ended)
+      throw diskeyvalError('STOPPED', `${options.nodeId} is ${ended ? 'ended' : 'not started'}`);
   };
 
   const propose = async (command: Parameters<typeof encodeCommand>[0]): Promise<void> => {
@@ -163,7 +170,10 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
       await propose({ op: 'delete', key });
     },
     async reconfigure() {
-      throw diskeyvalError('INVALID_ARGUMENT', 'reconfigure is not supported yet: membership is fixed at start');
+      throw diskeyvalError(
+        'INVALID_ARGUMENT',
+        'reconfigure is not supported yet: membership is fixed at start',
+      );
     },
     getPeers: () => [...options.peers] as ClusterPeer[] | string[],
     async end() {
@@ -208,8 +218,9 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
 };
 
 export default diskeyval;
-export { createMemoryLog } from './actors/log.js';
 export type { MemoryLog, PersistedState } from './actors/log.js';
+export { createMemoryLog } from './actors/log.js';
+export type { DiskeyvalError, DiskeyvalErrorCode } from './errors.js';
 export {
   ERROR_CODES,
   isDiskeyvalError,
@@ -219,8 +230,7 @@ export {
   isStopped,
   isTimeout,
 } from './errors.js';
-export type { DiskeyvalError, DiskeyvalErrorCode } from './errors.js';
 export { createMemoryTransport, type MemoryTransport } from './io/memory-transport.js';
 export type { RaftTransport, TransportEndpoint, TransportMessage } from './io/transport.js';
 export { raftMachine } from './machines/raft.machine.js';
-export { MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES } from './validate.js';
+export { DEFAULT_MAX_VALUE_BYTES, MAX_KEY_BYTES } from './validate.js';

@@ -28,7 +28,8 @@ export const validateValue = (value: unknown): void => {
   if (value === undefined) throw diskeyvalError('INVALID_ARGUMENT', 'value is undefined: use delete(key)');
   const seen = new Set<object>();
   const visit = (item: unknown, path: string, depth: number): void => {
-    if (depth > MAX_DEPTH) throw diskeyvalError('INVALID_ARGUMENT', `value nests deeper than ${MAX_DEPTH} at ${path}`);
+    if (depth > MAX_DEPTH)
+      throw diskeyvalError('INVALID_ARGUMENT', `value nests deeper than ${MAX_DEPTH} at ${path}`);
     switch (typeof item) {
       case 'string':
       case 'boolean':
@@ -51,7 +52,8 @@ export const validateValue = (value: unknown): void => {
     if (seen.has(object)) throw diskeyvalError('INVALID_ARGUMENT', `value is cyclic at ${path}`);
     seen.add(object);
     if (Array.isArray(object)) {
-      object.forEach((element, index) => visit(element, `${path}[${index}]`, depth + 1));
+      for (let index = 0; index < object.length; index += 1)
+        visit(object[index], `${path}[${index}]`, depth + 1);
     } else {
       const prototype = Object.getPrototypeOf(object);
       if (prototype !== Object.prototype && prototype !== null) {
@@ -66,6 +68,9 @@ export const validateValue = (value: unknown): void => {
 
 export const validateSize = (encoded: Uint8Array, maxValueBytes: number): void => {
   if (encoded.byteLength > maxValueBytes) {
-    throw diskeyvalError('INVALID_ARGUMENT', `value encodes to ${encoded.byteLength} bytes, above ${maxValueBytes}`);
+    throw diskeyvalError(
+      'INVALID_ARGUMENT',
+      `value encodes to ${encoded.byteLength} bytes, above ${maxValueBytes}`,
+    );
   }
 };

@@ -4,10 +4,16 @@
  * replication pipeline's flow control (what to send next, how much may be in flight) is decided by
  * the raft machine (progress.ts); the peer actor carries it out.
  */
-import type { NodeId, RaftMessage } from '../machines/messages.js';
-import type { TransportEndpoint } from '../io/transport.js';
 
-export type PeerMetrics = { nodeId: NodeId; messagesSent: number; messagesReceived: number; entriesSent: number };
+import type { TransportEndpoint } from '../io/transport.js';
+import type { NodeId, RaftMessage } from '../machines/messages.js';
+
+export type PeerMetrics = {
+  nodeId: NodeId;
+  messagesSent: number;
+  messagesReceived: number;
+  entriesSent: number;
+};
 
 export const createPeer = <M extends { from: string; to: string; type: string }>(
   nodeId: NodeId,

@@ -118,7 +118,10 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   const withDeadline = <W extends Waiter>(waiter: W, what: string): W => {
     waiter.deadline = deadlines.add(options.proposalTimeoutMs, () =>
       waiter.reject(
-        diskeyvalError('QUORUM_UNAVAILABLE', `${what} not confirmed by a majority within ${options.proposalTimeoutMs} ms`),
+        diskeyvalError(
+          'QUORUM_UNAVAILABLE',
+          `${what} not confirmed by a majority within ${options.proposalTimeoutMs} ms`,
+        ),
       ),
     );
     return waiter;
@@ -133,7 +136,10 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       const waiter = proposalWaiters[settled]!;
       const entry = entries[waiter.index - firstIndex];
       const sameEntry = entry !== undefined && entry.term === waiter.term;
-      settle(waiter, sameEntry ? undefined : diskeyvalError('PROPOSAL_DROPPED', 'a new leader replaced the entry'));
+      settle(
+        waiter,
+        sameEntry ? undefined : diskeyvalError('PROPOSAL_DROPPED', 'a new leader replaced the entry'),
+      );
       settled += 1;
     }
     if (settled > 0) proposalWaiters.splice(0, settled);
@@ -162,7 +168,9 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   };
 
   const notLeader = (leaderId: NodeId | null) =>
-    diskeyvalError('NOT_LEADER', `${options.id} is not the leader (leader: ${leaderId ?? 'unknown'})`, { leaderId });
+    diskeyvalError('NOT_LEADER', `${options.id} is not the leader (leader: ${leaderId ?? 'unknown'})`, {
+      leaderId,
+    });
 
   const carryOut = (emitted: RaftEmitted): void => {
     switch (emitted.type) {
@@ -214,7 +222,8 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     if (!actor || stopped) return;
     const now = status();
     const before = lastStatus;
-    if (before && before.role === now.role && before.term === now.term && before.leaderId === now.leaderId) return;
+    if (before && before.role === now.role && before.term === now.term && before.leaderId === now.leaderId)
+      return;
     lastStatus = now;
     if (now.role === 'leader' && before?.role !== 'leader') metrics.elections += 1;
     options.onRole?.(now);
@@ -257,8 +266,11 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   const start = async (): Promise<void> => {
     assert(actor === null, 'start called twice');
     const persisted = log.persisted();
-    endpoint = await options.transport.connect(options.id, deliver);
-    for (const voter of options.voters) if (voter !== options.id) peers.set(voter, createPeer(voter, endpoint));
+    // Synchronous when the transport connects synchronously (in-process and simulated ones).
+    const connected = options.transport.connect(options.id, deliver);
+    endpoint = connected instanceof Promise ? await connected : connected;
+    for (const voter of options.voters)
+      if (voter !== options.id) peers.set(voter, createPeer(voter, endpoint));
     actor = createActor(raftMachine, {
       clock,
       ...(options.inspect ? { inspect: options.inspect } : {}),
@@ -274,7 +286,15 @@ export const createRaftNode = (options: RaftNodeOptions) => {
         ...(options.maxEntriesPerAppend ? { maxEntriesPerAppend: options.maxEntriesPerAppend } : {}),
       },
     });
-    for (const type of ['persist', 'send', 'committed', 'proposalsAccepted', 'proposalsRejected', 'readsReady', 'readsRejected'] as const) {
+    for (const type of [
+      'persist',
+      'send',
+      'committed',
+      'proposalsAccepted',
+      'proposalsRejected',
+      'readsReady',
+      'readsRejected',
+    ] as const) {
       actor.on(type, (emitted) => carryOut(emitted as RaftEmitted));
     }
     actor.subscribe({ next: noticeRoleChange, error: (error) => options.onRole && console.error(error) });
@@ -316,7 +336,13 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     stopped = true;
     actor?.stop();
     const error = diskeyvalError('STOPPED', `${options.id} stopped`);
-    for (const waiter of [...queuedProposals, ...queuedReads, ...proposalWaiters, ...readWaiters, ...reads.values()])
+    for (const waiter of [
+      ...queuedProposals,
+      ...queuedReads,
+      ...proposalWaiters,
+      ...readWaiters,
+      ...reads.values(),
+    ])
       settle(waiter, error);
     for (const waiters of batches.values()) for (const waiter of waiters) settle(waiter, error);
     queuedProposals = [];

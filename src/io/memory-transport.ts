@@ -77,7 +77,11 @@ export const createMemoryTransport = (
   return {
     connect,
     partition,
-    isolate: (nodeId) => partition([nodeId], [...endpoints.keys()].filter((id) => id !== nodeId)),
+    isolate: (nodeId) =>
+      partition(
+        [nodeId],
+        [...endpoints.keys()].filter((id) => id !== nodeId),
+      ),
     heal: () => {
       groupOf = null;
     },

@@ -39,7 +39,10 @@ export const append = (log: RaftLog, entries: readonly Entry[]): number => {
  */
 export const isUpToDate = (log: RaftLog, candidateLastIndex: number, candidateLastTerm: number): boolean => {
   const ourLastTerm = lastTerm(log);
-  return candidateLastTerm > ourLastTerm || (candidateLastTerm === ourLastTerm && candidateLastIndex >= lastIndex(log));
+  return (
+    candidateLastTerm > ourLastTerm ||
+    (candidateLastTerm === ourLastTerm && candidateLastIndex >= lastIndex(log))
+  );
 };
 
 /** AppendEntries receiver rule 2: the log must contain an entry at prevLogIndex whose term matches. */
@@ -78,7 +81,10 @@ export const mergeEntries = (
  * term of its entry there and the first index of that term, or (0, lastIndex + 1) when its log
  * is too short. This is the "fast backup" optimisation of §5.3.
  */
-export const conflictHint = (log: RaftLog, prevLogIndex: number): { conflictTerm: number; conflictIndex: number } => {
+export const conflictHint = (
+  log: RaftLog,
+  prevLogIndex: number,
+): { conflictTerm: number; conflictIndex: number } => {
   const term = termAt(log, prevLogIndex);
   if (term === undefined) return { conflictTerm: 0, conflictIndex: lastIndex(log) + 1 };
   let index = prevLogIndex;

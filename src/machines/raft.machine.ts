@@ -110,7 +110,9 @@ export const raftMachine = setup({
     startReadRound: rule((context, event) =>
       event.type === 'readIndex' ? rules.startReadRound(context, event.ids) : {},
     ),
-    rejectReads: rule((context, event) => (event.type === 'readIndex' ? rules.rejectReads(context, event.ids) : {})),
+    rejectReads: rule((context, event) =>
+      event.type === 'readIndex' ? rules.rejectReads(context, event.ids) : {},
+    ),
     startQuorumRound: rule((context) => rules.startQuorumRound(context)),
     assertOneLeaderPerTerm: ({ context, event }) => {
       throw new Error(
@@ -131,7 +133,10 @@ export const raftMachine = setup({
       { guard: 'isFromNewerTerm', target: '.follower', actions: ['adoptHigherTerm', 'redeliver'] },
       { actions: 'routeByType' },
     ],
-    RequestVote: [{ guard: 'canGrantVote', target: '.follower', actions: 'grantVote' }, { actions: 'rejectVote' }],
+    RequestVote: [
+      { guard: 'canGrantVote', target: '.follower', actions: 'grantVote' },
+      { actions: 'rejectVote' },
+    ],
     propose: { actions: 'rejectProposals' },
     readIndex: { actions: 'rejectReads' },
   },
@@ -193,17 +198,16 @@ export const raftMachine = setup({
         propose: { actions: 'appendProposals' },
         readIndex: { actions: 'startReadRound' },
         heartbeatTimeout: { actions: 'broadcastHeartbeat' },
-        checkQuorum: [
-          { guard: 'hasLostQuorumContact', target: 'follower' },
-          { actions: 'startQuorumRound' },
-        ],
+        checkQuorum: [{ guard: 'hasLostQuorumContact', target: 'follower' }, { actions: 'startQuorumRound' }],
       },
       states: {
         heartbeat: {
           initial: 'waiting',
           states: {
             waiting: {
-              after: { heartbeatInterval: { target: 'waiting', reenter: true, actions: 'broadcastHeartbeat' } },
+              after: {
+                heartbeatInterval: { target: 'waiting', reenter: true, actions: 'broadcastHeartbeat' },
+              },
             },
           },
         },

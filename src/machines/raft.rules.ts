@@ -5,6 +5,7 @@
  * machine's own, see log.ts); everything else changes through `patch`.
  */
 import { assert } from './assert.js';
+import { commitIndexByQuorum } from './commit.js';
 import {
   append,
   conflictHint,
@@ -36,15 +37,15 @@ import {
   onAppendSent,
   onHeartbeatAnswered,
 } from './progress.js';
-import { commitIndexByQuorum } from './commit.js';
 import { isMajority } from './quorum.js';
-import { nextInt } from './rng.js';
 import type { HardState, Outcome, RaftContext, RaftEmitted, RaftInput, ReadRound } from './raft.types.js';
+import { nextInt } from './rng.js';
 
 export const DEFAULT_MAX_INFLIGHT = 8;
 export const DEFAULT_MAX_ENTRIES_PER_APPEND = 512;
 
-export const peersOf = (context: RaftContext): NodeId[] => context.voters.filter((voter) => voter !== context.id);
+export const peersOf = (context: RaftContext): NodeId[] =>
+  context.voters.filter((voter) => voter !== context.id);
 
 const hardStateOf = (term: number, votedFor: NodeId | null): HardState => ({ term, votedFor });
 
@@ -111,7 +112,9 @@ export const answerStaleMessage = (context: RaftContext, message: RaftMessage): 
   const base = { from: context.id, to: message.from, term: context.currentTerm };
   switch (message.type) {
     case 'RequestVote':
-      return { send: [{ ...base, type: 'RequestVoteResponse', voteGranted: false, preVote: message.preVote }] };
+      return {
+        send: [{ ...base, type: 'RequestVoteResponse', voteGranted: false, preVote: message.preVote }],
+      };
     case 'AppendEntries':
       return { send: [rejectAppend(context, message, base.term)] };
     case 'Heartbeat':
@@ -228,7 +231,11 @@ export const appendFromLeader = (context: RaftContext, request: AppendEntries): 
     assert(request.prevLogIndex > context.commitIndex, 'a leader disagrees with a committed entry');
     return { patch: leaderPatch, send: [rejectAppend(context, request, context.currentTerm)] };
   }
-  const { firstWrittenIndex, lastNewIndex } = mergeEntries(context.log, request.prevLogIndex, request.entries);
+  const { firstWrittenIndex, lastNewIndex } = mergeEntries(
+    context.log,
+    request.prevLogIndex,
+    request.entries,
+  );
   assert(lastNewIndex >= context.commitIndex || firstWrittenIndex === -1, 'truncated a committed entry');
   const emitted: RaftEmitted[] = [];
   if (firstWrittenIndex !== -1) {
@@ -269,7 +276,11 @@ export const heartbeatFromLeader = (context: RaftContext, heartbeat: Heartbeat):
     term: context.currentTerm,
     seq: heartbeat.seq,
   };
-  return { patch: { leaderId: heartbeat.from, ...commit.patch }, send: [response], emitted: commit.emitted ?? [] };
+  return {
+    patch: { leaderId: heartbeat.from, ...commit.patch },
+    send: [response],
+    emitted: commit.emitted ?? [],
+  };
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -395,7 +406,8 @@ const advanceCommit = (context: RaftContext): Outcome => {
   const commit = commitOutcome(context, newCommitIndex);
   const committed = after(context, commit);
   const broadcast = peersOf(committed).flatMap((peer) => appendsFor(committed, peer, true));
-  const reads = committed.pendingReadIds.length > 0 ? startReadRound(committed, committed.pendingReadIds) : {};
+  const reads =
+    committed.pendingReadIds.length > 0 ? startReadRound(committed, committed.pendingReadIds) : {};
   return merge(commit, { send: broadcast }, reads);
 };
 
@@ -406,7 +418,9 @@ export const becomeLeader = (context: RaftContext): Outcome => {
   for (const peer of peersOf(context)) progress[peer] = createProgress(last);
   const noop: Entry = { term: context.currentTerm, kind: 'noop', data: null };
   append(context.log, [noop]);
-  const leading = after(context, { patch: { progress, leaderId: context.id, readRounds: [], pendingReadIds: [] } });
+  const leading = after(context, {
+    patch: { progress, leaderId: context.id, readRounds: [], pendingReadIds: [] },
+  });
   const persist: RaftEmitted = { type: 'persist', hardState: null, fromIndex: last + 1, entries: [noop] };
   const appends = peersOf(leading).flatMap((peer) => appendsFor(leading, peer, true));
   return merge(
@@ -503,7 +517,8 @@ export const handleHeartbeatResponse = (context: RaftContext, response: Heartbea
       ? { ...round, acks: [...round.acks, response.from] }
       : round,
   );
-  const catchUp = progress.matchIndex < lastIndex(context.log) ? appendsFor(context, response.from, true) : [];
+  const catchUp =
+    progress.matchIndex < lastIndex(context.log) ? appendsFor(context, response.from, true) : [];
   return merge(releaseConfirmedReads(context, rounds), { send: catchUp });
 };
 

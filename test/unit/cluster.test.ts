@@ -14,7 +14,14 @@ describe('in-memory cluster', () => {
     const transport = createMemoryTransport();
     const ids = ['n1', 'n2', 'n3'];
     const nodes: DiskeyvalNode[] = ids.map((nodeId, i) =>
-      diskeyval({ nodeId, peers: ids.filter((id) => id !== nodeId), transport, seed: i + 1, electionTimeoutMs: 100, heartbeatMs: 20 }),
+      diskeyval({
+        nodeId,
+        peers: ids.filter((id) => id !== nodeId),
+        transport,
+        seed: i + 1,
+        electionTimeoutMs: 100,
+        heartbeatMs: 20,
+      }),
     );
     await Promise.all(nodes.map((node) => node.start()));
     await waitFor(() => nodes.some((node) => node.isLeader()), 'a leader');

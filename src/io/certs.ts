@@ -1,0 +1,332 @@
+/**
+ * Certificate tooling for a diskeyval cluster: one private certificate authority per cluster and
+ * one certificate per node, all ECDSA P-256, all as PEM strings that Node's `tls` accepts.
+ *
+ * A node certificate names its node twice: as the subject CN and as a SAN DNS name. The mTLS
+ * transport accepts a peer only when one of those names equals the nodeId the peer speaks for.
+ * The SAN also carries `localhost`, `127.0.0.1` and `::1` so the certificate works on loopback.
+ */
+import { randomBytes, webcrypto } from 'node:crypto';
+import { chmod, mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { PeerCertificate } from 'node:tls';
+import type * as X509 from '@peculiar/x509';
+
+/** One certificate and its private key, both PEM (the key is PKCS#8, `-----BEGIN PRIVATE KEY-----`). */
+export type CertificateAndKey = { readonly cert: string; readonly key: string };
+
+export type ClusterCertificates = {
+  readonly ca: CertificateAndKey;
+  readonly nodes: Record<string, CertificateAndKey>;
+};
+
+export type ValidityOptions = {
+  /** Days of validity from `notBefore` when `notAfter` is not given. */
+  readonly validDays?: number;
+  readonly notBefore?: Date;
+  readonly notAfter?: Date;
+};
+
+export type CertificateAuthorityOptions = ValidityOptions & {
+  /** The CA's common name (default `diskeyval cluster CA`). */
+  readonly commonName?: string;
+};
+
+export type ClusterCertificatesOptions = ValidityOptions & {
+  readonly nodes: readonly string[];
+};
+
+const crypto = webcrypto;
+
+/**
+ * @peculiar/x509 2.x depends on tsyringe, which refuses to load unless a Reflect metadata polyfill
+ * (`reflect-metadata` or similar) was installed first, and no such package is a dependency here.
+ * tsyringe only needs `getMetadata`, `getOwnMetadata` and `defineMetadata` on class constructors,
+ * so a tiny WeakMap-backed stand-in is installed, and only when no polyfill is present. This is why
+ * the library is loaded lazily (a static import would be evaluated before any code in this file).
+ */
+const installReflectMetadata = (): void => {
+  const reflect = Reflect as unknown as Record<string, unknown>;
+  if (typeof reflect.getMetadata === 'function') return;
+  const store = new WeakMap<object, Map<unknown, unknown>>();
+  const getOwn = (key: unknown, target: object): unknown => store.get(target)?.get(key);
+  const define = (key: unknown, value: unknown, target: object): void => {
+    let map = store.get(target);
+    if (!map) {
+      map = new Map();
+      store.set(target, map);
+    }
+    map.set(key, value);
+  };
+  const get = (key: unknown, target: object): unknown => {
+    for (let t: object | null = target; t !== null; t = Object.getPrototypeOf(t)) {
+      const map = store.get(t);
+      if (map?.has(key)) return map.get(key);
+    }
+    return undefined;
+  };
+  Object.defineProperties(reflect, {
+    getOwnMetadata: { value: getOwn, configurable: true, writable: true },
+    getMetadata: { value: get, configurable: true, writable: true },
+    defineMetadata: { value: define, configurable: true, writable: true },
+  });
+};
+
+let x509Module: Promise<typeof X509> | undefined;
+
+/** Loads @peculiar/x509 (once), set up with Node's WebCrypto. Tests use it to inspect certificates. */
+export const loadX509 = (): Promise<typeof X509> => {
+  x509Module ??= (async () => {
+    installReflectMetadata();
+    const loaded = (await import('@peculiar/x509')) as typeof X509 & { default?: typeof X509 };
+    const x509 = loaded.X509Certificate ? loaded : (loaded.default as typeof X509);
+    x509.cryptoProvider.set(crypto as unknown as ReturnType<typeof x509.cryptoProvider.get>);
+    return x509;
+  })();
+  return x509Module;
+};
+
+const EC_KEY: webcrypto.EcKeyGenParams = { name: 'ECDSA', namedCurve: 'P-256' };
+const SIGNING: webcrypto.EcdsaParams = { name: 'ECDSA', hash: 'SHA-256' };
+const DAY_MS = 86_400_000;
+/** Node certificates start a little in the past so small clock skew between hosts does not bite. */
+const SKEW_MS = 5 * 60_000;
+const DEFAULT_NODE_DAYS = 365;
+const DEFAULT_CA_DAYS = 3650;
+
+const codeError = (code: string, message: string): Error => Object.assign(new Error(message), { code });
+
+const validity = (options: ValidityOptions, defaultDays: number): { notBefore: Date; notAfter: Date } => {
+  const days = options.validDays ?? defaultDays;
+  if (!Number.isFinite(days) || days <= 0) {
+    throw codeError('INVALID_ARGUMENT', `validDays must be a positive number, got ${days}`);
+  }
+  const notBefore = options.notBefore ?? new Date(Date.now() - SKEW_MS);
+  const notAfter = options.notAfter ?? new Date(notBefore.getTime() + days * DAY_MS);
+  if (notAfter.getTime() <= notBefore.getTime()) {
+    throw codeError('INVALID_ARGUMENT', 'notAfter must be later than notBefore');
+  }
+  return { notBefore, notAfter };
+};
+
+/** A positive 128-bit serial number as hex (the top bit cleared so DER keeps it positive). */
+const serialNumber = (): string => {
+  const bytes = randomBytes(16);
+  bytes[0] = (bytes[0] ?? 0) & 0x7f;
+  return bytes.toString('hex');
+};
+
+/** A distinguished name with one CN, escaped by the library (node ids may contain `,` or `=`). */
+const nameWithCommonName = (commonName: string): X509.JsonName => [{ CN: [commonName] }];
+
+const checkNodeId = (nodeId: string): void => {
+  if (typeof nodeId !== 'string' || nodeId.length === 0 || nodeId.length > 253 || /[\s/\\]/.test(nodeId)) {
+    throw codeError('INVALID_ARGUMENT', `invalid node id ${JSON.stringify(nodeId)}`);
+  }
+  // Every node certificate carries DNS:localhost, so `localhost` cannot name one node.
+  if (nodeId === 'localhost') throw codeError('INVALID_ARGUMENT', 'node id "localhost" is reserved');
+};
+
+const generateKeys = (): Promise<webcrypto.CryptoKeyPair> =>
+  crypto.subtle.generateKey(EC_KEY, true, ['sign', 'verify']) as Promise<webcrypto.CryptoKeyPair>;
+
+const exportKeyPem = async (x509: typeof X509, key: webcrypto.CryptoKey): Promise<string> =>
+  x509.PemConverter.encode(await crypto.subtle.exportKey('pkcs8', key), 'PRIVATE KEY');
+
+const importSigningKey = (x509: typeof X509, pem: string): Promise<webcrypto.CryptoKey> =>
+  crypto.subtle.importKey('pkcs8', x509.PemConverter.decodeFirst(pem), EC_KEY, false, ['sign']);
+
+/** Creates a self-signed cluster CA (default validity 10 years). */
+export const createCertificateAuthority = async (
+  options: CertificateAuthorityOptions = {},
+): Promise<CertificateAndKey> => {
+  const { notBefore, notAfter } = validity(options, DEFAULT_CA_DAYS);
+  const x509 = await loadX509();
+  const keys = await generateKeys();
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: serialNumber(),
+    name: nameWithCommonName(options.commonName ?? 'diskeyval cluster CA'),
+    notBefore,
+    notAfter,
+    signingAlgorithm: SIGNING,
+    keys,
+    extensions: [
+      new x509.BasicConstraintsExtension(true, 0, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+    ],
+  });
+  return { cert: cert.toString('pem'), key: await exportKeyPem(x509, keys.privateKey) };
+};
+
+/**
+ * Issues a certificate for `nodeId` signed by `ca`: CN = nodeId, SAN = DNS:nodeId, DNS:localhost,
+ * IP:127.0.0.1, IP:::1, usable for both TLS server and TLS client authentication. Default validity is
+ * 365 days from a few minutes ago; `notBefore` / `notAfter` may be given (tests make expired and
+ * not-yet-valid certificates this way).
+ */
+export const issueNodeCertificate = async (
+  ca: CertificateAndKey,
+  nodeId: string,
+  options: ValidityOptions = {},
+): Promise<CertificateAndKey> => {
+  checkNodeId(nodeId);
+  const { notBefore, notAfter } = validity(options, DEFAULT_NODE_DAYS);
+  const x509 = await loadX509();
+  const caCert = new x509.X509Certificate(ca.cert);
+  const [caKey, keys] = await Promise.all([importSigningKey(x509, ca.key), generateKeys()]);
+  const cert = await x509.X509CertificateGenerator.create({
+    serialNumber: serialNumber(),
+    subject: nameWithCommonName(nodeId),
+    issuer: caCert.subjectName,
+    notBefore,
+    notAfter,
+    signingAlgorithm: SIGNING,
+    publicKey: keys.publicKey,
+    signingKey: caKey,
+    extensions: [
+      new x509.BasicConstraintsExtension(false, undefined, true),
+      new x509.KeyUsagesExtension(
+        x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyAgreement,
+        true,
+      ),
+      new x509.ExtendedKeyUsageExtension([
+        x509.ExtendedKeyUsage.serverAuth,
+        x509.ExtendedKeyUsage.clientAuth,
+      ]),
+      new x509.SubjectAlternativeNameExtension([
+        { type: 'dns', value: nodeId },
+        { type: 'dns', value: 'localhost' },
+        { type: 'ip', value: '127.0.0.1' },
+        { type: 'ip', value: '::1' },
+      ]),
+      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+      await x509.AuthorityKeyIdentifierExtension.create(caCert.publicKey),
+    ],
+  });
+  return { cert: cert.toString('pem'), key: await exportKeyPem(x509, keys.privateKey) };
+};
+
+/**
+ * A fresh CA plus one certificate per node. `validDays` / `notBefore` / `notAfter` apply to the
+ * node certificates; the CA is valid for 10 years and always covers the node certificates' window.
+ */
+export const createClusterCertificates = async (
+  options: ClusterCertificatesOptions,
+): Promise<ClusterCertificates> => {
+  const nodeIds = options.nodes;
+  if (!Array.isArray(nodeIds) || nodeIds.length === 0) {
+    throw codeError('INVALID_ARGUMENT', 'at least one node id is required');
+  }
+  nodeIds.forEach(checkNodeId);
+  if (new Set(nodeIds).size !== nodeIds.length) {
+    throw codeError('INVALID_ARGUMENT', 'node ids must be unique');
+  }
+  const nodeValidity = validity(options, DEFAULT_NODE_DAYS);
+  const caDefault = validity({}, DEFAULT_CA_DAYS);
+  const ca = await createCertificateAuthority({
+    notBefore: new Date(Math.min(caDefault.notBefore.getTime(), nodeValidity.notBefore.getTime())),
+    notAfter: new Date(Math.max(caDefault.notAfter.getTime(), nodeValidity.notAfter.getTime())),
+  });
+  const issued = await Promise.all(nodeIds.map((nodeId) => issueNodeCertificate(ca, nodeId, nodeValidity)));
+  const nodes: Record<string, CertificateAndKey> = Object.create(null);
+  nodeIds.forEach((nodeId, i) => {
+    nodes[nodeId] = issued[i]!;
+  });
+  return { ca, nodes };
+};
+
+/**
+ * Writes `ca.pem`, `ca.key`, `<node>.pem` and `<node>.key` into `dir` (created if missing). Keys
+ * are written with mode 0600. Returns the paths written.
+ */
+export const writeClusterCertificates = async (
+  dir: string,
+  certs: ClusterCertificates,
+): Promise<string[]> => {
+  await mkdir(dir, { recursive: true });
+  const files: Array<[name: string, content: string, mode: number]> = [
+    ['ca.pem', certs.ca.cert, 0o644],
+    ['ca.key', certs.ca.key, 0o600],
+  ];
+  for (const [nodeId, { cert, key }] of Object.entries(certs.nodes)) {
+    if (nodeId === 'ca' || nodeId.startsWith('.')) {
+      throw codeError('INVALID_ARGUMENT', `node id ${JSON.stringify(nodeId)} cannot be used as a file name`);
+    }
+    files.push([`${nodeId}.pem`, cert, 0o644], [`${nodeId}.key`, key, 0o600]);
+  }
+  const paths: string[] = [];
+  for (const [name, content, mode] of files) {
+    const path = join(dir, name);
+    await writeFile(path, content, { mode });
+    // `mode` only applies when the file is created: tighten files that already existed too.
+    await chmod(path, mode);
+    paths.push(path);
+  }
+  return paths;
+};
+
+export type CertificateIdentities = {
+  /** The subject CN (the last one when a certificate has several, as OpenSSL does). */
+  readonly commonName: string | undefined;
+  /** The SAN DNS names. */
+  readonly dnsNames: readonly string[];
+};
+
+/**
+ * Parses Node's `subjectaltname` string (`DNS:a, IP Address:127.0.0.1, DNS:"b,c"`). Node prints a
+ * value that contains a separator, quote or unusual character as a JSON string literal, so a
+ * quoted value is read as JSON and an unquoted one runs to the next `, `.
+ */
+const parseSubjectAltName = (text: string): Array<{ type: string; value: string }> => {
+  const names: Array<{ type: string; value: string }> = [];
+  let i = 0;
+  while (i < text.length) {
+    const colon = text.indexOf(':', i);
+    if (colon < 0) break;
+    const type = text.slice(i, colon);
+    let j = colon + 1;
+    let value: string;
+    if (text[j] === '"') {
+      let k = j + 1;
+      while (k < text.length && text[k] !== '"') k += text[k] === '\\' ? 2 : 1;
+      try {
+        value = JSON.parse(text.slice(j, k + 1)) as string;
+      } catch {
+        break;
+      }
+      j = k + 1;
+    } else {
+      const end = text.indexOf(', ', j);
+      value = text.slice(j, end < 0 ? text.length : end);
+      j = end < 0 ? text.length : end;
+    }
+    names.push({ type, value });
+    i = text.startsWith(', ', j) ? j + 2 : text.length;
+  }
+  return names;
+};
+
+/** The CN and SAN DNS names of a Node `tls.PeerCertificate` (as returned by `getPeerCertificate()`). */
+export const certificateIdentities = (peerCertificate: PeerCertificate): CertificateIdentities => {
+  const cn: unknown = peerCertificate?.subject?.CN;
+  const commonNames = Array.isArray(cn)
+    ? cn.filter((v) => typeof v === 'string')
+    : typeof cn === 'string'
+      ? [cn]
+      : [];
+  const san = peerCertificate?.subjectaltname;
+  const dnsNames =
+    typeof san === 'string'
+      ? parseSubjectAltName(san)
+          .filter((name) => name.type === 'DNS')
+          .map((name) => name.value)
+      : [];
+  return { commonName: commonNames[commonNames.length - 1], dnsNames };
+};
+
+/** Whether a peer certificate names `nodeId` as its CN or one of its SAN DNS names. */
+export const certificateNamesNode = (peerCertificate: PeerCertificate, nodeId: string): boolean => {
+  const { commonName, dnsNames } = certificateIdentities(peerCertificate);
+  return commonName === nodeId || dnsNames.includes(nodeId);
+};

@@ -1,0 +1,315 @@
+/**
+ * The wire protocol between diskeyval nodes.
+ *
+ * A stream is a sequence of frames: a 4-byte big-endian body length followed by a msgpack body.
+ * The first frame in each direction is a handshake `{ protocol: 'diskeyval', version: 1, nodeId }`;
+ * every later frame body is an array of messages (everything a node sends to one peer in one tick
+ * travels as one frame). Each message is a map with string `type`, `from` and `to`.
+ *
+ * Decoding is defensive: the body length is checked against the maximum frame size as soon as the
+ * 4 header bytes are in, before any of the body is buffered, and every failure is an Error with a
+ * `code` (`FRAME_TOO_LARGE`, `MALFORMED_FRAME`, `BAD_HANDSHAKE`, `PROTOCOL_VERSION`). A decoder that
+ * has thrown stays failed: the connection it serves is to be closed.
+ *
+ * Binary values (`Uint8Array`, such as entry `data`) decode as views into the received bytes, not
+ * copies: a holder of such a view keeps that frame's memory alive.
+ */
+import { Decoder, Encoder } from '@msgpack/msgpack';
+import type { TransportMessage } from './transport.js';
+
+export const PROTOCOL_NAME = 'diskeyval';
+export const PROTOCOL_VERSION = 1;
+export const FRAME_HEADER_BYTES = 4;
+export const DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024;
+/** The handshake is tiny; a bigger first frame is refused before it is buffered. */
+export const MAX_HANDSHAKE_FRAME_BYTES = 4096;
+const MAX_NODE_ID_LENGTH = 1024;
+/** The length prefix is an unsigned 32-bit integer. */
+const MAX_FRAME_LIMIT = 0xffff_ffff;
+
+export type Handshake = {
+  readonly protocol: typeof PROTOCOL_NAME;
+  readonly version: number;
+  readonly nodeId: string;
+};
+
+export type CodecErrorCode = 'FRAME_TOO_LARGE' | 'MALFORMED_FRAME' | 'BAD_HANDSHAKE' | 'PROTOCOL_VERSION';
+
+export type CodecError = Error & { readonly code: CodecErrorCode };
+
+export const codecError = (code: CodecErrorCode, message: string, cause?: unknown): CodecError =>
+  Object.assign(new Error(message, cause === undefined ? undefined : { cause }), { code });
+
+const CODEC_ERROR_CODES: ReadonlySet<string> = new Set<CodecErrorCode>([
+  'FRAME_TOO_LARGE',
+  'MALFORMED_FRAME',
+  'BAD_HANDSHAKE',
+  'PROTOCOL_VERSION',
+]);
+
+export const isCodecError = (error: unknown): error is CodecError =>
+  error instanceof Error && CODEC_ERROR_CODES.has((error as { code?: unknown }).code as string);
+
+const checkMaxFrameBytes = (maxFrameBytes: number): number => {
+  if (!Number.isInteger(maxFrameBytes) || maxFrameBytes < 1 || maxFrameBytes > MAX_FRAME_LIMIT) {
+    throw Object.assign(new Error(`maxFrameBytes must be an integer in 1..${MAX_FRAME_LIMIT}`), {
+      code: 'INVALID_ARGUMENT',
+    });
+  }
+  return maxFrameBytes;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+
+export type FrameEncoder = {
+  /** One frame (header + body) holding `messages`. The result is a fresh buffer, safe to queue. */
+  messages(messages: readonly TransportMessage[]): Uint8Array;
+  /** The handshake frame for `nodeId` (tests pass another `version` to provoke a mismatch). */
+  handshake(nodeId: string, version?: number): Uint8Array;
+  /** A frame around an arbitrary msgpack body (for tests and tools). */
+  frame(body: unknown): Uint8Array;
+};
+
+/**
+ * A frame encoder around one reused msgpack `Encoder`: the body is encoded into the encoder's
+ * shared buffer, then copied once into a buffer that also holds the 4-byte header.
+ * `undefined` properties are left out, as a missing property.
+ */
+export const createFrameEncoder = (): FrameEncoder => {
+  const encoder = new Encoder({ ignoreUndefined: true });
+  const frame = (body: unknown): Uint8Array => {
+    const encoded = encoder.encodeSharedRef(body);
+    const out = Buffer.allocUnsafe(FRAME_HEADER_BYTES + encoded.byteLength);
+    out.writeUInt32BE(encoded.byteLength, 0);
+    out.set(encoded, FRAME_HEADER_BYTES);
+    return out;
+  };
+  return {
+    messages: (messages) => frame(messages),
+    handshake: (nodeId, version = PROTOCOL_VERSION) => frame({ protocol: PROTOCOL_NAME, version, nodeId }),
+    frame,
+  };
+};
+
+/** The body length of an encoded frame. */
+export const frameBodyLength = (frame: Uint8Array): number =>
+  frame.byteLength < FRAME_HEADER_BYTES
+    ? 0
+    : ((frame[0]! << 24) >>> 0) + (frame[1]! << 16) + (frame[2]! << 8) + frame[3]!;
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+
+export type FrameDecoderOptions = {
+  /** Largest accepted body, in bytes (default 16 MiB). */
+  readonly maxFrameBytes?: number;
+  /** Whether the first frame must be a handshake (default true). */
+  readonly handshake?: boolean;
+  /**
+   * Called with the peer's handshake as soon as it is decoded, before any later frame is looked
+   * at. Throwing from it fails the decoder (the error propagates out of `push`).
+   */
+  readonly onHandshake?: (handshake: Handshake) => void;
+};
+
+export type FrameDecoder<M extends TransportMessage = TransportMessage> = {
+  /**
+   * Feeds one chunk of the stream. Returns the message arrays of every frame the chunk completed
+   * (often none, often one). Throws a `CodecError` on bad input; after that it always throws.
+   */
+  push(chunk: Uint8Array): M[][];
+  /** The peer's handshake once decoded. */
+  handshake(): Handshake | null;
+  /** Bytes held while waiting for the rest of a frame. */
+  bufferedBytes(): number;
+  /** Whether a frame has begun (some of its bytes arrived) and is not complete yet. */
+  partial(): boolean;
+};
+
+const asPlainBytes = (chunk: Uint8Array): Uint8Array =>
+  // Node Buffers subclass Uint8Array; a plain view keeps decoded binaries plain Uint8Arrays.
+  Object.getPrototypeOf(chunk) === Uint8Array.prototype
+    ? chunk
+    : new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+
+const isRecord = (value: unknown): value is Record<string, unknown> =>
+  typeof value === 'object' && value !== null && !Array.isArray(value) && !ArrayBuffer.isView(value);
+
+/** Whether `value` has the shape every message needs: an object with string `type`, `from`, `to`. */
+export const isTransportMessage = (value: unknown): value is TransportMessage =>
+  isRecord(value) &&
+  typeof value.type === 'string' &&
+  typeof value.from === 'string' &&
+  typeof value.to === 'string';
+
+const validateHandshake = (body: unknown): Handshake => {
+  if (!isRecord(body) || body.protocol !== PROTOCOL_NAME) {
+    throw codecError('BAD_HANDSHAKE', `expected a ${PROTOCOL_NAME} handshake`);
+  }
+  const { version, nodeId } = body;
+  if (typeof version !== 'number' || !Number.isInteger(version)) {
+    throw codecError('BAD_HANDSHAKE', 'handshake without an integer version');
+  }
+  if (version !== PROTOCOL_VERSION) {
+    throw codecError(
+      'PROTOCOL_VERSION',
+      `peer speaks protocol version ${version}, this node ${PROTOCOL_VERSION}`,
+    );
+  }
+  if (typeof nodeId !== 'string' || nodeId.length === 0 || nodeId.length > MAX_NODE_ID_LENGTH) {
+    throw codecError('BAD_HANDSHAKE', 'handshake without a valid nodeId');
+  }
+  return { protocol: PROTOCOL_NAME, version, nodeId };
+};
+
+const validateMessages = <M extends TransportMessage>(body: unknown): M[] => {
+  if (!Array.isArray(body)) throw codecError('MALFORMED_FRAME', 'frame body is not an array of messages');
+  for (let i = 0; i < body.length; i++) {
+    if (!isTransportMessage(body[i])) {
+      throw codecError('MALFORMED_FRAME', `message ${i} lacks a string type, from or to`);
+    }
+  }
+  return body as M[];
+};
+
+/**
+ * A stream decoder. Chunks are kept as a list and only concatenated when a frame spans several of
+ * them; a frame inside one chunk is decoded from a view of that chunk.
+ */
+export const createFrameDecoder = <M extends TransportMessage = TransportMessage>(
+  options: FrameDecoderOptions = {},
+): FrameDecoder<M> => {
+  const maxFrameBytes = checkMaxFrameBytes(options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES);
+  const onHandshake = options.onHandshake;
+  const decoder = new Decoder();
+  let awaitingHandshake = options.handshake ?? true;
+  let handshake: Handshake | null = null;
+  const chunks: Uint8Array[] = [];
+  /** Index of the first unconsumed chunk, and the read offset into it. */
+  let head = 0;
+  let offset = 0;
+  let buffered = 0;
+  /** Body length of the frame being read, or -1 while its header is incomplete. */
+  let expected = -1;
+  let failure: unknown = null;
+
+  /** Removes `n` (<= buffered) bytes from the front; a view when they lie in one chunk. */
+  const take = (n: number): Uint8Array => {
+    const first = chunks[head]!;
+    let out: Uint8Array;
+    if (first.byteLength - offset >= n) {
+      out = first.subarray(offset, offset + n);
+      offset += n;
+    } else {
+      out = new Uint8Array(n);
+      let filled = 0;
+      for (;;) {
+        const chunk = chunks[head]!;
+        const count = Math.min(chunk.byteLength - offset, n - filled);
+        out.set(chunk.subarray(offset, offset + count), filled);
+        filled += count;
+        offset += count;
+        if (filled === n) break;
+        head++;
+        offset = 0;
+      }
+    }
+    // Drop fully consumed chunks (by index: no per-chunk shifting of the array).
+    if (offset === chunks[head]!.byteLength) {
+      head++;
+      offset = 0;
+    }
+    if (head === chunks.length) {
+      chunks.length = 0;
+      head = 0;
+    } else if (head > 64) {
+      chunks.splice(0, head);
+      head = 0;
+    }
+    buffered -= n;
+    return out;
+  };
+
+  const readHeader = (): number => {
+    const h = take(FRAME_HEADER_BYTES);
+    return ((h[0]! << 24) >>> 0) + (h[1]! << 16) + (h[2]! << 8) + h[3]!;
+  };
+
+  const decodeBody = (body: Uint8Array): unknown => {
+    try {
+      return decoder.decode(body);
+    } catch (error) {
+      throw codecError(
+        'MALFORMED_FRAME',
+        `frame body is not valid msgpack: ${(error as Error).message}`,
+        error,
+      );
+    }
+  };
+
+  const push = (chunk: Uint8Array): M[][] => {
+    if (failure !== null) throw failure;
+    const frames: M[][] = [];
+    if (chunk.byteLength === 0) return frames;
+    chunks.push(asPlainBytes(chunk));
+    buffered += chunk.byteLength;
+    try {
+      for (;;) {
+        if (expected < 0) {
+          if (buffered < FRAME_HEADER_BYTES) break;
+          const length = readHeader();
+          const limit = awaitingHandshake
+            ? Math.min(maxFrameBytes, MAX_HANDSHAKE_FRAME_BYTES)
+            : maxFrameBytes;
+          if (length > limit) {
+            throw codecError(
+              'FRAME_TOO_LARGE',
+              `${awaitingHandshake ? 'handshake ' : ''}frame of ${length} bytes exceeds the limit of ${limit}`,
+            );
+          }
+          if (length === 0) throw codecError('MALFORMED_FRAME', 'empty frame');
+          expected = length;
+        }
+        if (buffered < expected) break;
+        const body = decodeBody(take(expected));
+        expected = -1;
+        if (awaitingHandshake) {
+          handshake = validateHandshake(body);
+          awaitingHandshake = false;
+          onHandshake?.(handshake);
+        } else {
+          frames.push(validateMessages<M>(body));
+        }
+      }
+    } catch (error) {
+      failure = error;
+      chunks.length = 0;
+      head = 0;
+      offset = 0;
+      buffered = 0;
+      throw error;
+    }
+    return frames;
+  };
+
+  return {
+    push,
+    handshake: () => handshake,
+    bufferedBytes: () => buffered,
+    partial: () => buffered > 0 || expected >= 0,
+  };
+};
+
+/**
+ * Decodes a whole sequence of chunks, yielding each frame's message array in order (the handshake
+ * frame, when expected, is consumed and passed to `onHandshake`). Throws a `CodecError` on bad input.
+ */
+export function* decodeFrames<M extends TransportMessage = TransportMessage>(
+  chunks: Iterable<Uint8Array>,
+  options: FrameDecoderOptions = {},
+): Generator<M[], void, undefined> {
+  const decoder = createFrameDecoder<M>(options);
+  for (const chunk of chunks) yield* decoder.push(chunk);
+  if (decoder.partial()) throw codecError('MALFORMED_FRAME', 'stream ends inside a frame');
+}

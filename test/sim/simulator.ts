@@ -1,0 +1,413 @@
+/**
+ * A deterministic whole-cluster simulator: every server of a cluster runs its real code (raft
+ * machine, actors) in one process on one simulated clock, over a seeded network that drops,
+ * delays, duplicates, reorders and partitions messages, with crashes and restarts. After every
+ * step the safety checker runs. A run is a pure function of its seed: any failure prints the seed
+ * and a one-line command that replays it.
+ */
+import { expect } from 'vitest';
+import { createMemoryLog, type MemoryLog } from '../../src/actors/log.js';
+import { createRaftNode, type RaftNode } from '../../src/actors/raft-node.js';
+import { encodeCommand } from '../../src/io/command.js';
+import type { RaftTransport, TransportMessage } from '../../src/io/transport.js';
+import { isRequest, type RaftMessage } from '../../src/machines/messages.js';
+import { createRng } from '../../src/machines/rng.js';
+import { createSafetyChecker, type ServerView } from './invariants.js';
+import { createAgenda, type Scheduled } from './queue.js';
+
+export type NetworkFaults = {
+  minDelayMs: number;
+  maxDelayMs: number;
+  dropRate: number;
+  duplicateRate: number;
+  /** Share of messages held back for a long time (reordering far beyond the usual delay). */
+  longDelayRate: number;
+  longDelayMaxMs: number;
+};
+
+export const RELIABLE: NetworkFaults = {
+  minDelayMs: 1,
+  maxDelayMs: 5,
+  dropRate: 0,
+  duplicateRate: 0,
+  longDelayRate: 0,
+  longDelayMaxMs: 0,
+};
+
+/** The lab suites' "unreliable" network: 10% loss, up to 27 ms of delay, some long reordering. */
+export const UNRELIABLE: NetworkFaults = {
+  minDelayMs: 1,
+  maxDelayMs: 27,
+  dropRate: 0.1,
+  duplicateRate: 0.05,
+  longDelayRate: 0.02,
+  longDelayMaxMs: 400,
+};
+
+export type SimOptions = {
+  seed: number;
+  nodes: number;
+  electionTimeoutMs?: number;
+  heartbeatMs?: number;
+  proposalTimeoutMs?: number;
+  network?: Partial<NetworkFaults>;
+  maxInflight?: number;
+  maxEntriesPerAppend?: number;
+};
+
+export type Proposal = { value: string; state: 'pending' | 'ok' | 'failed'; error?: string };
+
+type Server = {
+  id: string;
+  node: RaftNode | null;
+  log: MemoryLog;
+  dirtyFrom: number;
+  timers: Set<Scheduled>;
+  incarnation: number;
+};
+
+/** The replay line printed with every failure of the test that is running. */
+export const replayCommand = (seed: number): string => {
+  const state = expect.getState();
+  const file = state.testPath ? state.testPath.replace(`${process.cwd()}/`, '') : 'test/sim';
+  // vitest matches -t against the names joined by spaces, as a regular expression.
+  const name = (state.currentTestName ?? '').replace(/ > /g, ' ').replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  return `DISKEYVAL_SIM_SEED=${seed} npx vitest run ${file} -t '${name.replace(/'/g, "'\\''")}'`;
+};
+
+export const createSimulation = (options: SimOptions) => {
+  const rng = createRng(options.seed);
+  const agenda = createAgenda();
+  const checker = createSafetyChecker();
+  const ids = Array.from({ length: options.nodes }, (_, index) => `s${index + 1}`);
+  const servers = new Map<string, Server>();
+  const endpoints = new Map<string, (message: TransportMessage) => void>();
+  let network: NetworkFaults = { ...RELIABLE, ...options.network };
+  let groupOf: Map<string, number> | null = null;
+  let nowMs = 0;
+  let steps = 0;
+  let requestsSent = 0;
+  const sentByType: Record<string, number> = {};
+
+  const fail = (reason: string): never => {
+    throw new Error(
+      `simulation failed at ${nowMs} ms (seed ${options.seed}): ${reason}\n  replay: ${replayCommand(options.seed)}`,
+    );
+  };
+
+  const canTalk = (from: string, to: string): boolean => {
+    if (groupOf === null) return true;
+    const group = groupOf.get(from);
+    return group !== undefined && group === groupOf.get(to);
+  };
+
+  const deliverLater = (message: TransportMessage, delayMs: number): void => {
+    agenda.push(nowMs + delayMs, () => {
+      const deliver = endpoints.get(message.to);
+      if (deliver && canTalk(message.from, message.to)) deliver(message);
+    });
+  };
+
+  const transport: RaftTransport = {
+    connect(nodeId, deliver) {
+      endpoints.set(nodeId, deliver);
+      return {
+        send(message) {
+          if (endpoints.get(nodeId) !== deliver) return;
+          const raft = message as unknown as RaftMessage;
+          sentByType[raft.type] = (sentByType[raft.type] ?? 0) + 1;
+          if (isRequest(raft)) requestsSent += 1;
+          if (rng.chance(network.dropRate)) return;
+          const copies = rng.chance(network.duplicateRate) ? 2 : 1;
+          for (let copy = 0; copy < copies; copy += 1) {
+            const delayMs = rng.chance(network.longDelayRate)
+              ? rng.int(network.maxDelayMs, Math.max(network.maxDelayMs + 1, network.longDelayMaxMs))
+              : rng.int(network.minDelayMs, network.maxDelayMs + 1);
+            deliverLater(message, delayMs);
+          }
+        },
+        async close() {
+          if (endpoints.get(nodeId) === deliver) endpoints.delete(nodeId);
+        },
+      };
+    },
+  };
+
+  const clockFor = (server: Server) => ({
+    setTimeout: (fn: (...args: unknown[]) => void, timeoutMs: number) => {
+      const item = agenda.push(nowMs + timeoutMs, () => {
+        server.timers.delete(item);
+        fn();
+      });
+      server.timers.add(item);
+      return item;
+    },
+    clearTimeout: (item: unknown) => {
+      (item as Scheduled).cancelled = true;
+      server.timers.delete(item as Scheduled);
+    },
+  });
+
+  const boot = (server: Server): void => {
+    server.incarnation += 1;
+    const node = createRaftNode({
+      id: server.id,
+      voters: ids,
+      transport,
+      electionTimeoutMs: options.electionTimeoutMs ?? 150,
+      heartbeatMs: options.heartbeatMs ?? 50,
+      proposalTimeoutMs: options.proposalTimeoutMs ?? 60_000,
+      seed: rng.int(1, 2 ** 31),
+      log: server.log,
+      clock: clockFor(server),
+      nowMs: () => nowMs,
+      defer: (fn) => {
+        agenda.push(nowMs, fn);
+      },
+      ...(options.maxInflight ? { maxInflight: options.maxInflight } : {}),
+      ...(options.maxEntriesPerAppend ? { maxEntriesPerAppend: options.maxEntriesPerAppend } : {}),
+    });
+    server.node = node;
+    void node.start();
+  };
+
+  for (const id of ids) {
+    const log = createMemoryLog();
+    const server: Server = { id, node: null, log, dirtyFrom: 1, timers: new Set(), incarnation: 0 };
+    const persist = log.persist;
+    log.persist = (output) => {
+      if (output.fromIndex > 0) server.dirtyFrom = Math.min(server.dirtyFrom, output.fromIndex);
+      persist(output);
+    };
+    servers.set(id, server);
+  }
+
+  const serverOf = (id: string): Server => {
+    const server = servers.get(id);
+    if (!server) throw new Error(`no server ${id}`);
+    return server;
+  };
+
+  const views = (): ServerView[] =>
+    [...servers.values()].map((server) => {
+      const alive = server.node !== null && !server.node.isStopped();
+      const status = alive ? server.node!.status() : null;
+      const entries = server.log.persisted().entries;
+      if (status && status.lastIndex !== entries.length) {
+        fail(
+          `${server.id}: the machine's log (${status.lastIndex}) differs from what it persisted (${entries.length})`,
+        );
+      }
+      const view: ServerView = {
+        id: server.id,
+        alive,
+        role: status?.role ?? 'follower',
+        term: status?.term ?? server.log.persisted().hardState.term,
+        commitIndex: status?.commitIndex ?? 0,
+        appliedIndex: status?.appliedIndex ?? 0,
+        entries,
+        dirtyFrom: server.dirtyFrom,
+      };
+      server.dirtyFrom = Number.POSITIVE_INFINITY;
+      return view;
+    });
+
+  const checkSafety = (): void => {
+    const violation = checker.check(views());
+    if (violation) fail(`${violation.property}: ${violation.detail}`);
+  };
+
+  /** Runs one event; false when nothing is scheduled. */
+  const step = (): boolean => {
+    const next = agenda.peek();
+    if (!next) return false;
+    agenda.pop();
+    nowMs = next.atMs;
+    try {
+      next.run();
+    } catch (error) {
+      fail(`a server threw: ${(error as Error).stack ?? String(error)}`);
+    }
+    steps += 1;
+    checkSafety();
+    return true;
+  };
+
+  const yieldToPromises = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+  /** Runs events until `untilMs` of simulated time; bounded by the agenda (timers always exist). */
+  const runFor = async (durationMs: number): Promise<void> => {
+    const untilMs = nowMs + durationMs;
+    let sinceYield = 0;
+    for (;;) {
+      const next = agenda.peek();
+      if (!next || next.atMs > untilMs) break;
+      step();
+      sinceYield += 1;
+      if (sinceYield >= 64) {
+        sinceYield = 0;
+        await yieldToPromises();
+      }
+    }
+    nowMs = untilMs;
+    await yieldToPromises();
+  };
+
+  /** Runs until `predicate` holds, checking it every `pollMs` of simulated time, for at most `boundMs`. */
+  const runUntil = async (
+    predicate: () => boolean,
+    boundMs: number,
+    what: string,
+    pollMs = 10,
+  ): Promise<number> => {
+    const startMs = nowMs;
+    while (!predicate()) {
+      if (nowMs - startMs >= boundMs) fail(`${what} did not happen within ${boundMs} ms of simulated time`);
+      await runFor(pollMs);
+    }
+    return nowMs - startMs;
+  };
+
+  const isAlive = (id: string): boolean => {
+    const node = serverOf(id).node;
+    return node !== null && !node.isStopped();
+  };
+
+  const statusOf = (id: string) => {
+    const node = serverOf(id).node;
+    if (!node || node.isStopped()) return null;
+    return node.status();
+  };
+
+  /** The leader with the highest term among live servers, or null. */
+  const leader = (): string | null => {
+    let best: { id: string; term: number } | null = null;
+    for (const id of ids) {
+      const status = statusOf(id);
+      if (status?.role === 'leader' && (best === null || status.term > best.term))
+        best = { id, term: status.term };
+    }
+    return best?.id ?? null;
+  };
+
+  /** A leader that a majority of live, connected servers follow in its term. */
+  const stableLeader = (): string | null => {
+    const id = leader();
+    if (id === null) return null;
+    const term = statusOf(id)!.term;
+    const followers = ids.filter((other) => {
+      const status = statusOf(other);
+      return status !== null && status.term === term && status.leaderId === id && canTalk(id, other);
+    });
+    return followers.length >= Math.floor(ids.length / 2) + 1 ? id : null;
+  };
+
+  const propose = (id: string, value: string): Proposal => {
+    const proposal: Proposal = { value, state: 'pending' };
+    const node = serverOf(id).node;
+    if (!node) {
+      proposal.state = 'failed';
+      proposal.error = 'STOPPED';
+      return proposal;
+    }
+    node.propose(encodeCommand({ op: 'set', key: 'k', value })).then(
+      () => {
+        proposal.state = 'ok';
+      },
+      (error: { code?: string }) => {
+        proposal.state = 'failed';
+        proposal.error = error.code ?? String(error);
+      },
+    );
+    return proposal;
+  };
+
+  /** The value of every committed command entry, in log order, as the checker saw them. */
+  const committedValues = (id: string): unknown[] => {
+    const status = statusOf(id);
+    const entries = serverOf(id)
+      .log.persisted()
+      .entries.slice(0, status?.commitIndex ?? 0);
+    return entries.filter((entry) => entry.kind === 'command').map((entry) => entry.data);
+  };
+
+  /** How many live servers have committed an entry holding `value`. */
+  const committedOn = (value: string): number => {
+    const encoded = Buffer.from(encodeCommand({ op: 'set', key: 'k', value })).toString('base64');
+    return ids.filter((id) => {
+      const status = statusOf(id);
+      if (!status) return false;
+      const entries = serverOf(id).log.persisted().entries;
+      for (let index = 0; index < status.commitIndex; index += 1) {
+        const data = entries[index]!.data;
+        if (data && Buffer.from(data).toString('base64') === encoded) return true;
+      }
+      return false;
+    }).length;
+  };
+
+  const crash = (id: string): void => {
+    const server = serverOf(id);
+    if (!server.node) return;
+    void server.node.stop();
+    for (const timer of server.timers) timer.cancelled = true;
+    server.timers.clear();
+    endpoints.delete(id);
+    server.node = null;
+  };
+
+  const restart = (id: string): void => {
+    crash(id);
+    boot(serverOf(id));
+  };
+
+  for (const server of servers.values()) boot(server);
+
+  return {
+    seed: options.seed,
+    ids,
+    rng,
+    now: () => nowMs,
+    steps: () => steps,
+    runFor,
+    runUntil,
+    leader,
+    stableLeader,
+    status: statusOf,
+    isAlive,
+    node: (id: string) => serverOf(id).node,
+    propose,
+    committedOn,
+    committedValues,
+    crash,
+    restart,
+    partition: (...groups: string[][]) => {
+      const next = new Map<string, number>();
+      groups.forEach((group, index) => {
+        for (const id of group) next.set(id, index);
+      });
+      groupOf = next;
+    },
+    heal: () => {
+      groupOf = null;
+    },
+    setNetwork: (faults: Partial<NetworkFaults>) => {
+      network = { ...network, ...faults };
+    },
+    requestsSent: () => requestsSent,
+    sentByType: () => ({ ...sentByType }),
+    checker,
+    fail,
+    persisted: (id: string) => serverOf(id).log.persisted(),
+  };
+};
+
+export type Simulation = ReturnType<typeof createSimulation>;
+
+/** Seeds for a suite: DISKEYVAL_SIM_SEED replays one, DISKEYVAL_SIM_SEEDS sets how many. */
+export const seedsFor = (defaultCount: number, salt: number): number[] => {
+  const replay = process.env.DISKEYVAL_SIM_SEED;
+  if (replay !== undefined) return [Number(replay)];
+  const count = Number(process.env.DISKEYVAL_SIM_SEEDS ?? defaultCount);
+  return Array.from({ length: count }, (_, index) => salt * 100_000 + index + 1);
+};
