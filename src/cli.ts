@@ -12,7 +12,7 @@ import { access } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { createClusterCertificates, writeClusterCertificates } from './io/certs.js';
+import { writeClusterCertificates } from './io/certs.js';
 
 export const USAGE = `Usage:
   diskeyval certs --out DIR --nodes ID[,ID...] [--days N] [--force]
@@ -110,10 +110,12 @@ const certsCommand = async (args: string[], io: CliIo): Promise<number> => {
     io.stderr(`diskeyval: ${join(out, 'ca.key')} exists; pass --force to replace the cluster CA\n`);
     return 1;
   }
-  const certs = await createClusterCertificates(validDays === undefined ? { nodes } : { nodes, validDays });
-  const written = await writeClusterCertificates(out, certs);
-  io.stdout(`wrote ${written.length} files for ${nodes.length} node(s) to ${out}\n`);
-  for (const path of written) io.stdout(`  ${path}\n`);
+  const { files } = await writeClusterCertificates(
+    out,
+    validDays === undefined ? { nodes } : { nodes, validDays },
+  );
+  io.stdout(`wrote ${files.length} files for ${nodes.length} node(s) to ${out}\n`);
+  for (const path of files) io.stdout(`  ${path}\n`);
   return 0;
 };
 

@@ -7,7 +7,7 @@ export const ERROR_CODES = [
   'TIMEOUT',
   'STOPPED',
   'INVALID_ARGUMENT',
-  'PROPOSAL_DROPPED',
+  'ABORTED',
 ] as const;
 
 export type DiskeyvalErrorCode = (typeof ERROR_CODES)[number];
@@ -35,5 +35,6 @@ export const isTimeout = (error: unknown): error is DiskeyvalError => isDiskeyva
 export const isStopped = (error: unknown): error is DiskeyvalError => isDiskeyvalError(error, 'STOPPED');
 export const isInvalidArgument = (error: unknown): error is DiskeyvalError =>
   isDiskeyvalError(error, 'INVALID_ARGUMENT');
+export const isAborted = (error: unknown): error is DiskeyvalError => isDiskeyvalError(error, 'ABORTED');
 export const isQuorumUnavailable = (error: unknown): error is DiskeyvalError =>
   isDiskeyvalError(error, 'QUORUM_UNAVAILABLE');

@@ -10,9 +10,14 @@ import type { MemoryLog } from './actors/log.js';
 import { createRaftNode, type RaftStatus } from './actors/raft-node.js';
 import type { Change } from './actors/store.js';
 import { diskeyvalError } from './errors.js';
-import { encodeCommand } from './io/command.js';
 import type { RaftTransport } from './io/transport.js';
-import { DEFAULT_MAX_VALUE_BYTES, validateKey, validateSize, validateValue } from './validate.js';
+import {
+  DEFAULT_MAX_VALUE_BYTES,
+  encodedSize,
+  validateCallOptions,
+  validateKey,
+  validateValue,
+} from './validate.js';
 
 export type ClusterPeer = { nodeId: string; host: string; port: number };
 
@@ -30,6 +35,8 @@ export type DiskeyvalOptions = {
   heartbeatMs?: number;
   /** How long set/get wait for a majority before rejecting with QUORUM_UNAVAILABLE. Default 5000. */
   proposalTimeoutMs?: number;
+  /** A call forwarded to the leader that got no answer within this time is sent again. Default 1200. */
+  rpcTimeoutMs?: number;
   /** Largest msgpack-encoded value in bytes. Default 1 MiB. */
   maxValueBytes?: number;
   /** Seed for the election timeout generator; random when absent. */
@@ -45,28 +52,37 @@ export type LeaderEvent = { nodeId: string | null; term: number };
 
 export type RaftMetrics = {
   nodeId: string;
-  role: RaftStatus['role'];
+  role: 'follower' | 'candidate' | 'leader';
   term: number;
   leaderId: string | null;
   commitIndex: number;
   appliedIndex: number;
   lastIndex: number;
-  proposals: number;
-  proposalBatches: number;
-  reads: number;
-  readBatches: number;
+  /** Leaderships this node has won since start. */
   elections: number;
-  pendingProposals: number;
+  /** Machine events that carried a batch of proposals / of reads. */
+  proposalBatches: number;
+  readBatches: number;
+  forwardedWrites: number;
+  forwardedReads: number;
+  retries: number;
+  duplicatesSkipped: number;
+  malformedMessages: number;
+  pendingWrites: number;
   pendingReads: number;
   keys: number;
   peers: Array<{ nodeId: string; messagesSent: number; messagesReceived: number; entriesSent: number }>;
 };
 
+/** Per-call options. `forward: false` refuses with NOT_LEADER instead of forwarding to the leader. */
+export type CallOptions = { forward?: boolean; timeoutMs?: number; signal?: AbortSignal };
+export type GetOptions = CallOptions & { consistency?: 'linearizable' | 'local' };
+
 export type DiskeyvalNode = {
   start(): Promise<void>;
-  set(key: string, value: unknown): Promise<void>;
-  get<T = unknown>(key: string, options?: { consistency?: 'linearizable' | 'local' }): Promise<T | undefined>;
-  delete(key: string): Promise<void>;
+  set(key: string, value: unknown, options?: CallOptions): Promise<void>;
+  get<T = unknown>(key: string, options?: GetOptions): Promise<T | undefined>;
+  delete(key: string, options?: CallOptions): Promise<void>;
   reconfigure(peers: ClusterPeer[] | string[]): Promise<void>;
   getPeers(): ClusterPeer[] | string[];
   end(): Promise<void>;
@@ -121,10 +137,14 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     electionTimeoutMs: options.electionTimeoutMs ?? 300,
     heartbeatMs: options.heartbeatMs ?? 50,
     proposalTimeoutMs: options.proposalTimeoutMs ?? 5000,
+    ...(options.rpcTimeoutMs ? { rpcTimeoutMs: options.rpcTimeoutMs } : {}),
     seed: options.seed ?? randomInt(2 ** 31),
+    session: randomInt(2 ** 47),
     ...(options.log ? { log: options.log } : {}),
     ...(options.inspect ? { inspect: options.inspect } : {}),
-    onChange: (change: Change) => emitter.emit('change', change),
+    onChange: (change: Change) => {
+      emitter.emit('change', change);
+    },
     onRole: (status) => {
       if (status.leaderId === leader) return;
       leader = status.leaderId;
@@ -137,13 +157,6 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
       throw diskeyvalError('STOPPED', `${options.nodeId} is ${ended ? 'ended' : 'not started'}`);
   };
 
-  const propose = async (command: Parameters<typeof encodeCommand>[0]): Promise<void> => {
-    running();
-    const encoded = encodeCommand(command);
-    validateSize(encoded, maxValueBytes + 2 * 1024);
-    await node.propose(encoded);
-  };
-
   const handle: DiskeyvalNode = {
     async start() {
       if (ended) throw diskeyvalError('STOPPED', `${options.nodeId} was ended`);
@@ -151,23 +164,29 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
       started = true;
       await node.start();
     },
-    async set(key, value) {
+    async set(key, value, callOptions) {
       validateKey(key);
       validateValue(value);
-      const encoded = encodeCommand({ op: 'set', key, value });
-      validateSize(encoded, maxValueBytes);
+      validateCallOptions(callOptions);
+      const size = encodedSize(value);
+      if (size > maxValueBytes) {
+        throw diskeyvalError('INVALID_ARGUMENT', `value encodes to ${size} bytes, above ${maxValueBytes}`);
+      }
       running();
-      await node.propose(encoded);
+      await node.write({ op: 'set', key, value }, callOptions);
     },
-    async get<T>(key: string, getOptions?: { consistency?: 'linearizable' | 'local' }) {
+    async get<T>(key: string, getOptions?: GetOptions) {
       validateKey(key);
+      validateCallOptions(getOptions);
       running();
-      if (getOptions?.consistency !== 'local') await node.readBarrier();
+      if (getOptions?.consistency !== 'local') await node.readBarrier(getOptions);
       return node.get(key) as T | undefined;
     },
-    async delete(key) {
+    async delete(key, callOptions) {
       validateKey(key);
-      await propose({ op: 'delete', key });
+      validateCallOptions(callOptions);
+      running();
+      await node.write({ op: 'delete', key }, callOptions);
     },
     async reconfigure() {
       throw diskeyvalError(
@@ -185,7 +204,7 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     leaderId: () => (started && !ended ? node.status().leaderId : null),
     getMetrics: () => {
       const metrics = node.metrics();
-      const status = started ? node.status() : null;
+      const status = started && !ended ? node.status() : null;
       return {
         nodeId: options.nodeId,
         role: status?.role ?? 'follower',
@@ -194,12 +213,15 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
         commitIndex: status?.commitIndex ?? 0,
         appliedIndex: status?.appliedIndex ?? 0,
         lastIndex: status?.lastIndex ?? 0,
-        proposals: metrics.proposals,
-        proposalBatches: metrics.proposalBatches,
-        reads: metrics.reads,
-        readBatches: metrics.readBatches,
         elections: metrics.elections,
-        pendingProposals: metrics.pendingProposals,
+        proposalBatches: metrics.proposalBatches,
+        readBatches: metrics.readBatches,
+        forwardedWrites: metrics.forwardedWrites,
+        forwardedReads: metrics.forwardedReads,
+        retries: metrics.retries,
+        duplicatesSkipped: metrics.duplicatesSkipped,
+        malformedMessages: metrics.malformedMessages,
+        pendingWrites: metrics.pendingWrites,
         pendingReads: metrics.pendingReads,
         keys: metrics.storeSize,
         peers: metrics.peers,
@@ -223,6 +245,7 @@ export { createMemoryLog } from './actors/log.js';
 export type { DiskeyvalError, DiskeyvalErrorCode } from './errors.js';
 export {
   ERROR_CODES,
+  isAborted,
   isDiskeyvalError,
   isInvalidArgument,
   isNotLeader,

@@ -1,6 +1,7 @@
 /**
  * Checks of user input, before anything is proposed: a rejected call changes nothing anywhere.
  */
+import { Encoder } from '@msgpack/msgpack';
 import { diskeyvalError } from './errors.js';
 
 /** Keys are non-empty strings of at most this many UTF-8 bytes. */
@@ -66,11 +67,30 @@ export const validateValue = (value: unknown): void => {
   visit(value, 'value', 0);
 };
 
-export const validateSize = (encoded: Uint8Array, maxValueBytes: number): void => {
-  if (encoded.byteLength > maxValueBytes) {
-    throw diskeyvalError(
-      'INVALID_ARGUMENT',
-      `value encodes to ${encoded.byteLength} bytes, above ${maxValueBytes}`,
-    );
+const sizeEncoder = new Encoder({ ignoreUndefined: false });
+
+/** The msgpack size of a value (checked before anything is proposed). */
+export const encodedSize = (value: unknown): number => sizeEncoder.encodeSharedRef(value).byteLength;
+
+export const validateCallOptions = (options: unknown): void => {
+  if (options === undefined) return;
+  if (options === null || typeof options !== 'object') {
+    throw diskeyvalError('INVALID_ARGUMENT', 'options must be an object');
+  }
+  const { timeoutMs, signal, forward, consistency } = options as Record<string, unknown>;
+  if (
+    timeoutMs !== undefined &&
+    !(typeof timeoutMs === 'number' && timeoutMs > 0 && Number.isFinite(timeoutMs))
+  ) {
+    throw diskeyvalError('INVALID_ARGUMENT', 'timeoutMs must be a positive finite number');
+  }
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw diskeyvalError('INVALID_ARGUMENT', 'signal must be an AbortSignal');
+  }
+  if (forward !== undefined && typeof forward !== 'boolean') {
+    throw diskeyvalError('INVALID_ARGUMENT', 'forward must be a boolean');
+  }
+  if (consistency !== undefined && consistency !== 'linearizable' && consistency !== 'local') {
+    throw diskeyvalError('INVALID_ARGUMENT', "consistency must be 'linearizable' or 'local'");
   }
 };

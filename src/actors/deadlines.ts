@@ -56,3 +56,5 @@ export const createDeadlines = (clock: Clock, nowMs: () => number) => {
 
   return { add, clear, pending: (): number => queue.filter((deadline) => !deadline.done).length };
 };
+
+export type Deadlines = ReturnType<typeof createDeadlines>;

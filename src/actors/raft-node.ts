@@ -1,23 +1,27 @@
 /**
  * A Raft server as an actor system: the raft machine (XState) decides; the log actor persists; a
- * peer actor per member sends; the store actor applies. This module is the mailbox between them:
- * it feeds the machine events (messages, proposal batches, read batches) and carries out what
- * the machine emits, in the order rule 4 of ARCHITECTURE.md needs: persist, then send, then apply.
+ * peer actor per member sends; the store actor applies; the requests actor serves calls from any
+ * node. This module is the mailbox between them: it feeds the machine events (messages, proposal
+ * batches, read batches) and carries out what the machine emits in the order rule 4 of
+ * ARCHITECTURE.md needs: persist, then send, then apply.
  *
- * Batching: every `propose` and `read` call made in the same tick becomes one machine event, so a
- * burst of writes is one log append and one AppendEntries per peer.
+ * Batching: every call made in the same tick becomes one machine event (or one message to the
+ * leader), so a burst of writes is one log append and one AppendEntries per peer.
  */
 import { type Actor, createActor, type InspectionEvent } from 'xstate';
-import { diskeyvalError } from '../errors.js';
+import { encodeCommand, type KvOperation } from '../io/command.js';
 import type { RaftTransport, TransportEndpoint, TransportMessage } from '../io/transport.js';
 import { assert } from '../machines/assert.js';
-import type { Entry, NodeId, RaftMessage } from '../machines/messages.js';
+import type { NodeId, RaftMessage } from '../machines/messages.js';
 import { RAFT_MESSAGE_TYPES } from '../machines/messages.js';
 import { type RaftMachine, raftMachine, roleOf } from '../machines/raft.machine.js';
 import type { RaftEmitted, Role } from '../machines/raft.types.js';
-import { type Clock, createDeadlines, type Deadline } from './deadlines.js';
+import type { ClientMessage, ClientPropose, ClientRead } from './client-messages.js';
+import { isWellFormedClientMessage } from './client-messages.js';
+import { type Clock, createDeadlines } from './deadlines.js';
 import { createMemoryLog, type MemoryLog } from './log.js';
 import { createPeer, type Peer } from './peer.js';
+import { type CallOptions, createRequests } from './requests.js';
 import { type Change, createStore } from './store.js';
 
 export type RaftNodeOptions = {
@@ -26,8 +30,13 @@ export type RaftNodeOptions = {
   transport: RaftTransport;
   electionTimeoutMs: number;
   heartbeatMs: number;
+  /** Calls not confirmed by a majority within this time reject with QUORUM_UNAVAILABLE. */
   proposalTimeoutMs: number;
+  /** A call forwarded to the leader that got no answer within this time goes again. */
+  rpcTimeoutMs?: number;
   seed: number;
+  /** Names this incarnation's requests so retries apply once; unique per process start. */
+  session: number;
   /** What the server persisted before; a fresh memory log when absent. */
   log?: MemoryLog;
   clock?: Clock;
@@ -39,8 +48,6 @@ export type RaftNodeOptions = {
   inspect?: (event: InspectionEvent) => void;
   onChange?: (change: Change) => void;
   onRole?: (status: RaftStatus) => void;
-  /** Messages that are not Raft RPCs (the client API's own), delivered as they arrive. */
-  onOtherMessage?: (message: TransportMessage) => void;
 };
 
 export type RaftStatus = {
@@ -53,9 +60,8 @@ export type RaftStatus = {
   lastIndex: number;
 };
 
-type Waiter = { resolve: () => void; reject: (error: Error) => void; deadline: Deadline | null };
-type ProposalWaiter = Waiter & { index: number; term: number };
-type ReadWaiter = Waiter & { readIndex: number };
+/** Where the commands of one proposal batch came from, in batch order. */
+type BatchPart = { from: NodeId | null; seqs: number[] };
 
 const realClock: Clock = {
   setTimeout: (fn, ms) => setTimeout(fn, ms),
@@ -63,6 +69,15 @@ const realClock: Clock = {
 };
 
 const RAFT_TYPES = new Set<string>(RAFT_MESSAGE_TYPES);
+const EMITTED_TYPES = [
+  'persist',
+  'send',
+  'committed',
+  'proposalsAccepted',
+  'proposalsRejected',
+  'readsReady',
+  'readsRejected',
+] as const;
 
 export const createRaftNode = (options: RaftNodeOptions) => {
   const clock = options.clock ?? realClock;
@@ -70,27 +85,26 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   const defer = options.defer ?? queueMicrotask;
   const log = options.log ?? createMemoryLog();
   const deadlines = createDeadlines(clock, nowMs);
-  const metrics = { proposals: 0, proposalBatches: 0, reads: 0, readBatches: 0, elections: 0, applied: 0 };
+  const metrics = { proposalBatches: 0, readBatches: 0, elections: 0, malformedMessages: 0 };
 
   let actor: Actor<RaftMachine> | null = null;
   let endpoint: TransportEndpoint | null = null;
   let stopped = false;
-  const peers = new Map<NodeId, Peer>();
-  const store = createStore((change) => options.onChange?.(change));
-
-  // Proposals: a queue per tick, then waiters by log index once the leader accepted the batch.
-  let queuedCommands: Uint8Array[] = [];
-  let queuedProposals: Waiter[] = [];
-  let nextBatchId = 1;
-  const batches = new Map<number, Waiter[]>();
-  const proposalWaiters: ProposalWaiter[] = [];
-  // Reads: a queue per tick, then waiters by read index once leadership was confirmed.
-  let queuedReads: Waiter[] = [];
-  let nextReadId = 1;
-  const reads = new Map<number, Waiter>();
-  const readWaiters: ReadWaiter[] = [];
-
   let lastStatus: RaftStatus | null = null;
+  const peers = new Map<NodeId, Peer>();
+
+  // Leader side: batches by id, remote calls waiting for the next batch, reads taken for others.
+  let nextBatchId = 1;
+  const batches = new Map<number, BatchPart[]>();
+  let remoteProposals: ClientPropose[] = [];
+  let remoteReads: ClientRead[] = [];
+  let nextLocalReadId = -1;
+  const readsForOthers = new Map<number, { from: NodeId; id: number }>();
+
+  const store = createStore(
+    (change) => options.onChange?.(change),
+    (session, seq) => requests.applied(session, seq),
+  );
 
   const status = (): RaftStatus => {
     assert(actor !== null, 'status before start');
@@ -106,71 +120,126 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     };
   };
 
-  const settle = (waiter: Waiter, error?: Error): void => {
-    if (waiter.deadline) {
-      if (waiter.deadline.done) return;
-      waiter.deadline.done = true;
+  const send = (message: TransportMessage | ClientMessage): void => {
+    if (!stopped) endpoint?.send(message);
+  };
+
+  const requests = createRequests({
+    id: options.id,
+    session: options.session,
+    deadlines,
+    nowMs,
+    defer,
+    proposalTimeoutMs: options.proposalTimeoutMs,
+    rpcTimeoutMs: options.rpcTimeoutMs ?? Math.max(4 * options.electionTimeoutMs, 1000),
+    leader: () => {
+      if (!actor || stopped) return { self: false, leaderId: null };
+      const now = status();
+      return { self: now.role === 'leader', leaderId: now.role === 'leader' ? options.id : now.leaderId };
+    },
+    appliedIndex: () => store.appliedIndex(),
+    proposeLocally: (seqs, commands) => {
+      remoteProposals.unshift({ type: 'ClientPropose', from: options.id, to: options.id, seqs, commands });
+      proposeBatch();
+    },
+    readLocally: (ids) => {
+      remoteReads.unshift({ type: 'ClientRead', from: options.id, to: options.id, ids });
+      readBatch();
+    },
+    send: (message) => send(message as ClientMessage),
+  });
+
+  /** One `propose` event for every write that reached this leader in the tick, local or forwarded. */
+  const proposeBatch = (): void => {
+    if (!actor || remoteProposals.length === 0) return;
+    const parts: BatchPart[] = [];
+    const commands: Uint8Array[] = [];
+    for (const message of remoteProposals) {
+      parts.push({ from: message.from === options.id ? null : message.from, seqs: message.seqs });
+      for (const command of message.commands) commands.push(command);
     }
-    if (error) waiter.reject(error);
-    else waiter.resolve();
+    remoteProposals = [];
+    const batchId = nextBatchId++;
+    batches.set(batchId, parts);
+    metrics.proposalBatches += 1;
+    actor.send({ type: 'propose', batchId, commands });
   };
 
-  const withDeadline = <W extends Waiter>(waiter: W, what: string): W => {
-    waiter.deadline = deadlines.add(options.proposalTimeoutMs, () =>
-      waiter.reject(
-        diskeyvalError(
-          'QUORUM_UNAVAILABLE',
-          `${what} not confirmed by a majority within ${options.proposalTimeoutMs} ms`,
-        ),
-      ),
-    );
-    return waiter;
-  };
-
-  const onCommitted = (firstIndex: number, entries: Entry[]): void => {
-    store.apply(firstIndex, entries);
-    metrics.applied = store.appliedIndex();
-    const applied = store.appliedIndex();
-    let settled = 0;
-    while (settled < proposalWaiters.length && proposalWaiters[settled]!.index <= applied) {
-      const waiter = proposalWaiters[settled]!;
-      const entry = entries[waiter.index - firstIndex];
-      const sameEntry = entry !== undefined && entry.term === waiter.term;
-      settle(
-        waiter,
-        sameEntry ? undefined : diskeyvalError('PROPOSAL_DROPPED', 'a new leader replaced the entry'),
-      );
-      settled += 1;
+  const readBatch = (): void => {
+    if (!actor || remoteReads.length === 0) return;
+    const ids: number[] = [];
+    for (const message of remoteReads) {
+      for (const id of message.ids) {
+        if (message.from === options.id) {
+          ids.push(id);
+        } else {
+          const localId = nextLocalReadId--;
+          readsForOthers.set(localId, { from: message.from, id });
+          ids.push(localId);
+        }
+      }
     }
-    if (settled > 0) proposalWaiters.splice(0, settled);
-    releaseReadsUpTo(applied);
+    remoteReads = [];
+    metrics.readBatches += 1;
+    actor.send({ type: 'readIndex', ids });
   };
 
-  const releaseReadsUpTo = (applied: number): void => {
-    let released = 0;
-    while (released < readWaiters.length && readWaiters[released]!.readIndex <= applied) {
-      settle(readWaiters[released]!);
-      released += 1;
-    }
-    if (released > 0) readWaiters.splice(0, released);
-  };
-
-  const onAccepted = (batchId: number, firstIndex: number, term: number): void => {
-    const waiters = batches.get(batchId) ?? [];
+  const answerBatch = (batchId: number, firstIndex: number, term: number, leaderId: NodeId | null): void => {
+    const parts = batches.get(batchId) ?? [];
     batches.delete(batchId);
-    // Entries this leader just wrote replace whatever older pending proposals held at those indexes.
-    while (proposalWaiters.length > 0 && proposalWaiters[proposalWaiters.length - 1]!.index >= firstIndex) {
-      settle(proposalWaiters.pop()!, diskeyvalError('PROPOSAL_DROPPED', 'a new leader replaced the entry'));
+    const accepted = firstIndex > 0;
+    let offset = 0;
+    for (const part of parts) {
+      if (part.from === null) {
+        if (accepted) requests.writesAccepted(part.seqs, firstIndex + offset);
+        else requests.writesRefused(part.seqs);
+      } else {
+        send({
+          type: 'ClientProposeResult',
+          from: options.id,
+          to: part.from,
+          seqs: part.seqs,
+          firstIndex: accepted ? firstIndex + offset : 0,
+          term,
+          notLeader: !accepted,
+          leaderId,
+        });
+      }
+      offset += part.seqs.length;
     }
-    waiters.forEach((waiter, offset) => {
-      proposalWaiters.push(Object.assign(waiter, { index: firstIndex + offset, term }));
-    });
   };
 
-  const notLeader = (leaderId: NodeId | null) =>
-    diskeyvalError('NOT_LEADER', `${options.id} is not the leader (leader: ${leaderId ?? 'unknown'})`, {
-      leaderId,
-    });
+  const answerReads = (ids: number[], readIndex: number, leaderId: NodeId | null): void => {
+    const confirmed = readIndex >= 0;
+    const own: number[] = [];
+    const byOrigin = new Map<NodeId, number[]>();
+    for (const id of ids) {
+      const other = readsForOthers.get(id);
+      if (!other) {
+        own.push(id);
+        continue;
+      }
+      readsForOthers.delete(id);
+      const list = byOrigin.get(other.from) ?? [];
+      list.push(other.id);
+      byOrigin.set(other.from, list);
+    }
+    if (own.length > 0) {
+      if (confirmed) requests.readsConfirmed(own, readIndex);
+      else requests.readsRefused(own);
+    }
+    for (const [to, remoteIds] of byOrigin) {
+      send({
+        type: 'ClientReadResult',
+        from: options.id,
+        to,
+        ids: remoteIds,
+        readIndex: Math.max(readIndex, 0),
+        notLeader: !confirmed,
+        leaderId,
+      });
+    }
+  };
 
   const carryOut = (emitted: RaftEmitted): void => {
     switch (emitted.type) {
@@ -181,41 +250,22 @@ export const createRaftNode = (options: RaftNodeOptions) => {
         for (const message of emitted.messages) peers.get(message.to)?.send(message);
         return;
       case 'committed':
-        onCommitted(emitted.firstIndex, emitted.entries);
+        store.apply(emitted.firstIndex, emitted.entries);
+        requests.afterApply();
         return;
       case 'proposalsAccepted':
-        onAccepted(emitted.batchId, emitted.firstIndex, emitted.term);
+        answerBatch(emitted.batchId, emitted.firstIndex, emitted.term, options.id);
         return;
-      case 'proposalsRejected': {
-        const error = notLeader(emitted.leaderId);
-        for (const waiter of batches.get(emitted.batchId) ?? []) settle(waiter, error);
-        batches.delete(emitted.batchId);
+      case 'proposalsRejected':
+        answerBatch(emitted.batchId, 0, 0, emitted.leaderId);
         return;
-      }
       case 'readsReady':
-        for (const id of emitted.ids) {
-          const waiter = reads.get(id);
-          reads.delete(id);
-          if (waiter) insertReadWaiter(Object.assign(waiter, { readIndex: emitted.readIndex }));
-        }
-        releaseReadsUpTo(store.appliedIndex());
+        answerReads(emitted.ids, emitted.readIndex, options.id);
         return;
-      case 'readsRejected': {
-        const error = notLeader(emitted.leaderId);
-        for (const id of emitted.ids) {
-          const waiter = reads.get(id);
-          reads.delete(id);
-          if (waiter) settle(waiter, error);
-        }
+      case 'readsRejected':
+        answerReads(emitted.ids, -1, emitted.leaderId);
         return;
-      }
     }
-  };
-
-  const insertReadWaiter = (waiter: ReadWaiter): void => {
-    let position = readWaiters.length;
-    while (position > 0 && readWaiters[position - 1]!.readIndex > waiter.readIndex) position -= 1;
-    readWaiters.splice(position, 0, waiter);
   };
 
   const noticeRoleChange = (): void => {
@@ -226,41 +276,61 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       return;
     lastStatus = now;
     if (now.role === 'leader' && before?.role !== 'leader') metrics.elections += 1;
+    if (before?.leaderId !== now.leaderId || before?.role !== now.role) requests.leaderChanged();
     options.onRole?.(now);
+  };
+
+  /** A client message from another node. Anything malformed is dropped and counted. */
+  const receiveClientMessage = (message: ClientMessage): void => {
+    if (!isWellFormedClientMessage(message as unknown as { type: string } & Record<string, unknown>)) {
+      metrics.malformedMessages += 1;
+      return;
+    }
+    const leading = status().role === 'leader';
+    switch (message.type) {
+      case 'ClientPropose':
+        if (!leading) {
+          answerRefusal(message.from, 'ClientProposeResult', message.seqs);
+          return;
+        }
+        if (remoteProposals.length === 0) defer(proposeBatch);
+        remoteProposals.push(message);
+        return;
+      case 'ClientRead':
+        if (!leading) {
+          answerRefusal(message.from, 'ClientReadResult', message.ids);
+          return;
+        }
+        if (remoteReads.length === 0) defer(readBatch);
+        remoteReads.push(message);
+        return;
+      case 'ClientProposeResult':
+        requests.onProposeResult(message);
+        return;
+      case 'ClientReadResult':
+        requests.onReadResult(message);
+        return;
+    }
+  };
+
+  const answerRefusal = (
+    to: NodeId,
+    type: 'ClientProposeResult' | 'ClientReadResult',
+    ids: number[],
+  ): void => {
+    const leaderId = status().leaderId;
+    const base = { from: options.id, to, firstIndex: 0, readIndex: 0, term: 0, notLeader: true, leaderId };
+    send(type === 'ClientProposeResult' ? { ...base, type, seqs: ids } : { ...base, type, ids });
   };
 
   const deliver = (message: TransportMessage): void => {
     if (stopped || !actor) return;
-    if (!RAFT_TYPES.has(message.type)) {
-      options.onOtherMessage?.(message);
-      return;
-    }
     peers.get(message.from)?.received();
-    actor.send({ type: 'message', message: message as unknown as RaftMessage });
-  };
-
-  const flushProposals = (): void => {
-    if (stopped || !actor || queuedCommands.length === 0) return;
-    const batchId = nextBatchId++;
-    batches.set(batchId, queuedProposals);
-    const commands = queuedCommands;
-    queuedCommands = [];
-    queuedProposals = [];
-    metrics.proposalBatches += 1;
-    actor.send({ type: 'propose', batchId, commands });
-  };
-
-  const flushReads = (): void => {
-    if (stopped || !actor || queuedReads.length === 0) return;
-    const ids: number[] = [];
-    for (const waiter of queuedReads) {
-      const id = nextReadId++;
-      reads.set(id, waiter);
-      ids.push(id);
+    if (RAFT_TYPES.has(message.type)) {
+      actor.send({ type: 'message', message: message as unknown as RaftMessage });
+    } else {
+      receiveClientMessage(message as unknown as ClientMessage);
     }
-    queuedReads = [];
-    metrics.readBatches += 1;
-    actor.send({ type: 'readIndex', ids });
   };
 
   const start = async (): Promise<void> => {
@@ -286,85 +356,33 @@ export const createRaftNode = (options: RaftNodeOptions) => {
         ...(options.maxEntriesPerAppend ? { maxEntriesPerAppend: options.maxEntriesPerAppend } : {}),
       },
     });
-    for (const type of [
-      'persist',
-      'send',
-      'committed',
-      'proposalsAccepted',
-      'proposalsRejected',
-      'readsReady',
-      'readsRejected',
-    ] as const) {
-      actor.on(type, (emitted) => carryOut(emitted as RaftEmitted));
-    }
-    actor.subscribe({ next: noticeRoleChange, error: (error) => options.onRole && console.error(error) });
+    for (const type of EMITTED_TYPES) actor.on(type, (emitted) => carryOut(emitted as RaftEmitted));
+    actor.subscribe({ next: noticeRoleChange });
     actor.start();
     noticeRoleChange();
   };
-
-  /** Resolves once the command is committed by a majority and applied here; rejects with a coded error. */
-  const propose = (command: Uint8Array): Promise<void> =>
-    new Promise<void>((resolve, reject) => {
-      if (stopped || !actor) {
-        reject(diskeyvalError('STOPPED', `${options.id} is not running`));
-        return;
-      }
-      metrics.proposals += 1;
-      if (queuedCommands.length === 0) defer(flushProposals);
-      queuedCommands.push(command);
-      queuedProposals.push(withDeadline({ resolve, reject, deadline: null }, 'write'));
-    });
-
-  /**
-   * A linearizable read barrier (ReadIndex): resolves once this server, as leader, has confirmed
-   * its leadership with a heartbeat quorum and applied everything committed before the call.
-   */
-  const readBarrier = (): Promise<void> =>
-    new Promise<void>((resolve, reject) => {
-      if (stopped || !actor) {
-        reject(diskeyvalError('STOPPED', `${options.id} is not running`));
-        return;
-      }
-      metrics.reads += 1;
-      if (queuedReads.length === 0) defer(flushReads);
-      queuedReads.push(withDeadline({ resolve, reject, deadline: null }, 'read'));
-    });
 
   /** Stops the machine and the transport; every waiting call rejects with STOPPED. */
   const stop = async (): Promise<void> => {
     if (stopped) return;
     stopped = true;
     actor?.stop();
-    const error = diskeyvalError('STOPPED', `${options.id} stopped`);
-    for (const waiter of [
-      ...queuedProposals,
-      ...queuedReads,
-      ...proposalWaiters,
-      ...readWaiters,
-      ...reads.values(),
-    ])
-      settle(waiter, error);
-    for (const waiters of batches.values()) for (const waiter of waiters) settle(waiter, error);
-    queuedProposals = [];
-    queuedReads = [];
-    proposalWaiters.length = 0;
-    readWaiters.length = 0;
-    reads.clear();
-    batches.clear();
+    requests.stop();
     deadlines.clear();
+    batches.clear();
+    readsForOthers.clear();
     await endpoint?.close();
-  };
-
-  const send = (message: TransportMessage): void => {
-    if (!stopped) endpoint?.send(message);
   };
 
   return {
     id: options.id,
     start,
     stop,
-    propose,
-    readBarrier,
+    /** set/delete: resolves once committed by a majority and applied on this node. */
+    write: (operation: KvOperation, callOptions?: CallOptions) =>
+      requests.write((tag) => encodeCommand(operation, tag), callOptions),
+    /** Resolves once this node has applied everything committed before the call (ReadIndex). */
+    readBarrier: (callOptions?: CallOptions) => requests.read(callOptions),
     status,
     get: store.get,
     has: store.has,
@@ -374,14 +392,15 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       assert(actor !== null, 'snapshot before start');
       return actor.getSnapshot();
     },
-    /** Sends a machine event by hand (tests and tools: `electionTimeout`, `checkQuorum`, ...). */
+    /** Sends a timer event by hand (tests and tools: `electionTimeout`, `checkQuorum`, ...). */
     fire: (event: { type: 'electionTimeout' | 'heartbeatTimeout' | 'checkQuorum' }) => actor?.send(event),
-    sendOther: send,
     isStopped: () => stopped,
     metrics: () => ({
       ...metrics,
-      pendingProposals: proposalWaiters.length + queuedProposals.length,
-      pendingReads: readWaiters.length + reads.size + queuedReads.length,
+      ...requests.counters(),
+      pendingWrites: requests.pending().writes,
+      pendingReads: requests.pending().reads,
+      duplicatesSkipped: store.duplicates(),
       storeSize: store.size(),
       peers: [...peers.values()].map((peer) => peer.metrics()),
     }),

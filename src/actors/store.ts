@@ -1,7 +1,9 @@
 /**
  * The store actor: owns the key/value map and applies committed entries to it, in log order, once
  * each (Figure 2: "If commitIndex > lastApplied: increment lastApplied, apply log[lastApplied] to
- * state machine"). It reports every applied update as a `change`.
+ * state machine"). Each command names its request (session, seq); a request that was already
+ * applied is skipped, so a retried call takes effect at most once (dissertation §6.3). Every
+ * applied update is reported as a `change`, every settled request as `applied`.
  */
 import { decodeCommand } from '../io/command.js';
 import { assert } from '../machines/assert.js';
@@ -9,9 +11,33 @@ import type { Entry } from '../machines/messages.js';
 
 export type Change = { key: string; value: unknown; deleted: boolean; index: number };
 
-export const createStore = (onChange: (change: Change) => void) => {
+/** What the store remembers of one session: seqs applied at or above `settledBelow`. */
+type Session = { settledBelow: number; applied: Set<number> };
+
+export const createStore = (
+  onChange: (change: Change) => void,
+  onApplied: (session: number, seq: number, index: number) => void,
+) => {
   const map = new Map<string, unknown>();
+  const sessions = new Map<number, Session>();
   let appliedIndex = 0;
+  let duplicates = 0;
+
+  /** True the first time (session, seq) is seen; forgets what the proposer has settled. */
+  const firstTime = (sessionId: number, seq: number, lowestPending: number): boolean => {
+    let session = sessions.get(sessionId);
+    if (!session) {
+      session = { settledBelow: 0, applied: new Set() };
+      sessions.set(sessionId, session);
+    }
+    if (lowestPending > session.settledBelow) {
+      session.settledBelow = lowestPending;
+      for (const old of session.applied) if (old < lowestPending) session.applied.delete(old);
+    }
+    if (seq < session.settledBelow || session.applied.has(seq)) return false;
+    session.applied.add(seq);
+    return true;
+  };
 
   /** Applies entries[0] at `firstIndex`, and so on. Entries at or below appliedIndex are skipped. */
   const apply = (firstIndex: number, entries: readonly Entry[]): void => {
@@ -22,13 +48,18 @@ export const createStore = (onChange: (change: Change) => void) => {
       appliedIndex = index;
       if (entry.kind !== 'command' || entry.data === null) continue;
       const command = decodeCommand(entry.data);
-      if (command.op === 'set') {
-        map.set(command.key, command.value);
-        onChange({ key: command.key, value: command.value, deleted: false, index });
+      if (firstTime(command.session, command.seq, command.lowestPending)) {
+        if (command.op === 'set') {
+          map.set(command.key, command.value);
+          onChange({ key: command.key, value: command.value, deleted: false, index });
+        } else {
+          map.delete(command.key);
+          onChange({ key: command.key, value: undefined, deleted: true, index });
+        }
       } else {
-        map.delete(command.key);
-        onChange({ key: command.key, value: undefined, deleted: true, index });
+        duplicates += 1;
       }
+      onApplied(command.session, command.seq, index);
     }
   };
 
@@ -38,6 +69,7 @@ export const createStore = (onChange: (change: Change) => void) => {
     has: (key: string): boolean => map.has(key),
     size: (): number => map.size,
     appliedIndex: (): number => appliedIndex,
+    duplicates: (): number => duplicates,
   };
 };
 

@@ -7,7 +7,7 @@
  * The SAN also carries `localhost`, `127.0.0.1` and `::1` so the certificate works on loopback.
  */
 import { randomBytes, webcrypto } from 'node:crypto';
-import { chmod, mkdir, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { PeerCertificate } from 'node:tls';
 import type * as X509 from '@peculiar/x509';
@@ -236,34 +236,59 @@ export const createClusterCertificates = async (
   return { ca, nodes };
 };
 
+export type WrittenCertificates = {
+  readonly certificates: ClusterCertificates;
+  /** The paths written, CA first. */
+  readonly files: string[];
+};
+
+const isClusterCertificates = (value: unknown): value is ClusterCertificates =>
+  typeof value === 'object' && value !== null && 'ca' in value && 'nodes' in value && !Array.isArray(value);
+
 /**
- * Writes `ca.pem`, `ca.key`, `<node>.pem` and `<node>.key` into `dir` (created if missing). Keys
- * are written with mode 0600. Returns the paths written.
+ * Writes `ca.pem`, `ca.key`, `<node>.pem` and `<node>.key` into `dir` (created if missing). `nodes`
+ * is either certificates made earlier or what `createClusterCertificates` takes (node ids, or
+ * options with validity), in which case fresh ones are made first. Each file is written to a
+ * temporary name with its final mode (0600 for keys, 0644 for certificates) and renamed into place,
+ * so a key is never readable by others, not even for a moment.
  */
 export const writeClusterCertificates = async (
   dir: string,
-  certs: ClusterCertificates,
-): Promise<string[]> => {
-  await mkdir(dir, { recursive: true });
+  nodes: ClusterCertificates | readonly string[] | ClusterCertificatesOptions,
+): Promise<WrittenCertificates> => {
+  const certificates = isClusterCertificates(nodes)
+    ? nodes
+    : await createClusterCertificates(
+        Array.isArray(nodes) ? { nodes } : (nodes as ClusterCertificatesOptions),
+      );
   const files: Array<[name: string, content: string, mode: number]> = [
-    ['ca.pem', certs.ca.cert, 0o644],
-    ['ca.key', certs.ca.key, 0o600],
+    ['ca.pem', certificates.ca.cert, 0o644],
+    ['ca.key', certificates.ca.key, 0o600],
   ];
-  for (const [nodeId, { cert, key }] of Object.entries(certs.nodes)) {
+  for (const [nodeId, { cert, key }] of Object.entries(certificates.nodes)) {
+    checkNodeId(nodeId);
     if (nodeId === 'ca' || nodeId.startsWith('.')) {
       throw codeError('INVALID_ARGUMENT', `node id ${JSON.stringify(nodeId)} cannot be used as a file name`);
     }
     files.push([`${nodeId}.pem`, cert, 0o644], [`${nodeId}.key`, key, 0o600]);
   }
+  await mkdir(dir, { recursive: true });
   const paths: string[] = [];
   for (const [name, content, mode] of files) {
     const path = join(dir, name);
-    await writeFile(path, content, { mode });
-    // `mode` only applies when the file is created: tighten files that already existed too.
-    await chmod(path, mode);
+    const temporary = join(dir, `.${name}.${randomBytes(6).toString('hex')}.tmp`);
+    try {
+      await writeFile(temporary, content, { mode, flag: 'wx' });
+      // The process umask may have narrowed the mode; set it exactly.
+      await chmod(temporary, mode);
+      await rename(temporary, path);
+    } catch (error) {
+      await rm(temporary, { force: true });
+      throw error;
+    }
     paths.push(path);
   }
-  return paths;
+  return { certificates, files: paths };
 };
 
 export type CertificateIdentities = {

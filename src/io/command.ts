@@ -1,10 +1,18 @@
 /**
- * The key/value commands carried in log entries, encoded once by the proposer with msgpack and
- * shipped as bytes from then on: `[op, key, value?]`.
+ * The key/value commands carried in log entries, encoded once by the node that received the call
+ * and shipped as bytes from then on: `[op, key, value, session, seq, lowestPending]`.
+ *
+ * `session` and `seq` name the request so the state machine applies each one at most once, however
+ * often it was retried (dissertation §6.3). `lowestPending` is the proposer's smallest unanswered
+ * seq when it encoded the command: everything below it is settled, so the store may forget it.
  */
 import { Decoder, Encoder } from '@msgpack/msgpack';
 
-export type KvCommand = { op: 'set'; key: string; value: unknown } | { op: 'delete'; key: string };
+export type KvOperation = { op: 'set'; key: string; value: unknown } | { op: 'delete'; key: string };
+
+export type RequestTag = { session: number; seq: number; lowestPending: number };
+
+export type KvCommand = KvOperation & RequestTag;
 
 const OP_SET = 1;
 const OP_DELETE = 2;
@@ -12,15 +20,35 @@ const OP_DELETE = 2;
 const encoder = new Encoder({ ignoreUndefined: false });
 const decoder = new Decoder();
 
-export const encodeCommand = (command: KvCommand): Uint8Array =>
-  command.op === 'set'
-    ? encoder.encode([OP_SET, command.key, command.value])
-    : encoder.encode([OP_DELETE, command.key]);
+export const encodeCommand = (operation: KvOperation, tag: RequestTag): Uint8Array =>
+  encoder.encode([
+    operation.op === 'set' ? OP_SET : OP_DELETE,
+    operation.key,
+    operation.op === 'set' ? operation.value : null,
+    tag.session,
+    tag.seq,
+    tag.lowestPending,
+  ]);
+
+const isCount = (value: unknown): value is number =>
+  typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
 
 export const decodeCommand = (bytes: Uint8Array): KvCommand => {
   const decoded = decoder.decode(bytes);
-  if (!Array.isArray(decoded) || typeof decoded[1] !== 'string') throw new Error('malformed command');
-  if (decoded[0] === OP_SET) return { op: 'set', key: decoded[1], value: decoded[2] };
-  if (decoded[0] === OP_DELETE) return { op: 'delete', key: decoded[1] };
-  throw new Error(`unknown command op ${String(decoded[0])}`);
+  if (!Array.isArray(decoded) || decoded.length !== 6 || typeof decoded[1] !== 'string') {
+    throw new Error('malformed command');
+  }
+  const [op, key, value, session, seq, lowestPending] = decoded as [
+    unknown,
+    string,
+    unknown,
+    unknown,
+    unknown,
+    unknown,
+  ];
+  if (!isCount(session) || !isCount(seq) || !isCount(lowestPending)) throw new Error('malformed command tag');
+  const tag = { session, seq, lowestPending };
+  if (op === OP_SET) return { op: 'set', key, value, ...tag };
+  if (op === OP_DELETE) return { op: 'delete', key, ...tag };
+  throw new Error(`unknown command op ${String(op)}`);
 };

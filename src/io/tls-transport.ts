@@ -121,7 +121,7 @@ export type TlsTransportOptions = {
   readonly maxFrameBytes?: number;
   /** Time a connection gets for TLS plus the protocol handshake (default 5000 ms). */
   readonly handshakeTimeoutMs?: number;
-  /** Re-dial back-off: min(maxMs, initialMs * 2^attempt), jittered to 50..100% (default 50 / 2000 ms). */
+  /** Re-dial back-off: min(maxMs, initialMs * 2^attempt), jittered to 50..100% (default 50 / 1000 ms). */
   readonly reconnect?: { readonly initialMs: number; readonly maxMs: number };
   /** Messages kept per peer while it is not connected (default 256); more are dropped. */
   readonly maxQueuedMessages?: number;
@@ -161,7 +161,8 @@ export type TlsTransportEndpoint<M extends TransportMessage = TransportMessage> 
   setPeers(peers: readonly TlsPeer[]): void;
 };
 
-export type TlsTransport<M extends TransportMessage = TransportMessage> = RaftTransport<M> & {
+/** A `RaftTransport` (structurally) whose endpoints also report their address and metrics. */
+export type TlsTransport<M extends TransportMessage = TransportMessage> = {
   /** Starts listening; resolves once the server is bound. One endpoint at a time per transport. */
   connect(nodeId: string, deliver: (message: M) => void): Promise<TlsTransportEndpoint<M>>;
   /** Counters, cumulative over the transport's endpoints. */
@@ -253,7 +254,7 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
 ): TlsTransport<M> => {
   const maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
   const handshakeTimeoutMs = options.handshakeTimeoutMs ?? 5000;
-  const reconnect = options.reconnect ?? { initialMs: 50, maxMs: 2000 };
+  const reconnect = options.reconnect ?? { initialMs: 50, maxMs: 1000 };
   const maxQueuedMessages = options.maxQueuedMessages ?? 256;
   const maxBufferedBytes = options.maxBufferedBytes ?? 64 * 1024 * 1024;
   const random = options.random ?? Math.random;
@@ -541,7 +542,6 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
         // Dial again only when there is something to send; otherwise the next send dials.
         if (!closed && !link.removed && link.queue.length > 0 && !link.connection) dial(link);
       }, delay);
-      link.retryTimer.unref?.();
     };
 
     const dial = (link: PeerLink<M>): void => {
@@ -611,7 +611,8 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
         });
       });
       socket.on('error', (error: Error) => {
-        if (reported || closed) return;
+        // Errors of an established connection end in 'disconnected'; a rejected one was reported.
+        if (reported || closed || connection.closed || connection.peerId !== null) return;
         reported = true;
         const verifyError = socket.authorizationError as unknown;
         if (!tlsDone && (typeof verifyError === 'string' || verifyError instanceof Error)) {
@@ -811,11 +812,15 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
       }
       for (const entry of pending.values()) clearTimeout(entry.timer);
       pending.clear();
+      const socketsClosed = [...sockets].map((socket) =>
+        socket.closed ? undefined : new Promise<void>((resolve) => socket.once('close', () => resolve())),
+      );
       for (const socket of sockets) socket.destroy();
       sockets.clear();
-      closing = new Promise<void>((resolve) => {
+      const serverClosed = new Promise<void>((resolve) => {
         server.close(() => resolve());
-      }).then(() => {
+      });
+      closing = Promise.all([serverClosed, ...socketsClosed]).then(() => {
         if (active === handle) active = null;
       });
       return closing;
@@ -832,9 +837,10 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
     return { nodeId, send, close, address, metrics: snapshot, setPeers };
   };
 
-  return {
+  const transport: TlsTransport<M> = {
     connect,
     metrics: snapshot,
     address: () => active?.address() ?? null,
   };
+  return transport satisfies RaftTransport<M>;
 };

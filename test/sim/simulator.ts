@@ -8,7 +8,7 @@
 import { expect } from 'vitest';
 import { createMemoryLog, type MemoryLog } from '../../src/actors/log.js';
 import { createRaftNode, type RaftNode } from '../../src/actors/raft-node.js';
-import { encodeCommand } from '../../src/io/command.js';
+import { decodeCommand } from '../../src/io/command.js';
 import type { RaftTransport, TransportMessage } from '../../src/io/transport.js';
 import { isRequest, type RaftMessage } from '../../src/machines/messages.js';
 import { createRng } from '../../src/machines/rng.js';
@@ -88,6 +88,9 @@ export const createSimulation = (options: SimOptions) => {
   let steps = 0;
   let requestsSent = 0;
   const sentByType: Record<string, number> = {};
+  /** Test hooks (scenarios): every message sent (before the network drops it), and every step. */
+  const messageListeners = new Set<(message: RaftMessage, atMs: number) => void>();
+  const stepListeners = new Set<() => void>();
 
   const fail = (reason: string): never => {
     throw new Error(
@@ -116,6 +119,7 @@ export const createSimulation = (options: SimOptions) => {
           if (endpoints.get(nodeId) !== deliver) return;
           const raft = message as unknown as RaftMessage;
           sentByType[raft.type] = (sentByType[raft.type] ?? 0) + 1;
+          for (const listener of messageListeners) listener(raft, nowMs);
           if (isRequest(raft)) requestsSent += 1;
           if (rng.chance(network.dropRate)) return;
           const copies = rng.chance(network.duplicateRate) ? 2 : 1;
@@ -158,6 +162,7 @@ export const createSimulation = (options: SimOptions) => {
       heartbeatMs: options.heartbeatMs ?? 50,
       proposalTimeoutMs: options.proposalTimeoutMs ?? 60_000,
       seed: rng.int(1, 2 ** 31),
+      session: rng.int(1, 2 ** 31),
       log: server.log,
       clock: clockFor(server),
       nowMs: () => nowMs,
@@ -230,6 +235,7 @@ export const createSimulation = (options: SimOptions) => {
     }
     steps += 1;
     checkSafety();
+    for (const listener of stepListeners) listener();
     return true;
   };
 
@@ -310,7 +316,8 @@ export const createSimulation = (options: SimOptions) => {
       proposal.error = 'STOPPED';
       return proposal;
     }
-    node.propose(encodeCommand({ op: 'set', key: 'k', value })).then(
+    // Like the lab suites' Start: only the leader takes it (no forwarding here).
+    node.write({ op: 'set', key: 'k', value }, { forward: false }).then(
       () => {
         proposal.state = 'ok';
       },
@@ -332,19 +339,19 @@ export const createSimulation = (options: SimOptions) => {
   };
 
   /** How many live servers have committed an entry holding `value`. */
-  const committedOn = (value: string): number => {
-    const encoded = Buffer.from(encodeCommand({ op: 'set', key: 'k', value })).toString('base64');
-    return ids.filter((id) => {
+  const committedOn = (value: string): number =>
+    ids.filter((id) => {
       const status = statusOf(id);
       if (!status) return false;
       const entries = serverOf(id).log.persisted().entries;
       for (let index = 0; index < status.commitIndex; index += 1) {
         const data = entries[index]!.data;
-        if (data && Buffer.from(data).toString('base64') === encoded) return true;
+        if (!data) continue;
+        const command = decodeCommand(data);
+        if (command.op === 'set' && command.value === value) return true;
       }
       return false;
     }).length;
-  };
 
   const crash = (id: string): void => {
     const server = serverOf(id);
@@ -399,6 +406,20 @@ export const createSimulation = (options: SimOptions) => {
     checker,
     fail,
     persisted: (id: string) => serverOf(id).log.persisted(),
+    /** Calls `listener` with every message a server sends (before loss); returns the unsubscribe. */
+    observe: (listener: (message: RaftMessage, atMs: number) => void): (() => void) => {
+      messageListeners.add(listener);
+      return () => messageListeners.delete(listener);
+    },
+    /** Calls `listener` after every step, once the safety checks passed; returns the unsubscribe. */
+    onStep: (listener: () => void): (() => void) => {
+      stepListeners.add(listener);
+      return () => stepListeners.delete(listener);
+    },
+    /** Delivers a hand-made message after `delayMs` (partitions apply; not counted as sent). */
+    inject: (message: RaftMessage, delayMs = 1): void => {
+      deliverLater(message as unknown as TransportMessage, delayMs);
+    },
   };
 };
 
@@ -410,4 +431,90 @@ export const seedsFor = (defaultCount: number, salt: number): number[] => {
   if (replay !== undefined) return [Number(replay)];
   const count = Number(process.env.DISKEYVAL_SIM_SEEDS ?? defaultCount);
   return Array.from({ length: count }, (_, index) => salt * 100_000 + index + 1);
+};
+
+/**
+ * The lab suites' `one`: proposes `value` through the current leader, retrying (every 2 s, or
+ * after a failed proposal) until at least `expected` live servers committed it; fails the
+ * simulation (seed and replay line) after `boundMs`. Returns the simulated time it took.
+ */
+export const agreeOne = async (
+  sim: Simulation,
+  value: string,
+  expected: number,
+  boundMs = 10_000,
+): Promise<number> => {
+  const startMs = sim.now();
+  while (sim.now() - startMs < boundMs) {
+    const leader = sim.stableLeader() ?? sim.leader();
+    if (leader === null) {
+      await sim.runFor(10);
+      continue;
+    }
+    const proposal = sim.propose(leader, value);
+    const retryAtMs = sim.now() + 2_000;
+    while (sim.now() < retryAtMs && sim.now() - startMs < boundMs) {
+      if (sim.committedOn(value) >= expected) return sim.now() - startMs;
+      if (proposal.state === 'failed') break;
+      await sim.runFor(10);
+    }
+  }
+  if (sim.committedOn(value) >= expected) return sim.now() - startMs;
+  return sim.fail(
+    `agreement on ${value} by ${expected} servers did not happen within ${boundMs} ms (${sim.committedOn(value)} committed it)`,
+  );
+};
+
+/** Fails the simulation (seed and replay line in the message) unless `condition` holds. */
+export const ensure = (sim: Simulation, condition: boolean, what: string): void => {
+  if (!condition) sim.fail(what);
+};
+
+/** The lab suites' `disconnect`: each server in `disconnected` alone, the rest together (heals when empty). */
+export const isolate = (sim: Simulation, disconnected: Iterable<string>): void => {
+  const apart = new Set(disconnected);
+  if (apart.size === 0) {
+    sim.heal();
+    return;
+  }
+  sim.partition(
+    sim.ids.filter((id) => !apart.has(id)),
+    ...[...apart].map((id) => [id]),
+  );
+};
+
+/** The committed command values of `id`, decoded, in log order. */
+export const committedStrings = (sim: Simulation, id: string): unknown[] =>
+  sim.committedValues(id).map((data) => {
+    const command = decodeCommand(data as Uint8Array);
+    return command.op === 'set' ? command.value : undefined;
+  });
+
+export type Tracked = { state: 'pending' | 'ok' | 'failed'; error?: string; settledAtMs?: number };
+
+/** Follows a promise of a node call (readBarrier, propose) on the simulated clock. */
+export const track = (sim: Simulation, promise: Promise<unknown>): Tracked => {
+  const tracked: Tracked = { state: 'pending' };
+  promise.then(
+    () => {
+      tracked.state = 'ok';
+      tracked.settledAtMs = sim.now();
+    },
+    (error: { code?: string }) => {
+      tracked.state = 'failed';
+      tracked.error = error.code ?? String(error);
+      tracked.settledAtMs = sim.now();
+    },
+  );
+  return tracked;
+};
+
+/** Runs until a stable leader exists (failing after `boundMs`) and returns it. */
+export const waitForLeader = async (
+  sim: Simulation,
+  boundMs = 3_000,
+  what = 'a stable leader',
+): Promise<string> => {
+  await sim.runUntil(() => sim.stableLeader() !== null, boundMs, what);
+  return sim.stableLeader()!;
 };

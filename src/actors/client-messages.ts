@@ -1,0 +1,74 @@
+/**
+ * Messages of the client API between nodes, carried by the same transport as the Raft RPCs. A
+ * follower forwards writes and read-index requests to the leader with them; one message carries
+ * every call made in the same tick (batching at every hop).
+ */
+import type { NodeId } from '../machines/messages.js';
+
+/** Writes forwarded to the leader: each command is already encoded and tagged (session, seq). */
+export type ClientPropose = {
+  type: 'ClientPropose';
+  from: NodeId;
+  to: NodeId;
+  seqs: number[];
+  commands: Uint8Array[];
+};
+
+/** The leader appended the commands at `firstIndex`.. in `term`, or refused (not the leader). */
+export type ClientProposeResult = {
+  type: 'ClientProposeResult';
+  from: NodeId;
+  to: NodeId;
+  seqs: number[];
+  firstIndex: number;
+  term: number;
+  notLeader: boolean;
+  leaderId: NodeId | null;
+};
+
+export type ClientRead = { type: 'ClientRead'; from: NodeId; to: NodeId; ids: number[] };
+
+/** The leader confirmed its leadership at `readIndex` for these reads, or refused. */
+export type ClientReadResult = {
+  type: 'ClientReadResult';
+  from: NodeId;
+  to: NodeId;
+  ids: number[];
+  readIndex: number;
+  notLeader: boolean;
+  leaderId: NodeId | null;
+};
+
+export type ClientMessage = ClientPropose | ClientProposeResult | ClientRead | ClientReadResult;
+
+const isIdList = (value: unknown): value is number[] =>
+  Array.isArray(value) && value.every((item) => Number.isSafeInteger(item));
+
+/** Checks a client message from the network before it is trusted; false means drop it. */
+export const isWellFormedClientMessage = (message: { type: string } & Record<string, unknown>): boolean => {
+  switch (message.type) {
+    case 'ClientPropose':
+      return (
+        isIdList(message.seqs) &&
+        Array.isArray(message.commands) &&
+        message.commands.length === message.seqs.length &&
+        message.commands.every((command) => command instanceof Uint8Array)
+      );
+    case 'ClientProposeResult':
+      return (
+        isIdList(message.seqs) &&
+        Number.isSafeInteger(message.firstIndex) &&
+        typeof message.notLeader === 'boolean'
+      );
+    case 'ClientRead':
+      return isIdList(message.ids);
+    case 'ClientReadResult':
+      return (
+        isIdList(message.ids) &&
+        Number.isSafeInteger(message.readIndex) &&
+        typeof message.notLeader === 'boolean'
+      );
+    default:
+      return false;
+  }
+};

@@ -1,0 +1,363 @@
+/**
+ * The client side of every node: it takes set/delete/read calls and gets them served by whoever
+ * leads, so any node serves every call.
+ *
+ * Writes: a call is encoded once, tagged (session, seq), and routed each tick in one batch: into
+ * the local machine when this node leads, in one ClientPropose to the leader otherwise, or held
+ * while no leader is known. A call resolves when the store applies its (session, seq) here, so a
+ * caller reads its own writes on the node it called. Retries (leader change, a lost message, an
+ * entry a new leader replaced) resend the same tag, and the store applies a tag at most once.
+ *
+ * Reads: ReadIndex (dissertation §6.4) from any node: the leader confirms its leadership for a
+ * batch of reads with one heartbeat round and answers with its commit index; the node that was
+ * called waits until it has applied that far, then reads its own map.
+ */
+import { diskeyvalError } from '../errors.js';
+import type { NodeId } from '../machines/messages.js';
+import type { ClientProposeResult, ClientReadResult } from './client-messages.js';
+import type { Deadlines } from './deadlines.js';
+
+export type CallOptions = { forward?: boolean; timeoutMs?: number; signal?: AbortSignal };
+
+type Phase = 'waiting' | 'sent' | 'accepted' | 'confirmed';
+
+type Call = {
+  phase: Phase;
+  sentAtMs: number;
+  /** accepted writes: the log index; confirmed reads: the read index. */
+  index: number;
+  forward: boolean;
+  finish: (error?: Error) => void;
+};
+
+type Write = Call & { seq: number; command: Uint8Array };
+type Read = Call & { id: number };
+
+export type RequestsDeps = {
+  id: NodeId;
+  session: number;
+  deadlines: Deadlines;
+  nowMs: () => number;
+  defer: (fn: () => void) => void;
+  proposalTimeoutMs: number;
+  rpcTimeoutMs: number;
+  /** Who leads now, as this node knows it. */
+  leader: () => { self: boolean; leaderId: NodeId | null };
+  appliedIndex: () => number;
+  proposeLocally: (seqs: number[], commands: Uint8Array[]) => void;
+  readLocally: (ids: number[]) => void;
+  send: (message: { type: string; from: NodeId; to: NodeId } & Record<string, unknown>) => void;
+};
+
+export const createRequests = (deps: RequestsDeps) => {
+  const writes = new Map<number, Write>();
+  const reads = new Map<number, Read>();
+  /** Accepted writes and confirmed reads in index order, for the apply-side checks. */
+  let acceptedWrites: Write[] = [];
+  let confirmedReads: Read[] = [];
+  let nextSeq = 1;
+  let nextReadId = 1;
+  let flushScheduled = false;
+  let resendArmed = false;
+  let stopped = false;
+  const counters = { forwardedWrites: 0, forwardedReads: 0, retries: 0 };
+
+  const start = <C extends Call>(
+    map: Map<number, C>,
+    key: number,
+    call: Omit<C, 'finish' | 'phase' | 'sentAtMs' | 'index'>,
+    options: CallOptions,
+    what: string,
+  ): Promise<void> =>
+    new Promise<void>((resolve, reject) => {
+      let done = false;
+      const onAbort = (): void => finish(diskeyvalError('ABORTED', `${what} aborted by its signal`));
+      const timeoutMs = Math.min(options.timeoutMs ?? Number.POSITIVE_INFINITY, deps.proposalTimeoutMs);
+      const deadline = deps.deadlines.add(timeoutMs, () =>
+        finish(
+          options.timeoutMs !== undefined && options.timeoutMs < deps.proposalTimeoutMs
+            ? diskeyvalError('TIMEOUT', `${what} did not complete within ${options.timeoutMs} ms`)
+            : diskeyvalError(
+                'QUORUM_UNAVAILABLE',
+                `${what} not confirmed by a majority within ${timeoutMs} ms`,
+              ),
+        ),
+      );
+      const finish = (error?: Error): void => {
+        if (done) return;
+        done = true;
+        deadline.done = true;
+        map.delete(key);
+        options.signal?.removeEventListener('abort', onAbort);
+        if (error) reject(error);
+        else resolve();
+      };
+      if (options.signal?.aborted) {
+        onAbort();
+        return;
+      }
+      options.signal?.addEventListener('abort', onAbort, { once: true });
+      map.set(key, { ...call, phase: 'waiting', sentAtMs: 0, index: 0, finish } as unknown as C);
+      scheduleFlush();
+    });
+
+  const refuseIfNotLeader = (options: CallOptions): Error | null => {
+    if (options.forward !== false) return null;
+    const { self, leaderId } = deps.leader();
+    return self ? null : diskeyvalError('NOT_LEADER', `${deps.id} is not the leader`, { leaderId });
+  };
+
+  /** The smallest seq still unanswered: the store may forget every seq below it. */
+  const lowestPending = (): number => {
+    for (const seq of writes.keys()) return seq;
+    return nextSeq;
+  };
+
+  /** Takes a write; `encode` builds the command bytes from the request tag. */
+  const write = (
+    encode: (tag: { session: number; seq: number; lowestPending: number }) => Uint8Array,
+    options: CallOptions = {},
+  ): Promise<void> => {
+    if (stopped) return Promise.reject(diskeyvalError('STOPPED', `${deps.id} is not running`));
+    const refused = refuseIfNotLeader(options);
+    if (refused) return Promise.reject(refused);
+    const seq = nextSeq++;
+    const command = encode({ session: deps.session, seq, lowestPending: Math.min(seq, lowestPending()) });
+    return start(writes, seq, { seq, command, forward: options.forward !== false }, options, 'write');
+  };
+
+  const read = (options: CallOptions = {}): Promise<void> => {
+    if (stopped) return Promise.reject(diskeyvalError('STOPPED', `${deps.id} is not running`));
+    const refused = refuseIfNotLeader(options);
+    if (refused) return Promise.reject(refused);
+    const id = nextReadId++;
+    return start(reads, id, { id, forward: options.forward !== false }, options, 'read');
+  };
+
+  const scheduleFlush = (): void => {
+    if (flushScheduled || stopped) return;
+    flushScheduled = true;
+    deps.defer(flush);
+  };
+
+  /** Routes every waiting call: one local batch, or one message to the leader, per kind. */
+  const flush = (): void => {
+    flushScheduled = false;
+    if (stopped) return;
+    const { self, leaderId } = deps.leader();
+    const waitingWrites = [...writes.values()].filter((call) => call.phase === 'waiting');
+    const waitingReads = [...reads.values()].filter((call) => call.phase === 'waiting');
+    if (!self) {
+      for (const call of [...waitingWrites, ...waitingReads]) {
+        if (!call.forward)
+          call.finish(diskeyvalError('NOT_LEADER', `${deps.id} is not the leader`, { leaderId }));
+      }
+    }
+    if (self) {
+      markSent(waitingWrites);
+      markSent(waitingReads);
+      if (waitingWrites.length > 0) {
+        deps.proposeLocally(
+          waitingWrites.map((call) => call.seq),
+          waitingWrites.map((call) => call.command),
+        );
+      }
+      if (waitingReads.length > 0) deps.readLocally(waitingReads.map((call) => call.id));
+      return;
+    }
+    if (leaderId === null) return;
+    const forwardWrites = waitingWrites.filter((call) => call.forward);
+    const forwardReads = waitingReads.filter((call) => call.forward);
+    if (forwardWrites.length > 0) {
+      markSent(forwardWrites);
+      counters.forwardedWrites += forwardWrites.length;
+      deps.send({
+        type: 'ClientPropose',
+        from: deps.id,
+        to: leaderId,
+        seqs: forwardWrites.map((call) => call.seq),
+        commands: forwardWrites.map((call) => call.command),
+      });
+    }
+    if (forwardReads.length > 0) {
+      markSent(forwardReads);
+      counters.forwardedReads += forwardReads.length;
+      deps.send({
+        type: 'ClientRead',
+        from: deps.id,
+        to: leaderId,
+        ids: forwardReads.map((call) => call.id),
+      });
+    }
+    if (forwardWrites.length + forwardReads.length > 0) armResend();
+  };
+
+  const markSent = (calls: Call[]): void => {
+    const now = deps.nowMs();
+    for (const call of calls) {
+      call.phase = 'sent';
+      call.sentAtMs = now;
+    }
+  };
+
+  /** Calls sent to a leader that did not answer within rpcTimeoutMs go again. */
+  const armResend = (): void => {
+    if (resendArmed) return;
+    resendArmed = true;
+    deps.deadlines.add(deps.rpcTimeoutMs, () => {
+      resendArmed = false;
+      if (stopped) return;
+      const due = deps.nowMs() - deps.rpcTimeoutMs;
+      let stillSent = false;
+      for (const call of [...writes.values(), ...reads.values()]) {
+        if (call.phase !== 'sent') continue;
+        if (call.sentAtMs <= due) retry(call);
+        else stillSent = true;
+      }
+      if (stillSent) armResend();
+    });
+  };
+
+  const retry = (call: Call): void => {
+    call.phase = 'waiting';
+    counters.retries += 1;
+    scheduleFlush();
+  };
+
+  // --- answers from the local machine or the leader -------------------------------------------
+
+  const writesAccepted = (seqs: number[], firstIndex: number): void => {
+    seqs.forEach((seq, offset) => {
+      const call = writes.get(seq);
+      if (!call || call.phase === 'accepted') return;
+      call.phase = 'accepted';
+      call.index = firstIndex + offset;
+      acceptedWrites.push(call);
+    });
+  };
+
+  /** The local machine refused (it stopped leading): route again with what we know now. */
+  const writesRefused = (seqs: number[]): void => {
+    for (const seq of seqs) {
+      const call = writes.get(seq);
+      if (call && call.phase === 'sent') call.phase = 'waiting';
+    }
+    scheduleFlush();
+  };
+
+  const readsConfirmed = (ids: number[], readIndex: number): void => {
+    for (const id of ids) {
+      const call = reads.get(id);
+      if (!call || call.phase === 'confirmed') continue;
+      call.phase = 'confirmed';
+      call.index = readIndex;
+      confirmedReads.push(call);
+    }
+    releaseReads();
+  };
+
+  const readsRefused = (ids: number[]): void => {
+    for (const id of ids) {
+      const call = reads.get(id);
+      if (call && call.phase === 'sent') call.phase = 'waiting';
+    }
+    scheduleFlush();
+  };
+
+  /**
+   * The leader's answer. A refusal puts the calls back to wait for the next leader change (or,
+   * when it names another leader, goes again at once), so a stale view never spins.
+   */
+  const onProposeResult = (message: ClientProposeResult): void => {
+    if (message.notLeader) {
+      for (const seq of message.seqs) {
+        const call = writes.get(seq);
+        if (call && call.phase === 'sent') call.phase = 'waiting';
+      }
+      if (message.leaderId !== null && message.leaderId !== message.from) scheduleFlush();
+      return;
+    }
+    writesAccepted(message.seqs, message.firstIndex);
+  };
+
+  const onReadResult = (message: ClientReadResult): void => {
+    if (message.notLeader) {
+      for (const id of message.ids) {
+        const call = reads.get(id);
+        if (call && call.phase === 'sent') call.phase = 'waiting';
+      }
+      if (message.leaderId !== null && message.leaderId !== message.from) scheduleFlush();
+      return;
+    }
+    readsConfirmed(message.ids, message.readIndex);
+  };
+
+  // --- the apply side ---------------------------------------------------------------------------
+
+  /** The store applied (session, seq): the call that made it is done. */
+  const applied = (session: number, seq: number): void => {
+    if (session !== deps.session) return;
+    writes.get(seq)?.finish();
+  };
+
+  /** After an apply pass: accepted writes passed by the applied index were replaced: retry them. */
+  const afterApply = (): void => {
+    const appliedIndex = deps.appliedIndex();
+    let passed = 0;
+    while (passed < acceptedWrites.length && acceptedWrites[passed]!.index <= appliedIndex) passed += 1;
+    if (passed > 0) {
+      for (const call of acceptedWrites.slice(0, passed)) {
+        if (writes.get((call as Write).seq) === call && call.phase === 'accepted') retry(call);
+      }
+      acceptedWrites = acceptedWrites.slice(passed);
+    }
+    releaseReads();
+  };
+
+  const releaseReads = (): void => {
+    if (confirmedReads.length === 0) return;
+    const appliedIndex = deps.appliedIndex();
+    const pending: Read[] = [];
+    for (const call of confirmedReads) {
+      if (call.index <= appliedIndex) call.finish();
+      else pending.push(call);
+    }
+    confirmedReads = pending;
+  };
+
+  /** A new leader (or none): everything not yet applied goes again; the store drops duplicates. */
+  const leaderChanged = (): void => {
+    for (const call of writes.values()) if (call.phase !== 'waiting') retry(call);
+    for (const call of reads.values()) if (call.phase === 'sent') retry(call);
+    acceptedWrites = [];
+    scheduleFlush();
+  };
+
+  const stop = (): void => {
+    if (stopped) return;
+    stopped = true;
+    const error = diskeyvalError('STOPPED', `${deps.id} stopped`);
+    for (const call of [...writes.values(), ...reads.values()]) call.finish(error);
+    acceptedWrites = [];
+    confirmedReads = [];
+  };
+
+  return {
+    write,
+    read,
+    writesAccepted,
+    writesRefused,
+    readsConfirmed,
+    readsRefused,
+    onProposeResult,
+    onReadResult,
+    applied,
+    afterApply,
+    leaderChanged,
+    stop,
+    pending: () => ({ writes: writes.size, reads: reads.size }),
+    counters: () => ({ ...counters }),
+  };
+};
+
+export type Requests = ReturnType<typeof createRequests>;
