@@ -7,9 +7,14 @@ import { randomInt } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { InspectionEvent } from 'xstate';
 import type { MemoryLog } from './actors/log.js';
-import { createRaftNode, type RaftStatus } from './actors/raft-node.js';
+import { createRaftNode } from './actors/raft-node.js';
 import type { Change } from './actors/store.js';
 import { diskeyvalError } from './errors.js';
+import {
+  createTlsTransport,
+  type TlsTransportLogEvent,
+  type TlsTransportMetrics,
+} from './io/tls-transport.js';
 import type { RaftTransport } from './io/transport.js';
 import {
   DEFAULT_MAX_VALUE_BYTES,
@@ -43,6 +48,10 @@ export type DiskeyvalOptions = {
   seed?: number;
   /** XState inspection callback: watch role transitions (e.g. with @statelyai/inspect). */
   inspect?: (event: InspectionEvent) => void;
+  /** Largest wire frame in bytes, both ways (TLS transport). Default 16 MiB. */
+  maxFrameBytes?: number;
+  /** Transport events, such as rejected connections and why (TLS transport). */
+  onTransportEvent?: (event: TlsTransportLogEvent) => void;
   /** Restart state for tests (what the node persisted before); persistence on disk is not built yet. */
   log?: MemoryLog;
 };
@@ -72,6 +81,8 @@ export type RaftMetrics = {
   pendingReads: number;
   keys: number;
   peers: Array<{ nodeId: string; messagesSent: number; messagesReceived: number; entriesSent: number }>;
+  /** The mTLS transport's counters (frames, bytes, rejected connections by reason); null for a custom transport. */
+  transport: TlsTransportMetrics | null;
 };
 
 /** Per-call options. `forward: false` refuses with NOT_LEADER instead of forwarding to the leader. */
@@ -114,11 +125,26 @@ const checkOptions = (options: DiskeyvalOptions): void => {
     throw diskeyvalError('INVALID_ARGUMENT', 'heartbeatMs must be positive and below electionTimeoutMs');
   }
   if (!options.transport) {
-    throw diskeyvalError(
-      'INVALID_ARGUMENT',
-      'options.transport is required (the mTLS transport is not built yet)',
-    );
+    if (!options.tls || typeof options.host !== 'string' || !Number.isInteger(options.port)) {
+      throw diskeyvalError('INVALID_ARGUMENT', 'give host, port and tls (or a custom transport)');
+    }
+    if (options.peers.some((peer) => typeof peer === 'string')) {
+      throw diskeyvalError('INVALID_ARGUMENT', 'with the TLS transport, peers need { nodeId, host, port }');
+    }
   }
+};
+
+const transportFor = (options: DiskeyvalOptions) => {
+  if (options.transport) return { transport: options.transport, tls: null };
+  const tls = createTlsTransport({
+    host: options.host!,
+    port: options.port!,
+    peers: options.peers as ClusterPeer[],
+    tls: options.tls!,
+    ...(options.maxFrameBytes ? { maxFrameBytes: options.maxFrameBytes } : {}),
+    ...(options.onTransportEvent ? { log: options.onTransportEvent } : {}),
+  });
+  return { transport: tls as unknown as RaftTransport, tls };
 };
 
 /** Creates a node. Call `start()` before anything else, and `end()` when done. */
@@ -130,10 +156,11 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
   let ended = false;
   let leader: string | null = null;
 
+  const { transport, tls } = transportFor(options);
   const node = createRaftNode({
     id: options.nodeId,
     voters: [options.nodeId, ...options.peers.map(peerIdOf)],
-    transport: options.transport!,
+    transport,
     electionTimeoutMs: options.electionTimeoutMs ?? 300,
     heartbeatMs: options.heartbeatMs ?? 50,
     proposalTimeoutMs: options.proposalTimeoutMs ?? 5000,
@@ -225,6 +252,7 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
         pendingReads: metrics.pendingReads,
         keys: metrics.storeSize,
         peers: metrics.peers,
+        transport: tls ? tls.metrics() : null,
       };
     },
     on(event: 'change' | 'leader', listener: (arg: never) => void) {
@@ -253,7 +281,19 @@ export {
   isStopped,
   isTimeout,
 } from './errors.js';
+export {
+  createCertificateAuthority,
+  createClusterCertificates,
+  issueNodeCertificate,
+  writeClusterCertificates,
+} from './io/certs.js';
 export { createMemoryTransport, type MemoryTransport } from './io/memory-transport.js';
+export {
+  createTlsTransport,
+  type TlsTransportLogEvent,
+  type TlsTransportMetrics,
+  type TlsTransportOptions,
+} from './io/tls-transport.js';
 export type { RaftTransport, TransportEndpoint, TransportMessage } from './io/transport.js';
 export { raftMachine } from './machines/raft.machine.js';
 export { DEFAULT_MAX_VALUE_BYTES, MAX_KEY_BYTES } from './validate.js';
