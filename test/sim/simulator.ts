@@ -10,7 +10,7 @@ import { createMemoryLog, type MemoryLog } from '../../src/actors/log.js';
 import { createRaftNode, type RaftNode } from '../../src/actors/raft-node.js';
 import { decodeCommand } from '../../src/io/command.js';
 import type { RaftTransport, TransportMessage } from '../../src/io/transport.js';
-import { isRequest, type RaftMessage } from '../../src/machines/messages.js';
+import { type Entry, isRequest, type RaftMessage } from '../../src/machines/messages.js';
 import { createRng } from '../../src/machines/rng.js';
 import { createSafetyChecker, type ServerView } from './invariants.js';
 import { createAgenda, type Scheduled } from './queue.js';
@@ -53,6 +53,11 @@ export type SimOptions = {
   network?: Partial<NetworkFaults>;
   maxInflight?: number;
   maxEntriesPerAppend?: number;
+  /**
+   * Steps between two yields to the promise queue, where callers' promise callbacks run. Client
+   * histories want 1, so a call's return is recorded at the simulated time it happened.
+   */
+  yieldEvery?: number;
 };
 
 export type Proposal = { value: string; state: 'pending' | 'ok' | 'failed'; error?: string };
@@ -250,7 +255,7 @@ export const createSimulation = (options: SimOptions) => {
       if (!next || next.atMs > untilMs) break;
       step();
       sinceYield += 1;
-      if (sinceYield >= 64) {
+      if (sinceYield >= (options.yieldEvery ?? 64)) {
         sinceYield = 0;
         await yieldToPromises();
       }
@@ -433,37 +438,83 @@ export const seedsFor = (defaultCount: number, salt: number): number[] => {
   return Array.from({ length: count }, (_, index) => salt * 100_000 + index + 1);
 };
 
+const decodedValues = new WeakMap<Entry, unknown>();
+
+/** The value a committed entry sets (undefined for no-ops and deletes), decoded once per entry. */
+const valueOfEntry = (entry: Entry): unknown => {
+  if (entry.kind !== 'command' || entry.data === null) return undefined;
+  if (decodedValues.has(entry)) return decodedValues.get(entry);
+  const command = decodeCommand(entry.data);
+  const value = command.op === 'set' ? command.value : undefined;
+  decodedValues.set(entry, value);
+  return value;
+};
+
+/** For each of `values`: on how many live servers it is committed (like `committedOn`, for many at once). */
+export const committedCounts = (sim: Simulation, values: Iterable<string>): Map<string, number> => {
+  const counts = new Map<string, number>();
+  for (const value of values) counts.set(value, 0);
+  for (const id of sim.ids) {
+    const status = sim.status(id);
+    if (!status) continue;
+    const entries = sim.persisted(id).entries;
+    const seen = new Set<string>();
+    for (let index = 0; index < status.commitIndex; index += 1) {
+      const value = valueOfEntry(entries[index]!);
+      if (typeof value !== 'string' || seen.has(value) || !counts.has(value)) continue;
+      seen.add(value);
+      counts.set(value, counts.get(value)! + 1);
+    }
+  }
+  return counts;
+};
+
+/**
+ * The lab suites' `one`, for several values at once (the lab's concurrent `one` calls): proposes
+ * every value not yet committed through the current leader in one tick, retrying (every 2 s, or
+ * once every proposal failed), until each is committed on at least `expected` live servers; fails
+ * the simulation (seed and replay line) after `boundMs`. Returns the simulated time it took.
+ */
+export const agreeAll = async (
+  sim: Simulation,
+  values: readonly string[],
+  expected: number,
+  boundMs = 10_000,
+): Promise<number> => {
+  const startMs = sim.now();
+  const missing = (): string[] => {
+    const counts = committedCounts(sim, values);
+    return values.filter((value) => counts.get(value)! < expected);
+  };
+  let remaining = missing();
+  while (remaining.length > 0 && sim.now() - startMs < boundMs) {
+    const leader = sim.stableLeader() ?? sim.leader();
+    if (leader === null) {
+      await sim.runFor(10);
+      remaining = missing();
+      continue;
+    }
+    const proposals = remaining.map((value) => sim.propose(leader, value));
+    const retryAtMs = sim.now() + 2_000;
+    while (remaining.length > 0 && sim.now() < retryAtMs && sim.now() - startMs < boundMs) {
+      await sim.runFor(10);
+      remaining = missing();
+      if (proposals.every((proposal) => proposal.state === 'failed')) break;
+    }
+  }
+  if (remaining.length === 0) return sim.now() - startMs;
+  return sim.fail(
+    `agreement by ${expected} servers did not happen within ${boundMs} ms for ${remaining.length} of ${values.length} values (first: ${remaining[0]})`,
+  );
+};
+
 /**
  * The lab suites' `one`: proposes `value` through the current leader, retrying (every 2 s, or
  * after a failed proposal) until at least `expected` live servers committed it; fails the
  * simulation (seed and replay line) after `boundMs`. Returns the simulated time it took.
  */
-export const agreeOne = async (
-  sim: Simulation,
-  value: string,
-  expected: number,
-  boundMs = 10_000,
-): Promise<number> => {
-  const startMs = sim.now();
-  while (sim.now() - startMs < boundMs) {
-    const leader = sim.stableLeader() ?? sim.leader();
-    if (leader === null) {
-      await sim.runFor(10);
-      continue;
-    }
-    const proposal = sim.propose(leader, value);
-    const retryAtMs = sim.now() + 2_000;
-    while (sim.now() < retryAtMs && sim.now() - startMs < boundMs) {
-      if (sim.committedOn(value) >= expected) return sim.now() - startMs;
-      if (proposal.state === 'failed') break;
-      await sim.runFor(10);
-    }
-  }
-  if (sim.committedOn(value) >= expected) return sim.now() - startMs;
-  return sim.fail(
-    `agreement on ${value} by ${expected} servers did not happen within ${boundMs} ms (${sim.committedOn(value)} committed it)`,
-  );
-};
+export const agreeOne = (sim: Simulation, value: string, expected: number, boundMs = 10_000): Promise<number> =>
+  agreeAll(sim, [value], expected, boundMs);
 
 /** Fails the simulation (seed and replay line in the message) unless `condition` holds. */
 export const ensure = (sim: Simulation, condition: boolean, what: string): void => {
