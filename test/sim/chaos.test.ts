@@ -3,7 +3,7 @@ import { chaosRun } from './chaos.js';
 import { seedsFor } from './simulator.js';
 
 describe.each([3, 5])('chaos: %i servers', (nodes) => {
-  const seeds = seedsFor(Number(process.env.DISKEYVAL_CHAOS_SEEDS ?? 100), nodes);
+  const seeds = seedsFor(Number(process.env.DISKEYVAL_CHAOS_SEEDS ?? 200), nodes);
   it('survives seeded fault schedules with safety checked after every step', async () => {
     let committed = 0;
     let elections = 0;
