@@ -1,0 +1,153 @@
+/**
+ * The global safety properties of Raft (paper §5.4, Figure 3), checked on the reference spec's
+ * cluster state after every step of a model run. A `History` keeps what a single state cannot
+ * show: who led which term, what was committed, the vote of each server in each term.
+ */
+import type { Entry, NodeId } from '../../src/machines/messages.js';
+import { type SpecServer, sameEntry, termAt } from './spec.js';
+
+export type History = {
+  /** Election Safety: the one server that led each term. */
+  leaderOfTerm: Map<number, NodeId>;
+  /**
+   * Every committed index, its entry and the lowest term of a server seen holding it committed
+   * (the entry was committed in that term or earlier, so every leader of a later term has it).
+   */
+  committed: Map<number, { entry: Entry; term: number }>;
+  /** The highest commitIndex any server ever had (read indexes must reach it). */
+  maxCommitted: number;
+  lastCommit: Record<NodeId, number>;
+  lastTerm: Record<NodeId, number>;
+  /** `${server}@${term}` → the vote it cast in that term (one vote per term, across restarts). */
+  voteOf: Map<string, NodeId>;
+  /** Leader Append-Only: the log a server had when it last was seen leading, and the term. */
+  leaderLog: Record<NodeId, { term: number; log: readonly Entry[] } | null>;
+};
+
+export const createHistory = (): History => ({
+  leaderOfTerm: new Map(),
+  committed: new Map(),
+  maxCommitted: 0,
+  lastCommit: {},
+  lastTerm: {},
+  voteOf: new Map(),
+  leaderLog: {},
+});
+
+/** Forgets the volatile history of a server that restarted (its commitIndex starts again at 0). */
+export const onRestart = (history: History, id: NodeId): void => {
+  history.lastCommit[id] = 0;
+  history.leaderLog[id] = null;
+};
+
+const describeEntry = (e: Entry | undefined): string =>
+  e === undefined ? 'none' : `${e.kind}@${e.term}${e.data ? `:${Buffer.from(e.data).toString('hex')}` : ''}`;
+
+/** Log Matching: two logs with an entry of the same term at an index agree on the whole prefix. */
+const logMatching = (a: SpecServer, b: SpecServer): string | null => {
+  const shorter = Math.min(a.log.length, b.log.length);
+  let highest = 0;
+  for (let i = shorter; i >= 1; i -= 1) {
+    if (termAt(a.log, i) === termAt(b.log, i)) {
+      highest = i;
+      break;
+    }
+  }
+  for (let i = 1; i <= highest; i += 1) {
+    if (!sameEntry(a.log[i - 1]!, b.log[i - 1]!))
+      return `log matching: ${a.id} and ${b.id} share term ${termAt(a.log, highest)} at ${highest} but differ at ${i}: ${describeEntry(a.log[i - 1])} vs ${describeEntry(b.log[i - 1])}`;
+  }
+  return null;
+};
+
+/**
+ * Checks every property on `servers` (the spec state after a step) and updates `history`.
+ * Returns the violations found (empty when all hold).
+ */
+export const checkSafety = (servers: readonly SpecServer[], history: History): string[] => {
+  const problems: string[] = [];
+  for (const s of servers) {
+    // Terms only grow, restarts included.
+    const lastTerm = history.lastTerm[s.id] ?? 0;
+    if (s.currentTerm < lastTerm)
+      problems.push(`${s.id}: currentTerm went back from ${lastTerm} to ${s.currentTerm}`);
+    history.lastTerm[s.id] = s.currentTerm;
+    // One vote per term.
+    if (s.votedFor !== null) {
+      const key = `${s.id}@${s.currentTerm}`;
+      const earlier = history.voteOf.get(key);
+      if (earlier !== undefined && earlier !== s.votedFor)
+        problems.push(`${s.id} voted for ${earlier} and then ${s.votedFor} in term ${s.currentTerm}`);
+      history.voteOf.set(key, s.votedFor);
+    }
+    // Entries carry terms that never decrease along the log and never exceed currentTerm.
+    for (let i = 1; i < s.log.length; i += 1) {
+      if (s.log[i]!.term < s.log[i - 1]!.term) problems.push(`${s.id}: log terms decrease at ${i + 1}`);
+    }
+    if (s.log.length > 0 && s.log[s.log.length - 1]!.term > s.currentTerm)
+      problems.push(`${s.id}: log holds an entry of a term above currentTerm ${s.currentTerm}`);
+    // commitIndex stays within the log and never moves back (Restart resets it via onRestart).
+    if (s.commitIndex > s.log.length)
+      problems.push(`${s.id}: commitIndex ${s.commitIndex} > log length ${s.log.length}`);
+    const lastCommit = history.lastCommit[s.id] ?? 0;
+    if (s.commitIndex < lastCommit)
+      problems.push(`${s.id}: commitIndex went back from ${lastCommit} to ${s.commitIndex}`);
+    history.lastCommit[s.id] = s.commitIndex;
+    history.maxCommitted = Math.max(history.maxCommitted, s.commitIndex);
+    // Election Safety: at most one leader per term, over the whole run.
+    if (s.role === 'leader') {
+      const leader = history.leaderOfTerm.get(s.currentTerm);
+      if (leader !== undefined && leader !== s.id)
+        problems.push(`election safety: ${leader} and ${s.id} both led term ${s.currentTerm}`);
+      history.leaderOfTerm.set(s.currentTerm, s.id);
+      // Leader Append-Only: a leader never overwrites or deletes entries of its log.
+      const before = history.leaderLog[s.id];
+      if (before && before.term === s.currentTerm) {
+        if (s.log.length < before.log.length) problems.push(`${s.id}: leader log shrank`);
+        for (let i = 0; i < Math.min(before.log.length, s.log.length); i += 1) {
+          if (before.log[i] !== s.log[i] && !sameEntry(before.log[i]!, s.log[i]!)) {
+            problems.push(`${s.id}: leader changed its entry ${i + 1}`);
+            break;
+          }
+        }
+      }
+      history.leaderLog[s.id] = { term: s.currentTerm, log: s.log };
+    } else {
+      history.leaderLog[s.id] = null;
+    }
+  }
+  // State Machine Safety: every server's committed prefix agrees with every other's.
+  for (const s of servers) {
+    for (let i = 1; i <= Math.min(s.commitIndex, s.log.length); i += 1) {
+      const entry = s.log[i - 1]!;
+      const known = history.committed.get(i);
+      if (known === undefined) history.committed.set(i, { entry, term: s.currentTerm });
+      else if (known.entry !== entry && !sameEntry(known.entry, entry))
+        problems.push(
+          `state machine safety: ${s.id} committed ${describeEntry(entry)} at ${i}, ${describeEntry(known.entry)} was committed there before`,
+        );
+      else if (s.currentTerm < known.term)
+        history.committed.set(i, { entry: known.entry, term: s.currentTerm });
+    }
+  }
+  // Leader Completeness: a leader of a later term holds every committed entry.
+  for (const s of servers) {
+    if (s.role !== 'leader') continue;
+    for (const [index, { entry, term }] of history.committed) {
+      if (s.currentTerm <= term) continue;
+      const own = s.log[index - 1];
+      if (own === undefined || (own !== entry && !sameEntry(own, entry)))
+        problems.push(
+          `leader completeness: ${s.id} leads term ${s.currentTerm} without the entry committed at ${index} (${describeEntry(entry)}), has ${describeEntry(own)}`,
+        );
+    }
+  }
+  // Log Matching, pairwise.
+  for (let x = 0; x < servers.length; x += 1) {
+    for (let y = x + 1; y < servers.length; y += 1) {
+      const problem = logMatching(servers[x]!, servers[y]!);
+      if (problem) problems.push(problem);
+    }
+  }
+  return problems;
+};

@@ -1,0 +1,479 @@
+/**
+ * A reference specification of Raft, written as plainly as possible and independently of
+ * src/machines (only the message *types* are shared, because the model test feeds the messages the
+ * implementation sends to both).
+ *
+ * It mirrors the actions of Diego Ongaro's TLA+ spec (raft.tla):
+ *
+ *   Restart, Timeout, RequestVote, BecomeLeader, ClientRequest, AdvanceCommitIndex, AppendEntries,
+ *   Receive = UpdateTerm + HandleRequestVoteRequest / HandleRequestVoteResponse /
+ *             HandleAppendEntriesRequest / HandleAppendEntriesResponse, DropMessage, DuplicateMessage
+ *
+ * grown with the extensions diskeyval implements, each a rule of its own below:
+ *
+ *   PreVote, CheckQuorum, a no-op entry per new leader, batched proposals, heartbeats that carry
+ *   min(matchIndex, commitIndex), rejections with a conflict hint, commit = max(commit,
+ *   min(leaderCommit, last new index)), stale requests answered with the receiver's term.
+ *
+ * Every function is pure: it takes a server's state and returns the next one plus the replies
+ * the server must send. Two kinds of messages are *not* predicted exactly: a leader's
+ * AppendEntries and Heartbeat (what to send when is flow control, not Raft). For those the spec
+ * says which messages a server may send (`leaderMayHaveSent`), the AppendEntries action of the
+ * TLA+ spec read as a predicate. DropMessage and DuplicateMessage are actions of the network,
+ * which the harness owns.
+ */
+import type {
+  AppendEntries,
+  AppendEntriesResponse,
+  Entry,
+  Heartbeat,
+  NodeId,
+  RaftMessage,
+  RequestVote,
+  RequestVoteResponse,
+} from '../../src/machines/messages.js';
+
+export type SpecRole = 'follower' | 'candidate' | 'leader';
+/** A candidate first polls (PreVote, dissertation §9.6), then campaigns for real. */
+export type SpecPhase = 'preVote' | 'campaign';
+
+export type SpecServer = {
+  readonly id: NodeId;
+  /** Every voter, this server included. */
+  readonly voters: readonly NodeId[];
+  readonly role: SpecRole;
+  /** Only for candidates; null otherwise. */
+  readonly phase: SpecPhase | null;
+  // Persistent state.
+  readonly currentTerm: number;
+  readonly votedFor: NodeId | null;
+  readonly log: readonly Entry[];
+  // Volatile state.
+  readonly commitIndex: number;
+  readonly leaderId: NodeId | null;
+  /** Candidates: the answers of the current poll or election (true = granted). */
+  readonly votes: Readonly<Record<NodeId, boolean>>;
+  /** Leaders: highest index known to be replicated on each peer. */
+  readonly matchIndex: Readonly<Record<NodeId, number>>;
+  /** Leaders: peers heard from since the last CheckQuorum. */
+  readonly recentActive: Readonly<Record<NodeId, boolean>>;
+};
+
+/** What a step of the spec produces: the next state and the messages it must send. */
+export type SpecStep = { readonly server: SpecServer; readonly send: readonly RaftMessage[] };
+
+/** The persistent part of a server: what survives Restart. */
+export type Persistent = { term: number; votedFor: NodeId | null; log: readonly Entry[] };
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+export const majority = (voters: readonly NodeId[]): number => Math.floor(voters.length / 2) + 1;
+
+export const peers = (s: SpecServer): NodeId[] => s.voters.filter((v) => v !== s.id);
+
+/** Term of the entry at 1-based `index`: 0 for index 0, undefined past the end. */
+export const termAt = (log: readonly Entry[], index: number): number | undefined => {
+  if (index === 0) return 0;
+  if (index < 0 || index > log.length) return undefined;
+  return log[index - 1]!.term;
+};
+
+export const lastTerm = (log: readonly Entry[]): number => (log.length === 0 ? 0 : log[log.length - 1]!.term);
+
+/** §5.4.1: the candidate's log is at least as up to date as `log`. */
+export const logIsUpToDate = (log: readonly Entry[], lastLogIndex: number, lastLogTerm: number): boolean =>
+  lastLogTerm > lastTerm(log) || (lastLogTerm === lastTerm(log) && lastLogIndex >= log.length);
+
+const sameBytes = (a: Uint8Array | null, b: Uint8Array | null): boolean => {
+  if (a === null || b === null) return a === b;
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i += 1) if (a[i] !== b[i]) return false;
+  return true;
+};
+
+export const sameEntry = (a: Entry, b: Entry): boolean =>
+  a.term === b.term && a.kind === b.kind && sameBytes(a.data, b.data);
+
+const unchanged = (server: SpecServer): SpecStep => ({ server, send: [] });
+
+const countVotes = (s: SpecServer, granted: boolean): number =>
+  s.voters.filter((v) => s.votes[v] === granted).length;
+
+// ---------------------------------------------------------------------------------------------
+// Init and Restart
+
+export const initServer = (id: NodeId, voters: readonly NodeId[], persistent?: Persistent): SpecServer => ({
+  id,
+  voters: [...voters].sort(),
+  role: 'follower',
+  phase: null,
+  currentTerm: persistent?.term ?? 0,
+  votedFor: persistent?.votedFor ?? null,
+  log: [...(persistent?.log ?? [])],
+  commitIndex: 0,
+  leaderId: null,
+  votes: {},
+  matchIndex: {},
+  recentActive: {},
+});
+
+export const persistentOf = (s: SpecServer): Persistent => ({
+  term: s.currentTerm,
+  votedFor: s.votedFor,
+  log: s.log,
+});
+
+/** Restart: the server keeps currentTerm, votedFor and log, and loses everything else. */
+export const restart = (s: SpecServer): SpecServer => initServer(s.id, s.voters, persistentOf(s));
+
+// ---------------------------------------------------------------------------------------------
+// Becoming follower, candidate, leader
+
+const becomeFollower = (s: SpecServer): SpecServer =>
+  s.role === 'follower'
+    ? s
+    : {
+        ...s,
+        role: 'follower',
+        phase: null,
+        matchIndex: {},
+        recentActive: {},
+        leaderId: s.role === 'leader' ? null : s.leaderId,
+      };
+
+const requestVotes = (s: SpecServer, term: number, preVote: boolean): RequestVote[] =>
+  peers(s).map((to) => ({
+    type: 'RequestVote',
+    from: s.id,
+    to,
+    term,
+    lastLogIndex: s.log.length,
+    lastLogTerm: lastTerm(s.log),
+    preVote,
+  }));
+
+/**
+ * Timeout (PreVote variant): a follower or candidate polls the others for term currentTerm + 1
+ * without changing its term or vote. A leader ignores the election timer.
+ */
+export const timeout = (s: SpecServer): SpecStep => {
+  if (s.role === 'leader') return unchanged(s);
+  const polling: SpecServer = {
+    ...s,
+    role: 'candidate',
+    phase: 'preVote',
+    leaderId: null,
+    votes: { [s.id]: true },
+  };
+  return tally({ server: polling, send: requestVotes(polling, s.currentTerm + 1, true) });
+};
+
+/** RequestVote (TLA+ Timeout + RequestVote): term + 1, vote for self, ask every peer. */
+const campaign = (s: SpecServer): SpecStep => {
+  const term = s.currentTerm + 1;
+  const candidate: SpecServer = {
+    ...s,
+    role: 'candidate',
+    phase: 'campaign',
+    currentTerm: term,
+    votedFor: s.id,
+    leaderId: null,
+    votes: { [s.id]: true },
+  };
+  return tally({ server: candidate, send: requestVotes(candidate, term, false) });
+};
+
+/** BecomeLeader, plus the extension: the new leader appends a no-op entry of its term (§8). */
+const becomeLeader = (s: SpecServer): SpecServer => {
+  const matchIndex: Record<NodeId, number> = {};
+  const recentActive: Record<NodeId, boolean> = {};
+  for (const p of peers(s)) {
+    matchIndex[p] = 0;
+    recentActive[p] = true;
+  }
+  return advanceCommitIndex({
+    ...s,
+    role: 'leader',
+    phase: null,
+    leaderId: s.id,
+    log: [...s.log, { term: s.currentTerm, kind: 'noop', data: null }],
+    matchIndex,
+    recentActive,
+  });
+};
+
+/**
+ * Counts the answers of a poll or election: a majority of grants moves a poll to a campaign and a
+ * campaign to leadership; a majority of refusals sends the candidate back to follower.
+ */
+const tally = (step: SpecStep): SpecStep => {
+  const s = step.server;
+  if (s.role !== 'candidate') return step;
+  if (countVotes(s, true) >= majority(s.voters)) {
+    if (s.phase === 'preVote') {
+      const next = campaign(s);
+      return { server: next.server, send: [...step.send, ...next.send] };
+    }
+    return { server: becomeLeader(s), send: step.send };
+  }
+  if (countVotes(s, false) >= majority(s.voters)) return { server: becomeFollower(s), send: step.send };
+  return step;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Leaders
+
+/** ClientRequest, batched: every command of one proposal is appended at once. Non-leaders refuse. */
+export const clientRequest = (
+  s: SpecServer,
+  commands: readonly Uint8Array[],
+): SpecStep & { accepted: boolean } => {
+  if (s.role !== 'leader') return { server: s, send: [], accepted: false };
+  const entries: Entry[] = commands.map((data) => ({ term: s.currentTerm, kind: 'command', data }));
+  return { server: advanceCommitIndex({ ...s, log: [...s.log, ...entries] }), send: [], accepted: true };
+};
+
+/**
+ * AdvanceCommitIndex: the largest N > commitIndex stored on a majority (the leader counts its own
+ * log) whose entry is of the current term. Earlier terms commit only as a prefix (Figure 8).
+ */
+export const advanceCommitIndex = (s: SpecServer): SpecServer => {
+  if (s.role !== 'leader') return s;
+  for (let n = s.log.length; n > s.commitIndex; n -= 1) {
+    if (termAt(s.log, n) !== s.currentTerm) break;
+    const replicas = 1 + peers(s).filter((p) => (s.matchIndex[p] ?? 0) >= n).length;
+    if (replicas >= majority(s.voters)) return { ...s, commitIndex: n };
+  }
+  return s;
+};
+
+/** CheckQuorum: a leader that has not heard from a majority since the last check steps down. */
+export const checkQuorum = (s: SpecServer): SpecStep => {
+  if (s.role !== 'leader') return unchanged(s);
+  const active = 1 + peers(s).filter((p) => s.recentActive[p] === true).length;
+  if (active < majority(s.voters)) return unchanged(becomeFollower(s));
+  const cleared: Record<NodeId, boolean> = {};
+  for (const p of peers(s)) cleared[p] = false;
+  return unchanged({ ...s, recentActive: cleared });
+};
+
+/** The heartbeat timer only makes a leader send Heartbeats (checked by `leaderMayHaveSent`). */
+export const heartbeatTimeout = (s: SpecServer): SpecStep => unchanged(s);
+
+/**
+ * The AppendEntries and Heartbeat actions, read as predicates: null when `s` (the sender's state
+ * right after it sent `m`) may send `m`, otherwise the reason it may not.
+ */
+export const leaderMayHaveSent = (s: SpecServer, m: AppendEntries | Heartbeat): string | null => {
+  if (s.role !== 'leader') return `${s.id} is a ${s.role}, not a leader`;
+  if (m.from !== s.id) return `from ${m.from}, sent by ${s.id}`;
+  if (m.to === s.id || !s.voters.includes(m.to)) return `addressed to ${m.to}`;
+  if (m.term !== s.currentTerm) return `term ${m.term}, leader is at ${s.currentTerm}`;
+  if (m.type === 'Heartbeat') {
+    const expected = Math.min(s.matchIndex[m.to] ?? 0, s.commitIndex);
+    return m.commit === expected
+      ? null
+      : `heartbeat commit ${m.commit}, expected min(match, commit) = ${expected}`;
+  }
+  if (m.prevLogIndex < 0 || m.prevLogIndex > s.log.length)
+    return `prevLogIndex ${m.prevLogIndex} outside the log`;
+  if (termAt(s.log, m.prevLogIndex) !== m.prevLogTerm)
+    return `prevLogTerm ${m.prevLogTerm} but the leader's entry ${m.prevLogIndex} has term ${termAt(s.log, m.prevLogIndex)}`;
+  if (m.prevLogIndex + m.entries.length > s.log.length) return 'entries past the end of the leader log';
+  for (let k = 0; k < m.entries.length; k += 1) {
+    if (!sameEntry(m.entries[k]!, s.log[m.prevLogIndex + k]!))
+      return `entry ${m.prevLogIndex + 1 + k} differs from the leader's log`;
+  }
+  if (m.leaderCommit > s.commitIndex) return `leaderCommit ${m.leaderCommit} > commitIndex ${s.commitIndex}`;
+  return null;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Receive
+
+/** UpdateTerm: a message of a higher term makes the receiver a follower of that term. */
+const updateTerm = (s: SpecServer, m: RaftMessage): SpecServer => ({
+  ...becomeFollower(s),
+  currentTerm: m.term,
+  votedFor: null,
+  // A request from a leader names the leader of the new term; anything else leaves it unknown.
+  leaderId: m.type === 'AppendEntries' || m.type === 'Heartbeat' ? m.from : null,
+  votes: {},
+});
+
+/** The conflict hint of a rejection at `index` (see AppendEntriesResponse in messages.ts). */
+export const conflictHint = (
+  log: readonly Entry[],
+  index: number,
+): { conflictTerm: number; conflictIndex: number } => {
+  const term = termAt(log, index);
+  if (term === undefined) return { conflictTerm: 0, conflictIndex: log.length + 1 };
+  let first = index;
+  while (first > 1 && termAt(log, first - 1) === term) first -= 1;
+  return { conflictTerm: term, conflictIndex: first };
+};
+
+const rejectAppend = (s: SpecServer, m: AppendEntries): AppendEntriesResponse => ({
+  type: 'AppendEntriesResponse',
+  from: s.id,
+  to: m.from,
+  term: s.currentTerm,
+  success: false,
+  matchIndex: 0,
+  rejectedIndex: m.prevLogIndex,
+  ...conflictHint(s.log, m.prevLogIndex),
+});
+
+const voteResponse = (
+  s: SpecServer,
+  to: NodeId,
+  term: number,
+  granted: boolean,
+  preVote: boolean,
+): RequestVoteResponse => ({
+  type: 'RequestVoteResponse',
+  from: s.id,
+  to,
+  term,
+  voteGranted: granted,
+  preVote,
+});
+
+/** A request of an older term is refused with our term; a stale response is dropped. */
+const answerStale = (s: SpecServer, m: RaftMessage): SpecStep => {
+  switch (m.type) {
+    case 'RequestVote':
+      return { server: s, send: [voteResponse(s, m.from, s.currentTerm, false, m.preVote)] };
+    case 'AppendEntries':
+      return { server: s, send: [rejectAppend(s, m)] };
+    case 'Heartbeat':
+      return {
+        server: s,
+        send: [{ type: 'HeartbeatResponse', from: s.id, to: m.from, term: s.currentTerm, seq: m.seq }],
+      };
+    default:
+      return unchanged(s);
+  }
+};
+
+/**
+ * PreVote: grant iff the proposed term is above ours, we know no leader, and the candidate's log
+ * is up to date. Nothing changes here; a grant carries the proposed term.
+ */
+const handlePreVoteRequest = (s: SpecServer, m: RequestVote): SpecStep => {
+  const granted =
+    m.term > s.currentTerm && s.leaderId === null && logIsUpToDate(s.log, m.lastLogIndex, m.lastLogTerm);
+  return { server: s, send: [voteResponse(s, m.from, granted ? m.term : s.currentTerm, granted, true)] };
+};
+
+/** HandleRequestVoteRequest (m.term = currentTerm): one vote per term, for an up-to-date log. */
+const handleRequestVoteRequest = (s: SpecServer, m: RequestVote): SpecStep => {
+  const granted =
+    (s.votedFor === null || s.votedFor === m.from) && logIsUpToDate(s.log, m.lastLogIndex, m.lastLogTerm);
+  const next = granted ? { ...becomeFollower(s), votedFor: m.from } : s;
+  return { server: next, send: [voteResponse(next, m.from, s.currentTerm, granted, false)] };
+};
+
+/** HandleRequestVoteResponse: a candidate counts answers to its current poll or election only. */
+const handleRequestVoteResponse = (s: SpecServer, m: RequestVoteResponse): SpecStep => {
+  if (s.role !== 'candidate') return unchanged(s);
+  const answersPoll = s.phase === 'preVote' && m.preVote && (!m.voteGranted || m.term === s.currentTerm + 1);
+  const answersElection = s.phase === 'campaign' && !m.preVote && m.term === s.currentTerm;
+  if (!answersPoll && !answersElection) return unchanged(s);
+  return tally(unchanged({ ...s, votes: { ...s.votes, [m.from]: m.voteGranted } }));
+};
+
+/**
+ * HandleAppendEntriesRequest (m.term = currentTerm): the sender is the leader of our term.
+ * Reject when our log has no entry at prevLogIndex of prevLogTerm; otherwise drop the entries
+ * that conflict with the request (and all after them), append what is new, and commit up to
+ * min(leaderCommit, last index the request covers). A request never shortens a matching log.
+ */
+const handleAppendEntriesRequest = (s: SpecServer, m: AppendEntries): SpecStep => {
+  if (s.role === 'leader')
+    throw new Error(`spec: two leaders in term ${s.currentTerm}: ${s.id} and ${m.from}`);
+  const follower: SpecServer = { ...becomeFollower(s), leaderId: m.from };
+  if (termAt(follower.log, m.prevLogIndex) !== m.prevLogTerm) {
+    return { server: follower, send: [rejectAppend(follower, m)] };
+  }
+  let log = [...follower.log];
+  for (let k = 0; k < m.entries.length; k += 1) {
+    const index = m.prevLogIndex + 1 + k;
+    const existing = termAt(log, index);
+    if (existing === m.entries[k]!.term) continue;
+    // A conflict (or the end of our log): keep what precedes it, then take the rest.
+    log = [...log.slice(0, index - 1), ...m.entries.slice(k)];
+    break;
+  }
+  const lastNew = m.prevLogIndex + m.entries.length;
+  const commitIndex = Math.max(follower.commitIndex, Math.min(m.leaderCommit, lastNew));
+  const response: AppendEntriesResponse = {
+    type: 'AppendEntriesResponse',
+    from: s.id,
+    to: m.from,
+    term: s.currentTerm,
+    success: true,
+    matchIndex: lastNew,
+    rejectedIndex: 0,
+    conflictIndex: 0,
+    conflictTerm: 0,
+  };
+  return { server: { ...follower, log, commitIndex }, send: [response] };
+};
+
+/** Heartbeat (m.term = currentTerm): the leader is alive; commit min(commit, our last index). */
+const handleHeartbeat = (s: SpecServer, m: Heartbeat): SpecStep => {
+  if (s.role === 'leader')
+    throw new Error(`spec: two leaders in term ${s.currentTerm}: ${s.id} and ${m.from}`);
+  const follower: SpecServer = {
+    ...becomeFollower(s),
+    leaderId: m.from,
+    commitIndex: Math.max(s.commitIndex, Math.min(m.commit, s.log.length)),
+  };
+  return {
+    server: follower,
+    send: [{ type: 'HeartbeatResponse', from: s.id, to: m.from, term: s.currentTerm, seq: m.seq }],
+  };
+};
+
+/** HandleAppendEntriesResponse: match only moves forward (responses may be reordered). */
+const handleAppendEntriesResponse = (s: SpecServer, m: AppendEntriesResponse): SpecStep => {
+  if (s.role !== 'leader') return unchanged(s);
+  const heard = { ...s, recentActive: { ...s.recentActive, [m.from]: true } };
+  if (!m.success) return unchanged(heard);
+  const matchIndex = { ...s.matchIndex, [m.from]: Math.max(s.matchIndex[m.from] ?? 0, m.matchIndex) };
+  return unchanged(advanceCommitIndex({ ...heard, matchIndex }));
+};
+
+/** A heartbeat answer only tells the leader that the follower is alive (CheckQuorum). */
+const handleHeartbeatResponse = (s: SpecServer, m: RaftMessage): SpecStep =>
+  s.role === 'leader'
+    ? unchanged({ ...s, recentActive: { ...s.recentActive, [m.from]: true } })
+    : unchanged(s);
+
+/**
+ * Receive: the term rules first (a stale request is refused; a pre-vote request and a granted
+ * pre-vote answer never move terms; any other message of a higher term runs UpdateTerm), then
+ * the handler of the message's type.
+ */
+export const receive = (s: SpecServer, m: RaftMessage): SpecStep => {
+  if (m.term < s.currentTerm) return answerStale(s, m);
+  if (m.type === 'RequestVote' && m.preVote) return handlePreVoteRequest(s, m);
+  if (m.type === 'RequestVoteResponse' && m.preVote && m.voteGranted) return handleRequestVoteResponse(s, m);
+  const current = m.term > s.currentTerm ? updateTerm(s, m) : s;
+  switch (m.type) {
+    case 'RequestVote':
+      return handleRequestVoteRequest(current, m);
+    case 'RequestVoteResponse':
+      return handleRequestVoteResponse(current, m);
+    case 'AppendEntries':
+      return handleAppendEntriesRequest(current, m);
+    case 'AppendEntriesResponse':
+      return handleAppendEntriesResponse(current, m);
+    case 'Heartbeat':
+      return handleHeartbeat(current, m);
+    case 'HeartbeatResponse':
+      return handleHeartbeatResponse(current, m);
+  }
+};
