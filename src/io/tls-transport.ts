@@ -493,6 +493,7 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
         inboundByPeer.set(peerId, established);
         counters.connectionsOpen += 1;
         log({ event: 'connected', direction: 'inbound', nodeId: peerId, remote });
+        redialNow(peerId);
         socket.once('close', () => {
           counters.connectionsOpen -= 1;
           if (inboundByPeer.get(peerId) === established) inboundByPeer.delete(peerId);
@@ -542,6 +543,19 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
         // Dial again only when there is something to send; otherwise the next send dials.
         if (!closed && !link.removed && link.queue.length > 0 && !link.connection) dial(link);
       }, delay);
+    };
+
+    /**
+     * A peer that just connected to us is up again: a link to it waiting out its back-off dials at
+     * once, so a restarted node hears from the leader within a heartbeat, not a back-off period.
+     */
+    const redialNow = (peerId: string): void => {
+      const link = links.get(peerId);
+      if (!link || link.connection || link.removed || closed) return;
+      if (link.retryTimer) clearTimeout(link.retryTimer);
+      link.retryTimer = null;
+      link.attempts = 0;
+      dial(link);
     };
 
     const dial = (link: PeerLink<M>): void => {
