@@ -67,7 +67,7 @@ export const validateValue = (value: unknown): void => {
   visit(value, 'value', 0);
 };
 
-const sizeEncoder = new Encoder({ ignoreUndefined: false });
+const sizeEncoder = new Encoder({ ignoreUndefined: false, useBigInt64: true });
 
 /** The msgpack size of a value (checked before anything is proposed). */
 export const encodedSize = (value: unknown): number => sizeEncoder.encodeSharedRef(value).byteLength;

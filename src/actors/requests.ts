@@ -27,6 +27,8 @@ type Call = {
   /** accepted writes: the log index; confirmed reads: the read index. */
   index: number;
   forward: boolean;
+  /** Proposed at least once: from then on its outcome is unknown until it applies or times out. */
+  proposed: boolean;
   finish: (error?: Error) => void;
 };
 
@@ -65,7 +67,7 @@ export const createRequests = (deps: RequestsDeps) => {
   const start = <C extends Call>(
     map: Map<number, C>,
     key: number,
-    call: Omit<C, 'finish' | 'phase' | 'sentAtMs' | 'index'>,
+    call: Omit<C, 'finish' | 'phase' | 'sentAtMs' | 'index' | 'proposed'>,
     options: CallOptions,
     what: string,
   ): Promise<void> =>
@@ -97,7 +99,14 @@ export const createRequests = (deps: RequestsDeps) => {
         return;
       }
       options.signal?.addEventListener('abort', onAbort, { once: true });
-      map.set(key, { ...call, phase: 'waiting', sentAtMs: 0, index: 0, finish } as unknown as C);
+      map.set(key, {
+        ...call,
+        phase: 'waiting',
+        sentAtMs: 0,
+        index: 0,
+        proposed: false,
+        finish,
+      } as unknown as C);
       scheduleFlush();
     });
 
@@ -148,9 +157,13 @@ export const createRequests = (deps: RequestsDeps) => {
     const waitingWrites = [...writes.values()].filter((call) => call.phase === 'waiting');
     const waitingReads = [...reads.values()].filter((call) => call.phase === 'waiting');
     if (!self) {
+      // NOT_LEADER promises no effect, so only a call never proposed may get it. A write proposed
+      // while this node led is already in some log: it completes like a forwarded call, through
+      // whoever leads now (the store applies its tag once).
       for (const call of [...waitingWrites, ...waitingReads]) {
-        if (!call.forward)
+        if (!call.forward && !call.proposed) {
           call.finish(diskeyvalError('NOT_LEADER', `${deps.id} is not the leader`, { leaderId }));
+        }
       }
     }
     if (self) {
@@ -166,7 +179,7 @@ export const createRequests = (deps: RequestsDeps) => {
       return;
     }
     if (leaderId === null) return;
-    const forwardWrites = waitingWrites.filter((call) => call.forward);
+    const forwardWrites = waitingWrites.filter((call) => call.forward || call.proposed);
     const forwardReads = waitingReads.filter((call) => call.forward);
     if (forwardWrites.length > 0) {
       markSent(forwardWrites);
@@ -197,6 +210,7 @@ export const createRequests = (deps: RequestsDeps) => {
     for (const call of calls) {
       call.phase = 'sent';
       call.sentAtMs = now;
+      call.proposed = true;
     }
   };
 

@@ -17,8 +17,8 @@ export type KvCommand = KvOperation & RequestTag;
 const OP_SET = 1;
 const OP_DELETE = 2;
 
-const encoder = new Encoder({ ignoreUndefined: false });
-const decoder = new Decoder();
+const encoder = new Encoder({ ignoreUndefined: false, useBigInt64: true });
+const decoder = new Decoder({ useBigInt64: true });
 
 export const encodeCommand = (operation: KvOperation, tag: RequestTag): Uint8Array =>
   encoder.encode([
