@@ -1,13 +1,20 @@
 import { describe, expect, it } from 'vitest';
 import { createMemoryTransport, type DiskeyvalNode, diskeyval } from '../../src/index.js';
 
-const waitFor = async (predicate: () => boolean, what: string, boundMs = 5000): Promise<void> => {
-  const start = Date.now();
-  while (!predicate()) {
-    if (Date.now() - start > boundMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-};
+/** Resolves with the first node that announces itself leader; rejects after `boundMs`. */
+const firstLeader = (nodes: DiskeyvalNode[], boundMs = 5000): Promise<DiskeyvalNode> =>
+  new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no leader within ${boundMs} ms`)), boundMs);
+    for (const node of nodes) {
+      node.on('leader', ({ nodeId }) => {
+        const leader = nodes.find((candidate) => candidate.isLeader() && candidate.leaderId() === nodeId);
+        if (leader) {
+          clearTimeout(timer);
+          resolve(leader);
+        }
+      });
+    }
+  });
 
 describe('in-memory cluster', () => {
   it('elects a leader and replicates a set', async () => {
@@ -23,11 +30,12 @@ describe('in-memory cluster', () => {
         heartbeatMs: 20,
       }),
     );
+    const leaderElected = firstLeader(nodes);
     await Promise.all(nodes.map((node) => node.start()));
-    await waitFor(() => nodes.some((node) => node.isLeader()), 'a leader');
-    const leader = nodes.find((node) => node.isLeader())!;
+    const leader = await leaderElected;
     await leader.set('k', 'v');
     expect(await leader.get('k')).toBe('v');
+    for (const node of nodes) expect(await node.get('k')).toBe('v');
     await Promise.all(nodes.map((node) => node.end()));
   });
 });
