@@ -10,6 +10,7 @@
  *     peers: [{ nodeId: 'node-2', host: '127.0.0.1', port: 8051 }, ...],
  *     certDir: '/tmp/x',            // holds ca.pem, <nodeId>.pem, <nodeId>.key (`diskeyval certs`)
  *     electionTimeoutMs?, heartbeatMs?, proposalTimeoutMs?, rpcTimeoutMs?, maxValueBytes?, seed?,
+ *     persistence?: { dir, compactEvery? },  // the library option: a WAL in dir, replayed on start
  *     traceRoles?: true,            // report every role/term change via XState inspection (default
  *                                   //   true; the benchmark may turn it off: inspection costs CPU)
  *     changeEvents?: false,         // forward every applied change to the parent
@@ -340,6 +341,7 @@ const main = async () => {
     'rpcTimeoutMs',
     'maxValueBytes',
     'seed',
+    'persistence',
   ]) {
     if (config[key] !== undefined) options[key] = config[key];
   }

@@ -10,6 +10,10 @@
  *   await cluster.restart(leaderId);
  *   await cluster.stop();
  *
+ * With `persistence: true` every node keeps a write-ahead log in `<dir>/data/<nodeId>` (the
+ * library's `persistence: { dir }` option); the directory is kept across `kill` and `restart`, so a
+ * restarted node comes back with its term, vote and log, and is removed with the temp dir by stop().
+ *
  * `startCluster` writes fresh certificates (the project's own cert tooling, from the built
  * `dist/`), picks free ports on 127.0.0.1, and forks `scripts/cluster-node.mjs` once per node; the
  * protocol between parent and node is documented there. Run `npm run build` first.
@@ -81,6 +85,8 @@ export const nodeIds = (n) => Array.from({ length: n }, (_, i) => `node-${i + 1}
  * @param {number} [options.proposalTimeoutMs]
  * @param {number} [options.rpcTimeoutMs]
  * @param {number} [options.maxValueBytes]
+ * @param {boolean | { compactEvery?: number }} [options.persistence=false] a WAL per node in
+ *                                              `<dir>/data/<nodeId>`, kept across restarts
  * @param {boolean} [options.traceRoles=true]   exact role/term transitions (XState inspection)
  * @param {boolean} [options.changeEvents=false] forward every applied change to the parent
  * @param {'none'|'rejected'|'all'} [options.transportEvents='rejected']
@@ -128,6 +134,9 @@ export const startCluster = async (options = {}) => {
     throw error;
   }
 
+  /** Where node `id` keeps its WAL when `persistence` is on (kept across restarts). */
+  const dataDirOf = (id) => join(dir, 'data', id);
+
   const configOf = (id) => {
     const index = ids.indexOf(id);
     const config = {
@@ -150,6 +159,12 @@ export const startCluster = async (options = {}) => {
       'maxValueBytes',
     ]) {
       if (options[key] !== undefined) config[key] = options[key];
+    }
+    if (options.persistence) {
+      config.persistence = {
+        dir: dataDirOf(id),
+        ...(typeof options.persistence === 'object' ? options.persistence : {}),
+      };
     }
     return { ...config, ...(options.perNode?.[id] ?? {}) };
   };
@@ -394,7 +409,10 @@ export const startCluster = async (options = {}) => {
     return { atMs: entry.atMs, relMs: entry.relMs };
   };
 
-  /** Starts a stopped or killed node again (fresh memory: it catches up from the leader). */
+  /**
+   * Starts a stopped or killed node again: with `persistence` it replays its WAL (term, vote, log)
+   * and catches up from there; without, it starts with empty memory and catches up from the leader.
+   */
   const restart = async (id) => {
     const n = nodeOf(id);
     if (n.alive) throw codedError('INVALID_ARGUMENT', `${id} is still running; kill it first`);
@@ -452,6 +470,8 @@ export const startCluster = async (options = {}) => {
     ids,
     host,
     dir,
+    /** nodeId -> its WAL directory, when `persistence` is on. */
+    dataDirs: options.persistence ? Object.fromEntries(ids.map((id) => [id, dataDirOf(id)])) : null,
     /** nodeId -> port */
     ports: Object.fromEntries(ids.map((id, i) => [id, ports[i]])),
     t0,

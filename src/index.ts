@@ -9,6 +9,7 @@ import type { InspectionEvent } from 'xstate';
 import type { MemoryLog } from './actors/log.js';
 import { createRaftNode } from './actors/raft-node.js';
 import type { Change } from './actors/store.js';
+import { createWalLog, type WalLog } from './actors/wal-log.js';
 import { diskeyvalError } from './errors.js';
 import {
   createTlsTransport,
@@ -52,7 +53,15 @@ export type DiskeyvalOptions = {
   maxFrameBytes?: number;
   /** Transport events, such as rejected connections and why (TLS transport). */
   onTransportEvent?: (event: TlsTransportLogEvent) => void;
-  /** Restart state for tests (what the node persisted before); persistence on disk is not built yet. */
+  /**
+   * Durability: the node keeps its term, vote and log in a write-ahead log in `dir` (created when
+   * missing; one dir per node, never shared) and restores them on `start()`. Nothing is
+   * acknowledged (a vote, an append, a write) before the state it depends on is fsynced, in groups.
+   * `compactEvery` is accepted for the seed's API but not used yet: there are no snapshots, so the
+   * WAL grows without bound. Without `persistence` the node keeps everything in memory.
+   */
+  persistence?: { dir: string; compactEvery?: number };
+  /** Restart state for tests (what the node persisted before, in memory); not with `persistence`. */
   log?: MemoryLog;
 };
 
@@ -83,6 +92,14 @@ export type RaftMetrics = {
   peers: Array<{ nodeId: string; messagesSent: number; messagesReceived: number; entriesSent: number }>;
   /** The mTLS transport's counters (frames, bytes, rejected connections by reason); null for a custom transport. */
   transport: TlsTransportMetrics | null;
+  /** Size of the write-ahead log file in bytes; null without `persistence` (or before start). */
+  walBytes: number | null;
+  /** Groups written to the WAL since start, each one write and one fdatasync; null without `persistence`. */
+  walSyncs: number | null;
+  /** Records (persist outputs) in the WAL file; null without `persistence`. */
+  walRecords: number | null;
+  /** Why the node stopped itself, when a WAL write or sync failed (fail-stop); null otherwise. */
+  walError: string | null;
 };
 
 /** Per-call options. `forward: false` refuses with NOT_LEADER instead of forwarding to the leader. */
@@ -124,6 +141,31 @@ const checkOptions = (options: DiskeyvalOptions): void => {
   if (!(heartbeatMs > 0 && electionTimeoutMs > heartbeatMs)) {
     throw diskeyvalError('INVALID_ARGUMENT', 'heartbeatMs must be positive and below electionTimeoutMs');
   }
+  if (options.persistence !== undefined) {
+    const { persistence } = options;
+    if (typeof persistence !== 'object' || persistence === null || Array.isArray(persistence)) {
+      throw diskeyvalError(
+        'INVALID_ARGUMENT',
+        'options.persistence must be an object { dir, compactEvery? }',
+      );
+    }
+    if (
+      typeof persistence.dir !== 'string' ||
+      persistence.dir.length === 0 ||
+      persistence.dir.includes('\0')
+    ) {
+      throw diskeyvalError('INVALID_ARGUMENT', 'options.persistence.dir must be a non-empty path');
+    }
+    if (
+      persistence.compactEvery !== undefined &&
+      !(Number.isSafeInteger(persistence.compactEvery) && persistence.compactEvery > 0)
+    ) {
+      throw diskeyvalError('INVALID_ARGUMENT', 'options.persistence.compactEvery must be a positive integer');
+    }
+    if (options.log !== undefined) {
+      throw diskeyvalError('INVALID_ARGUMENT', 'give options.persistence or options.log, not both');
+    }
+  }
   if (!options.transport) {
     if (!options.tls || typeof options.host !== 'string' || !Number.isInteger(options.port)) {
       throw diskeyvalError('INVALID_ARGUMENT', 'give host, port and tls (or a custom transport)');
@@ -157,6 +199,8 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
   let leader: string | null = null;
 
   const { transport, tls } = transportFor(options);
+  const persistenceDir = options.persistence?.dir;
+  let wal: WalLog | null = null;
   const node = createRaftNode({
     id: options.nodeId,
     voters: [options.nodeId, ...options.peers.map(peerIdOf)],
@@ -168,7 +212,19 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     seed: options.seed ?? randomInt(2 ** 31),
     session: randomInt(2 ** 47),
     ...(options.log ? { log: options.log } : {}),
+    ...(persistenceDir !== undefined
+      ? {
+          openLog: async () => {
+            wal = await createWalLog(persistenceDir);
+            return wal;
+          },
+        }
+      : {}),
     ...(options.inspect ? { inspect: options.inspect } : {}),
+    // A WAL write or sync failed: the node stopped itself; calls reject with STOPPED from now on.
+    onFatal: () => {
+      ended = true;
+    },
     onChange: (change: Change) => {
       emitter.emit('change', change);
     },
@@ -189,7 +245,13 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
       if (ended) throw diskeyvalError('STOPPED', `${options.nodeId} was ended`);
       if (started) return;
       started = true;
-      await node.start();
+      try {
+        await node.start();
+      } catch (error) {
+        // Nothing runs (the WAL could not be opened or replayed, or the transport could not listen).
+        ended = true;
+        throw error;
+      }
     },
     async set(key, value, callOptions) {
       validateKey(key);
@@ -223,8 +285,8 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     },
     getPeers: () => [...options.peers] as ClusterPeer[] | string[],
     async end() {
-      if (ended) return;
       ended = true;
+      // Idempotent; also waits for a stop the node began itself (a failed WAL write).
       if (started) await node.stop();
     },
     isLeader: () => started && !ended && node.status().role === 'leader',
@@ -232,6 +294,7 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     getMetrics: () => {
       const metrics = node.metrics();
       const status = started && !ended ? node.status() : null;
+      const walStats = (wal as WalLog | null)?.stats();
       return {
         nodeId: options.nodeId,
         role: status?.role ?? 'follower',
@@ -253,6 +316,10 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
         keys: metrics.storeSize,
         peers: metrics.peers,
         transport: tls ? tls.metrics() : null,
+        walBytes: walStats?.bytes ?? null,
+        walSyncs: walStats?.syncs ?? null,
+        walRecords: walStats?.records ?? null,
+        walError: metrics.fatalError,
       };
     },
     on(event: 'change' | 'leader', listener: (arg: never) => void) {

@@ -1,7 +1,8 @@
 /**
  * The log actor: owns what the server has persisted (Figure 2 "Persistent state on all servers":
- * currentTerm, votedFor, log[]). This one keeps it in memory; the write-ahead log will implement the
- * same `persist` contract on disk. A server restarts from `persisted()`.
+ * currentTerm, votedFor, log[]). This one keeps it in memory; the durable one (wal-log.ts) keeps
+ * the same in-memory mirror and writes it to a write-ahead log on disk. A server restarts from
+ * `persisted()`.
  *
  * Contract: `persist` outputs are applied in the order the machine emitted them; entries are stored
  * by reference (they are immutable once created).
@@ -38,3 +39,19 @@ export const createMemoryLog = (initial?: PersistedState) => {
 };
 
 export type MemoryLog = ReturnType<typeof createMemoryLog>;
+
+/**
+ * What the raft node needs of a log actor. `persist` updates what `persisted()` returns at once. A
+ * durable log (`durable: true`) also queues the output for disk; `flush()` writes and fsyncs
+ * everything queued since the last flush as one group and resolves once it is durable, and the node
+ * holds every output emitted after a persist until then (ARCHITECTURE.md rule 4).
+ */
+export type LogActor = {
+  persist(output: PersistOutput): void;
+  persisted(): PersistedState;
+  writes(): number;
+  lastIndex(): number;
+  readonly durable?: true;
+  flush?(): Promise<void>;
+  close?(): Promise<void>;
+};

@@ -5,6 +5,16 @@
  * batches, read batches) and carries out what the machine emits in the order rule 4 of
  * ARCHITECTURE.md needs: persist, then send, then apply.
  *
+ * Durable before acknowledged (rule 4): with a durable log (the WAL), what the machine emits after
+ * a `persist` must not reach the world before that persist is on disk, as in etcd's Ready loop.
+ * Every output then goes through an outbox, in emission order: a `persist` is recorded in the log
+ * at once (its in-memory mirror, which the machine already agrees with) and starts a flush after
+ * the current tick; every other output waits in the outbox until every persist emitted before it is
+ * durable, then is carried out in its original order. One flush is one write and one fdatasync of
+ * everything persisted since the previous one; outputs emitted while a flush runs queue behind it
+ * and their persists form the next group. With the memory log nothing waits: outputs are carried
+ * out at once, synchronously (the simulator relies on it).
+ *
  * Batching: every call made in the same tick becomes one machine event (or one message to the
  * leader), so a burst of writes is one log append and one AppendEntries per peer.
  */
@@ -19,7 +29,7 @@ import type { RaftEmitted, Role } from '../machines/raft.types.js';
 import type { ClientMessage, ClientPropose, ClientRead } from './client-messages.js';
 import { isWellFormedClientMessage } from './client-messages.js';
 import { type Clock, createDeadlines } from './deadlines.js';
-import { createMemoryLog, type MemoryLog } from './log.js';
+import { createMemoryLog, type LogActor } from './log.js';
 import { createPeer, type Peer } from './peer.js';
 import { type CallOptions, createRequests } from './requests.js';
 import { type Change, createStore } from './store.js';
@@ -38,7 +48,11 @@ export type RaftNodeOptions = {
   /** Names this incarnation's requests so retries apply once; unique per process start. */
   session: number;
   /** What the server persisted before; a fresh memory log when absent. */
-  log?: MemoryLog;
+  log?: LogActor;
+  /** Opens the log on `start()` (a WAL on disk), instead of `log`; `stop()` closes it. */
+  openLog?: () => Promise<LogActor>;
+  /** The log failed to write or sync: the node has stopped itself (fail-stop). */
+  onFatal?: (error: Error) => void;
   clock?: Clock;
   nowMs?: () => number;
   /** Runs `fn` after the current tick; batches form in between. */
@@ -83,13 +97,16 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   const clock = options.clock ?? realClock;
   const nowMs = options.nowMs ?? (() => performance.now());
   const defer = options.defer ?? queueMicrotask;
-  const log = options.log ?? createMemoryLog();
+  let log: LogActor = options.log ?? createMemoryLog();
   const deadlines = createDeadlines(clock, nowMs);
   const metrics = { proposalBatches: 0, readBatches: 0, elections: 0, malformedMessages: 0 };
+  /** Durable logs only: flushes done, outputs that had to wait for one, the largest wait. */
+  const durability = { flushes: 0, heldOutputs: 0, maxOutbox: 0, fatalError: null as string | null };
 
   let actor: Actor<RaftMachine> | null = null;
   let endpoint: TransportEndpoint | null = null;
   let stopped = false;
+  let starting = false;
   let lastStatus: RaftStatus | null = null;
   const peers = new Map<NodeId, Peer>();
 
@@ -268,6 +285,82 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     }
   };
 
+  // ---- the outbox: durable before acknowledged (durable logs only) ------------------------------
+
+  /** An output and the number of persists emitted before it: it waits until that many are durable. */
+  type Held = { emitted: RaftEmitted; after: number };
+  let outbox: Held[] = [];
+  let outboxHead = 0;
+  let persistsEmitted = 0;
+  let persistsDurable = 0;
+  let flushing: Promise<void> | null = null;
+
+  const outboxSize = (): number => outbox.length - outboxHead;
+
+  const hold = (emitted: RaftEmitted): void => {
+    outbox.push({ emitted, after: persistsEmitted });
+    durability.heldOutputs += 1;
+    durability.maxOutbox = Math.max(durability.maxOutbox, outboxSize());
+  };
+
+  /** Carries out, in order, the held outputs whose persists are all durable. */
+  const release = (): void => {
+    while (!stopped && outboxHead < outbox.length) {
+      const held = outbox[outboxHead]!;
+      if (held.after > persistsDurable) return;
+      outbox[outboxHead] = undefined as unknown as Held;
+      outboxHead += 1;
+      if (outboxHead === outbox.length) {
+        outbox = [];
+        outboxHead = 0;
+      }
+      carryOut(held.emitted);
+    }
+  };
+
+  const fail = (error: Error): void => {
+    if (stopped) return;
+    durability.fatalError = error.message;
+    stop().catch(() => undefined);
+    options.onFatal?.(error);
+  };
+
+  /** Flushes until every persist emitted so far is durable, releasing what each flush covers. */
+  const flushAll = async (): Promise<void> => {
+    // After the current tick: every output of this transition, and of the tick, joins the group.
+    await new Promise<void>((resolve) => defer(resolve));
+    try {
+      while (!stopped && persistsDurable < persistsEmitted) {
+        const target = persistsEmitted;
+        await log.flush!();
+        durability.flushes += 1;
+        persistsDurable = target;
+        release();
+      }
+    } catch (error) {
+      fail(error as Error);
+    } finally {
+      flushing = null;
+    }
+  };
+
+  /** Every output of the machine arrives here, in emission order. */
+  const onEmitted = (emitted: RaftEmitted): void => {
+    if (!log.durable) {
+      carryOut(emitted);
+      return;
+    }
+    if (stopped) return;
+    if (emitted.type === 'persist') {
+      log.persist(emitted);
+      persistsEmitted += 1;
+      flushing ??= flushAll();
+      return;
+    }
+    if (outboxSize() === 0 && persistsDurable === persistsEmitted) carryOut(emitted);
+    else hold(emitted);
+  };
+
   const noticeRoleChange = (): void => {
     if (!actor || stopped) return;
     const now = status();
@@ -334,11 +427,25 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   };
 
   const start = async (): Promise<void> => {
-    assert(actor === null, 'start called twice');
+    assert(actor === null && !starting, 'start called twice');
+    starting = true;
+    if (options.openLog) {
+      try {
+        log = await options.openLog();
+      } catch (error) {
+        starting = false;
+        throw error;
+      }
+    }
     const persisted = log.persisted();
     // Synchronous when the transport connects synchronously (in-process and simulated ones).
     const connected = options.transport.connect(options.id, deliver);
-    endpoint = connected instanceof Promise ? await connected : connected;
+    try {
+      endpoint = connected instanceof Promise ? await connected : connected;
+    } catch (error) {
+      await log.close?.();
+      throw error;
+    }
     for (const voter of options.voters)
       if (voter !== options.id) peers.set(voter, createPeer(voter, endpoint));
     actor = createActor(raftMachine, {
@@ -356,22 +463,37 @@ export const createRaftNode = (options: RaftNodeOptions) => {
         ...(options.maxEntriesPerAppend ? { maxEntriesPerAppend: options.maxEntriesPerAppend } : {}),
       },
     });
-    for (const type of EMITTED_TYPES) actor.on(type, (emitted) => carryOut(emitted as RaftEmitted));
+    for (const type of EMITTED_TYPES) actor.on(type, (emitted) => onEmitted(emitted as RaftEmitted));
     actor.subscribe({ next: noticeRoleChange });
     actor.start();
     noticeRoleChange();
   };
 
-  /** Stops the machine and the transport; every waiting call rejects with STOPPED. */
-  const stop = async (): Promise<void> => {
-    if (stopped) return;
+  /**
+   * Stops the machine and the transport; every waiting call rejects with STOPPED. Held outputs are
+   * dropped (nothing was acknowledged for them); a flush in flight is waited for, then the log is
+   * closed.
+   */
+  let stopping: Promise<void> | null = null;
+  const stop = (): Promise<void> => {
+    stopping ??= stopOnce();
+    return stopping;
+  };
+  const stopOnce = async (): Promise<void> => {
     stopped = true;
     actor?.stop();
     requests.stop();
     deadlines.clear();
     batches.clear();
     readsForOthers.clear();
-    await endpoint?.close();
+    outbox = [];
+    outboxHead = 0;
+    await flushing;
+    try {
+      await log.close?.();
+    } finally {
+      await endpoint?.close();
+    }
   };
 
   return {
@@ -386,7 +508,8 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     status,
     get: store.get,
     has: store.has,
-    log,
+    /** The log actor (the one `openLog` opened, once started). */
+    log: (): LogActor => log,
     /** The machine's snapshot, for tests and tools (read-only). */
     snapshot: () => {
       assert(actor !== null, 'snapshot before start');
@@ -402,6 +525,9 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       pendingReads: requests.pending().reads,
       duplicatesSkipped: store.duplicates(),
       storeSize: store.size(),
+      durable: log.durable === true,
+      ...durability,
+      outbox: outboxSize(),
       peers: [...peers.values()].map((peer) => peer.metrics()),
     }),
   };

@@ -160,10 +160,11 @@ export const createRequests = (deps: RequestsDeps) => {
       // NOT_LEADER promises no effect, so only a call never proposed may get it. A write proposed
       // while this node led is already in some log: it completes like a forwarded call, through
       // whoever leads now (the store applies its tag once).
-      for (const call of [...waitingWrites, ...waitingReads]) {
-        if (!call.forward && !call.proposed) {
+      // A read has no effect, so NOT_LEADER is always true for it.
+      const refused = [...waitingWrites.filter((call) => !call.proposed), ...waitingReads];
+      for (const call of refused) {
+        if (!call.forward)
           call.finish(diskeyvalError('NOT_LEADER', `${deps.id} is not the leader`, { leaderId }));
-        }
       }
     }
     if (self) {

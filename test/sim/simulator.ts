@@ -488,7 +488,8 @@ export const agreeAll = async (
   };
   let remaining = missing();
   while (remaining.length > 0 && sim.now() - startMs < boundMs) {
-    const leader = sim.stableLeader() ?? sim.leader();
+    // Like the lab's `one`, only a leader that a connected majority follows gets the proposals.
+    const leader = sim.stableLeader();
     if (leader === null) {
       await sim.runFor(10);
       remaining = missing();
@@ -513,8 +514,12 @@ export const agreeAll = async (
  * after a failed proposal) until at least `expected` live servers committed it; fails the
  * simulation (seed and replay line) after `boundMs`. Returns the simulated time it took.
  */
-export const agreeOne = (sim: Simulation, value: string, expected: number, boundMs = 10_000): Promise<number> =>
-  agreeAll(sim, [value], expected, boundMs);
+export const agreeOne = (
+  sim: Simulation,
+  value: string,
+  expected: number,
+  boundMs = 10_000,
+): Promise<number> => agreeAll(sim, [value], expected, boundMs);
 
 /** Fails the simulation (seed and replay line in the message) unless `condition` holds. */
 export const ensure = (sim: Simulation, condition: boolean, what: string): void => {
