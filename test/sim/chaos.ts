@@ -4,7 +4,7 @@
  * simulator; liveness after the faults heal: a leader appears and every write proposed after
  * healing commits within a bounded simulated time.
  */
-import { createSimulation, RELIABLE, type Simulation, seedsFor, UNRELIABLE } from './simulator.js';
+import { createSimulation, RELIABLE, type Simulation, UNRELIABLE } from './simulator.js';
 
 export const faultRound = (sim: Simulation): void => {
   const { rng, ids } = sim;
