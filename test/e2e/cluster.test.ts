@@ -6,8 +6,8 @@
  * change, transport) or on a reply, with a bound. Timing is logged, not asserted, beyond sanity
  * bounds.
  *
- * A restarted node comes back with empty memory (persistence on disk is not built yet): it
- * catches up from the leader. So that a majority of empty nodes can never elect one of themselves
+ * These nodes run without the `persistence` option (test/e2e/persistence.test.ts covers the WAL),
+ * so a restarted node comes back with empty memory and catches up from the leader. So that a majority of empty nodes can never elect one of themselves
  * and lose committed data, nodes killed together are restarted one at a time, each after a leader
  * with the data is in place.
  */
