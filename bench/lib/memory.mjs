@@ -1,0 +1,151 @@
+/**
+ * `npm run bench -- --memory`: how much memory a node needs to hold N keys (default 1,000,000) of
+ * 100-byte values, against the raw data size (key bytes + value bytes).
+ *
+ * The keys are written through the leader in chunks of 50,000 (the harness's bulk `load`, 256 in
+ * flight; chunk c writes keys `m<c>-0` .. `m<c>-49999`), bounded by `timeLimitS`: when the time is
+ * up the run stops early and says how many keys it reached. Then it waits (bounded) until every
+ * node has applied everything, and reads RSS and heap of every node. The log keeps every entry (no
+ * compaction yet), so each value is held twice: in the log and in the map.
+ */
+import { fmtInt, fmtMB, fmtNum, markdownTable, round } from './common.mjs';
+import {
+  rolesOf,
+  startDiskeyvalCluster,
+  stopDiskeyvalCluster,
+  verifyPersistence,
+} from './diskeyval-side.mjs';
+
+const CHUNK = 50_000;
+
+export const runMemory = async ({
+  keys,
+  valueBytes,
+  nodes,
+  timeLimitS,
+  electionTimeoutMs,
+  persistence,
+  log,
+}) => {
+  const run = await startDiskeyvalCluster({ nodes, persistence, electionTimeoutMs });
+  const started = Date.now();
+  const deadline = started + timeLimitS * 1000;
+  try {
+    const { leader } = await rolesOf(run);
+    const usage = () =>
+      Promise.all(run.ids.map((id) => run.cluster.call(id, { cmd: 'usage' }, { timeoutMs: 30_000 })));
+    const statuses = () =>
+      Promise.all(run.ids.map((id) => run.cluster.call(id, { cmd: 'status' }, { timeoutMs: 30_000 })));
+    const baseline = await usage();
+    const termBefore = (await statuses()).map((s) => s.term);
+    let written = 0;
+    let rawBytes = 0;
+    const errors = {};
+    let stoppedEarly = false;
+    for (let chunk = 0; written < keys && chunk < Math.ceil(keys / CHUNK) + 1; chunk += 1) {
+      const remainingMs = deadline - Date.now();
+      if (remainingMs < 5_000) {
+        stoppedEarly = true;
+        log(`memory: time limit reached after ${fmtInt(written)} keys`);
+        break;
+      }
+      const count = Math.min(CHUNK, keys - written);
+      const keyPrefix = `m${chunk}-`;
+      const r = await run.cluster.load(
+        leader,
+        { kind: 'set', count, concurrency: 256, valueBytes, keySpace: count, keyPrefix },
+        { timeoutMs: remainingMs + 30_000 },
+      );
+      for (const [code, n] of Object.entries(r.errors)) errors[code] = (errors[code] ?? 0) + n;
+      written += r.ok;
+      for (let i = 0; i < count; i += 1) rawBytes += Buffer.byteLength(`${keyPrefix}${i}`) + valueBytes;
+      if (chunk % 4 === 3)
+        log(`memory: ${fmtInt(written)} keys, ${fmtInt(r.opsPerS)} sets/s in the last chunk`);
+    }
+    const loadS = (Date.now() - started) / 1000;
+    // Every node applied everything (bounded wait).
+    let final = await statuses();
+    for (let i = 0; i < 300 && Date.now() < deadline + 60_000; i += 1) {
+      const target = Math.max(...final.map((s) => s.commitIndex));
+      if (final.every((s) => s.appliedIndex >= target)) break;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      final = await statuses();
+    }
+    // Let the collector settle a little (no --expose-gc in the nodes): two quiet seconds.
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    const after = await usage();
+    final = await statuses();
+    const probe = persistence ? await verifyPersistence(run) : null;
+    const perNode = run.ids.map((id, i) => {
+      const s = final[i];
+      return {
+        nodeId: id,
+        role: s.role,
+        keys: s.keys,
+        logEntries: s.lastIndex,
+        rssBytes: after[i].rssBytes,
+        peakRssBytes: after[i].peakRssBytes,
+        heapUsedBytes: after[i].heapUsedBytes,
+        baselineRssBytes: baseline[i].rssBytes,
+        rssOverRaw: round(after[i].rssBytes / rawBytes, 2),
+        growthOverRaw: round((after[i].rssBytes - baseline[i].rssBytes) / rawBytes, 2),
+        heapOverRaw: round(after[i].heapUsedBytes / rawBytes, 2),
+      };
+    });
+    const termAfter = final.map((s) => s.term);
+    const errorCount = Object.values(errors).reduce((a, b) => a + b, 0);
+    const electionSuspected = new Set([...termBefore, ...termAfter]).size !== 1;
+    const table = markdownTable(
+      [
+        'node',
+        'role',
+        'keys',
+        'log entries',
+        'RSS MB',
+        'heap used MB',
+        'RSS before MB',
+        'RSS / raw',
+        '(RSS - before) / raw',
+        'heap / raw',
+      ],
+      perNode.map((n) => [
+        n.nodeId,
+        n.role,
+        fmtInt(n.keys),
+        fmtInt(n.logEntries),
+        fmtMB(n.rssBytes),
+        fmtMB(n.heapUsedBytes),
+        fmtMB(n.baselineRssBytes),
+        fmtNum(n.rssOverRaw, 2),
+        fmtNum(n.growthOverRaw, 2),
+        fmtNum(n.heapOverRaw, 2),
+      ]),
+      ['l', 'l', 'r', 'r', 'r', 'r', 'r', 'r', 'r', 'r'],
+    );
+    const worst = Math.max(...perNode.map((n) => n.rssOverRaw));
+    const summary =
+      `raw data: ${fmtInt(written)} keys, ${fmtMB(rawBytes)} MB (key bytes + ${valueBytes} B values); ` +
+      `loaded in ${fmtNum(loadS, 1)} s (${fmtInt(written / loadS)} sets/s at c=256)${stoppedEarly ? ', STOPPED EARLY (time limit)' : ''}; ` +
+      `worst node RSS = ${fmtNum(worst, 2)}x raw (target <= 2x); errors ${errorCount}; terms ${[...new Set(termAfter)].join(',')}` +
+      `${electionSuspected ? ' (CHANGED)' : ''}. ${persistence ? `persistence: ${probe?.supported ? `${fmtMB(probe.bytes)} MB on disk` : 'n/a'}.` : 'In memory.'}`;
+    return {
+      targetKeys: keys,
+      keys: written,
+      valueBytes,
+      rawBytes,
+      loadS: round(loadS, 1),
+      stoppedEarly,
+      errors,
+      termBefore,
+      termAfter,
+      persistence,
+      persistenceProbe: probe,
+      nodes: perNode,
+      table,
+      summary,
+      flagged: errorCount > 0 || electionSuspected,
+    };
+  } finally {
+    await stopDiskeyvalCluster(run);
+  }
+};
