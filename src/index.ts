@@ -225,6 +225,7 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     onFatal: () => {
       ended = true;
     },
+    wantsChanges: () => emitter.listenerCount('change') > 0,
     onChange: (change: Change) => {
       emitter.emit('change', change);
     },

@@ -61,6 +61,8 @@ export type RaftNodeOptions = {
   maxEntriesPerAppend?: number;
   inspect?: (event: InspectionEvent) => void;
   onChange?: (change: Change) => void;
+  /** Whether anyone listens to changes now (default: whether onChange is given). */
+  wantsChanges?: () => boolean;
   onRole?: (status: RaftStatus) => void;
 };
 
@@ -121,6 +123,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   const store = createStore(
     (change) => options.onChange?.(change),
     (session, seq) => requests.applied(session, seq),
+    options.wantsChanges ?? (() => options.onChange !== undefined),
   );
 
   const status = (): RaftStatus => {

@@ -22,6 +22,9 @@ export type CallOptions = { forward?: boolean; timeoutMs?: number; signal?: Abor
 type Phase = 'waiting' | 'sent' | 'accepted' | 'confirmed';
 
 type Call = {
+  kind: 'write' | 'read';
+  /** In the waiting queue that the next flush routes. */
+  queued: boolean;
   phase: Phase;
   sentAtMs: number;
   /** accepted writes: the log index; confirmed reads: the read index. */
@@ -57,6 +60,9 @@ export const createRequests = (deps: RequestsDeps) => {
   /** Accepted writes and confirmed reads in index order, for the apply-side checks. */
   let acceptedWrites: Write[] = [];
   let confirmedReads: Read[] = [];
+  /** Calls to route at the next flush (some may have moved on meanwhile: flush checks). */
+  let waitingWriteQueue: Write[] = [];
+  let waitingReadQueue: Read[] = [];
   let nextSeq = 1;
   let nextReadId = 1;
   let flushScheduled = false;
@@ -67,18 +73,22 @@ export const createRequests = (deps: RequestsDeps) => {
   const start = <C extends Call>(
     map: Map<number, C>,
     key: number,
-    call: Omit<C, 'finish' | 'phase' | 'sentAtMs' | 'index' | 'proposed'>,
+    call: C,
     options: CallOptions,
     what: string,
-  ): Promise<void> =>
+  ) =>
     new Promise<void>((resolve, reject) => {
-      let done = false;
-      const onAbort = (): void => finish(diskeyvalError('ABORTED', `${what} aborted by its signal`));
-      const timeoutMs = Math.min(options.timeoutMs ?? Number.POSITIVE_INFINITY, deps.proposalTimeoutMs);
+      const signal = options.signal;
+      const onAbort =
+        signal === undefined
+          ? null
+          : (): void => finish(diskeyvalError('ABORTED', `${what} aborted by its signal`));
+      const callTimeoutMs = options.timeoutMs;
+      const timeoutMs = Math.min(callTimeoutMs ?? Number.POSITIVE_INFINITY, deps.proposalTimeoutMs);
       const deadline = deps.deadlines.add(timeoutMs, () =>
         finish(
-          options.timeoutMs !== undefined && options.timeoutMs < deps.proposalTimeoutMs
-            ? diskeyvalError('TIMEOUT', `${what} did not complete within ${options.timeoutMs} ms`)
+          callTimeoutMs !== undefined && callTimeoutMs < deps.proposalTimeoutMs
+            ? diskeyvalError('TIMEOUT', `${what} did not complete within ${callTimeoutMs} ms`)
             : diskeyvalError(
                 'QUORUM_UNAVAILABLE',
                 `${what} not confirmed by a majority within ${timeoutMs} ms`,
@@ -86,29 +96,35 @@ export const createRequests = (deps: RequestsDeps) => {
         ),
       );
       const finish = (error?: Error): void => {
-        if (done) return;
-        done = true;
+        if (map.get(key) !== call) return; // settled already
         deadline.done = true;
         map.delete(key);
-        options.signal?.removeEventListener('abort', onAbort);
+        if (onAbort) signal?.removeEventListener('abort', onAbort);
         if (error) reject(error);
         else resolve();
       };
-      if (options.signal?.aborted) {
-        onAbort();
+      call.finish = finish;
+      map.set(key, call);
+      if (signal?.aborted) {
+        finish(diskeyvalError('ABORTED', `${what} aborted by its signal`));
         return;
       }
-      options.signal?.addEventListener('abort', onAbort, { once: true });
-      map.set(key, {
-        ...call,
-        phase: 'waiting',
-        sentAtMs: 0,
-        index: 0,
-        proposed: false,
-        finish,
-      } as unknown as C);
-      scheduleFlush();
+      if (onAbort) signal?.addEventListener('abort', onAbort, { once: true });
+      enqueue(call);
     });
+
+  const noop = (): void => undefined;
+
+  /** Puts a call (back) in the waiting queue and makes sure a flush will route it. */
+  const enqueue = (call: Call): void => {
+    call.phase = 'waiting';
+    if (!call.queued) {
+      call.queued = true;
+      if (call.kind === 'write') waitingWriteQueue.push(call as Write);
+      else waitingReadQueue.push(call as Read);
+    }
+    scheduleFlush();
+  };
 
   const refuseIfNotLeader = (options: CallOptions): Error | null => {
     if (options.forward !== false) return null;
@@ -132,7 +148,19 @@ export const createRequests = (deps: RequestsDeps) => {
     if (refused) return Promise.reject(refused);
     const seq = nextSeq++;
     const command = encode({ session: deps.session, seq, lowestPending: Math.min(seq, lowestPending()) });
-    return start(writes, seq, { seq, command, forward: options.forward !== false }, options, 'write');
+    const call: Write = {
+      kind: 'write',
+      queued: false,
+      phase: 'waiting',
+      sentAtMs: 0,
+      index: 0,
+      forward: options.forward !== false,
+      proposed: false,
+      finish: noop,
+      seq,
+      command,
+    };
+    return start(writes, seq, call, options, 'write');
   };
 
   const read = (options: CallOptions = {}): Promise<void> => {
@@ -140,7 +168,18 @@ export const createRequests = (deps: RequestsDeps) => {
     const refused = refuseIfNotLeader(options);
     if (refused) return Promise.reject(refused);
     const id = nextReadId++;
-    return start(reads, id, { id, forward: options.forward !== false }, options, 'read');
+    const call: Read = {
+      kind: 'read',
+      queued: false,
+      phase: 'waiting',
+      sentAtMs: 0,
+      index: 0,
+      forward: options.forward !== false,
+      proposed: false,
+      finish: noop,
+      id,
+    };
+    return start(reads, id, call, options, 'read');
   };
 
   const scheduleFlush = (): void => {
@@ -149,13 +188,41 @@ export const createRequests = (deps: RequestsDeps) => {
     deps.defer(flush);
   };
 
-  /** Routes every waiting call: one local batch, or one message to the leader, per kind. */
+  /** The queued calls still waiting and still open, in call order. */
+  const takeWaiting = <C extends Call>(queue: C[], open: Map<number, C>, keyOf: (call: C) => number): C[] => {
+    const taken: C[] = [];
+    for (const call of queue) {
+      call.queued = false;
+      if (call.phase === 'waiting' && open.get(keyOf(call)) === call) taken.push(call);
+    }
+    return taken;
+  };
+
+  /** Routes every waiting call; the ones no one can take yet stay queued for the next flush. */
   const flush = (): void => {
     flushScheduled = false;
     if (stopped) return;
+    const waitingWrites = takeWaiting(waitingWriteQueue, writes, (call) => call.seq);
+    const waitingReads = takeWaiting(waitingReadQueue, reads, (call) => call.id);
+    waitingWriteQueue = [];
+    waitingReadQueue = [];
+    route(waitingWrites, waitingReads);
+    for (const call of waitingWrites)
+      if (call.phase === 'waiting' && writes.get(call.seq) === call) keep(call);
+    for (const call of waitingReads) if (call.phase === 'waiting' && reads.get(call.id) === call) keep(call);
+  };
+
+  /** Back in the queue without a flush of its own: the next leader change or call routes it. */
+  const keep = (call: Call): void => {
+    if (call.queued) return;
+    call.queued = true;
+    if (call.kind === 'write') waitingWriteQueue.push(call as Write);
+    else waitingReadQueue.push(call as Read);
+  };
+
+  /** One local batch, or one message to the leader, per kind. */
+  const route = (waitingWrites: Write[], waitingReads: Read[]): void => {
     const { self, leaderId } = deps.leader();
-    const waitingWrites = [...writes.values()].filter((call) => call.phase === 'waiting');
-    const waitingReads = [...reads.values()].filter((call) => call.phase === 'waiting');
     if (!self) {
       // NOT_LEADER promises no effect, so only a call never proposed may get it. A write proposed
       // while this node led is already in some log: it completes like a forwarded call, through
@@ -234,9 +301,8 @@ export const createRequests = (deps: RequestsDeps) => {
   };
 
   const retry = (call: Call): void => {
-    call.phase = 'waiting';
     counters.retries += 1;
-    scheduleFlush();
+    enqueue(call);
   };
 
   // --- answers from the local machine or the leader -------------------------------------------
@@ -255,9 +321,8 @@ export const createRequests = (deps: RequestsDeps) => {
   const writesRefused = (seqs: number[]): void => {
     for (const seq of seqs) {
       const call = writes.get(seq);
-      if (call && call.phase === 'sent') call.phase = 'waiting';
+      if (call && call.phase === 'sent') enqueue(call);
     }
-    scheduleFlush();
   };
 
   const readsConfirmed = (ids: number[], readIndex: number): void => {
@@ -274,9 +339,8 @@ export const createRequests = (deps: RequestsDeps) => {
   const readsRefused = (ids: number[]): void => {
     for (const id of ids) {
       const call = reads.get(id);
-      if (call && call.phase === 'sent') call.phase = 'waiting';
+      if (call && call.phase === 'sent') enqueue(call);
     }
-    scheduleFlush();
   };
 
   /**
@@ -287,7 +351,10 @@ export const createRequests = (deps: RequestsDeps) => {
     if (message.notLeader) {
       for (const seq of message.seqs) {
         const call = writes.get(seq);
-        if (call && call.phase === 'sent') call.phase = 'waiting';
+        if (call && call.phase === 'sent') {
+          call.phase = 'waiting';
+          keep(call);
+        }
       }
       if (message.leaderId !== null && message.leaderId !== message.from) scheduleFlush();
       return;
@@ -299,7 +366,10 @@ export const createRequests = (deps: RequestsDeps) => {
     if (message.notLeader) {
       for (const id of message.ids) {
         const call = reads.get(id);
-        if (call && call.phase === 'sent') call.phase = 'waiting';
+        if (call && call.phase === 'sent') {
+          call.phase = 'waiting';
+          keep(call);
+        }
       }
       if (message.leaderId !== null && message.leaderId !== message.from) scheduleFlush();
       return;

@@ -17,6 +17,8 @@ type Session = { settledBelow: number; applied: Set<number> };
 export const createStore = (
   onChange: (change: Change) => void,
   onApplied: (session: number, seq: number, index: number) => void,
+  /** False while nobody listens: then no change objects are made (less garbage per entry). */
+  wantsChanges: () => boolean = () => true,
 ) => {
   const map = new Map<string, unknown>();
   const sessions = new Map<number, Session>();
@@ -49,13 +51,10 @@ export const createStore = (
       if (entry.kind !== 'command' || entry.data === null) continue;
       const command = decodeCommand(entry.data);
       if (firstTime(command.session, command.seq, command.lowestPending)) {
-        if (command.op === 'set') {
-          map.set(command.key, command.value);
-          onChange({ key: command.key, value: command.value, deleted: false, index });
-        } else {
-          map.delete(command.key);
-          onChange({ key: command.key, value: undefined, deleted: true, index });
-        }
+        const deleted = command.op === 'delete';
+        if (deleted) map.delete(command.key);
+        else map.set(command.key, command.value);
+        if (wantsChanges()) onChange({ key: command.key, value: command.value, deleted, index });
       } else {
         duplicates += 1;
       }

@@ -12,7 +12,8 @@ export type KvOperation = { op: 'set'; key: string; value: unknown } | { op: 'de
 
 export type RequestTag = { session: number; seq: number; lowestPending: number };
 
-export type KvCommand = KvOperation & RequestTag;
+/** A decoded command: always the same shape (`value` is undefined for a delete). */
+export type KvCommand = { op: 'set' | 'delete'; key: string; value: unknown } & RequestTag;
 
 const OP_SET = 1;
 const OP_DELETE = 2;
@@ -47,8 +48,7 @@ export const decodeCommand = (bytes: Uint8Array): KvCommand => {
     unknown,
   ];
   if (!isCount(session) || !isCount(seq) || !isCount(lowestPending)) throw new Error('malformed command tag');
-  const tag = { session, seq, lowestPending };
-  if (op === OP_SET) return { op: 'set', key, value, ...tag };
-  if (op === OP_DELETE) return { op: 'delete', key, ...tag };
-  throw new Error(`unknown command op ${String(op)}`);
+  if (op !== OP_SET && op !== OP_DELETE) throw new Error(`unknown command op ${String(op)}`);
+  const set = op === OP_SET;
+  return { op: set ? 'set' : 'delete', key, value: set ? value : undefined, session, seq, lowestPending };
 };

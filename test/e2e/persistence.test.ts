@@ -99,8 +99,10 @@ const startLoad = (c: Cluster, workers: number) => {
   let next = 0;
   let stopping = false;
   const listeners = new Set<() => void>();
+  // Bounded by count as well as by stop(): a dead target rejects at once, and must not spin forever.
+  const maxCalls = 20_000;
   const loop = async (worker: number) => {
-    while (!stopping) {
+    while (!stopping && next < maxCalls) {
       const i = next++;
       const live = c.liveIds();
       if (live.length === 0) return;
