@@ -10,13 +10,13 @@ import {
   agreeAll,
   agreeOne,
   committedCounts,
-  committedStrings,
   createSimulation,
   ensure,
   isolate,
   type Proposal,
   RELIABLE,
   type Simulation,
+  sameCommittedEverywhere,
   seedsFor,
   UNRELIABLE,
   waitForLeader,
@@ -26,34 +26,6 @@ const ELECTION_MS = 150;
 
 const values = (prefix: string, count: number): string[] =>
   Array.from({ length: count }, (_, index) => `${prefix}-${index}`);
-
-/** Waits until every live server has committed its whole log, and all logs have the same length. */
-const converged = (sim: Simulation): Promise<number> =>
-  sim.runUntil(
-    () => {
-      const statuses = sim.ids.flatMap((id) => (sim.isAlive(id) ? [sim.status(id)!] : []));
-      return statuses.every(
-        (status) =>
-          status.commitIndex === statuses[0]!.commitIndex && status.lastIndex === status.commitIndex,
-      );
-    },
-    3_000,
-    'every live server to commit the same log',
-  );
-
-const sameCommittedEverywhere = async (sim: Simulation): Promise<unknown[]> => {
-  await converged(sim);
-  const live = sim.ids.filter((id) => sim.isAlive(id));
-  const reference = JSON.stringify(committedStrings(sim, live[0]!));
-  for (const id of live.slice(1)) {
-    ensure(
-      sim,
-      JSON.stringify(committedStrings(sim, id)) === reference,
-      `${id} and ${live[0]} committed differently`,
-    );
-  }
-  return JSON.parse(reference) as unknown[];
-};
 
 /** Everything a client was told succeeded is committed on every server. */
 const acknowledgedSurvive = (sim: Simulation, proposals: readonly Proposal[]): number => {

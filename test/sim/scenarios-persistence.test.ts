@@ -10,12 +10,12 @@ import type { RequestVoteResponse } from '../../src/machines/messages.js';
 import {
   agreeOne,
   committedCounts,
-  committedStrings,
   createSimulation,
   ensure,
   isolate,
   type Proposal,
   type Simulation,
+  sameCommittedEverywhere,
   seedsFor,
   waitForLeader,
 } from './simulator.js';
@@ -28,33 +28,6 @@ const holds = (sim: Simulation, id: string, value: string): boolean =>
     const command = decodeCommand(entry.data);
     return command.op === 'set' && command.value === value;
   });
-
-/** Waits until every live server has committed its whole log, and all logs have the same length. */
-const converged = (sim: Simulation): Promise<number> =>
-  sim.runUntil(
-    () => {
-      const statuses = sim.ids.flatMap((id) => (sim.isAlive(id) ? [sim.status(id)!] : []));
-      return statuses.every(
-        (status) =>
-          status.commitIndex === statuses[0]!.commitIndex && status.lastIndex === status.commitIndex,
-      );
-    },
-    3_000,
-    'every live server to commit the same log',
-  );
-
-const sameCommittedEverywhere = async (sim: Simulation): Promise<void> => {
-  await converged(sim);
-  const live = sim.ids.filter((id) => sim.isAlive(id));
-  const reference = JSON.stringify(committedStrings(sim, live[0]!));
-  for (const id of live.slice(1)) {
-    ensure(
-      sim,
-      JSON.stringify(committedStrings(sim, id)) === reference,
-      `${id} and ${live[0]} committed differently`,
-    );
-  }
-};
 
 /** Waits until `value` is committed on every server (the lab's `wait(index, servers)`). */
 const everywhere = (sim: Simulation, value: string, boundMs = 3_000): Promise<number> =>

@@ -14,12 +14,14 @@ import {
   agreeOne,
   committedCounts,
   committedStrings,
+  converged,
   createSimulation,
   ensure,
   isolate,
   type Proposal,
   RELIABLE,
   type Simulation,
+  sameCommittedEverywhere,
   seedsFor,
   UNRELIABLE,
   waitForLeader,
@@ -29,36 +31,6 @@ const ELECTION_MS = 150;
 const verbose = process.env.DISKEYVAL_SIM_VERBOSE !== undefined;
 
 const others = (sim: Simulation, id: string): string[] => sim.ids.filter((other) => other !== id);
-
-/** Every live server's committed values are the same list (and returns it). */
-/** Waits until every live server has committed its whole log, and all logs have the same length. */
-const converged = (sim: Simulation): Promise<number> =>
-  sim.runUntil(
-    () => {
-      const statuses = sim.ids.flatMap((id) => (sim.isAlive(id) ? [sim.status(id)!] : []));
-      return statuses.every(
-        (status) =>
-          status.commitIndex === statuses[0]!.commitIndex && status.lastIndex === status.commitIndex,
-      );
-    },
-    3_000,
-    'every live server to commit the same log',
-  );
-
-const sameCommittedEverywhere = async (sim: Simulation): Promise<unknown[]> => {
-  await converged(sim);
-  const live = sim.ids.filter((id) => sim.isAlive(id));
-  const reference = committedStrings(sim, live[0]!);
-  for (const id of live.slice(1)) {
-    const mine = committedStrings(sim, id);
-    ensure(
-      sim,
-      JSON.stringify(mine) === JSON.stringify(reference),
-      `${id} committed ${mine.length} values, ${live[0]} ${reference.length}, or in another order`,
-    );
-  }
-  return reference;
-};
 
 const sameLogEverywhere = async (sim: Simulation): Promise<void> => {
   await converged(sim);

@@ -574,3 +574,32 @@ export const waitForLeader = async (
   await sim.runUntil(() => sim.stableLeader() !== null, boundMs, what);
   return sim.stableLeader()!;
 };
+
+/** Waits until every live server has committed its whole log, and all logs have the same length. */
+export const converged = (sim: Simulation): Promise<number> =>
+  sim.runUntil(
+    () => {
+      const statuses = sim.ids.flatMap((id) => (sim.isAlive(id) ? [sim.status(id)!] : []));
+      return statuses.every(
+        (status) =>
+          status.commitIndex === statuses[0]!.commitIndex && status.lastIndex === status.commitIndex,
+      );
+    },
+    3_000,
+    'every live server to commit the same log',
+  );
+
+/** After `converged`: every live server committed the same values; returns them. */
+export const sameCommittedEverywhere = async (sim: Simulation): Promise<unknown[]> => {
+  await converged(sim);
+  const live = sim.ids.filter((id) => sim.isAlive(id));
+  const reference = JSON.stringify(committedStrings(sim, live[0]!));
+  for (const id of live.slice(1)) {
+    ensure(
+      sim,
+      JSON.stringify(committedStrings(sim, id)) === reference,
+      `${id} and ${live[0]} committed differently`,
+    );
+  }
+  return JSON.parse(reference) as unknown[];
+};
