@@ -344,37 +344,32 @@ export const createRequests = (deps: RequestsDeps) => {
   };
 
   /**
-   * The leader's answer. A refusal puts the calls back to wait for the next leader change (or,
-   * when it names another leader, goes again at once), so a stale view never spins.
+   * The leader refused (it no longer leads): the calls wait for the next leader change, or go
+   * again at once when the refusal names another leader, so a stale view never spins.
    */
-  const onProposeResult = (message: ClientProposeResult): void => {
-    if (message.notLeader) {
-      for (const seq of message.seqs) {
-        const call = writes.get(seq);
-        if (call && call.phase === 'sent') {
-          call.phase = 'waiting';
-          keep(call);
-        }
+  const park = <C extends Call>(
+    open: Map<number, C>,
+    keys: number[],
+    refusal: { from: NodeId; leaderId: NodeId | null },
+  ) => {
+    for (const key of keys) {
+      const call = open.get(key);
+      if (call && call.phase === 'sent') {
+        call.phase = 'waiting';
+        keep(call);
       }
-      if (message.leaderId !== null && message.leaderId !== message.from) scheduleFlush();
-      return;
     }
-    writesAccepted(message.seqs, message.firstIndex);
+    if (refusal.leaderId !== null && refusal.leaderId !== refusal.from) scheduleFlush();
+  };
+
+  const onProposeResult = (message: ClientProposeResult): void => {
+    if (message.notLeader) park(writes, message.seqs, message);
+    else writesAccepted(message.seqs, message.firstIndex);
   };
 
   const onReadResult = (message: ClientReadResult): void => {
-    if (message.notLeader) {
-      for (const id of message.ids) {
-        const call = reads.get(id);
-        if (call && call.phase === 'sent') {
-          call.phase = 'waiting';
-          keep(call);
-        }
-      }
-      if (message.leaderId !== null && message.leaderId !== message.from) scheduleFlush();
-      return;
-    }
-    readsConfirmed(message.ids, message.readIndex);
+    if (message.notLeader) park(reads, message.ids, message);
+    else readsConfirmed(message.ids, message.readIndex);
   };
 
   // --- the apply side ---------------------------------------------------------------------------
