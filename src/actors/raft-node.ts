@@ -338,6 +338,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
         await log.flush!();
         durability.flushes += 1;
         persistsDurable = target;
+        reportDurablePrefix();
         release();
       }
     } catch (error) {
@@ -357,11 +358,57 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     if (emitted.type === 'persist') {
       log.persist(emitted);
       persistsEmitted += 1;
+      if (emitted.fromIndex > 0) {
+        unflushedWrites.push({
+          ordinal: persistsEmitted,
+          fromIndex: emitted.fromIndex,
+          count: emitted.entries.length,
+        });
+      }
       flushing ??= flushAll();
       return;
     }
-    if (outboxSize() === 0 && persistsDurable === persistsEmitted) carryOut(emitted);
-    else hold(emitted);
+    if (outboxSize() === 0 && persistsDurable === persistsEmitted) {
+      carryOut(emitted);
+      return;
+    }
+    if (emitted.type === 'send') {
+      // A leader's AppendEntries and heartbeats promise nothing about its own disk: they go at
+      // once, and the leader counts itself toward a commit only up to `persisted` (§10.2.1).
+      // Answers and vote requests wait for the flush.
+      const goesEarly = (message: RaftMessage): boolean =>
+        message.type === 'AppendEntries' || message.type === 'Heartbeat';
+      const early = emitted.messages.filter(goesEarly);
+      if (early.length > 0) {
+        carryOut({ type: 'send', messages: early });
+        if (early.length === emitted.messages.length) return;
+        hold({ type: 'send', messages: emitted.messages.filter((message) => !goesEarly(message)) });
+        return;
+      }
+    }
+    hold(emitted);
+  };
+
+  /** Log writes emitted and not yet flushed, in order: where each starts and how many entries. */
+  let unflushedWrites: Array<{ ordinal: number; fromIndex: number; count: number }> = [];
+  let durableLastIndex = log.persisted().entries.length;
+
+  /**
+   * After a flush: the longest prefix of the current log that is on disk is what the flushed
+   * writes left, cut before any write still waiting (it replaces what follows it). The machine
+   * learns it as a `persisted` event.
+   */
+  const reportDurablePrefix = (): void => {
+    let pending = 0;
+    while (pending < unflushedWrites.length && unflushedWrites[pending]!.ordinal <= persistsDurable) {
+      const write = unflushedWrites[pending]!;
+      durableLastIndex = write.fromIndex - 1 + write.count;
+      pending += 1;
+    }
+    if (pending > 0) unflushedWrites = unflushedWrites.slice(pending);
+    let prefix = durableLastIndex;
+    for (const write of unflushedWrites) prefix = Math.min(prefix, write.fromIndex - 1);
+    if (!stopped && actor) actor.send({ type: 'persisted', index: prefix });
   };
 
   const noticeRoleChange = (): void => {
@@ -462,6 +509,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
         seed: options.seed,
         hardState: persisted.hardState,
         entries: persisted.entries,
+        durable: log.durable === true,
         ...(options.maxInflight ? { maxInflight: options.maxInflight } : {}),
         ...(options.maxEntriesPerAppend ? { maxEntriesPerAppend: options.maxEntriesPerAppend } : {}),
       },

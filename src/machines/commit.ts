@@ -12,8 +12,12 @@ import type { RaftContext } from './raft.types.js';
  * terms are never committed by counting replicas (§5.4.2, Figure 8); they commit with N.
  */
 export const commitIndexByQuorum = (context: RaftContext): number => {
+  // The leader's own copy counts only once it is durable (§10.2.1: it may replicate before its fsync).
+  const selfMatch = context.durable
+    ? Math.min(context.persistedIndex, lastIndex(context.log))
+    : lastIndex(context.log);
   const matchIndexes = context.voters.map((voter) =>
-    voter === context.id ? lastIndex(context.log) : (context.progress[voter]?.matchIndex ?? 0),
+    voter === context.id ? selfMatch : (context.progress[voter]?.matchIndex ?? 0),
   );
   const candidate = quorumMatchIndex(matchIndexes);
   return candidate > context.commitIndex && termAt(context.log, candidate) === context.currentTerm

@@ -114,6 +114,12 @@ export const raftMachine = setup({
       event.type === 'readIndex' ? rules.rejectReads(context, event.ids) : {},
     ),
     startQuorumRound: rule((context) => rules.startQuorumRound(context)),
+    recordPersisted: rule((context, event) =>
+      event.type === 'persisted' ? rules.recordPersisted(context, event.index) : {},
+    ),
+    leaderPersisted: rule((context, event) =>
+      event.type === 'persisted' ? rules.leaderPersisted(context, event.index) : {},
+    ),
     assertOneLeaderPerTerm: ({ context, event }) => {
       throw new Error(
         `diskeyval invariant violated: ${context.id} leads term ${context.currentTerm} and got ${event.type} from another leader`,
@@ -139,6 +145,7 @@ export const raftMachine = setup({
     ],
     propose: { actions: 'rejectProposals' },
     readIndex: { actions: 'rejectReads' },
+    persisted: { actions: 'recordPersisted' },
   },
   states: {
     follower: {
@@ -197,6 +204,7 @@ export const raftMachine = setup({
         HeartbeatResponse: { actions: 'handleHeartbeatResponse' },
         propose: { actions: 'appendProposals' },
         readIndex: { actions: 'startReadRound' },
+        persisted: { actions: 'leaderPersisted' },
         heartbeatTimeout: { actions: 'broadcastHeartbeat' },
         checkQuorum: [{ guard: 'hasLostQuorumContact', target: 'follower' }, { actions: 'startQuorumRound' }],
       },

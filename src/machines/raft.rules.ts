@@ -72,10 +72,12 @@ export const initialContext = (input: RaftInput): RaftContext => {
     heartbeatMs: input.heartbeatMs,
     maxInflight: input.maxInflight ?? DEFAULT_MAX_INFLIGHT,
     maxEntriesPerAppend: input.maxEntriesPerAppend ?? DEFAULT_MAX_ENTRIES_PER_APPEND,
+    durable: input.durable === true,
     currentTerm: input.hardState?.term ?? 0,
     votedFor: input.hardState?.votedFor ?? null,
     log: { entries: [...(input.entries ?? [])] },
     commitIndex: 0,
+    persistedIndex: input.entries?.length ?? 0,
     leaderId: null,
     rng: input.seed | 0,
     randomizedElectionTimeoutMs: input.electionTimeoutMs,
@@ -248,6 +250,11 @@ export const appendFromLeader = (context: RaftContext, request: AppendEntries): 
     });
   }
   const commit = commitOutcome(context, Math.min(request.leaderCommit, lastNewIndex));
+  // What was just written here is not durable yet, whatever was before at those indexes.
+  const persistedIndex =
+    firstWrittenIndex === -1
+      ? context.persistedIndex
+      : Math.min(context.persistedIndex, firstWrittenIndex - 1);
   const response: AppendEntriesResponse = {
     type: 'AppendEntriesResponse',
     from: context.id,
@@ -260,7 +267,7 @@ export const appendFromLeader = (context: RaftContext, request: AppendEntries): 
     conflictTerm: 0,
   };
   return {
-    patch: { ...leaderPatch, ...commit.patch },
+    patch: { ...leaderPatch, persistedIndex, ...commit.patch },
     send: [response],
     emitted: [...emitted, ...(commit.emitted ?? [])],
   };
@@ -557,6 +564,17 @@ export const hasLostQuorumContact = (context: RaftContext): boolean => {
 export const startQuorumRound = (context: RaftContext): Outcome => {
   for (const peer of peersOf(context)) progressOf(context, peer).recentActive = false;
   return {};
+};
+
+/** The log actor made the log durable up to `index`; a leader may now count itself that far. */
+export const recordPersisted = (context: RaftContext, index: number): Outcome => {
+  assert(index <= lastIndex(context.log), `persisted ${index} beyond the log ${lastIndex(context.log)}`);
+  return { patch: { persistedIndex: index } };
+};
+
+export const leaderPersisted = (context: RaftContext, index: number): Outcome => {
+  const recorded = recordPersisted(context, index);
+  return merge(recorded, advanceCommit(after(context, recorded)));
 };
 
 /** Leaving leadership: pending reads cannot be confirmed any more. */

@@ -35,6 +35,12 @@ export type RaftInput = RaftTimings & {
   maxInflight?: number;
   /** Most entries in one AppendEntries. */
   maxEntriesPerAppend?: number;
+  /**
+   * The log is on disk and reports what is durable with `persisted` events. A leader then counts
+   * itself toward a commit only up to that index, so it may replicate before its own fsync
+   * (dissertation §10.2.1). Without it, the log is durable as soon as it is written.
+   */
+  durable?: boolean;
 };
 
 export type RaftContext = {
@@ -44,12 +50,15 @@ export type RaftContext = {
   readonly heartbeatMs: number;
   readonly maxInflight: number;
   readonly maxEntriesPerAppend: number;
+  readonly durable: boolean;
   // Persistent state on all servers (Figure 2).
   currentTerm: number;
   votedFor: NodeId | null;
   log: RaftLog;
   // Volatile state on all servers.
   commitIndex: number;
+  /** The longest prefix of the log known to be on disk (durable logs only). */
+  persistedIndex: number;
   leaderId: NodeId | null;
   rng: RngState;
   randomizedElectionTimeoutMs: number;
@@ -68,6 +77,7 @@ export type RaftEvent =
   | { type: 'message'; message: RaftMessage }
   | { type: 'propose'; batchId: number; commands: Uint8Array[] }
   | { type: 'readIndex'; ids: number[] }
+  | { type: 'persisted'; index: number }
   | { type: 'electionTimeout' }
   | { type: 'heartbeatTimeout' }
   | { type: 'checkQuorum' }

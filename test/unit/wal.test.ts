@@ -433,6 +433,85 @@ describe('the raft node with a durable log: durable before acknowledged', () => 
   });
 });
 
+describe('a leader replicates before its own fsync (dissertation §10.2.1)', () => {
+  /** A durable log that flushes at once until `hold()`, then waits for `release()`. */
+  const switchableLog = () => {
+    const mirror = createMemoryLog();
+    let holding = false;
+    const gates: Array<() => void> = [];
+    const log: LogActor & { hold: () => void; release: () => void; holding: () => boolean } = {
+      persist: mirror.persist,
+      persisted: mirror.persisted,
+      writes: mirror.writes,
+      lastIndex: mirror.lastIndex,
+      durable: true,
+      flush: () => (holding ? new Promise<void>((resolve) => gates.push(resolve)) : Promise.resolve()),
+      close: async () => undefined,
+      hold: () => {
+        holding = true;
+      },
+      release: () => {
+        holding = false;
+        while (gates.length > 0) gates.shift()!();
+      },
+      holding: () => holding,
+    };
+    return log;
+  };
+
+  it('sends AppendEntries before its flush, and counts its own copy only once it is durable', async () => {
+    const ids = ['a', 'b', 'c'];
+    const transport = createMemoryTransport();
+    const logs = Object.fromEntries(ids.map((id) => [id, switchableLog()]));
+    const nodes = ids.map((id, index) =>
+      createRaftNode({
+        id,
+        voters: ids,
+        transport,
+        electionTimeoutMs: 40,
+        heartbeatMs: 10,
+        proposalTimeoutMs: 10_000,
+        seed: index + 11,
+        session: index + 1,
+        log: logs[id]!,
+      }),
+    );
+    await Promise.all(nodes.map((node) => node.start()));
+    try {
+      await until(() => nodes.some((node) => node.status().role === 'leader'), 'a leader');
+      const leader = nodes.find((node) => node.status().role === 'leader')!;
+      const [fast, slow] = nodes.filter((node) => node !== leader) as [typeof leader, typeof leader];
+      await leader.write({ op: 'set', key: 'warm', value: 0 });
+      // The leader's disk and one follower's disk stall; the other follower's does not.
+      logs[leader.id]!.hold();
+      logs[slow.id]!.hold();
+      let written = false;
+      const write = leader.write({ op: 'set', key: 'k', value: 1 }).then(() => {
+        written = true;
+      });
+      const index = leader.status().lastIndex + 1;
+      // The AppendEntries left before the leader's flush: both followers hold the entry.
+      await until(
+        () => fast.log().lastIndex() >= index && slow.log().lastIndex() >= index,
+        'the entry to reach both followers while the leader flush is held',
+      );
+      for (let i = 0; i < 20; i += 1) await new Promise((resolve) => setImmediate(resolve));
+      // Only one durable copy (the fast follower's) exists: counting the leader's in-memory copy
+      // would make a majority, and a crash of the leader could then lose a committed entry.
+      expect(leader.status().commitIndex).toBeLessThan(index);
+      expect(written).toBe(false);
+      // The leader's copy becomes durable: with the fast follower's that is a majority.
+      logs[leader.id]!.release();
+      await write;
+      expect(leader.get('k')).toBe(1);
+      expect(leader.status().commitIndex).toBeGreaterThanOrEqual(index);
+    } finally {
+      for (const log of Object.values(logs)) log.release();
+      await Promise.all(nodes.map((node) => node.stop()));
+    }
+  });
+});
+
 describe('the raft node with a failing durable log', () => {
   it('stops itself (fail-stop) when a flush fails: nothing held goes out, waiting calls reject with STOPPED', async () => {
     const log = gatedLog();
