@@ -268,13 +268,12 @@ describe('a three-node cluster of real processes over mTLS', () => {
     const before = rejectedTotal(await cluster.metrics(target));
     const since = cluster.timeline.length;
 
-    /** Sends `bytes` on a fresh connection and resolves when the node closes it (or the bound passes). */
-    const rawClient = (bytes: Buffer | string) =>
+    /** Resolves when the node closes `socket`; rejects if it is still open after 5000 ms. */
+    const closedByNode = (socket: net.Socket, what: string) =>
       new Promise<void>((resolve, reject) => {
-        const socket = net.connect({ host: '127.0.0.1', port }, () => socket.write(bytes));
         const timer = setTimeout(() => {
           socket.destroy();
-          reject(new Error('the node did not close a raw connection that sent bad bytes within 5000 ms'));
+          reject(new Error(`the node did not close a ${what} that sent bad bytes within 5000 ms`));
         }, 5000);
         socket.on('error', () => undefined);
         socket.on('data', () => undefined);
@@ -284,21 +283,17 @@ describe('a three-node cluster of real processes over mTLS', () => {
         });
       });
 
+    /** Sends `bytes` on a fresh connection and resolves when the node closes it (or the bound passes). */
+    const rawClient = (bytes: Buffer | string) => {
+      const socket = net.connect({ host: '127.0.0.1', port }, () => socket.write(bytes));
+      return closedByNode(socket, 'raw connection');
+    };
+
     /** A TLS client; when the handshake succeeds it writes `bytes`; resolves when the connection closes. */
-    const tlsClient = (options: tls.ConnectionOptions, bytes: Buffer) =>
-      new Promise<void>((resolve, reject) => {
-        const socket = tls.connect({ host: '127.0.0.1', port, ...options }, () => socket.write(bytes));
-        const timer = setTimeout(() => {
-          socket.destroy();
-          reject(new Error('the node did not close a TLS connection that sent bad bytes within 5000 ms'));
-        }, 5000);
-        socket.on('error', () => undefined);
-        socket.on('data', () => undefined);
-        socket.on('close', () => {
-          clearTimeout(timer);
-          resolve();
-        });
-      });
+    const tlsClient = (options: tls.ConnectionOptions, bytes: Buffer) => {
+      const socket = tls.connect({ host: '127.0.0.1', port, ...options }, () => socket.write(bytes));
+      return closedByNode(socket, 'TLS connection');
+    };
 
     const { createClusterCertificates } = (await import(
       new URL('../../dist/index.js', import.meta.url).href
