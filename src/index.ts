@@ -57,10 +57,19 @@ export type DiskeyvalOptions = {
    * Durability: the node keeps its term, vote and log in a write-ahead log in `dir` (created when
    * missing; one dir per node, never shared) and restores them on `start()`. Nothing is
    * acknowledged (a vote, an append, a write) before the state it depends on is fsynced, in groups.
-   * `compactEvery` is accepted for the seed's API but not used yet: there are no snapshots, so the
-   * WAL grows without bound. Without `persistence` the node keeps everything in memory.
+   * `compactEvery` sets the log compaction interval (as the top-level option does). Compaction
+   * frees memory; the WAL file itself still grows without bound (it is not cut yet). A snapshot a
+   * follower installs is written to the WAL before it is acknowledged. Without `persistence` the
+   * node keeps everything in memory.
    */
   persistence?: { dir: string; compactEvery?: number };
+  /**
+   * Log compaction (Raft §7): once this many entries were applied since the last compaction, the
+   * log keeps only the last 5,000 (or `compactEvery`, if fewer) applied entries; a follower that
+   * needs older ones gets a snapshot of the store (InstallSnapshot, sent in 1 MiB chunks). Default
+   * 10,000.
+   */
+  compactEvery?: number;
   /** Restart state for tests (what the node persisted before, in memory); not with `persistence`. */
   log?: MemoryLog;
 };
@@ -76,6 +85,10 @@ export type RaftMetrics = {
   commitIndex: number;
   appliedIndex: number;
   lastIndex: number;
+  /** Log compactions since start, and snapshots sent to / installed from the leader. */
+  compactions: number;
+  snapshotsSent: number;
+  snapshotsInstalled: number;
   /** Leaderships this node has won since start. */
   elections: number;
   /** Machine events that carried a batch of proposals / of reads. */
@@ -130,6 +143,12 @@ const checkOptions = (options: DiskeyvalOptions): void => {
   }
   if (!Array.isArray(options.peers))
     throw diskeyvalError('INVALID_ARGUMENT', 'options.peers must be an array');
+  if (
+    options.compactEvery !== undefined &&
+    !(Number.isSafeInteger(options.compactEvery) && options.compactEvery > 0)
+  ) {
+    throw diskeyvalError('INVALID_ARGUMENT', 'options.compactEvery must be a positive integer');
+  }
   const ids = options.peers.map(peerIdOf);
   if (ids.some((id) => typeof id !== 'string' || id.length === 0) || new Set(ids).size !== ids.length) {
     throw diskeyvalError('INVALID_ARGUMENT', 'options.peers must name distinct, non-empty node ids');
@@ -200,6 +219,7 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
 
   const { transport, tls } = transportFor(options);
   const persistenceDir = options.persistence?.dir;
+  const compactEvery = options.persistence?.compactEvery ?? options.compactEvery;
   let wal: WalLog | null = null;
   const node = createRaftNode({
     id: options.nodeId,
@@ -212,6 +232,7 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     seed: options.seed ?? randomInt(2 ** 31),
     session: randomInt(2 ** 47),
     ...(options.log ? { log: options.log } : {}),
+    ...(compactEvery !== undefined ? { compactEvery } : {}),
     ...(persistenceDir !== undefined
       ? {
           openLog: async () => {
@@ -304,6 +325,9 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
         commitIndex: status?.commitIndex ?? 0,
         appliedIndex: status?.appliedIndex ?? 0,
         lastIndex: status?.lastIndex ?? 0,
+        compactions: metrics.compactions,
+        snapshotsSent: metrics.snapshotsSent,
+        snapshotsInstalled: metrics.snapshotsInstalled,
         elections: metrics.elections,
         proposalBatches: metrics.proposalBatches,
         readBatches: metrics.readBatches,

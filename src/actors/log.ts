@@ -1,24 +1,46 @@
 /**
  * The log actor: owns what the server has persisted (Figure 2 "Persistent state on all servers":
- * currentTerm, votedFor, log[]). This one keeps it in memory; the durable one (wal-log.ts) keeps
- * the same in-memory mirror and writes it to a write-ahead log on disk. A server restarts from
- * `persisted()`.
+ * currentTerm, votedFor, log[]; and the snapshot that replaced the log's prefix, §7). This one
+ * keeps it in memory; the durable one (wal-log.ts) keeps the same in-memory mirror and writes it
+ * to a write-ahead log on disk. A server restarts from `persisted()`.
  *
- * Contract: `persist` outputs are applied in the order the machine emitted them; entries are stored
- * by reference (they are immutable once created).
+ * Contract: `persist` and `installSnapshot` outputs are applied in the order the machine emitted
+ * them; entries are stored by reference (they are immutable once created). `entries[i]` of
+ * `persisted()` is the entry at index `snapshot.index + 1 + i` (or `1 + i` without a snapshot).
  */
 import { assert } from '../machines/assert.js';
 import type { Entry } from '../machines/messages.js';
 import type { HardState, RaftEmitted } from '../machines/raft.types.js';
+import type { StoreSnapshot } from './store.js';
 
 export type PersistOutput = Extract<RaftEmitted, { type: 'persist' }>;
+export type InstallOutput = Extract<RaftEmitted, { type: 'installSnapshot' }>;
 
-export type PersistedState = { hardState: HardState; entries: readonly Entry[] };
+export type PersistedState = {
+  hardState: HardState;
+  /** The snapshot the entries follow, or null when the log starts at index 1. */
+  snapshot: StoreSnapshot | null;
+  entries: readonly Entry[];
+};
 
-export const createMemoryLog = (initial?: PersistedState) => {
+export type MemoryLogOptions = {
+  /**
+   * Keep a snapshot of the state machine at every compaction, so `persisted()` can restart a
+   * server (the simulator's crash and restart). Without it a compacted log cannot restart: a
+   * memory node's log dies with its process anyway.
+   */
+  keepSnapshots?: boolean;
+};
+
+export const createMemoryLog = (initial?: PersistedState, memoryOptions: MemoryLogOptions = {}) => {
   let hardState: HardState = initial?.hardState ?? { term: 0, votedFor: null };
+  let snapshot: StoreSnapshot | null = initial?.snapshot ?? null;
+  /** Index of the last entry compacted away (entries[0] is at offset + 1). */
+  let offset = snapshot?.index ?? 0;
   const entries: Entry[] = [...(initial?.entries ?? [])];
   let writes = 0;
+
+  const lastIndex = (): number => offset + entries.length;
 
   const persist = (output: PersistOutput): void => {
     if (output.hardState) {
@@ -26,28 +48,79 @@ export const createMemoryLog = (initial?: PersistedState) => {
       hardState = output.hardState;
     }
     if (output.fromIndex > 0) {
-      assert(output.fromIndex <= entries.length + 1, `persist leaves a gap at ${output.fromIndex}`);
-      entries.length = output.fromIndex - 1;
+      assert(output.fromIndex <= lastIndex() + 1, `persist leaves a gap at ${output.fromIndex}`);
+      assert(output.fromIndex > offset, `persist into the snapshot at ${output.fromIndex} <= ${offset}`);
+      entries.length = output.fromIndex - 1 - offset;
       for (const entry of output.entries) entries.push(entry);
     }
     writes += 1;
   };
 
-  const persisted = (): PersistedState => ({ hardState, entries: [...entries] });
+  const dropThrough = (index: number): void => {
+    entries.splice(0, Math.min(entries.length, index - offset));
+    offset = index;
+  };
 
-  return { persist, persisted, writes: () => writes, lastIndex: () => entries.length };
+  /** InstallSnapshot: the log restarts after the snapshot (keeping its suffix if the machine did). */
+  const installSnapshot = (output: InstallOutput): void => {
+    if (output.keptSuffix) {
+      assert(output.index <= lastIndex(), `kept a suffix after ${output.index} beyond ${lastIndex()}`);
+      dropThrough(output.index);
+    } else {
+      entries.length = 0;
+      offset = output.index;
+    }
+    snapshot = { index: output.index, term: output.term, data: output.data };
+    writes += 1;
+  };
+
+  /** The node compacted the log up to `index`; `take` snapshots the state machine (covering ≥ index). */
+  const compact = (index: number, take: () => StoreSnapshot): void => {
+    if (index <= offset) return;
+    assert(index <= lastIndex(), `compact past the end: ${index} > ${lastIndex()}`);
+    if (memoryOptions.keepSnapshots) {
+      const taken = take();
+      assert(taken.index >= index, `a snapshot at ${taken.index} cannot replace entries up to ${index}`);
+      snapshot = taken;
+      // Keep the entries after the snapshot's index; those between index and it go too.
+      dropThrough(Math.min(taken.index, lastIndex()));
+      return;
+    }
+    dropThrough(index);
+  };
+
+  const persisted = (): PersistedState => {
+    assert(
+      offset === (snapshot?.index ?? 0),
+      'this memory log was compacted without keeping snapshots: it cannot restart a server',
+    );
+    return { hardState, snapshot, entries: [...entries] };
+  };
+
+  return {
+    persist,
+    installSnapshot,
+    compact,
+    persisted,
+    writes: () => writes,
+    lastIndex,
+    firstIndex: () => offset + 1,
+  };
 };
 
 export type MemoryLog = ReturnType<typeof createMemoryLog>;
 
 /**
- * What the raft node needs of a log actor. `persist` updates what `persisted()` returns at once. A
- * durable log (`durable: true`) also queues the output for disk; `flush()` writes and fsyncs
- * everything queued since the last flush as one group and resolves once it is durable, and the node
- * holds every output emitted after a persist until then (ARCHITECTURE.md rule 4).
+ * What the raft node needs of a log actor. `persist` and `installSnapshot` update what
+ * `persisted()` returns at once. A durable log (`durable: true`) also queues the output for disk;
+ * `flush()` writes and fsyncs everything queued since the last flush as one group and resolves
+ * once it is durable, and the node holds every output emitted after a persist until then
+ * (ARCHITECTURE.md rule 4). `compact` forgets entries a snapshot of the state machine covers.
  */
 export type LogActor = {
   persist(output: PersistOutput): void;
+  installSnapshot(output: InstallOutput): void;
+  compact(index: number, take: () => StoreSnapshot): void;
   persisted(): PersistedState;
   writes(): number;
   lastIndex(): number;

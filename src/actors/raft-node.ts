@@ -22,7 +22,7 @@ import { type Actor, createActor, type InspectionEvent } from 'xstate';
 import { encodeCommand, type KvOperation } from '../io/command.js';
 import type { RaftTransport, TransportEndpoint, TransportMessage } from '../io/transport.js';
 import { assert } from '../machines/assert.js';
-import type { NodeId, RaftMessage } from '../machines/messages.js';
+import type { InstallSnapshot, NodeId, RaftMessage } from '../machines/messages.js';
 import { RAFT_MESSAGE_TYPES } from '../machines/messages.js';
 import { type RaftMachine, raftMachine, roleOf } from '../machines/raft.machine.js';
 import type { RaftEmitted, Role } from '../machines/raft.types.js';
@@ -59,6 +59,16 @@ export type RaftNodeOptions = {
   defer?: (fn: () => void) => void;
   maxInflight?: number;
   maxEntriesPerAppend?: number;
+  /**
+   * Log compaction (§7): once this many entries were applied since the last compaction, the log
+   * forgets all but the last `keepEntries` applied ones (a snapshot of the store replaces them).
+   * Default 10,000; 0 or Infinity never compacts.
+   */
+  compactEvery?: number;
+  /** Applied entries kept after a compaction, so a follower a little behind needs no snapshot (default min(5,000, compactEvery)). */
+  keepEntries?: number;
+  /** Largest piece of a snapshot in one message (default 1 MiB). */
+  snapshotChunkBytes?: number;
   inspect?: (event: InspectionEvent) => void;
   onChange?: (change: Change) => void;
   /** Whether anyone listens to changes now (default: whether onChange is given). */
@@ -85,8 +95,13 @@ const realClock: Clock = {
 };
 
 const RAFT_TYPES = new Set<string>(RAFT_MESSAGE_TYPES);
+const DEFAULT_COMPACT_EVERY = 10_000;
+const DEFAULT_SNAPSHOT_CHUNK_BYTES = 1024 * 1024;
+/** The largest snapshot a node accepts from a peer (a Node Buffer's limit is near 4 GiB). */
+const MAX_SNAPSHOT_BYTES = 2 ** 31 - 1;
 const EMITTED_TYPES = [
   'persist',
+  'installSnapshot',
   'send',
   'committed',
   'proposalsAccepted',
@@ -101,7 +116,24 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   const defer = options.defer ?? queueMicrotask;
   let log: LogActor = options.log ?? createMemoryLog();
   const deadlines = createDeadlines(clock, nowMs);
-  const metrics = { proposalBatches: 0, readBatches: 0, elections: 0, malformedMessages: 0 };
+  const metrics = {
+    proposalBatches: 0,
+    readBatches: 0,
+    elections: 0,
+    malformedMessages: 0,
+    compactions: 0,
+    snapshotsSent: 0,
+    snapshotsInstalled: 0,
+  };
+  const compactEvery =
+    options.compactEvery === undefined
+      ? DEFAULT_COMPACT_EVERY
+      : options.compactEvery || Number.POSITIVE_INFINITY;
+  const keepEntries = options.keepEntries ?? Math.min(5000, compactEvery);
+  const snapshotChunkBytes = options.snapshotChunkBytes ?? DEFAULT_SNAPSHOT_CHUNK_BYTES;
+  assert(compactEvery > 0 && keepEntries >= 0 && snapshotChunkBytes > 0, 'bad compaction options');
+  /** The log's snapshot point as the node last moved it (compaction or install). */
+  let compactedTo = 0;
   /** Durable logs only: flushes done, outputs that had to wait for one, the largest wait. */
   const durability = { flushes: 0, heldOutputs: 0, maxOutbox: 0, fatalError: null as string | null };
 
@@ -136,7 +168,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       leaderId: context.leaderId,
       commitIndex: context.commitIndex,
       appliedIndex: store.appliedIndex(),
-      lastIndex: context.log.entries.length,
+      lastIndex: context.log.offset + context.log.entries.length,
     };
   };
 
@@ -261,17 +293,77 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     }
   };
 
+  // ---- snapshots and compaction (§7) -----------------------------------------------------------
+
+  /** After an apply pass: compact when enough was applied since the last compaction. */
+  const maybeCompact = (): void => {
+    const target = store.appliedIndex() - keepEntries;
+    if (!actor || target - compactedTo < compactEvery) return;
+    compactedTo = target;
+    metrics.compactions += 1;
+    log.compact(target, store.snapshot);
+    actor.send({ type: 'compact', index: target });
+  };
+
+  /**
+   * Sends the store's snapshot for an InstallSnapshot the machine asked for. The store's state at
+   * its applied index is at least as new as the log's snapshot point, and covers only committed
+   * entries, so it stands in for it. Split into chunks of at most snapshotChunkBytes.
+   */
+  const sendSnapshots = (requests: InstallSnapshot[]): void => {
+    const snapshot = store.snapshot();
+    for (const request of requests) {
+      assert(snapshot.index >= request.lastIncludedIndex, 'the store is behind the log snapshot point');
+      metrics.snapshotsSent += 1;
+      const totalBytes = snapshot.data.byteLength;
+      for (
+        let chunkOffset = 0;
+        chunkOffset === 0 || chunkOffset < totalBytes;
+        chunkOffset += snapshotChunkBytes
+      ) {
+        peers.get(request.to)?.send({
+          ...request,
+          lastIncludedIndex: snapshot.index,
+          lastIncludedTerm: snapshot.term,
+          data: snapshot.data.subarray(chunkOffset, chunkOffset + snapshotChunkBytes),
+          chunkOffset,
+          totalBytes,
+        });
+      }
+    }
+  };
+
+  /** InstallSnapshot rule 8: the store takes the snapshot's state; calls it covers are done. */
+  const restoreStore = (data: Uint8Array, index: number): void => {
+    const restored = store.restore(data);
+    assert(restored.index === index, `snapshot data at ${restored.index}, message at ${index}`);
+    compactedTo = Math.max(compactedTo, index);
+    metrics.snapshotsInstalled += 1;
+    requests.afterRestore((seq) => store.wasApplied(options.session, seq));
+  };
+
   const carryOut = (emitted: RaftEmitted): void => {
     switch (emitted.type) {
       case 'persist':
         log.persist(emitted);
         return;
-      case 'send':
-        for (const message of emitted.messages) peers.get(message.to)?.send(message);
+      case 'installSnapshot':
+        if (!log.durable) log.installSnapshot(emitted);
+        restoreStore(emitted.data, emitted.index);
         return;
+      case 'send': {
+        const snapshots: InstallSnapshot[] = [];
+        for (const message of emitted.messages) {
+          if (message.type === 'InstallSnapshot') snapshots.push(message);
+          else peers.get(message.to)?.send(message);
+        }
+        if (snapshots.length > 0) sendSnapshots(snapshots);
+        return;
+      }
       case 'committed':
         store.apply(emitted.firstIndex, emitted.entries);
         requests.afterApply();
+        maybeCompact();
         return;
       case 'proposalsAccepted':
         answerBatch(emitted.batchId, emitted.firstIndex, emitted.term, options.id);
@@ -355,7 +447,14 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       return;
     }
     if (stopped) return;
-    if (emitted.type === 'persist') {
+    if (emitted.type === 'installSnapshot') {
+      // Its log part is a persist; its store part waits in the outbox like any output.
+      log.installSnapshot(emitted);
+      persistsEmitted += 1;
+      if (!emitted.keptSuffix)
+        unflushedWrites.push({ ordinal: persistsEmitted, fromIndex: emitted.index + 1, count: 0 });
+      flushing ??= flushAll();
+    } else if (emitted.type === 'persist') {
       log.persist(emitted);
       persistsEmitted += 1;
       if (emitted.fromIndex > 0) {
@@ -391,7 +490,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
 
   /** Log writes emitted and not yet flushed, in order: where each starts and how many entries. */
   let unflushedWrites: Array<{ ordinal: number; fromIndex: number; count: number }> = [];
-  let durableLastIndex = log.persisted().entries.length;
+  let durableLastIndex = log.lastIndex();
 
   /**
    * After a flush: the longest prefix of the current log that is on disk is what the flushed
@@ -466,10 +565,54 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     send(type === 'ClientProposeResult' ? { ...base, type, seqs: ids } : { ...base, type, ids });
   };
 
+  /** Snapshot chunks received so far, one snapshot per sender (Figure 13's offset and done). */
+  type Assembly = { key: string; totalBytes: number; parts: Map<number, Uint8Array>; received: number };
+  const assemblies = new Map<NodeId, Assembly>();
+
+  /** A whole InstallSnapshot once every chunk of it arrived (in any order), else null. */
+  const assembleSnapshot = (message: InstallSnapshot): InstallSnapshot | null => {
+    const { data, chunkOffset, totalBytes } = message;
+    const counts = [
+      message.term,
+      message.lastIncludedIndex,
+      message.lastIncludedTerm,
+      chunkOffset,
+      totalBytes,
+    ];
+    if (
+      !counts.every((n) => Number.isSafeInteger(n) && n >= 0) ||
+      !(data instanceof Uint8Array) ||
+      totalBytes > MAX_SNAPSHOT_BYTES ||
+      chunkOffset + data.byteLength > totalBytes ||
+      (data.byteLength === 0 && totalBytes > 0)
+    ) {
+      metrics.malformedMessages += 1;
+      return null;
+    }
+    if (chunkOffset === 0 && data.byteLength === totalBytes) return message;
+    const key = `${message.term}/${message.lastIncludedIndex}/${message.lastIncludedTerm}/${totalBytes}`;
+    let assembly = assemblies.get(message.from);
+    if (!assembly || assembly.key !== key) {
+      assembly = { key, totalBytes, parts: new Map(), received: 0 };
+      assemblies.set(message.from, assembly);
+    }
+    if (assembly.parts.has(chunkOffset)) return null;
+    assembly.parts.set(chunkOffset, data);
+    assembly.received += data.byteLength;
+    if (assembly.received < totalBytes) return null;
+    assemblies.delete(message.from);
+    const whole = new Uint8Array(totalBytes);
+    for (const [at, part] of assembly.parts) whole.set(part, at);
+    return { ...message, data: whole, chunkOffset: 0 };
+  };
+
   const deliver = (message: TransportMessage): void => {
     if (stopped || !actor) return;
     peers.get(message.from)?.received();
-    if (RAFT_TYPES.has(message.type)) {
+    if (message.type === 'InstallSnapshot') {
+      const whole = assembleSnapshot(message as unknown as InstallSnapshot);
+      if (whole) actor.send({ type: 'message', message: whole });
+    } else if (RAFT_TYPES.has(message.type)) {
       actor.send({ type: 'message', message: message as unknown as RaftMessage });
     } else {
       receiveClientMessage(message as unknown as ClientMessage);
@@ -488,6 +631,9 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       }
     }
     const persisted = log.persisted();
+    if (persisted.snapshot) store.restore(persisted.snapshot.data);
+    compactedTo = persisted.snapshot?.index ?? 0;
+    durableLastIndex = log.lastIndex();
     // Synchronous when the transport connects synchronously (in-process and simulated ones).
     const connected = options.transport.connect(options.id, deliver);
     try {
@@ -508,6 +654,9 @@ export const createRaftNode = (options: RaftNodeOptions) => {
         heartbeatMs: options.heartbeatMs,
         seed: options.seed,
         hardState: persisted.hardState,
+        ...(persisted.snapshot
+          ? { snapshot: { index: persisted.snapshot.index, term: persisted.snapshot.term } }
+          : {}),
         entries: persisted.entries,
         durable: log.durable === true,
         ...(options.maxInflight ? { maxInflight: options.maxInflight } : {}),
@@ -559,6 +708,8 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     status,
     get: store.get,
     has: store.has,
+    /** The store's snapshot at its applied index (tests and tools). */
+    storeSnapshot: store.snapshot,
     /** The log actor (the one `openLog` opened, once started). */
     log: (): LogActor => log,
     /** The machine's snapshot, for tests and tools (read-only). */

@@ -405,6 +405,15 @@ export const createRequests = (deps: RequestsDeps) => {
     confirmedReads = pending;
   };
 
+  /**
+   * The store took a snapshot's state (InstallSnapshot): writes it covers are done (their applies
+   * happened elsewhere), and accepted writes it passed without applying go again.
+   */
+  const afterRestore = (wasApplied: (seq: number) => boolean): void => {
+    for (const call of [...writes.values()]) if (wasApplied(call.seq)) call.finish();
+    afterApply();
+  };
+
   /** A new leader (or none): everything not yet applied goes again; the store drops duplicates. */
   const leaderChanged = (): void => {
     for (const call of writes.values()) if (call.phase !== 'waiting') retry(call);
@@ -433,6 +442,7 @@ export const createRequests = (deps: RequestsDeps) => {
     onReadResult,
     applied,
     afterApply,
+    afterRestore,
     leaderChanged,
     stop,
     pending: () => ({ writes: writes.size, reads: reads.size }),

@@ -12,7 +12,8 @@
  * sync fails this flush and every later one (fail-stop: the file's state is unknown).
  */
 import { openWal, type WalOpenInfo, type WalRecord, type WalStats, walError } from '../io/wal.js';
-import { createMemoryLog, type PersistedState, type PersistOutput } from './log.js';
+import { createMemoryLog, type InstallOutput, type PersistedState, type PersistOutput } from './log.js';
+import type { StoreSnapshot } from './store.js';
 
 export type WalLogStats = WalStats & {
   /** Persist outputs recorded but not yet handed to a flush. */
@@ -34,6 +35,25 @@ export const createWalLog = async (dir: string) => {
     mirror.persist(output);
     pending.push(output);
   };
+
+  /** An installed snapshot is a record of its own: the log restarts after it. */
+  const installSnapshot = (output: InstallOutput): void => {
+    if (closed) throw walError('WAL_CLOSED', `installSnapshot after close of ${wal.path}`);
+    mirror.installSnapshot(output);
+    const { index, term, data, keptSuffix } = output;
+    pending.push({
+      hardState: null,
+      fromIndex: -1,
+      entries: [],
+      snapshot: { index, term, data, keptSuffix },
+    });
+  };
+
+  /**
+   * The server's own compaction: the mirror forgets the entries, the file keeps them (a restart
+   * replays them and applies them again). Writing the snapshot and cutting the file is to come.
+   */
+  const compact = (index: number, take: () => StoreSnapshot): void => mirror.compact(index, take);
 
   /** Hands what is queued now to the WAL as one group. */
   const writeGroup = (): Promise<void> => {
@@ -79,6 +99,8 @@ export const createWalLog = async (dir: string) => {
 
   return {
     persist,
+    installSnapshot,
+    compact,
     persisted: (): PersistedState => mirror.persisted(),
     writes: mirror.writes,
     lastIndex: mirror.lastIndex,

@@ -11,12 +11,15 @@
  *     so a damaged length is caught as well as a damaged body;
  *   - `body` is one persist output of the raft machine, as a msgpack map
  *       { hardState: { term, votedFor } | null, fromIndex, entries: [{ term, kind, data }] }
- *     (`kind` is 'noop' or 'command', `data` a msgpack bin or nil).
+ *     (`kind` is 'noop' or 'command', `data` a msgpack bin or nil), plus, for an installed
+ *     snapshot (InstallSnapshot, §7), `snapshot: { index, term, data, keptSuffix }`.
  *
  * Replay applies the records in file order, exactly like the memory log applies persist outputs:
  * a non-null `hardState` replaces the hard state; `fromIndex` >= 1 cuts the log to
  * `fromIndex - 1` entries and appends `entries` there (so a follower's conflicting suffix that a
- * leader overwrote is replaced); `fromIndex` -1 (or 0) is a hard-state-only record.
+ * leader overwrote is replaced); `fromIndex` -1 (or 0) is a hard-state-only record. A snapshot
+ * record makes the log start after `snapshot.index` (keeping the entries after it when
+ * `keptSuffix`, dropping all otherwise); later indexes count from there.
  *
  * Recovery: a crash can leave a torn last record (partial header or body), and a bad disk a
  * damaged one. Replay stops at the first record that is incomplete, has a zero length or a length
@@ -31,7 +34,7 @@
  * makes it durable with one `fdatasync`; it resolves once the group is on disk. Appends run one
  * at a time, in call order (never two writes in flight). After a failed write or sync the file's
  * state is unknown, so the handle fails every later append with that error (fail-stop). The file
- * grows without bound: there are no snapshots or compaction yet.
+ * grows without bound: a server's own compactions shrink its memory, not this file (yet).
  *
  * The file's directory is fsynced when the file is created, so the file itself survives a crash.
  */
@@ -43,6 +46,9 @@ import { Decoder, Encoder } from '@msgpack/msgpack';
 import type { Entry } from '../machines/messages.js';
 import type { HardState } from '../machines/raft.types.js';
 
+/** A snapshot a follower installed: the state machine at `index` (whose entry had `term`). */
+export type WalSnapshot = { index: number; term: number; data: Uint8Array };
+
 export const WAL_FILE_NAME = 'raft.wal';
 /** length + crc */
 export const WAL_RECORD_HEADER_BYTES = 8;
@@ -52,10 +58,14 @@ export type WalRecord = {
   readonly hardState: HardState | null;
   readonly fromIndex: number;
   readonly entries: readonly Entry[];
+  readonly snapshot?: (WalSnapshot & { keptSuffix: boolean }) | null;
 };
 
-/** What replaying the file gives: the hard state and the log, as the server last persisted them. */
-export type WalState = { hardState: HardState; entries: Entry[] };
+/**
+ * What replaying the file gives: the hard state, the last installed snapshot and the log after
+ * it, as the server last persisted them.
+ */
+export type WalState = { hardState: HardState; snapshot: WalSnapshot | null; entries: Entry[] };
 
 export type WalCutReason = 'torn' | 'bad-length' | 'bad-crc';
 
@@ -119,6 +129,7 @@ export const encodeRecord = (record: WalRecord): Uint8Array => {
     hardState: record.hardState,
     fromIndex: record.fromIndex,
     entries: record.entries.map((entry) => ({ term: entry.term, kind: entry.kind, data: entry.data })),
+    ...(record.snapshot ? { snapshot: record.snapshot } : {}),
   });
   const framed = new Uint8Array(WAL_RECORD_HEADER_BYTES + body.length);
   const view = new DataView(framed.buffer);
@@ -189,7 +200,10 @@ const decodeBody = (decoder: Decoder, body: Uint8Array): WalRecord | string => {
     };
   }
   if (fromIndex < 1 && decoded.length > 0) return 'entries without a fromIndex';
+  const snapshot = decodeSnapshot(value.snapshot);
+  if (typeof snapshot === 'string') return snapshot;
   return {
+    snapshot,
     hardState:
       hardState === null
         ? null
@@ -199,7 +213,16 @@ const decodeBody = (decoder: Decoder, body: Uint8Array): WalRecord | string => {
   };
 };
 
-/** Applies one record to a replayed state, as the memory log applies a persist output. */
+const decodeSnapshot = (value: unknown): WalRecord['snapshot'] | string => {
+  if (value === undefined || value === null) return null;
+  if (!isRecordObject(value)) return 'bad snapshot';
+  const { index, term, data, keptSuffix } = value;
+  if (!isNonNegativeInteger(index) || index < 1 || !isNonNegativeInteger(term)) return 'bad snapshot index';
+  if (!(data instanceof Uint8Array) || typeof keptSuffix !== 'boolean') return 'bad snapshot data';
+  return { index, term, data: new Uint8Array(data), keptSuffix };
+};
+
+/** Applies one record to a replayed state, as the memory log applies a persist or an install. */
 export const applyRecord = (state: WalState, record: WalRecord): string | null => {
   if (record.hardState) {
     if (record.hardState.term < state.hardState.term) {
@@ -207,11 +230,25 @@ export const applyRecord = (state: WalState, record: WalRecord): string | null =
     }
     state.hardState = record.hardState;
   }
-  if (record.fromIndex > 0) {
-    if (record.fromIndex > state.entries.length + 1) {
-      return `fromIndex ${record.fromIndex} leaves a gap after ${state.entries.length} entries`;
+  const offset = state.snapshot?.index ?? 0;
+  if (record.snapshot) {
+    const { index, term, data, keptSuffix } = record.snapshot;
+    if (index <= offset) return `snapshot at ${index} is not past the last one at ${offset}`;
+    if (keptSuffix) {
+      if (index > offset + state.entries.length) return `snapshot at ${index} keeps a suffix it lacks`;
+      state.entries.splice(0, index - offset);
+    } else {
+      state.entries.length = 0;
     }
-    state.entries.length = record.fromIndex - 1;
+    state.snapshot = { index, term, data };
+    return null;
+  }
+  if (record.fromIndex > 0) {
+    if (record.fromIndex > offset + state.entries.length + 1) {
+      return `fromIndex ${record.fromIndex} leaves a gap after ${offset + state.entries.length} entries`;
+    }
+    if (record.fromIndex <= offset) return `fromIndex ${record.fromIndex} is inside the snapshot (${offset})`;
+    state.entries.length = record.fromIndex - 1 - offset;
     for (const entry of record.entries) state.entries.push(entry);
   }
   return null;
@@ -247,7 +284,7 @@ const countFrames = (bytes: Uint8Array, view: DataView, offset: number): number 
 export const scanWal = (bytes: Uint8Array): WalScan => {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const decoder = new Decoder();
-  const state: WalState = { hardState: { term: 0, votedFor: null }, entries: [] };
+  const state: WalState = { hardState: { term: 0, votedFor: null }, snapshot: null, entries: [] };
   let offset = 0;
   let records = 0;
   let cutReason: WalCutReason | null = null;

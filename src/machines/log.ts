@@ -1,36 +1,65 @@
 /**
- * The in-memory Raft log (Raft paper §5.3). Indexes start at 1; index 0 is the empty prefix with
- * term 0. The log is owned by the raft machine and changed in place, once per batch, by the
- * functions here: a caller must never keep a reference to `entries` across events.
+ * The in-memory Raft log (Raft paper §5.3) with a compacted prefix (§7). Indexes start at 1.
+ * Entries at or below `offset` were compacted into a snapshot: only the term of the last of them
+ * (`offsetTerm`) is kept, so the consistency check still works at the snapshot point. Index 0 is
+ * the empty prefix with term 0 (offset 0, offsetTerm 0 for a log that never compacted).
+ *
+ * The log is owned by the raft machine and changed in place, once per batch, by the functions
+ * here: a caller must never keep a reference to `entries` across events. `entries[i]` is the
+ * entry at index `offset + 1 + i`.
  */
 import { assert } from './assert.js';
 import type { Entry } from './messages.js';
 
-export type RaftLog = { entries: Entry[] };
+export type RaftLog = { entries: Entry[]; offset: number; offsetTerm: number };
 
-export const createLog = (entries: readonly Entry[] = []): RaftLog => ({ entries: [...entries] });
+export const createLog = (entries: readonly Entry[] = [], offset = 0, offsetTerm = 0): RaftLog => {
+  assert(offset >= 0 && (offset > 0 || offsetTerm === 0), `bad log offset ${offset}/${offsetTerm}`);
+  return { entries: [...entries], offset, offsetTerm };
+};
 
-export const lastIndex = (log: RaftLog): number => log.entries.length;
+export const lastIndex = (log: RaftLog): number => log.offset + log.entries.length;
 
-/** Term of the entry at `index`; 0 for index 0; undefined past the end. */
+/** The first index whose entry is still held (lastIndex + 1 when none is). */
+export const firstIndex = (log: RaftLog): number => log.offset + 1;
+
+/** Whether the entry at `index` was compacted away (its term is no longer known). */
+export const isCompacted = (log: RaftLog, index: number): boolean => index < log.offset;
+
+/** Term of the entry at `index`; 0 for index 0; undefined past the end or below the snapshot point. */
 export const termAt = (log: RaftLog, index: number): number | undefined => {
-  if (index === 0) return 0;
-  if (index < 0 || index > log.entries.length) return undefined;
-  return log.entries[index - 1]!.term;
+  if (index === log.offset) return log.offsetTerm;
+  if (index < log.offset || index > lastIndex(log)) return undefined;
+  return log.entries[index - log.offset - 1]!.term;
 };
 
 export const lastTerm = (log: RaftLog): number => termAt(log, lastIndex(log)) ?? 0;
 
-/** Entries in [fromIndex, toIndex], inclusive, clamped to the log. */
+/** The entry at `index` (which must be held). */
+export const entryAt = (log: RaftLog, index: number): Entry => {
+  assert(index > log.offset && index <= lastIndex(log), `no entry held at ${index}`);
+  return log.entries[index - log.offset - 1]!;
+};
+
+/** Entries in [fromIndex, toIndex], inclusive, clamped to the end of the log. */
 export const slice = (log: RaftLog, fromIndex: number, toIndex: number): Entry[] => {
-  assert(fromIndex >= 1, `slice from ${fromIndex}`);
-  return log.entries.slice(fromIndex - 1, Math.min(toIndex, log.entries.length));
+  assert(fromIndex > log.offset, `slice from ${fromIndex}, compacted up to ${log.offset}`);
+  return log.entries.slice(
+    fromIndex - log.offset - 1,
+    Math.max(0, Math.min(toIndex, lastIndex(log)) - log.offset),
+  );
 };
 
 /** A leader appends new entries at the end (Leader Append-Only, Figure 3). */
 export const append = (log: RaftLog, entries: readonly Entry[]): number => {
   for (const entry of entries) log.entries.push(entry);
-  return log.entries.length;
+  return lastIndex(log);
+};
+
+/** Cuts the log after `index` (index ≥ offset): the entries from index + 1 on are gone. */
+const truncateAfter = (log: RaftLog, index: number): void => {
+  assert(index >= log.offset, `truncate into the snapshot: ${index} < ${log.offset}`);
+  log.entries.length = index - log.offset;
 };
 
 /**
@@ -53,6 +82,7 @@ export const matchesAt = (log: RaftLog, index: number, term: number): boolean =>
  * append any new entries not already in the log. Entries already present with the same term are
  * kept (a stale or duplicated AppendEntries must never truncate). Returns the index of the first
  * entry that was written or -1 when nothing changed, and the last index the request covers.
+ * `prevLogIndex` must be at or above the snapshot point (the caller trims what lies below it).
  */
 export const mergeEntries = (
   log: RaftLog,
@@ -60,13 +90,14 @@ export const mergeEntries = (
   entries: readonly Entry[],
 ): { firstWrittenIndex: number; lastNewIndex: number } => {
   assert(prevLogIndex <= lastIndex(log), `merge after a gap: prev ${prevLogIndex} > last ${lastIndex(log)}`);
+  assert(prevLogIndex >= log.offset, `merge below the snapshot point: ${prevLogIndex} < ${log.offset}`);
   let offset = 0;
   while (offset < entries.length) {
     const index = prevLogIndex + 1 + offset;
     const existing = termAt(log, index);
     if (existing === undefined) break;
     if (existing !== entries[offset]!.term) {
-      log.entries.length = index - 1;
+      truncateAfter(log, index - 1);
       break;
     }
     offset += 1;
@@ -78,8 +109,8 @@ export const mergeEntries = (
 
 /**
  * The conflict hint a follower returns when the consistency check fails at `prevLogIndex`: the
- * term of its entry there and the first index of that term, or (0, lastIndex + 1) when its log
- * is too short. This is the "fast backup" optimisation of §5.3.
+ * term of its entry there and the first index of that term (never below the snapshot point), or
+ * (0, lastIndex + 1) when its log is too short. This is the "fast backup" optimisation of §5.3.
  */
 export const conflictHint = (
   log: RaftLog,
@@ -88,16 +119,44 @@ export const conflictHint = (
   const term = termAt(log, prevLogIndex);
   if (term === undefined) return { conflictTerm: 0, conflictIndex: lastIndex(log) + 1 };
   let index = prevLogIndex;
-  while (index > 1 && log.entries[index - 2]!.term === term) index -= 1;
+  while (index > log.offset + 1 && termAt(log, index - 1) === term) index -= 1;
   return { conflictTerm: term, conflictIndex: index };
 };
 
-/** The last index holding an entry of `term`, or 0 when the log has none. */
+/** The last index holding an entry of `term` (the snapshot point counts), or 0 when none is known. */
 export const lastIndexOfTerm = (log: RaftLog, term: number): number => {
-  for (let index = lastIndex(log); index >= 1; index -= 1) {
-    const entryTerm = log.entries[index - 1]!.term;
+  for (let index = lastIndex(log); index >= log.offset; index -= 1) {
+    const entryTerm = termAt(log, index)!;
     if (entryTerm === term) return index;
     if (entryTerm < term) return 0;
   }
   return 0;
+};
+
+/**
+ * Log compaction (§7): forgets the entries up to `index` (which the state machine has applied and
+ * a snapshot covers), keeping the term at `index` for the consistency check.
+ */
+export const compactTo = (log: RaftLog, index: number): void => {
+  assert(index <= lastIndex(log), `compact past the end: ${index} > ${lastIndex(log)}`);
+  if (index <= log.offset) return;
+  log.offsetTerm = termAt(log, index)!;
+  log.entries.splice(0, index - log.offset);
+  log.offset = index;
+};
+
+/**
+ * InstallSnapshot receiver rules 6 and 7 (Figure 13): if the log holds the snapshot's last entry
+ * (same index and term), keep the entries that follow it; otherwise discard the whole log. Returns
+ * whether the suffix was kept.
+ */
+export const restoreTo = (log: RaftLog, index: number, term: number): boolean => {
+  if (index >= log.offset && termAt(log, index) === term) {
+    compactTo(log, index);
+    return true;
+  }
+  log.entries.length = 0;
+  log.offset = index;
+  log.offsetTerm = term;
+  return false;
 };

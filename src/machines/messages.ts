@@ -94,13 +94,44 @@ export type HeartbeatResponse = {
   seq: number;
 };
 
+/**
+ * InstallSnapshot RPC (Figure 13, dissertation §5): the leader sends its state machine's snapshot
+ * to a follower that needs entries the leader has compacted. The raft machine sends it with
+ * `data: null` and the snapshot point of its log; the node replaces the point and the data with
+ * the store's snapshot when it sends (a later snapshot is as good: it covers only committed
+ * entries). Large snapshots cross the network in chunks (`chunkOffset`, `totalBytes`, Figure 13's
+ * offset and done); the machine only ever sees whole ones.
+ */
+export type InstallSnapshot = {
+  type: 'InstallSnapshot';
+  from: NodeId;
+  to: NodeId;
+  term: number;
+  lastIncludedIndex: number;
+  lastIncludedTerm: number;
+  data: Uint8Array | null;
+  chunkOffset: number;
+  totalBytes: number;
+};
+
+/** Reply to InstallSnapshot: the follower's log now matches the leader's up to `matchIndex`. */
+export type InstallSnapshotResponse = {
+  type: 'InstallSnapshotResponse';
+  from: NodeId;
+  to: NodeId;
+  term: number;
+  matchIndex: number;
+};
+
 export type RaftMessage =
   | RequestVote
   | RequestVoteResponse
   | AppendEntries
   | AppendEntriesResponse
   | Heartbeat
-  | HeartbeatResponse;
+  | HeartbeatResponse
+  | InstallSnapshot
+  | InstallSnapshotResponse;
 
 export type RaftMessageType = RaftMessage['type'];
 
@@ -111,8 +142,13 @@ export const RAFT_MESSAGE_TYPES: readonly RaftMessageType[] = [
   'AppendEntriesResponse',
   'Heartbeat',
   'HeartbeatResponse',
+  'InstallSnapshot',
+  'InstallSnapshotResponse',
 ];
 
 /** Messages that ask for a reply (the lab suites count these as RPCs). */
 export const isRequest = (message: RaftMessage): boolean =>
-  message.type === 'RequestVote' || message.type === 'AppendEntries' || message.type === 'Heartbeat';
+  message.type === 'RequestVote' ||
+  message.type === 'AppendEntries' ||
+  message.type === 'Heartbeat' ||
+  message.type === 'InstallSnapshot';

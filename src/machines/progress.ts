@@ -7,12 +7,18 @@
  * - `replicate`: the follower's log is known to match up to `matchIndex`. The leader streams
  *   AppendEntries optimistically (nextIndex moves ahead at send time) with at most
  *   `maxInflight` requests unanswered: the pipeline.
+ * - `snapshot`: the follower needs entries the leader has compacted (§7). One InstallSnapshot is
+ *   out; nothing else goes until it is answered, or until `SNAPSHOT_RETRY_HEARTBEATS` heartbeat
+ *   answers arrived without its answer (it was lost), when the leader probes (and so resends).
  *
  * Progress objects are owned by the raft machine and changed in place, once per message.
  */
 import { assert } from './assert.js';
 
-export type ProgressState = 'probe' | 'replicate';
+export type ProgressState = 'probe' | 'replicate' | 'snapshot';
+
+/** Heartbeat answers a leader waits for the answer to an InstallSnapshot before it sends another. */
+export const SNAPSHOT_RETRY_HEARTBEATS = 20;
 
 export type Progress = {
   state: ProgressState;
@@ -24,6 +30,8 @@ export type Progress = {
   inflight: number[];
   /** Heard from since the last CheckQuorum round. */
   recentActive: boolean;
+  /** snapshot: heartbeat answers since the InstallSnapshot went out. */
+  snapshotWaitedHeartbeats: number;
 };
 
 export const createProgress = (leaderLastIndex: number): Progress => ({
@@ -33,10 +41,37 @@ export const createProgress = (leaderLastIndex: number): Progress => ({
   probeSent: false,
   inflight: [],
   recentActive: true,
+  snapshotWaitedHeartbeats: 0,
 });
 
-export const isPaused = (progress: Progress, maxInflight: number): boolean =>
-  progress.state === 'probe' ? progress.probeSent : progress.inflight.length >= maxInflight;
+export const isPaused = (progress: Progress, maxInflight: number): boolean => {
+  if (progress.state === 'snapshot') return true;
+  return progress.state === 'probe' ? progress.probeSent : progress.inflight.length >= maxInflight;
+};
+
+/** An InstallSnapshot went out: replication waits for its answer. */
+export const onSnapshotSent = (progress: Progress): void => {
+  progress.state = 'snapshot';
+  progress.inflight = [];
+  progress.probeSent = false;
+  progress.snapshotWaitedHeartbeats = 0;
+};
+
+/**
+ * The follower installed a snapshot (or already had one) up to `matchIndex`: its log matches up
+ * to there, and the leader probes from the next index. Returns whether matchIndex advanced.
+ */
+export const onSnapshotAnswered = (progress: Progress, matchIndex: number): boolean => {
+  const advanced = matchIndex > progress.matchIndex;
+  if (advanced) progress.matchIndex = matchIndex;
+  if (progress.state === 'snapshot') {
+    progress.state = 'probe';
+    progress.probeSent = false;
+    progress.nextIndex = progress.matchIndex + 1;
+  }
+  progress.nextIndex = Math.max(progress.nextIndex, progress.matchIndex + 1);
+  return advanced;
+};
 
 /** Records that an AppendEntries carrying entries up to `lastSentIndex` went out. */
 export const onAppendSent = (progress: Progress, lastSentIndex: number): void => {
@@ -56,6 +91,8 @@ export const onAppendAccepted = (progress: Progress, matchIndex: number): boolea
   const advanced = matchIndex > progress.matchIndex;
   if (advanced) progress.matchIndex = matchIndex;
   progress.nextIndex = Math.max(progress.nextIndex, matchIndex + 1);
+  // A late answer to an AppendEntries sent before the snapshot: the snapshot's answer decides.
+  if (progress.state === 'snapshot') return advanced;
   progress.probeSent = false;
   if (progress.state === 'probe') {
     progress.state = 'replicate';
@@ -81,6 +118,7 @@ const freeInflightUpTo = (progress: Progress, index: number): void => {
  */
 export const onAppendRejected = (progress: Progress, rejectedIndex: number, hintIndex: number): boolean => {
   if (rejectedIndex <= progress.matchIndex) return false;
+  if (progress.state === 'snapshot') return false;
   if (progress.state === 'probe' && rejectedIndex !== progress.nextIndex - 1) return false;
   progress.state = 'probe';
   progress.inflight = [];
@@ -97,4 +135,8 @@ export const onHeartbeatAnswered = (progress: Progress, maxInflight: number): vo
   progress.recentActive = true;
   progress.probeSent = false;
   if (progress.state === 'replicate' && progress.inflight.length >= maxInflight) progress.inflight.shift();
+  if (progress.state === 'snapshot') {
+    progress.snapshotWaitedHeartbeats += 1;
+    if (progress.snapshotWaitedHeartbeats >= SNAPSHOT_RETRY_HEARTBEATS) progress.state = 'probe';
+  }
 };

@@ -92,6 +92,15 @@ export const raftMachine = setup({
     heartbeatFromLeader: rule((context, event) =>
       rules.heartbeatFromLeader(context, messageOf(event, 'Heartbeat')),
     ),
+    installSnapshot: rule((context, event) =>
+      rules.installSnapshot(context, messageOf(event, 'InstallSnapshot')),
+    ),
+    handleSnapshotResponse: rule((context, event) =>
+      rules.handleSnapshotResponse(context, messageOf(event, 'InstallSnapshotResponse')),
+    ),
+    compactLog: rule((context, event) =>
+      event.type === 'compact' ? rules.compactLog(context, event.index) : {},
+    ),
     becomeLeader: rule((context) => rules.becomeLeader(context)),
     abandonLeadership: rule((context) => rules.abandonLeadership(context)),
     appendProposals: rule((context, event) =>
@@ -146,6 +155,7 @@ export const raftMachine = setup({
     propose: { actions: 'rejectProposals' },
     readIndex: { actions: 'rejectReads' },
     persisted: { actions: 'recordPersisted' },
+    compact: { actions: 'compactLog' },
   },
   states: {
     follower: {
@@ -157,6 +167,7 @@ export const raftMachine = setup({
         electionTimeout: { target: 'candidate' },
         AppendEntries: { target: '.listening', reenter: true, actions: 'appendFromLeader' },
         Heartbeat: { target: '.listening', reenter: true, actions: 'heartbeatFromLeader' },
+        InstallSnapshot: { target: '.listening', reenter: true, actions: 'installSnapshot' },
       },
     },
     candidate: {
@@ -165,6 +176,7 @@ export const raftMachine = setup({
         // §5.2: a candidate that hears from the leader of its term returns to follower.
         AppendEntries: { target: 'follower', actions: 'appendFromLeader' },
         Heartbeat: { target: 'follower', actions: 'heartbeatFromLeader' },
+        InstallSnapshot: { target: 'follower', actions: 'installSnapshot' },
       },
       states: {
         preVote: {
@@ -200,7 +212,9 @@ export const raftMachine = setup({
       on: {
         AppendEntries: { actions: 'assertOneLeaderPerTerm' },
         Heartbeat: { actions: 'assertOneLeaderPerTerm' },
+        InstallSnapshot: { actions: 'assertOneLeaderPerTerm' },
         AppendEntriesResponse: { actions: 'handleAppendResponse' },
+        InstallSnapshotResponse: { actions: 'handleSnapshotResponse' },
         HeartbeatResponse: { actions: 'handleHeartbeatResponse' },
         propose: { actions: 'appendProposals' },
         readIndex: { actions: 'startReadRound' },

@@ -8,13 +8,16 @@ import { assert } from './assert.js';
 import { commitIndexByQuorum } from './commit.js';
 import {
   append,
+  compactTo,
   conflictHint,
+  createLog,
   isUpToDate,
   lastIndex,
   lastIndexOfTerm,
   lastTerm,
   matchesAt,
   mergeEntries,
+  restoreTo,
   slice,
   termAt,
 } from './log.js';
@@ -24,6 +27,8 @@ import type {
   Entry,
   Heartbeat,
   HeartbeatResponse,
+  InstallSnapshot,
+  InstallSnapshotResponse,
   NodeId,
   RaftMessage,
   RequestVote,
@@ -36,6 +41,8 @@ import {
   onAppendRejected,
   onAppendSent,
   onHeartbeatAnswered,
+  onSnapshotAnswered,
+  onSnapshotSent,
 } from './progress.js';
 import { isMajority } from './quorum.js';
 import type { HardState, Outcome, RaftContext, RaftEmitted, RaftInput, ReadRound } from './raft.types.js';
@@ -75,9 +82,10 @@ export const initialContext = (input: RaftInput): RaftContext => {
     durable: input.durable === true,
     currentTerm: input.hardState?.term ?? 0,
     votedFor: input.hardState?.votedFor ?? null,
-    log: { entries: [...(input.entries ?? [])] },
-    commitIndex: 0,
-    persistedIndex: input.entries?.length ?? 0,
+    log: createLog(input.entries, input.snapshot?.index ?? 0, input.snapshot?.term ?? 0),
+    // What a snapshot holds was committed (§7); the rest of the commit index is learned again.
+    commitIndex: input.snapshot?.index ?? 0,
+    persistedIndex: (input.snapshot?.index ?? 0) + (input.entries?.length ?? 0),
     leaderId: null,
     rng: input.seed | 0,
     randomizedElectionTimeoutMs: input.electionTimeoutMs,
@@ -96,7 +104,8 @@ export const initialContext = (input: RaftInput): RaftContext => {
 /** "If RPC request or response contains term T > currentTerm: set currentTerm = T, convert to follower" (§5.1). */
 export const adoptHigherTerm = (context: RaftContext, message: RaftMessage): Outcome => {
   assert(message.term > context.currentTerm, 'adoptHigherTerm needs a higher term');
-  const fromLeader = message.type === 'AppendEntries' || message.type === 'Heartbeat';
+  const fromLeader =
+    message.type === 'AppendEntries' || message.type === 'Heartbeat' || message.type === 'InstallSnapshot';
   return {
     patch: {
       currentTerm: message.term,
@@ -121,6 +130,8 @@ export const answerStaleMessage = (context: RaftContext, message: RaftMessage): 
       return { send: [rejectAppend(context, message, base.term)] };
     case 'Heartbeat':
       return { send: [{ ...base, type: 'HeartbeatResponse', seq: message.seq }] };
+    case 'InstallSnapshot':
+      return { send: [{ ...base, type: 'InstallSnapshotResponse', matchIndex: 0 }] };
     default:
       return {};
   }
@@ -205,6 +216,22 @@ const rejectAppend = (context: RaftContext, request: AppendEntries, term: number
   };
 };
 
+const acceptAppend = (
+  context: RaftContext,
+  request: AppendEntries,
+  matchIndex: number,
+): AppendEntriesResponse => ({
+  type: 'AppendEntriesResponse',
+  from: context.id,
+  to: request.from,
+  term: context.currentTerm,
+  success: true,
+  matchIndex,
+  rejectedIndex: 0,
+  conflictIndex: 0,
+  conflictTerm: 0,
+});
+
 const commitOutcome = (context: RaftContext, newCommitIndex: number): Outcome => {
   if (newCommitIndex <= context.commitIndex) return {};
   assert(newCommitIndex <= lastIndex(context.log), 'commitIndex beyond the log');
@@ -226,9 +253,14 @@ const commitOutcome = (context: RaftContext, newCommitIndex: number): Outcome =>
  * new entries (4); if leaderCommit > commitIndex, set commitIndex = min(leaderCommit, index of
  * last new entry) (5). The term check (1) happened when the message was routed.
  */
-export const appendFromLeader = (context: RaftContext, request: AppendEntries): Outcome => {
-  assert(request.term === context.currentTerm, 'appendFromLeader at another term');
-  const leaderPatch = { leaderId: request.from };
+export const appendFromLeader = (context: RaftContext, original: AppendEntries): Outcome => {
+  assert(original.term === context.currentTerm, 'appendFromLeader at another term');
+  const leaderPatch = { leaderId: original.from };
+  const request = trimToSnapshotPoint(context, original);
+  if (request === null) {
+    const lastCovered = original.prevLogIndex + original.entries.length;
+    return { patch: leaderPatch, send: [acceptAppend(context, original, lastCovered)] };
+  }
   if (!matchesAt(context.log, request.prevLogIndex, request.prevLogTerm)) {
     assert(request.prevLogIndex > context.commitIndex, 'a leader disagrees with a committed entry');
     return { patch: leaderPatch, send: [rejectAppend(context, request, context.currentTerm)] };
@@ -255,21 +287,33 @@ export const appendFromLeader = (context: RaftContext, request: AppendEntries): 
     firstWrittenIndex === -1
       ? context.persistedIndex
       : Math.min(context.persistedIndex, firstWrittenIndex - 1);
-  const response: AppendEntriesResponse = {
-    type: 'AppendEntriesResponse',
-    from: context.id,
-    to: request.from,
-    term: context.currentTerm,
-    success: true,
-    matchIndex: lastNewIndex,
-    rejectedIndex: 0,
-    conflictIndex: 0,
-    conflictTerm: 0,
-  };
   return {
     patch: { ...leaderPatch, persistedIndex, ...commit.patch },
-    send: [response],
+    send: [acceptAppend(context, request, lastNewIndex)],
     emitted: [...emitted, ...(commit.emitted ?? [])],
+  };
+};
+
+/**
+ * An AppendEntries that starts below our snapshot point: the entries up to that point are
+ * committed (a snapshot holds only committed entries), so the leader's copies of them are ours
+ * (Log Matching, Leader Completeness). Drop them and check consistency at the snapshot point.
+ */
+const trimToSnapshotPoint = (context: RaftContext, request: AppendEntries): AppendEntries | null => {
+  const { offset, offsetTerm } = context.log;
+  if (request.prevLogIndex >= offset) return request;
+  const skipped = offset - request.prevLogIndex;
+  // Everything it carries is already in our snapshot.
+  if (skipped > request.entries.length) return null;
+  assert(
+    skipped === 0 || request.entries[skipped - 1]!.term === offsetTerm,
+    `the leader's entry at the snapshot point ${offset} has another term`,
+  );
+  return {
+    ...request,
+    prevLogIndex: offset,
+    prevLogTerm: offsetTerm,
+    entries: request.entries.slice(skipped),
   };
 };
 
@@ -288,6 +332,49 @@ export const heartbeatFromLeader = (context: RaftContext, heartbeat: Heartbeat):
     send: [response],
     emitted: commit.emitted ?? [],
   };
+};
+
+/**
+ * InstallSnapshot receiver (Figure 13; the term check, rule 1, happened when it was routed). A
+ * snapshot at or below our commit index tells nothing new: we already match the leader up to our
+ * commit index. Otherwise the log is restored to the snapshot point (rules 6 and 7: the entries
+ * after it are kept when the log holds the snapshot's last entry), everything up to it counts as
+ * committed, and the store is reset from the snapshot (rule 8). The answer goes after the snapshot
+ * is durable, like any answer (ARCHITECTURE.md rule 4).
+ */
+export const installSnapshot = (context: RaftContext, request: InstallSnapshot): Outcome => {
+  assert(request.term === context.currentTerm, 'installSnapshot at another term');
+  const answer = (matchIndex: number): InstallSnapshotResponse => ({
+    type: 'InstallSnapshotResponse',
+    from: context.id,
+    to: request.from,
+    term: context.currentTerm,
+    matchIndex,
+  });
+  const leaderPatch = { leaderId: request.from };
+  const { lastIncludedIndex: index, lastIncludedTerm: term, data } = request;
+  if (index <= context.commitIndex) return { patch: leaderPatch, send: [answer(context.commitIndex)] };
+  assert(data !== null && term > 0, `an InstallSnapshot at ${index} without data or term`);
+  const keptSuffix = restoreTo(context.log, index, term);
+  return {
+    patch: {
+      ...leaderPatch,
+      commitIndex: index,
+      persistedIndex: keptSuffix ? context.persistedIndex : Math.min(context.persistedIndex, index),
+    },
+    send: [answer(index)],
+    emitted: [{ type: 'installSnapshot', index, term, data, keptSuffix }],
+  };
+};
+
+/**
+ * The node took a snapshot of the state machine covering at least `index`, so the log may forget
+ * the entries up to there (§7). Only applied (hence committed) entries are ever compacted.
+ */
+export const compactLog = (context: RaftContext, index: number): Outcome => {
+  assert(index <= context.commitIndex, `compact ${index} beyond the commit index ${context.commitIndex}`);
+  compactTo(context.log, index);
+  return {};
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -361,14 +448,20 @@ const progressOf = (context: RaftContext, peer: NodeId) => {
  * etcd's flow control). With `evenIfEmpty`, one empty AppendEntries goes out when there is nothing
  * new, to carry the commit index or to find where a follower's log ends.
  */
-const appendsFor = (context: RaftContext, peer: NodeId, evenIfEmpty: boolean): AppendEntries[] => {
+const appendsFor = (context: RaftContext, peer: NodeId, evenIfEmpty: boolean): RaftMessage[] => {
   const progress = progressOf(context, peer);
-  const messages: AppendEntries[] = [];
+  const messages: RaftMessage[] = [];
   const last = lastIndex(context.log);
   // Bounded: each pass sends at least one entry or stops, and the window caps the passes.
   for (let pass = 0; pass <= context.maxInflight; pass += 1) {
     if (isPaused(progress, context.maxInflight)) break;
     const next = progress.nextIndex;
+    if (next <= context.log.offset) {
+      // The entries it needs are compacted: only a snapshot can bring it up to date (§7).
+      messages.push(snapshotFor(context, peer));
+      onSnapshotSent(progress);
+      break;
+    }
     if (next > last && !(evenIfEmpty && messages.length === 0)) break;
     const prevLogIndex = Math.min(next - 1, last);
     const prevLogTerm = termAt(context.log, prevLogIndex);
@@ -389,6 +482,19 @@ const appendsFor = (context: RaftContext, peer: NodeId, evenIfEmpty: boolean): A
   }
   return messages;
 };
+
+/** An InstallSnapshot of the log's snapshot point; the node attaches the store's snapshot. */
+const snapshotFor = (context: RaftContext, peer: NodeId): InstallSnapshot => ({
+  type: 'InstallSnapshot',
+  from: context.id,
+  to: peer,
+  term: context.currentTerm,
+  lastIncludedIndex: context.log.offset,
+  lastIncludedTerm: context.log.offsetTerm,
+  data: null,
+  chunkOffset: 0,
+  totalBytes: 0,
+});
 
 const merge = (...outcomes: Outcome[]): Outcome => {
   const merged: Required<Outcome> = { patch: {}, send: [], emitted: [] };
@@ -484,6 +590,16 @@ export const handleAppendResponse = (context: RaftContext, response: AppendEntri
   }
   const changed = onAppendRejected(progress, response.rejectedIndex, nextIndexFromHint(context, response));
   return changed ? { send: appendsFor(context, response.from, true) } : {};
+};
+
+/** The follower installed our snapshot (or had one that far): it matches up to `matchIndex`. */
+export const handleSnapshotResponse = (context: RaftContext, response: InstallSnapshotResponse): Outcome => {
+  const progress = progressOf(context, response.from);
+  progress.recentActive = true;
+  assert(response.matchIndex <= lastIndex(context.log), 'a follower matched past the leader log');
+  const advanced = onSnapshotAnswered(progress, response.matchIndex);
+  const commit = advanced ? advanceCommit(context) : {};
+  return merge(commit, { send: appendsFor(after(context, commit), response.from, true) });
 };
 
 /** Heartbeat rounds double as ReadIndex confirmations (dissertation §6.4). */

@@ -28,6 +28,8 @@ export type RaftInput = RaftTimings & {
   voters: readonly NodeId[];
   /** What the server persisted before it (re)started. */
   hardState?: HardState;
+  /** The snapshot the server restarted from: the log's entries follow its last index (§7). */
+  snapshot?: { index: number; term: number };
   entries?: readonly Entry[];
   /** Seed of the generator that randomizes election timeouts. */
   seed: number;
@@ -78,6 +80,8 @@ export type RaftEvent =
   | { type: 'propose'; batchId: number; commands: Uint8Array[] }
   | { type: 'readIndex'; ids: number[] }
   | { type: 'persisted'; index: number }
+  /** The node snapshotted the state machine up to at least `index`: compact the log that far. */
+  | { type: 'compact'; index: number }
   | { type: 'electionTimeout' }
   | { type: 'heartbeatTimeout' }
   | { type: 'checkQuorum' }
@@ -87,7 +91,12 @@ export type RaftEvent =
   | { type: 'AppendEntries'; message: Extract<RaftMessage, { type: 'AppendEntries' }> }
   | { type: 'AppendEntriesResponse'; message: Extract<RaftMessage, { type: 'AppendEntriesResponse' }> }
   | { type: 'Heartbeat'; message: Extract<RaftMessage, { type: 'Heartbeat' }> }
-  | { type: 'HeartbeatResponse'; message: Extract<RaftMessage, { type: 'HeartbeatResponse' }> };
+  | { type: 'HeartbeatResponse'; message: Extract<RaftMessage, { type: 'HeartbeatResponse' }> }
+  | { type: 'InstallSnapshot'; message: Extract<RaftMessage, { type: 'InstallSnapshot' }> }
+  | {
+      type: 'InstallSnapshotResponse';
+      message: Extract<RaftMessage, { type: 'InstallSnapshotResponse' }>;
+    };
 
 /** Outputs, carried out by the node in this order: persist, then send, then apply. */
 export type RaftEmitted =
@@ -99,6 +108,11 @@ export type RaftEmitted =
       entries: Entry[];
     }
   | { type: 'send'; messages: RaftMessage[] }
+  /**
+   * Persist the snapshot (log now starts after `index`, keeping its suffix when `keptSuffix`) and
+   * reset the state machine from `data`. A persist: what follows it waits until it is durable.
+   */
+  | { type: 'installSnapshot'; index: number; term: number; data: Uint8Array; keptSuffix: boolean }
   | { type: 'committed'; firstIndex: number; entries: Entry[] }
   | { type: 'proposalsAccepted'; batchId: number; firstIndex: number; term: number }
   | { type: 'proposalsRejected'; batchId: number; leaderId: NodeId | null }

@@ -56,12 +56,12 @@ vi.mock('../../src/machines/log.js', async (importOriginal) => {
     ...original,
     /** Truncates after prevLogIndex on every AppendEntries, so a stale or duplicate one shortens the log. */
     mergeEntries: (
-      log: { entries: import('../../src/machines/messages.js').Entry[] },
+      log: import('../../src/machines/log.js').RaftLog,
       prevLogIndex: number,
       entries: readonly import('../../src/machines/messages.js').Entry[],
     ) => {
       if (!broken.merge) return original.mergeEntries(log, prevLogIndex, entries);
-      log.entries.length = prevLogIndex;
+      log.entries.length = prevLogIndex - log.offset;
       log.entries.push(...entries);
       return {
         firstWrittenIndex: entries.length > 0 ? prevLogIndex + 1 : -1,

@@ -274,6 +274,10 @@ export const describeMessage = (m: RaftMessage): string => {
       return `Heartbeat ${m.from}→${m.to} t${m.term} commit=${m.commit} seq=${m.seq}`;
     case 'HeartbeatResponse':
       return `HeartbeatResponse ${m.from}→${m.to} t${m.term} seq=${m.seq}`;
+    case 'InstallSnapshot':
+      return `InstallSnapshot ${m.from}→${m.to} t${m.term} last=${m.lastIncludedIndex}@${m.lastIncludedTerm}`;
+    case 'InstallSnapshotResponse':
+      return `InstallSnapshotResponse ${m.from}→${m.to} t${m.term} match=${m.matchIndex}`;
   }
 };
 

@@ -4,7 +4,34 @@
  * simulator; liveness after the faults heal: a leader appears and every write proposed after
  * healing commits within a bounded simulated time.
  */
+import { Decoder } from '@msgpack/msgpack';
 import { createSimulation, RELIABLE, type Simulation, UNRELIABLE } from './simulator.js';
+
+/** Log compaction settings for runs that exercise snapshots (small, so they happen all the time). */
+export type Compaction = { compactEvery: number; keepEntries: number; snapshotChunkBytes: number };
+
+const snapshotDecoder = new Decoder({ useBigInt64: true });
+
+/** A server's store as text that does not depend on insertion order: keys and sessions sorted. */
+export const canonicalStore = (sim: Simulation, id: string): string => {
+  const node = sim.node(id);
+  if (!node) return '(down)';
+  const [, index, , tables, pairs] = snapshotDecoder.decode(node.storeSnapshot().data) as [
+    number,
+    number,
+    number,
+    unknown[],
+    unknown[],
+  ];
+  const keys: string[] = [];
+  for (let i = 0; i < pairs.length; i += 2) keys.push(`${String(pairs[i])}=${JSON.stringify(pairs[i + 1])}`);
+  const sessions: string[] = [];
+  for (let i = 0; i < tables.length; i += 3) {
+    const applied = [...(tables[i + 2] as number[])].sort((a, b) => a - b);
+    sessions.push(`${String(tables[i])}:${String(tables[i + 1])}:${applied.join(',')}`);
+  }
+  return `@${index} ${keys.sort().join(' ')} | ${sessions.sort().join(' ')}`;
+};
 
 export const faultRound = (sim: Simulation): void => {
   const { rng, ids } = sim;
@@ -29,15 +56,21 @@ export const faultRound = (sim: Simulation): void => {
 export const chaosRun = async (
   seed: number,
   nodes: number,
-): Promise<{ committed: number; elections: number }> => {
-  const sim = createSimulation({ seed, nodes });
+  compaction?: Compaction,
+): Promise<{ committed: number; elections: number; snapshotsSent: number }> => {
+  const sim = createSimulation({ seed, nodes, ...compaction });
   let proposed = 0;
+  // With compaction, several keys, so that a snapshot's content is worth comparing.
+  const keyOf = (n: number): string => (compaction ? `k${n % 5}` : 'k');
   for (let round = 0; round < 12; round += 1) {
     faultRound(sim);
     for (let burst = 0; burst < 3; burst += 1) {
       const leader = sim.leader();
       const target = leader !== null && sim.rng.chance(0.8) ? leader : sim.rng.pick(sim.ids);
-      for (let n = sim.rng.int(1, 4); n > 0; n -= 1) sim.propose(target, `v${seed}-${proposed++}`);
+      for (let n = sim.rng.int(1, 4); n > 0; n -= 1) {
+        sim.propose(target, `v${seed}-${proposed}`, keyOf(proposed));
+        proposed += 1;
+      }
       await sim.runFor(sim.rng.int(20, 150));
     }
   }
@@ -47,7 +80,9 @@ export const chaosRun = async (
   for (const id of sim.ids) if (!sim.isAlive(id)) sim.restart(id);
   await sim.runUntil(() => sim.stableLeader() !== null, 5_000, 'a stable leader after healing');
   const leader = sim.stableLeader()!;
-  const finals = Array.from({ length: 5 }, (_, index) => sim.propose(leader, `final-${seed}-${index}`));
+  const finals = Array.from({ length: 5 }, (_, index) =>
+    sim.propose(leader, `final-${seed}-${index}`, compaction ? `f${index}` : 'k'),
+  );
   await sim.runUntil(
     () => finals.every((proposal) => proposal.state !== 'pending'),
     5_000,
@@ -56,11 +91,48 @@ export const chaosRun = async (
   for (const proposal of finals) {
     if (proposal.state !== 'ok') sim.fail(`write after healing failed: ${proposal.error}`);
   }
-  await sim.runUntil(
-    () => finals.every((proposal) => sim.committedOn(proposal.value) === nodes),
-    5_000,
-    'every server to learn the final commits',
-  );
+  if (compaction) {
+    await allServersApplyTheSameState(sim, leader, finals);
+  } else {
+    await sim.runUntil(
+      () => finals.every((proposal) => sim.committedOn(proposal.value) === nodes),
+      5_000,
+      'every server to learn the final commits',
+    );
+  }
   if (sim.checker.checks() <= 20) sim.fail(`only ${sim.checker.checks()} steps were checked`);
-  return { committed: sim.checker.committedLength(), elections: sim.checker.leaders().size };
+  return {
+    committed: sim.checker.committedLength(),
+    elections: sim.checker.leaders().size,
+    snapshotsSent: sim.sentByType().InstallSnapshot ?? 0,
+  };
+};
+
+/**
+ * Every server applies up to the leader's commit index, and then all hold the same store (map and
+ * dedup tables), with every final write in it: whether a server applied entries one by one or took
+ * a snapshot, it must reach the same state (State Machine Safety, seen from the stores).
+ */
+const allServersApplyTheSameState = async (
+  sim: Simulation,
+  leader: string,
+  finals: Array<{ value: string }>,
+): Promise<void> => {
+  const leaderCommit = (): number => sim.status(leader)?.commitIndex ?? -1;
+  await sim.runUntil(
+    () => sim.ids.every((id) => sim.status(id)?.appliedIndex === leaderCommit()),
+    5_000,
+    "every server to apply up to the leader's commit index",
+  );
+  const target = leaderCommit();
+  const reference = canonicalStore(sim, leader);
+  for (const id of sim.ids) {
+    const store = canonicalStore(sim, id);
+    if (store !== reference)
+      sim.fail(`stores differ at ${target}:\n  ${leader}: ${reference}\n  ${id}: ${store}`);
+    finals.forEach((final, index) => {
+      const value = sim.node(id)!.get(`f${index}`);
+      if (value !== final.value) sim.fail(`${id} holds ${String(value)} at f${index}, not ${final.value}`);
+    });
+  }
 };

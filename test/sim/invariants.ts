@@ -11,6 +11,11 @@
  *
  * Logs are compared through prefix hashes, updated incrementally from the first changed index,
  * so a check costs O(changed entries) rather than O(log) per step.
+ *
+ * Compacted logs (§7): a log that starts after a snapshot point holds only committed state below
+ * it, so its prefix hash there is the committed prefix's, and a snapshot point beyond what any
+ * server has committed is a violation. Whether the snapshot's *content* is that state is checked
+ * by comparing the servers' stores (chaos.ts) and by the client histories' linearizability.
  */
 import type { Entry } from '../../src/machines/messages.js';
 
@@ -21,6 +26,8 @@ export type ServerView = {
   term: number;
   commitIndex: number;
   appliedIndex: number;
+  /** The snapshot point: `entries[0]` is at index offset + 1. */
+  offset: number;
   entries: readonly Entry[];
   /** The smallest index written since the last check (Infinity when the log did not change). */
   dirtyFrom: number;
@@ -42,7 +49,8 @@ const hashEntry = (entry: Entry): number => {
 const mix = (prefix: number, entryHash: number): number =>
   (Math.imul(prefix ^ entryHash, 0x2545f491) + 0x6b43a9b5) >>> 0;
 
-type Track = { hashes: number[] };
+/** What the checker knows of a server's log: prefix hash and term at every index it has seen. */
+type Track = { hashes: number[]; terms: number[] };
 
 export type SafetyViolation = { property: string; detail: string };
 
@@ -58,21 +66,41 @@ export const createSafetyChecker = () => {
   const trackOf = (id: string): Track => {
     let track = tracks.get(id);
     if (!track) {
-      track = { hashes: [0] };
+      track = { hashes: [0], terms: [0] };
       tracks.set(id, track);
     }
     return track;
   };
 
-  const refresh = (server: ServerView): Track => {
+  const lastOf = (server: ServerView): number => server.offset + server.entries.length;
+  const entryOf = (server: ServerView, index: number): Entry => server.entries[index - server.offset - 1]!;
+
+  /** Brings a server's prefix hashes up to date; a violation when its snapshot point is not committed. */
+  const refresh = (server: ServerView): SafetyViolation | null => {
     const track = trackOf(server.id);
     const from = Math.min(server.dirtyFrom, track.hashes.length);
     track.hashes.length = Math.min(track.hashes.length, Math.max(1, from));
-    for (let index = track.hashes.length; index <= server.entries.length; index += 1) {
-      track.hashes.push(mix(track.hashes[index - 1]!, hashEntry(server.entries[index - 1]!)));
+    track.terms.length = track.hashes.length;
+    if (track.hashes.length <= server.offset) {
+      if (server.offset > committedHashes.length - 1) {
+        return fail(
+          'snapshot within commit',
+          `${server.id} holds a snapshot up to ${server.offset}, beyond anything committed (${committedHashes.length - 1})`,
+        );
+      }
+      for (let index = track.hashes.length; index <= server.offset; index += 1) {
+        track.hashes.push(committedHashes[index]!);
+        track.terms.push(committedTerms[index]!);
+      }
     }
-    track.hashes.length = server.entries.length + 1;
-    return track;
+    for (let index = track.hashes.length; index <= lastOf(server); index += 1) {
+      const entry = entryOf(server, index);
+      track.hashes.push(mix(track.hashes[index - 1]!, hashEntry(entry)));
+      track.terms.push(entry.term);
+    }
+    track.hashes.length = lastOf(server) + 1;
+    track.terms.length = lastOf(server) + 1;
+    return null;
   };
 
   const fail = (property: string, detail: string): SafetyViolation => ({ property, detail });
@@ -81,7 +109,10 @@ export const createSafetyChecker = () => {
   const check = (servers: readonly ServerView[]): SafetyViolation | null => {
     checks += 1;
     const changed = servers.filter((server) => server.dirtyFrom !== Number.POSITIVE_INFINITY);
-    for (const server of servers) refresh(server);
+    for (const server of servers) {
+      const violation = refresh(server);
+      if (violation) return violation;
+    }
 
     // Election Safety.
     for (const server of servers) {
@@ -105,15 +136,16 @@ export const createSafetyChecker = () => {
     // Commits: each server's committed prefix agrees with the global one, which only grows.
     for (const server of servers) {
       const track = trackOf(server.id);
-      if (server.commitIndex > server.entries.length) {
+      if (server.commitIndex > lastOf(server)) {
         return fail(
           'commit within log',
-          `${server.id} commitIndex ${server.commitIndex} > last ${server.entries.length}`,
+          `${server.id} commitIndex ${server.commitIndex} > last ${lastOf(server)}`,
         );
       }
       for (let index = committedHashes.length; index <= server.commitIndex; index += 1) {
+        // Compacted entries the checker saw before it still knows; the rest must have been seen.
         committedHashes.push(track.hashes[index]!);
-        committedTerms.push(server.entries[index - 1]!.term);
+        committedTerms.push(track.terms[index]!);
         committedReportTerm.push(server.term);
       }
       const upTo = Math.min(server.commitIndex, committedHashes.length - 1);
@@ -155,8 +187,9 @@ export const createSafetyChecker = () => {
   const checkLogMatching = (a: ServerView, b: ServerView): SafetyViolation | null => {
     const ta = trackOf(a.id);
     const tb = trackOf(b.id);
-    for (let index = Math.min(a.entries.length, b.entries.length); index >= 1; index -= 1) {
-      if (a.entries[index - 1]!.term !== b.entries[index - 1]!.term) continue;
+    const lowest = Math.max(a.offset, b.offset) + 1;
+    for (let index = Math.min(lastOf(a), lastOf(b)); index >= lowest; index -= 1) {
+      if (entryOf(a, index).term !== entryOf(b, index).term) continue;
       if (ta.hashes[index] !== tb.hashes[index]) {
         return fail('log matching', `${a.id} and ${b.id} agree on the term at ${index} but differ before it`);
       }

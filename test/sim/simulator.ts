@@ -53,6 +53,10 @@ export type SimOptions = {
   network?: Partial<NetworkFaults>;
   maxInflight?: number;
   maxEntriesPerAppend?: number;
+  /** Log compaction (raft-node.ts): off (0) unless given. */
+  compactEvery?: number;
+  keepEntries?: number;
+  snapshotChunkBytes?: number;
   /**
    * Steps between two yields to the promise queue, where callers' promise callbacks run. Client
    * histories want 1, so a call's return is recorded at the simulated time it happened.
@@ -176,18 +180,28 @@ export const createSimulation = (options: SimOptions) => {
       },
       ...(options.maxInflight ? { maxInflight: options.maxInflight } : {}),
       ...(options.maxEntriesPerAppend ? { maxEntriesPerAppend: options.maxEntriesPerAppend } : {}),
+      compactEvery: options.compactEvery ?? 0,
+      ...(options.keepEntries !== undefined ? { keepEntries: options.keepEntries } : {}),
+      ...(options.snapshotChunkBytes ? { snapshotChunkBytes: options.snapshotChunkBytes } : {}),
     });
     server.node = node;
     void node.start();
   };
 
   for (const id of ids) {
-    const log = createMemoryLog();
+    // The "disk" of a server: it survives crashes, and keeps a snapshot at every compaction.
+    const log = createMemoryLog(undefined, { keepSnapshots: true });
     const server: Server = { id, node: null, log, dirtyFrom: 1, timers: new Set(), incarnation: 0 };
     const persist = log.persist;
     log.persist = (output) => {
       if (output.fromIndex > 0) server.dirtyFrom = Math.min(server.dirtyFrom, output.fromIndex);
       persist(output);
+    };
+    const installSnapshot = log.installSnapshot;
+    log.installSnapshot = (output) => {
+      // A log replaced by a snapshot: the checker takes the prefix again (see invariants.ts).
+      server.dirtyFrom = output.keptSuffix ? Math.min(server.dirtyFrom, output.index + 1) : 1;
+      installSnapshot(output);
     };
     servers.set(id, server);
   }
@@ -202,10 +216,12 @@ export const createSimulation = (options: SimOptions) => {
     [...servers.values()].map((server) => {
       const alive = server.node !== null && !server.node.isStopped();
       const status = alive ? server.node!.status() : null;
-      const entries = server.log.persisted().entries;
-      if (status && status.lastIndex !== entries.length) {
+      const persisted = server.log.persisted();
+      const entries = persisted.entries;
+      const offset = persisted.snapshot?.index ?? 0;
+      if (status && status.lastIndex !== offset + entries.length) {
         fail(
-          `${server.id}: the machine's log (${status.lastIndex}) differs from what it persisted (${entries.length})`,
+          `${server.id}: the machine's log (${status.lastIndex}) differs from what it persisted (${offset + entries.length})`,
         );
       }
       const view: ServerView = {
@@ -215,6 +231,7 @@ export const createSimulation = (options: SimOptions) => {
         term: status?.term ?? server.log.persisted().hardState.term,
         commitIndex: status?.commitIndex ?? 0,
         appliedIndex: status?.appliedIndex ?? 0,
+        offset,
         entries,
         dirtyFrom: server.dirtyFrom,
       };
@@ -313,7 +330,7 @@ export const createSimulation = (options: SimOptions) => {
     return followers.length >= Math.floor(ids.length / 2) + 1 ? id : null;
   };
 
-  const propose = (id: string, value: string): Proposal => {
+  const propose = (id: string, value: string, key = 'k'): Proposal => {
     const proposal: Proposal = { value, state: 'pending' };
     const node = serverOf(id).node;
     if (!node) {
@@ -322,7 +339,7 @@ export const createSimulation = (options: SimOptions) => {
       return proposal;
     }
     // Like the lab suites' Start: only the leader takes it (no forwarding here).
-    node.write({ op: 'set', key: 'k', value }, { forward: false }).then(
+    node.write({ op: 'set', key, value }, { forward: false }).then(
       () => {
         proposal.state = 'ok';
       },
@@ -334,9 +351,15 @@ export const createSimulation = (options: SimOptions) => {
     return proposal;
   };
 
+  /** committedOn and committedValues read whole logs: runs that compact check stores instead. */
+  const assertUncompacted = (id: string): void => {
+    if (serverOf(id).log.persisted().snapshot !== null) fail(`${id} compacted its log: read its store`);
+  };
+
   /** The value of every committed command entry, in log order, as the checker saw them. */
   const committedValues = (id: string): unknown[] => {
     const status = statusOf(id);
+    assertUncompacted(id);
     const entries = serverOf(id)
       .log.persisted()
       .entries.slice(0, status?.commitIndex ?? 0);
@@ -348,6 +371,7 @@ export const createSimulation = (options: SimOptions) => {
     ids.filter((id) => {
       const status = statusOf(id);
       if (!status) return false;
+      assertUncompacted(id);
       const entries = serverOf(id).log.persisted().entries;
       for (let index = 0; index < status.commitIndex; index += 1) {
         const data = entries[index]!.data;

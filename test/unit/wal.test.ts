@@ -60,7 +60,7 @@ const expectedState = (records: readonly WalRecord[]): WalState => {
   const log = createMemoryLog();
   for (const record of records) log.persist(persist(record));
   const { hardState, entries } = log.persisted();
-  return { hardState, entries: [...entries] };
+  return { hardState, snapshot: null, entries: [...entries] };
 };
 
 /** A history with every kind of record: votes, appends, a conflicting suffix replaced, hard-state-only. */
@@ -86,7 +86,7 @@ describe('the WAL file', () => {
     const dir = freshDir();
     const first = await openWal(dir);
     expect(first.info).toMatchObject({ created: true, records: 0, bytes: 0, cutReason: null, cutBytes: 0 });
-    expect(first.state).toEqual({ hardState: { term: 0, votedFor: null }, entries: [] });
+    expect(first.state).toEqual({ hardState: { term: 0, votedFor: null }, snapshot: null, entries: [] });
     for (const record of HISTORY.slice(0, 3)) await first.append([record]);
     await first.append(HISTORY.slice(3));
     expect(first.stats()).toMatchObject({
@@ -132,7 +132,11 @@ describe('the WAL file', () => {
     const dir = freshDir();
     await writeRecords(dir, records);
     const wal = await openWal(dir);
-    expect(wal.state).toEqual({ hardState: { term: 2, votedFor: 'n3' }, entries: [noop(3), command(3, 12)] });
+    expect(wal.state).toEqual({
+      hardState: { term: 2, votedFor: 'n3' },
+      snapshot: null,
+      entries: [noop(3), command(3, 12)],
+    });
     expect(wal.state).toEqual(expectedState(records));
     await wal.close();
     // After the first three records only.
@@ -142,6 +146,81 @@ describe('the WAL file', () => {
       command(2, 10),
       command(2, 11),
     ]);
+  });
+
+  it('replays installed snapshots like the memory log: the log restarts after them, with or without its suffix', async () => {
+    const snap = (index: number, term: number, keptSuffix: boolean, ...data: number[]): WalRecord => ({
+      hardState: null,
+      fromIndex: -1,
+      entries: [],
+      snapshot: { index, term, data: bytes(...data), keptSuffix },
+    });
+    const records: WalRecord[] = [
+      {
+        hardState: { term: 2, votedFor: null },
+        fromIndex: 1,
+        entries: [noop(1), command(1, 1), command(2, 2)],
+      },
+      // The snapshot's last entry (2, term 1) is held: entry 3 stays.
+      snap(2, 1, true, 7, 7),
+      { hardState: null, fromIndex: 4, entries: [command(2, 3), command(2, 4)] },
+      // A snapshot past the end: the log is empty after it.
+      snap(9, 3, false, 8, 8, 8),
+      { hardState: null, fromIndex: 10, entries: [noop(4)] },
+    ];
+    const memory = createMemoryLog();
+    for (const record of records) {
+      if (record.snapshot) memory.installSnapshot({ type: 'installSnapshot', ...record.snapshot });
+      else memory.persist(persist(record));
+    }
+    const dir = freshDir();
+    await writeRecords(dir, records);
+    const wal = await openWal(dir);
+    expect(wal.state).toEqual(memory.persisted());
+    expect(wal.state.snapshot).toEqual({ index: 9, term: 3, data: bytes(8, 8, 8) });
+    expect(wal.state.entries).toEqual([noop(4)]);
+    await wal.close();
+    // After the first three records: the suffix after the first snapshot was kept.
+    const early = scanWal(Buffer.concat(records.slice(0, 3).map(encodeRecord))).state;
+    expect(early.snapshot?.index).toBe(2);
+    expect(early.entries).toEqual([command(2, 2), command(2, 3), command(2, 4)]);
+    // An entry inside the snapshot, or a snapshot that goes back, is not damage: WAL_CORRUPT.
+    for (const bad of [
+      [snap(5, 1, false, 1), { hardState: null, fromIndex: 3, entries: [noop(1)] }],
+      [snap(5, 1, false, 1), snap(4, 1, false, 1)],
+    ] as WalRecord[][]) {
+      expect(() => scanWal(Buffer.concat(bad.map(encodeRecord)))).toThrow(
+        expect.objectContaining({ code: 'WAL_CORRUPT' }),
+      );
+    }
+  });
+
+  it('the durable log actor writes an installed snapshot before it resolves, and reopens from it', async () => {
+    const dir = freshDir();
+    const log = await createWalLog(dir);
+    log.persist(
+      persist({ hardState: { term: 1, votedFor: 'n1' }, fromIndex: 1, entries: [noop(1), command(1, 5)] }),
+    );
+    log.installSnapshot({
+      type: 'installSnapshot',
+      index: 40,
+      term: 3,
+      data: bytes(1, 2, 3),
+      keptSuffix: false,
+    });
+    log.persist(persist({ hardState: null, fromIndex: 41, entries: [command(3, 6)] }));
+    await log.flush();
+    // Own compaction frees the mirror only; the file keeps what it had.
+    log.compact(40, () => ({ index: 40, term: 3, data: bytes(1, 2, 3) }));
+    await log.close();
+    const reopened = await createWalLog(dir);
+    expect(reopened.persisted()).toEqual({
+      hardState: { term: 1, votedFor: 'n1' },
+      snapshot: { index: 40, term: 3, data: bytes(1, 2, 3) },
+      entries: [command(3, 6)],
+    });
+    expect(reopened.lastIndex()).toBe(41);
+    await reopened.close();
   });
 
   it('cuts a torn last record at every byte offset, keeps everything before it, and appends after the cut', async () => {
@@ -363,6 +442,11 @@ const gatedLog = () => {
       mirror.persist(output);
       pending += 1;
     },
+    installSnapshot: (output) => {
+      mirror.installSnapshot(output);
+      pending += 1;
+    },
+    compact: mirror.compact,
     persisted: mirror.persisted,
     writes: mirror.writes,
     lastIndex: mirror.lastIndex,
@@ -441,6 +525,8 @@ describe('a leader replicates before its own fsync (dissertation §10.2.1)', () 
     const gates: Array<() => void> = [];
     const log: LogActor & { hold: () => void; release: () => void; holding: () => boolean } = {
       persist: mirror.persist,
+      installSnapshot: mirror.installSnapshot,
+      compact: mirror.compact,
       persisted: mirror.persisted,
       writes: mirror.writes,
       lastIndex: mirror.lastIndex,
@@ -600,6 +686,47 @@ describe('diskeyval with persistence (in-process cluster, real WAL files)', () =
     await expect(node.start()).rejects.toMatchObject({ code: 'WAL_CORRUPT' });
     await expect(node.set('k', 1)).rejects.toMatchObject({ code: 'STOPPED' });
     expect(node.getMetrics().walBytes).toBeNull();
+  });
+
+  it('a follower that was down while the others compacted catches up by snapshot, and restarts from it', async () => {
+    const dirs = Object.fromEntries(IDS.map((id) => [id, join(freshDir(), id)]));
+    const transport = createMemoryTransport();
+    const open = (nodeId: string) => {
+      const node = diskeyval({
+        nodeId,
+        peers: IDS.filter((id) => id !== nodeId),
+        transport,
+        electionTimeoutMs: 60,
+        heartbeatMs: 15,
+        persistence: { dir: dirs[nodeId]!, compactEvery: 20 },
+      });
+      nodes.push(node);
+      return node;
+    };
+    const [a, b, c] = IDS.map(open) as [DiskeyvalNode, DiskeyvalNode, DiskeyvalNode];
+    await Promise.all([a, b, c].map((node) => node.start()));
+    for (let i = 0; i < 10; i += 1) await a.set(`early${i}`, i);
+    // The node that is down is not the leader, so the other two keep committing.
+    const down = [a, b, c].find((node) => !node.isLeader())!;
+    const downId = down.getMetrics().nodeId;
+    await down.end();
+    const up = [a, b, c].filter((node) => node !== down);
+    await Promise.all(Array.from({ length: 200 }, (_, i) => up[i % 2]!.set(`k${i}`, i)));
+    expect(up.reduce((sum, node) => sum + node.getMetrics().compactions, 0)).toBeGreaterThan(0);
+
+    const back = open(downId);
+    await back.start();
+    expect(await back.get('k199')).toBe(199);
+    expect(back.getMetrics().snapshotsInstalled).toBeGreaterThanOrEqual(1);
+    expect(await back.get('early3', { consistency: 'local' })).toBe(3);
+    await Promise.all(nodes.splice(0).map((node) => node.end()));
+
+    // Restart everything: the snapshot the follower installed came back from its WAL.
+    const again = IDS.map(open);
+    await Promise.all(again.map((node) => node.start()));
+    const restarted = again[IDS.indexOf(downId)]!;
+    expect(await restarted.get('k150')).toBe(150);
+    expect(await restarted.get('early9', { consistency: 'local' })).toBe(9);
   });
 
   it('restarts every node from its WAL: values, terms and votes survive; fsyncs are grouped', async () => {
