@@ -24,6 +24,7 @@ import {
   MAX_KEY_BYTES,
   type MemoryTransport,
 } from '../../src/index.js';
+import type { TransportEndpoint } from '../../src/io/transport.js';
 
 const IDS = ['n1', 'n2', 'n3'] as const;
 const BOUND_MS = 5_000;
@@ -748,7 +749,7 @@ describe('public API on an in-memory cluster', () => {
         { ...base, data: new Uint8Array(4), chunkOffset: 0, totalBytes: 2 ** 40 },
         { ...base, lastIncludedIndex: 1.5, data: new Uint8Array(4), chunkOffset: 0, totalBytes: 4 },
       ];
-      const endpoint = cluster.transport.connect('intruder', () => {});
+      const endpoint = cluster.transport.connect('intruder', () => {}) as TransportEndpoint;
       for (const message of bad) endpoint.send(message as never);
       // The transport delivers in order: once a later write went through, the chunks were seen.
       await follower.set('after', 2);
