@@ -11,19 +11,14 @@ import { createRaftNode } from './actors/raft-node.js';
 import type { Change } from './actors/store.js';
 import { createWalLog, type WalLog } from './actors/wal-log.js';
 import { diskeyvalError } from './errors.js';
+import { encodeValue } from './io/command.js';
 import {
   createTlsTransport,
   type TlsTransportLogEvent,
   type TlsTransportMetrics,
 } from './io/tls-transport.js';
 import type { RaftTransport } from './io/transport.js';
-import {
-  DEFAULT_MAX_VALUE_BYTES,
-  encodedSize,
-  validateCallOptions,
-  validateKey,
-  validateValue,
-} from './validate.js';
+import { DEFAULT_MAX_VALUE_BYTES, validateCallOptions, validateKey, validateValue } from './validate.js';
 
 export type ClusterPeer = { nodeId: string; host: string; port: number };
 
@@ -279,12 +274,14 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
       validateKey(key);
       validateValue(value);
       validateCallOptions(callOptions);
-      const size = encodedSize(value);
+      // Encoded once: the size check and the command both use these bytes.
+      const encodedValue = encodeValue(value);
+      const size = encodedValue.byteLength;
       if (size > maxValueBytes) {
         throw diskeyvalError('INVALID_ARGUMENT', `value encodes to ${size} bytes, above ${maxValueBytes}`);
       }
       running();
-      await node.write({ op: 'set', key, value }, callOptions);
+      await node.write({ op: 'set', key, value, encodedValue }, callOptions);
     },
     async get<T>(key: string, getOptions?: GetOptions) {
       validateKey(key);

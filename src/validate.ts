@@ -1,7 +1,6 @@
 /**
  * Checks of user input, before anything is proposed: a rejected call changes nothing anywhere.
  */
-import { Encoder } from '@msgpack/msgpack';
 import { diskeyvalError } from './errors.js';
 
 /** Keys are non-empty strings of at most this many UTF-8 bytes. */
@@ -66,11 +65,6 @@ export const validateValue = (value: unknown): void => {
   };
   visit(value, 'value', 0);
 };
-
-const sizeEncoder = new Encoder({ ignoreUndefined: false, useBigInt64: true });
-
-/** The msgpack size of a value (checked before anything is proposed). */
-export const encodedSize = (value: unknown): number => sizeEncoder.encodeSharedRef(value).byteLength;
 
 export const validateCallOptions = (options: unknown): void => {
   if (options === undefined) return;
