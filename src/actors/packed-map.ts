@@ -4,11 +4,12 @@
  * the record bytes plus ~8-16 bytes of index.
  *
  * Layout:
- * - The arena: records `[u32 keyHeader][key utf8][u32 valueLen][value]`, padded to 4 bytes, appended
+ * - The arena: records `[keyHeader][key utf8][valueLen][value]`, padded to 4 bytes, appended
  *   into fixed-size chunks (`Buffer.allocUnsafeSlow`, outside the V8 heap). Only the active chunk is
- *   written; a record that does not fit seals it and opens the next one; a record larger than half
- *   a chunk gets a chunk of its own, of its size. `keyHeader` is the key's byte length with bit 31 set once the
- *   record is dead (overwritten or deleted).
+ *   written; a record that does not fit seals it and opens the next one; a large record (over
+ *   1 - reclaimBelowLiveFraction of a chunk, 1 MiB by default) gets a chunk of its own, of its size. Both lengths are LEB128 varints (1 byte below
+ *   128); `keyHeader` is 2 * key length, plus 1 once the record is dead (overwritten or deleted),
+ *   so a record dies by setting bit 0 of its first byte.
  * - The index: open addressing with linear probing over two Uint32Arrays, `hashes` (0 = empty
  *   slot; a key's hash is never 0) and `locations` (chunk number in the high bits, offset / 4 in
  *   the low bits). Doubles at load > 0.7; deletion shifts the following entries back (no
@@ -33,7 +34,11 @@ import { assert } from '../machines/assert.js';
 export type PackedMapOptions = {
   /** Size of a standard arena chunk: a power of two, 64 B .. 1 GiB. Default 4 MiB. */
   chunkSizeBytes?: number;
-  /** A sealed chunk is reclaimed once its live bytes fall below this fraction of a chunk (0 < f ≤ 1). */
+  /**
+   * A sealed chunk is reclaimed once its live bytes fall below this fraction of a chunk (0 < f ≤
+   * 0.9). Default 0.75: at most ~1/4 of the arena is dead at rest, at the price of copying up to 3
+   * live bytes per dead byte freed.
+   */
   reclaimBelowLiveFraction?: number;
   /** Index slots to start with (rounded up to a power of two, at least 16). */
   initialIndexSlots?: number;
@@ -72,9 +77,8 @@ export type PackedMap = {
 };
 
 export const DEFAULT_CHUNK_SIZE_BYTES = 4 * 1024 * 1024;
-const DEFAULT_RECLAIM_BELOW_LIVE_FRACTION = 0.5;
+const DEFAULT_RECLAIM_BELOW_LIVE_FRACTION = 0.75;
 const MAX_LOAD = 0.7;
-const DEAD_BIT = 0x80000000;
 const MAX_KEY_BYTES = 0x7fffffff;
 const RECORD_ALIGN_BYTES = 4;
 const SCRATCH_BYTES = 4096;
@@ -89,7 +93,26 @@ type Chunk = {
 
 const alignUp = (n: number): number => (n + RECORD_ALIGN_BYTES - 1) & ~(RECORD_ALIGN_BYTES - 1);
 
-const recordBytes = (keyBytes: number, valueBytes: number): number => alignUp(8 + keyBytes + valueBytes);
+/** Bytes of n as an unsigned LEB128 varint (n < 2^35). */
+const varintBytes = (n: number): number =>
+  n < 0x80 ? 1 : n < 0x4000 ? 2 : n < 0x200000 ? 3 : n < 0x10000000 ? 4 : 5;
+
+/** Writes n as a LEB128 varint at `at`; returns the offset after it. */
+const writeVarint = (buffer: Uint8Array, at: number, n: number): number => {
+  let rest = n;
+  let to = at;
+  while (rest >= 0x80) {
+    buffer[to] = (rest % 0x80) | 0x80;
+    rest = Math.floor(rest / 0x80);
+    to += 1;
+  }
+  buffer[to] = rest;
+  return to + 1;
+};
+
+/** A record's size in the arena: both varints, key, value, padding. */
+const recordBytes = (keyBytes: number, valueBytes: number): number =>
+  alignUp(varintBytes(keyBytes * 2) + keyBytes + varintBytes(valueBytes) + valueBytes);
 
 /** FNV-1a over the bytes, then murmur3's finalizer so the low bits (the home slot) are well mixed. Never 0. */
 const hashBytes = (bytes: Uint8Array, start: number, length: number): number => {
@@ -114,13 +137,13 @@ export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
   );
   const reclaimBelowLiveFraction = options.reclaimBelowLiveFraction ?? DEFAULT_RECLAIM_BELOW_LIVE_FRACTION;
   assert(
-    reclaimBelowLiveFraction > 0 && reclaimBelowLiveFraction <= 1,
-    `reclaimBelowLiveFraction must be in (0, 1], not ${reclaimBelowLiveFraction}`,
+    reclaimBelowLiveFraction > 0 && reclaimBelowLiveFraction <= 0.9,
+    `reclaimBelowLiveFraction must be in (0, 0.9], not ${reclaimBelowLiveFraction}`,
   );
   const reclaimBelowLiveBytes = Math.floor(chunkSizeBytes * reclaimBelowLiveFraction);
-  // Records above half a chunk get a chunk of their own, so a chunk sealed for want of room is at
-  // least half full and sealing alone never makes a chunk due for reclamation (at the default).
-  const largeRecordBytes = chunkSizeBytes / 2;
+  // Records above (1 - f) of a chunk (at most half) get a chunk of their own: then a chunk sealed
+  // for want of room is at least f full, so sealing alone never makes a chunk due for reclamation.
+  const largeRecordBytes = Math.floor(chunkSizeBytes * Math.min(0.5, 1 - reclaimBelowLiveFraction));
   let initialSlots = 16;
   while (initialSlots < (options.initialIndexSlots ?? 16)) initialSlots *= 2;
 
@@ -147,6 +170,44 @@ export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
   let movedBytes = 0;
   /** Bumped by every mutation, so an iterator can tell it went stale. */
   let version = 0;
+
+  /** Set by readVarint: the offset after the varint just read. */
+  let varintEnd = 0;
+  const readVarint = (buffer: Uint8Array, at: number): number => {
+    let byte = buffer[at]!;
+    if (byte < 0x80) {
+      varintEnd = at + 1;
+      return byte;
+    }
+    let n = byte & 0x7f;
+    let scale = 0x80;
+    let from = at + 1;
+    for (;;) {
+      byte = buffer[from]!;
+      from += 1;
+      n += (byte & 0x7f) * scale;
+      if (byte < 0x80) break;
+      scale *= 0x80;
+    }
+    varintEnd = from;
+    return n;
+  };
+
+  // The record read last by readRecord.
+  let recordDead = false;
+  let recordKeyAt = 0;
+  let recordKeyBytes = 0;
+  let recordValueAt = 0;
+  let recordValueBytes = 0;
+  /** Reads the header of the record at `at` into the record* variables. */
+  const readRecord = (buffer: Uint8Array, at: number): void => {
+    const keyHeader = readVarint(buffer, at);
+    recordDead = keyHeader % 2 === 1;
+    recordKeyBytes = Math.floor(keyHeader / 2);
+    recordKeyAt = varintEnd;
+    recordValueBytes = readVarint(buffer, recordKeyAt + recordKeyBytes);
+    recordValueAt = varintEnd;
+  };
 
   const scratch = Buffer.allocUnsafeSlow(SCRATCH_BYTES);
   let keyBuffer: Uint8Array = scratch;
@@ -195,10 +256,10 @@ export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
       if (slotHash !== h) continue;
       const location = locations[slot]!;
       const buffer = chunkAt(chunkNumberOf(location)).buffer;
-      const at = offsetOf(location);
-      if (buffer.readUInt32LE(at) !== keyLength) continue;
+      const keyHeader = readVarint(buffer, offsetOf(location));
+      if (keyHeader !== keyLength * 2) continue;
       let same = true;
-      for (let i = 0, k = at + 4; i < keyLength; i += 1, k += 1) {
+      for (let i = 0, k = varintEnd; i < keyLength; i += 1, k += 1) {
         if (buffer[k] !== keyBuffer[i]) {
           same = false;
           break;
@@ -302,13 +363,10 @@ export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
     const location = allocate(size);
     const chunk = chunkAt(chunkNumberOf(location));
     const buffer = chunk.buffer;
-    let at = offsetOf(location);
-    buffer.writeUInt32LE(keyBytes, at);
-    at += 4;
+    let at = writeVarint(buffer, offsetOf(location), keyBytes * 2);
     buffer.set(key.subarray(0, keyBytes), at);
-    at += keyBytes;
-    buffer.writeUInt32LE(value.byteLength, at);
-    buffer.set(value, at + 4);
+    at = writeVarint(buffer, at + keyBytes, value.byteLength);
+    buffer.set(value, at);
     chunk.liveBytes += size;
     return location;
   };
@@ -318,11 +376,10 @@ export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
     const chunkNumber = chunkNumberOf(location);
     const chunk = chunkAt(chunkNumber);
     const at = offsetOf(location);
-    const keyHeader = chunk.buffer.readUInt32LE(at);
-    assert((keyHeader & DEAD_BIT) === 0, `record at ${location} is already dead`);
-    const size = recordBytes(keyHeader, chunk.buffer.readUInt32LE(at + 4 + keyHeader));
-    chunk.buffer.writeUInt32LE((keyHeader | DEAD_BIT) >>> 0, at);
-    chunk.liveBytes -= size;
+    readRecord(chunk.buffer, at);
+    assert(!recordDead, `record at ${location} is already dead`);
+    chunk.buffer[at]! |= 1;
+    chunk.liveBytes -= recordBytes(recordKeyBytes, recordValueBytes);
     assert(chunk.liveBytes >= 0, `chunk ${chunkNumber} counts negative live bytes`);
     maybeQueue(chunkNumber);
   };
@@ -343,11 +400,13 @@ export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
     const buffer = chunk.buffer;
     let liveSeen = 0;
     for (let at = 0; at < chunk.usedBytes; ) {
-      const keyHeader = buffer.readUInt32LE(at);
-      const keyBytes = (keyHeader & ~DEAD_BIT) >>> 0;
-      const size = recordBytes(keyBytes, buffer.readUInt32LE(at + 4 + keyBytes));
-      if ((keyHeader & DEAD_BIT) === 0) {
-        const slot = findSlotOfLocation(hashBytes(buffer, at + 4, keyBytes), locationOf(chunkNumber, at));
+      readRecord(buffer, at);
+      const size = recordBytes(recordKeyBytes, recordValueBytes);
+      if (!recordDead) {
+        const slot = findSlotOfLocation(
+          hashBytes(buffer, recordKeyAt, recordKeyBytes),
+          locationOf(chunkNumber, at),
+        );
         assert(slot >= 0, `live record at ${at} of chunk ${chunkNumber} is not in the index`);
         const to = allocate(size);
         const target = chunkAt(chunkNumberOf(to));
@@ -384,9 +443,9 @@ export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
     if (slot >= 0) {
       const old = locations[slot]!;
       const buffer = chunkAt(chunkNumberOf(old)).buffer;
-      const valueAt = offsetOf(old) + 4 + keyLength;
-      if (buffer.readUInt32LE(valueAt) === value.byteLength) {
-        buffer.set(value, valueAt + 4); // Same size: overwrite in place, nothing dies.
+      readRecord(buffer, offsetOf(old));
+      if (recordValueBytes === value.byteLength) {
+        buffer.set(value, recordValueAt); // Same size: overwrite in place, nothing dies.
       } else {
         const location = appendRecord(keyBuffer, keyLength, value);
         killRecord(old);
@@ -421,8 +480,8 @@ export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
     if (slot < 0) return undefined;
     const location = locations[slot]!;
     const buffer = chunkAt(chunkNumberOf(location)).buffer;
-    const valueAt = offsetOf(location) + 4 + keyLength;
-    return buffer.subarray(valueAt + 4, valueAt + 4 + buffer.readUInt32LE(valueAt));
+    readRecord(buffer, offsetOf(location));
+    return buffer.subarray(recordValueAt, recordValueAt + recordValueBytes);
   };
 
   const has = (key: string): boolean => {
@@ -461,12 +520,10 @@ export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
       if (hashes[slot] === 0) continue;
       const location = locations[slot]!;
       const buffer = chunkAt(chunkNumberOf(location)).buffer;
-      const at = offsetOf(location);
-      const keyBytes = buffer.readUInt32LE(at);
-      const valueAt = at + 4 + keyBytes;
+      readRecord(buffer, offsetOf(location));
       yield [
-        buffer.subarray(at + 4, valueAt),
-        buffer.subarray(valueAt + 4, valueAt + 4 + buffer.readUInt32LE(valueAt)),
+        buffer.subarray(recordKeyAt, recordKeyAt + recordKeyBytes),
+        buffer.subarray(recordValueAt, recordValueAt + recordValueBytes),
       ];
     }
   }
