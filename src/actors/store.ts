@@ -1,14 +1,17 @@
 /**
  * The store actor: owns the key/value map and applies committed entries to it, in log order, once
- * each (Figure 2: "If commitIndex > lastApplied: increment lastApplied, apply log[lastApplied] to
+ * each. Values stay as the msgpack bytes the command carried, in a packed map off the JS heap
+ * (packed-map.ts), and are decoded when read: a million small values cost about their own size.
+ * Also (Figure 2: "If commitIndex > lastApplied: increment lastApplied, apply log[lastApplied] to
  * state machine"). Each command names its request (session, seq); a request that was already
  * applied is skipped, so a retried call takes effect at most once (dissertation §6.3). Every
  * applied update is reported as a `change`, every settled request as `applied`.
  */
 import { Decoder, Encoder } from '@msgpack/msgpack';
-import { decodeCommand } from '../io/command.js';
+import { decodeRawCommand, decodeValue } from '../io/command.js';
 import { assert } from '../machines/assert.js';
 import type { Entry } from '../machines/messages.js';
+import { createPackedMap, type PackedMap, readSnapshot, writeSnapshot } from './packed-map.js';
 
 export type Change = { key: string; value: unknown; deleted: boolean; index: number };
 
@@ -18,7 +21,7 @@ type Session = { settledBelow: number; applied: Set<number> };
 /** The state machine's snapshot (§7): everything it applied up to `index`, whose entry had `term`. */
 export type StoreSnapshot = { index: number; term: number; data: Uint8Array };
 
-const SNAPSHOT_VERSION = 1;
+const SNAPSHOT_VERSION = 2;
 const snapshotEncoder = new Encoder({ useBigInt64: true });
 const snapshotDecoder = new Decoder({ useBigInt64: true });
 
@@ -34,7 +37,7 @@ export const createStore = (
   /** False while nobody listens: then no change objects are made (less garbage per entry). */
   wantsChanges: () => boolean = () => true,
 ) => {
-  const map = new Map<string, unknown>();
+  let map: PackedMap = createPackedMap();
   const sessions = new Map<number, Session>();
   let appliedIndex = 0;
   let appliedTerm = 0;
@@ -65,12 +68,15 @@ export const createStore = (
       appliedIndex = index;
       appliedTerm = entry.term;
       if (entry.kind !== 'command' || entry.data === null) continue;
-      const command = decodeCommand(entry.data);
+      const command = decodeRawCommand(entry.data);
       if (firstTime(command.session, command.seq, command.lowestPending)) {
-        const deleted = command.op === 'delete';
-        if (deleted) map.delete(command.key);
-        else map.set(command.key, command.value);
-        if (wantsChanges()) onChange({ key: command.key, value: command.value, deleted, index });
+        const { valueBytes } = command;
+        if (valueBytes === null) map.delete(command.key);
+        else map.set(command.key, valueBytes);
+        if (wantsChanges()) {
+          const value = valueBytes === null ? undefined : decodeValue(valueBytes);
+          onChange({ key: command.key, value, deleted: valueBytes === null, index });
+        }
       } else {
         duplicates += 1;
       }
@@ -83,10 +89,9 @@ export const createStore = (
    * machine state too: a retry after a snapshot must still apply once, dissertation §6.3).
    */
   const snapshot = (): StoreSnapshot => {
-    const pairs: unknown[] = [];
-    for (const [key, value] of map) pairs.push(key, value);
     const tables: unknown[] = [];
     for (const [id, session] of sessions) tables.push(id, session.settledBelow, [...session.applied]);
+    const pairs = writeSnapshot(map);
     const data = snapshotEncoder.encode([SNAPSHOT_VERSION, appliedIndex, appliedTerm, tables, pairs]);
     return { index: appliedIndex, term: appliedTerm, data };
   };
@@ -100,11 +105,11 @@ export const createStore = (
       throw malformedSnapshot((error as Error).message);
     }
     if (!Array.isArray(decoded) || decoded.length !== 5 || decoded[0] !== SNAPSHOT_VERSION)
-      throw malformedSnapshot('not a version 1 snapshot');
+      throw malformedSnapshot(`not a version ${SNAPSHOT_VERSION} snapshot`);
     const [, index, term, tables, pairs] = decoded as [number, unknown, unknown, unknown, unknown];
-    if (!isCount(index) || !isCount(term) || !Array.isArray(tables) || !Array.isArray(pairs))
+    if (!isCount(index) || !isCount(term) || !Array.isArray(tables) || !(pairs instanceof Uint8Array))
       throw malformedSnapshot('bad header');
-    if (tables.length % 3 !== 0 || pairs.length % 2 !== 0) throw malformedSnapshot('odd table length');
+    if (tables.length % 3 !== 0) throw malformedSnapshot('odd table length');
     const nextSessions = new Map<number, Session>();
     for (let i = 0; i < tables.length; i += 3) {
       const [id, settledBelow, applied] = [tables[i], tables[i + 1], tables[i + 2]];
@@ -112,14 +117,14 @@ export const createStore = (
         throw malformedSnapshot(`bad session ${i / 3}`);
       nextSessions.set(id, { settledBelow, applied: new Set(applied) });
     }
-    const nextMap = new Map<string, unknown>();
-    for (let i = 0; i < pairs.length; i += 2) {
-      const key = pairs[i];
-      if (typeof key !== 'string') throw malformedSnapshot(`bad key ${i / 2}`);
-      nextMap.set(key, pairs[i + 1]);
+    let nextMap: PackedMap;
+    try {
+      nextMap = readSnapshot(pairs);
+    } catch (error) {
+      throw malformedSnapshot((error as Error).message);
     }
     map.clear();
-    for (const [key, value] of nextMap) map.set(key, value);
+    map = nextMap;
     sessions.clear();
     for (const [id, session] of nextSessions) sessions.set(id, session);
     appliedIndex = index;
@@ -139,9 +144,16 @@ export const createStore = (
     restore,
     wasApplied,
     appliedTerm: (): number => appliedTerm,
-    get: (key: string): unknown => map.get(key),
+    /** The value at `key`, decoded from its bytes (a fresh copy each time). */
+    get: (key: string): unknown => {
+      const bytes = map.get(key);
+      // A copy first: binary parts of the value would otherwise be views into the arena.
+      return bytes === undefined ? undefined : decodeValue(new Uint8Array(bytes));
+    },
+    /** The packed map's own figures (bytes live, dead, held). */
+    mapStats: () => map.stats(),
     has: (key: string): boolean => map.has(key),
-    size: (): number => map.size,
+    size: (): number => map.size(),
     appliedIndex: (): number => appliedIndex,
     duplicates: (): number => duplicates,
   };

@@ -5,6 +5,8 @@
  * healing commits within a bounded simulated time.
  */
 import { Decoder } from '@msgpack/msgpack';
+import { readSnapshot } from '../../src/actors/packed-map.js';
+import { decodeValue } from '../../src/io/command.js';
 import { createSimulation, RELIABLE, type Simulation, UNRELIABLE } from './simulator.js';
 
 /** Log compaction settings for runs that exercise snapshots (small, so they happen all the time). */
@@ -21,10 +23,11 @@ export const canonicalStore = (sim: Simulation, id: string): string => {
     number,
     number,
     unknown[],
-    unknown[],
+    Uint8Array,
   ];
   const keys: string[] = [];
-  for (let i = 0; i < pairs.length; i += 2) keys.push(`${String(pairs[i])}=${JSON.stringify(pairs[i + 1])}`);
+  for (const [key, value] of readSnapshot(pairs).entries())
+    keys.push(`${Buffer.from(key).toString()}=${JSON.stringify(decodeValue(value))}`);
   const sessions: string[] = [];
   for (let i = 0; i < tables.length; i += 3) {
     const applied = [...(tables[i + 2] as number[])].sort((a, b) => a - b);
