@@ -34,7 +34,7 @@ const N = Number(args.keys);
 const VALUE_BYTES = Number(args['value-bytes']);
 const PER_CHUNK = 50_000;
 const keyOf = (n) => `m${Math.floor(n / PER_CHUNK)}-${n % PER_CHUNK}`;
-const MB = 1024 * 1024;
+const MiB = 1024 * 1024;
 
 const usage = () => {
   for (let i = 0; i < 4; i += 1) globalThis.gc();
@@ -124,7 +124,7 @@ const child = async (impl, overwrite) => {
   );
 };
 
-const fmtMB = (bytes) => (bytes / MB).toFixed(1);
+const fmtMB = (bytes) => (bytes / MiB).toFixed(1);
 const fmtK = (n) => `${Math.round(n / 1000)}k`;
 
 const main = () => {
@@ -159,18 +159,18 @@ const main = () => {
   const raw = rows[0].rawBytes;
   if (args['node-flags']) console.log(`children run with ${args['node-flags']}`);
   console.log(
-    `${N.toLocaleString('en')} keys, ${VALUE_BYTES} B values, raw ${fmtMB(raw)} MB (keys + values)`,
+    `${N.toLocaleString('en')} keys, ${VALUE_BYTES} B values, raw ${fmtMB(raw)} MiB (keys + values)`,
   );
-  console.log('RSS MB (x raw) / heapUsed MB / external MB; per key = (stage - baseline) / keys');
+  console.log('RSS MiB (x raw) / heapUsed MiB / external MiB; per key = (stage - baseline) / keys');
   const stage = (r, name) => {
     const u = r[name];
-    const rssPerKey = (u.rss - r.baseline.rss) / r.keys;
-    const heapPerKey = (u.heapUsed - r.baseline.heapUsed) / r.keys;
-    return `${fmtMB(u.rss)} (${(u.rss / raw).toFixed(2)}x) / ${fmtMB(u.heapUsed)} / ${fmtMB(u.external)}  [${rssPerKey.toFixed(0)} B rss, ${heapPerKey.toFixed(0)} B heap per key]`;
+    const rssPerKey = Math.round((u.rss - r.baseline.rss) / r.keys) || 0;
+    const heapPerKey = Math.round((u.heapUsed - r.baseline.heapUsed) / r.keys) || 0;
+    return `${fmtMB(u.rss)} (${(u.rss / raw).toFixed(2)}x) / ${fmtMB(u.heapUsed)} / ${fmtMB(u.external)}  [${rssPerKey} B rss, ${heapPerKey} B heap per key]`;
   };
   for (const r of rows) {
     console.log(`\n${r.impl}${r.impl === 'packed' ? ` (overwrite: ${r.overwrite})` : ''}`);
-    console.log(`  baseline     ${fmtMB(r.baseline.rss)} MB RSS, ${fmtMB(r.baseline.heapUsed)} MB heap`);
+    console.log(`  baseline     ${fmtMB(r.baseline.rss)} MiB RSS, ${fmtMB(r.baseline.heapUsed)} MiB heap`);
     console.log(`  inserted     ${stage(r, 'inserted')}`);
     console.log(`  50% overwr.  ${stage(r, 'overwritten')}`);
     console.log(`  all overwr.  ${stage(r, 'settled')}`);
@@ -181,7 +181,7 @@ const main = () => {
       const s = r[name];
       if (!s) continue;
       console.log(
-        `  ${name.slice(5).padEnd(11)} live ${fmtMB(s.liveBytes)} MB, dead ${fmtMB(s.deadBytes)} MB, arena ${fmtMB(s.arenaBytes)} MB in ${s.chunks} chunks, index ${fmtMB(s.indexBytes)} MB, ${s.reclaimedChunks} reclaimed (${fmtMB(s.movedBytes)} MB moved)`,
+        `  ${name.slice(5).padEnd(11)} live ${fmtMB(s.liveBytes)} MiB, dead ${fmtMB(s.deadBytes)} MiB, arena ${fmtMB(s.arenaBytes)} MiB in ${s.chunks} chunks, index ${fmtMB(s.indexBytes)} MiB, ${s.reclaimedChunks} reclaimed (${fmtMB(s.movedBytes)} MiB moved)`,
       );
     }
   }

@@ -70,7 +70,7 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
 );
 const optionsArb: fc.Arbitrary<PackedMapOptions> = fc.record({
   chunkSizeBytes: fc.constantFrom(64, 256, 512, 1024),
-  reclaimBelowLiveFraction: fc.constantFrom(0.25, 0.5, 0.9),
+  reclaimBelowLiveFraction: fc.constantFrom(0.25, 0.5, 0.75, 0.9),
   initialIndexSlots: fc.constantFrom(1, 16, 64),
 });
 
