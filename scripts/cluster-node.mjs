@@ -1,4 +1,7 @@
 #!/usr/bin/env node
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
 /**
  * One diskeyval node in its own process, driven by a parent over Node's IPC channel. The parent is
  * normally `scripts/cluster.mjs` (tests, `npm run demo`, the benchmark), which forks this file with
@@ -38,9 +41,10 @@
  *   { cmd: 'status' }                           -> { nodeId, pid, role, term, leaderId, isLeader,
  *                                                    commitIndex, appliedIndex, lastIndex, keys }
  *   { cmd: 'metrics' }                          -> node.getMetrics()
- *   { cmd: 'usage' }                            -> { cpuUserS, cpuSystemS, rssBytes, peakRssBytes,
+ *   { cmd: 'usage', gc? }                       -> { cpuUserS, cpuSystemS, rssBytes, peakRssBytes,
  *                                                    heapUsedBytes } (totals since process start;
- *                                                    diff two answers for a phase)
+ *                                                    diff two answers for a phase); with `gc: true`
+ *                                                    after a full garbage collection
  *   { cmd: 'load', ... }                        -> a load report, see runLoad below
  *   { cmd: 'end' }                              -> undefined; then the node ends and the process exits 0
  * Errors are answered with the error's `code` (QUORUM_UNAVAILABLE, TIMEOUT, STOPPED,
@@ -48,9 +52,8 @@
  *
  * The process ends the node and exits 0 on 'end', when the parent disconnects, or on SIGTERM/SIGINT.
  */
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { performance } from 'node:perf_hooks';
+import v8 from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { diskeyval } from '../dist/index.js';
 
 const nowMs = () => performance.timeOrigin + performance.now();
@@ -207,7 +210,14 @@ const runLoad = async (options) => {
 
 // ---- commands ---------------------------------------------------------------------------------
 
-const usage = () => {
+/** A full garbage collection, without starting the process with --expose-gc. */
+const collectGarbage = () => {
+  v8.setFlagsFromString('--expose-gc');
+  runInNewContext('gc')();
+};
+
+const usage = (gc) => {
+  if (gc) collectGarbage();
   const cpu = process.cpuUsage();
   const memory = process.memoryUsage();
   return {
@@ -248,7 +258,7 @@ const execute = async (message) => {
     case 'metrics':
       return node.getMetrics();
     case 'usage':
-      return usage();
+      return usage(message.gc === true);
     case 'load':
       return runLoad(message);
     default:

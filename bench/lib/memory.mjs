@@ -5,8 +5,10 @@
  * The keys are written through the leader in chunks of 50,000 (the harness's bulk `load`, 256 in
  * flight; chunk c writes keys `m<c>-0` .. `m<c>-49999`), bounded by `timeLimitS`: when the time is
  * up the run stops early and says how many keys it reached. Then it waits (bounded) until every
- * node has applied everything, and reads RSS and heap of every node. The log keeps every entry (no
- * compaction yet), so each value is held twice: in the log and in the map.
+ * node has applied everything, and reads RSS and heap of every node after a full garbage
+ * collection (so the figure is what the node holds, not garbage the collector has not reached).
+ * The log is compacted every 10,000 entries (it keeps the last 5,000 applied), and values live
+ * as their msgpack bytes in the store's packed map, off the JS heap.
  */
 import { fmtInt, fmtMB, fmtNum, markdownTable, round } from './common.mjs';
 import {
@@ -32,8 +34,10 @@ export const runMemory = async ({
   const deadline = started + timeLimitS * 1000;
   try {
     const { leader } = await rolesOf(run);
-    const usage = () =>
-      Promise.all(run.ids.map((id) => run.cluster.call(id, { cmd: 'usage' }, { timeoutMs: 30_000 })));
+    const usage = (extra = {}) =>
+      Promise.all(
+        run.ids.map((id) => run.cluster.call(id, { cmd: 'usage', ...extra }, { timeoutMs: 30_000 })),
+      );
     const statuses = () =>
       Promise.all(run.ids.map((id) => run.cluster.call(id, { cmd: 'status' }, { timeoutMs: 30_000 })));
     const baseline = await usage();
@@ -71,9 +75,9 @@ export const runMemory = async ({
       await new Promise((resolve) => setTimeout(resolve, 200));
       final = await statuses();
     }
-    // Let the collector settle a little (no --expose-gc in the nodes): two quiet seconds.
+    // Two quiet seconds, then a full collection in every node before reading its memory.
     await new Promise((resolve) => setTimeout(resolve, 2000));
-    const after = await usage();
+    const after = await usage({ gc: true });
     final = await statuses();
     const probe = persistence ? await verifyPersistence(run) : null;
     const perNode = run.ids.map((id, i) => {

@@ -570,9 +570,12 @@ const SNAPSHOT_VERSION = 1;
 const SNAPSHOT_HEADER_BYTES = 12;
 const MAX_SNAPSHOT_BYTES = 2 ** 32 - 1;
 
-/** All (key, value) pairs of the map in one buffer. */
-export const writeSnapshot = (map: PackedMap): Uint8Array => {
-  let totalBytes = SNAPSHOT_HEADER_BYTES;
+/**
+ * All (key, value) pairs of the map in one buffer, after `prefix` (the caller's own header, so a
+ * large snapshot is written once, never copied into a bigger one).
+ */
+export const writeSnapshot = (map: PackedMap, prefix: Uint8Array = new Uint8Array(0)): Uint8Array => {
+  let totalBytes = prefix.byteLength + SNAPSHOT_HEADER_BYTES;
   let entryCount = 0;
   for (const [key, value] of map.entries()) {
     totalBytes += 8 + key.byteLength + value.byteLength;
@@ -581,10 +584,11 @@ export const writeSnapshot = (map: PackedMap): Uint8Array => {
   assert(entryCount === map.size(), `entries() yielded ${entryCount} of ${map.size()} entries`);
   if (totalBytes > MAX_SNAPSHOT_BYTES) throw new Error(`snapshot of ${totalBytes} bytes is too large`);
   const out = Buffer.allocUnsafeSlow(totalBytes);
-  out.writeUInt32LE(SNAPSHOT_MAGIC, 0);
-  out.writeUInt32LE(SNAPSHOT_VERSION, 4);
-  out.writeUInt32LE(entryCount, 8);
-  let at = SNAPSHOT_HEADER_BYTES;
+  out.set(prefix, 0);
+  out.writeUInt32LE(SNAPSHOT_MAGIC, prefix.byteLength);
+  out.writeUInt32LE(SNAPSHOT_VERSION, prefix.byteLength + 4);
+  out.writeUInt32LE(entryCount, prefix.byteLength + 8);
+  let at = prefix.byteLength + SNAPSHOT_HEADER_BYTES;
   for (const [key, value] of map.entries()) {
     out.writeUInt32LE(key.byteLength, at);
     out.set(key, at + 4);

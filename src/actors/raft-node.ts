@@ -99,6 +99,8 @@ const DEFAULT_COMPACT_EVERY = 10_000;
 const DEFAULT_SNAPSHOT_CHUNK_BYTES = 1024 * 1024;
 /** The largest snapshot a node accepts from a peer (a Node Buffer's limit is near 4 GiB). */
 const MAX_SNAPSHOT_BYTES = 2 ** 31 - 1;
+/** A leader keeps entries for a live follower at most this many compaction intervals behind. */
+const MAX_RETAINED_COMPACTIONS = 4;
 const EMITTED_TYPES = [
   'persist',
   'installSnapshot',
@@ -295,10 +297,30 @@ export const createRaftNode = (options: RaftNodeOptions) => {
 
   // ---- snapshots and compaction (§7) -----------------------------------------------------------
 
+  /**
+   * Where the log may be compacted to now: `keepEntries` below the applied index, and on a leader
+   * not past what a follower it hears from still needs (a snapshot is far costlier to send than
+   * the entries), unless that follower is more than `MAX_RETAINED_COMPACTIONS` intervals behind.
+   */
+  const compactionTarget = (): number => {
+    const applied = store.appliedIndex();
+    let target = applied - keepEntries;
+    if (!actor) return target;
+    const { context, value } = actor.getSnapshot();
+    if (roleOf(value) !== 'leader') return target;
+    const floor = applied - keepEntries - MAX_RETAINED_COMPACTIONS * compactEvery;
+    for (const progress of Object.values(context.progress)) {
+      if (progress.recentActive && progress.matchIndex >= floor)
+        target = Math.min(target, progress.matchIndex);
+    }
+    return target;
+  };
+
   /** After an apply pass: compact when enough was applied since the last compaction. */
   const maybeCompact = (): void => {
-    const target = store.appliedIndex() - keepEntries;
-    if (!actor || target - compactedTo < compactEvery) return;
+    if (!actor || store.appliedIndex() - keepEntries - compactedTo < compactEvery) return;
+    const target = compactionTarget();
+    if (target - compactedTo < compactEvery) return;
     compactedTo = target;
     metrics.compactions += 1;
     log.compact(target, store.snapshot);

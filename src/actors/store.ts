@@ -31,6 +31,17 @@ const malformedSnapshot = (why: string): Error =>
 const isCount = (value: unknown): value is number =>
   typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
 
+/**
+ * A store snapshot is `[u32 header length][msgpack [version, index, term, sessions]]` followed by
+ * the packed map's own snapshot (packed-map.ts), written in one buffer.
+ */
+export const splitSnapshot = (data: Uint8Array): { header: Uint8Array; pairs: Uint8Array } => {
+  if (data.byteLength < 4) throw malformedSnapshot(`${data.byteLength} bytes`);
+  const headerBytes = new DataView(data.buffer, data.byteOffset, data.byteLength).getUint32(0);
+  if (headerBytes > data.byteLength - 4) throw malformedSnapshot('header runs past the end');
+  return { header: data.subarray(4, 4 + headerBytes), pairs: data.subarray(4 + headerBytes) };
+};
+
 export const createStore = (
   onChange: (change: Change) => void,
   onApplied: (session: number, seq: number, index: number) => void,
@@ -91,24 +102,26 @@ export const createStore = (
   const snapshot = (): StoreSnapshot => {
     const tables: unknown[] = [];
     for (const [id, session] of sessions) tables.push(id, session.settledBelow, [...session.applied]);
-    const pairs = writeSnapshot(map);
-    const data = snapshotEncoder.encode([SNAPSHOT_VERSION, appliedIndex, appliedTerm, tables, pairs]);
-    return { index: appliedIndex, term: appliedTerm, data };
+    const header = snapshotEncoder.encode([SNAPSHOT_VERSION, appliedIndex, appliedTerm, tables]);
+    const prefix = new Uint8Array(4 + header.byteLength);
+    new DataView(prefix.buffer).setUint32(0, header.byteLength);
+    prefix.set(header, 4);
+    return { index: appliedIndex, term: appliedTerm, data: writeSnapshot(map, prefix) };
   };
 
   /** Replaces the whole state with a snapshot's (InstallSnapshot rule 8, or a restart). */
   const restore = (data: Uint8Array): { index: number; term: number } => {
+    const { header, pairs } = splitSnapshot(data);
     let decoded: unknown;
     try {
-      decoded = snapshotDecoder.decode(data);
+      decoded = snapshotDecoder.decode(header);
     } catch (error) {
       throw malformedSnapshot((error as Error).message);
     }
-    if (!Array.isArray(decoded) || decoded.length !== 5 || decoded[0] !== SNAPSHOT_VERSION)
+    if (!Array.isArray(decoded) || decoded.length !== 4 || decoded[0] !== SNAPSHOT_VERSION)
       throw malformedSnapshot(`not a version ${SNAPSHOT_VERSION} snapshot`);
-    const [, index, term, tables, pairs] = decoded as [number, unknown, unknown, unknown, unknown];
-    if (!isCount(index) || !isCount(term) || !Array.isArray(tables) || !(pairs instanceof Uint8Array))
-      throw malformedSnapshot('bad header');
+    const [, index, term, tables] = decoded as [number, unknown, unknown, unknown];
+    if (!isCount(index) || !isCount(term) || !Array.isArray(tables)) throw malformedSnapshot('bad header');
     if (tables.length % 3 !== 0) throw malformedSnapshot('odd table length');
     const nextSessions = new Map<number, Session>();
     for (let i = 0; i < tables.length; i += 3) {

@@ -29,8 +29,14 @@ vi.mock('../../src/actors/store.js', async (importOriginal) => {
           const taken = snapshot();
           if (!broken.dropSessions) return taken;
           // The bug: the snapshot holds the map only.
-          const [version, index, term, , pairs] = decode(taken.data, { useBigInt64: true }) as unknown[];
-          return { ...taken, data: encode([version, index, term, [], pairs], { useBigInt64: true }) };
+          const { header, pairs } = original.splitSnapshot(taken.data);
+          const [version, index, term] = decode(header, { useBigInt64: true }) as unknown[];
+          const emptied = encode([version, index, term, []], { useBigInt64: true });
+          const data = new Uint8Array(4 + emptied.byteLength + pairs.byteLength);
+          new DataView(data.buffer).setUint32(0, emptied.byteLength);
+          data.set(emptied, 4);
+          data.set(pairs, 4 + emptied.byteLength);
+          return { ...taken, data };
         },
       };
     },

@@ -6,6 +6,7 @@
  */
 import { Decoder } from '@msgpack/msgpack';
 import { readSnapshot } from '../../src/actors/packed-map.js';
+import { splitSnapshot } from '../../src/actors/store.js';
 import { decodeValue } from '../../src/io/command.js';
 import { createSimulation, RELIABLE, type Simulation, UNRELIABLE } from './simulator.js';
 
@@ -18,13 +19,8 @@ const snapshotDecoder = new Decoder({ useBigInt64: true });
 export const canonicalStore = (sim: Simulation, id: string): string => {
   const node = sim.node(id);
   if (!node) return '(down)';
-  const [, index, , tables, pairs] = snapshotDecoder.decode(node.storeSnapshot().data) as [
-    number,
-    number,
-    number,
-    unknown[],
-    Uint8Array,
-  ];
+  const { header, pairs } = splitSnapshot(node.storeSnapshot().data);
+  const [, index, , tables] = snapshotDecoder.decode(header) as [number, number, number, unknown[]];
   const keys: string[] = [];
   for (const [key, value] of readSnapshot(pairs).entries())
     keys.push(`${Buffer.from(key).toString()}=${JSON.stringify(decodeValue(value))}`);
