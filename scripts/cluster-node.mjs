@@ -226,6 +226,10 @@ const usage = (gc) => {
     rssBytes: memory.rss,
     peakRssBytes: process.resourceUsage().maxRSS * 1024,
     heapUsedBytes: memory.heapUsed,
+    heapTotalBytes: memory.heapTotal,
+    arrayBuffersBytes: memory.arrayBuffers,
+    /** V8's heap spaces (new, old, code, large objects...): committed bytes by space. */
+    spaces: Object.fromEntries(v8.getHeapSpaceStatistics().map((s) => [s.space_name, s.physical_space_size])),
   };
 };
 

@@ -19,6 +19,8 @@ import {
 } from './diskeyval-side.mjs';
 
 const CHUNK = 50_000;
+const REST_STEP_MS = 5_000;
+const REST_LIMIT_MS = 40_000;
 
 export const runMemory = async ({
   keys,
@@ -75,8 +77,18 @@ export const runMemory = async ({
       await new Promise((resolve) => setTimeout(resolve, 200));
       final = await statuses();
     }
-    // Two quiet seconds, then a full collection in every node before reading its memory.
-    await new Promise((resolve) => setTimeout(resolve, 2000));
+    // At rest: quiet until V8's memory reducer has shrunk the young generation that the load grew
+    // (it runs after ~10 s of low allocation): RSS read every 5 s until no node's fell by more
+    // than 1 MB (at least 15 s, at most REST_LIMIT_MS), then a full collection in every node.
+    const busy = await usage();
+    let rest = busy;
+    for (let waitedMs = REST_STEP_MS; waitedMs <= REST_LIMIT_MS; waitedMs += REST_STEP_MS) {
+      await new Promise((resolve) => setTimeout(resolve, REST_STEP_MS));
+      const now = await usage();
+      const settled = now.every((u, i) => rest[i].rssBytes - u.rssBytes < 1_000_000);
+      rest = now;
+      if (settled && waitedMs >= 15_000) break;
+    }
     const after = await usage({ gc: true });
     final = await statuses();
     const probe = persistence ? await verifyPersistence(run) : null;
@@ -88,8 +100,12 @@ export const runMemory = async ({
         keys: s.keys,
         logEntries: s.lastIndex,
         rssBytes: after[i].rssBytes,
+        rssRightAfterLoadBytes: busy[i].rssBytes,
         peakRssBytes: after[i].peakRssBytes,
         heapUsedBytes: after[i].heapUsedBytes,
+        heapTotalBytes: after[i].heapTotalBytes,
+        arrayBuffersBytes: after[i].arrayBuffersBytes,
+        heapSpaces: after[i].spaces,
         baselineRssBytes: baseline[i].rssBytes,
         rssOverRaw: round(after[i].rssBytes / rawBytes, 2),
         growthOverRaw: round((after[i].rssBytes - baseline[i].rssBytes) / rawBytes, 2),

@@ -1,11 +1,12 @@
 /**
  * The store actor: owns the key/value map and applies committed entries to it, in log order, once
- * each. Values stay as the msgpack bytes the command carried, in a packed map off the JS heap
- * (packed-map.ts), and are decoded when read: a million small values cost about their own size.
- * Also (Figure 2: "If commitIndex > lastApplied: increment lastApplied, apply log[lastApplied] to
- * state machine"). Each command names its request (session, seq); a request that was already
- * applied is skipped, so a retried call takes effect at most once (dissertation §6.3). Every
- * applied update is reported as a `change`, every settled request as `applied`.
+ * each (Figure 2: "If commitIndex > lastApplied: increment lastApplied, apply log[lastApplied] to
+ * state machine"). Values stay as the msgpack bytes the command carried, in a packed map off the
+ * JS heap (packed-map.ts), and are decoded when read: a million small values cost about their own
+ * size. Each command names its request (session, seq); a request that was already applied is
+ * skipped, so a retried call takes effect at most once (dissertation §6.3). Every applied update is
+ * reported as a `change`, every settled request as `applied`; a snapshot that replaces the state
+ * (§7) reports one `change` per key it changed.
  */
 import { Decoder, Encoder } from '@msgpack/msgpack';
 import { decodeRawCommand, decodeValue } from '../io/command.js';
@@ -30,6 +31,26 @@ const malformedSnapshot = (why: string): Error =>
 
 const isCount = (value: unknown): value is number =>
   typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
+
+/**
+ * What a listener must hear when a snapshot replaces the state: one change per key whose value
+ * differs (set) or that is gone (deleted), all at the snapshot's index. The updates in between
+ * were applied elsewhere; their net effect is what the listener learns.
+ */
+const differences = (before: PackedMap, after: PackedMap, index: number): Change[] => {
+  const changes: Change[] = [];
+  for (const [keyBytes, value] of after.entries()) {
+    const key = Buffer.from(keyBytes.buffer, keyBytes.byteOffset, keyBytes.byteLength).toString();
+    const old = before.get(key);
+    if (old !== undefined && Buffer.compare(old, value) === 0) continue;
+    changes.push({ key, value: decodeValue(new Uint8Array(value)), deleted: false, index });
+  }
+  for (const [keyBytes] of before.entries()) {
+    const key = Buffer.from(keyBytes.buffer, keyBytes.byteOffset, keyBytes.byteLength).toString();
+    if (!after.has(key)) changes.push({ key, value: undefined, deleted: true, index });
+  }
+  return changes;
+};
 
 /**
  * A store snapshot is `[u32 header length][msgpack [version, index, term, sessions]]` followed by
@@ -136,12 +157,14 @@ export const createStore = (
     } catch (error) {
       throw malformedSnapshot((error as Error).message);
     }
+    const changes = wantsChanges() ? differences(map, nextMap, index) : [];
     map.clear();
     map = nextMap;
     sessions.clear();
     for (const [id, session] of nextSessions) sessions.set(id, session);
     appliedIndex = index;
     appliedTerm = term;
+    for (const change of changes) onChange(change);
     return { index, term };
   };
 

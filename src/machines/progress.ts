@@ -8,8 +8,10 @@
  *   AppendEntries optimistically (nextIndex moves ahead at send time) with at most
  *   `maxInflight` requests unanswered: the pipeline.
  * - `snapshot`: the follower needs entries the leader has compacted (§7). One InstallSnapshot is
- *   out; nothing else goes until it is answered, or until `SNAPSHOT_RETRY_HEARTBEATS` heartbeat
- *   answers arrived without its answer (it was lost), when the leader probes (and so resends).
+ *   out; nothing else goes until it is answered, or until enough heartbeat answers arrived without
+ *   its answer (it was lost), when the leader probes (and so resends): `SNAPSHOT_RETRY_HEARTBEATS`
+ *   the first time, twice as many after each further try (a large snapshot takes a while to cross,
+ *   and resending it early only doubles the load), up to 32 times as many.
  *
  * Progress objects are owned by the raft machine and changed in place, once per message.
  */
@@ -32,6 +34,8 @@ export type Progress = {
   recentActive: boolean;
   /** snapshot: heartbeat answers since the InstallSnapshot went out. */
   snapshotWaitedHeartbeats: number;
+  /** InstallSnapshots sent since the follower last answered one (or accepted entries). */
+  snapshotTries: number;
 };
 
 export const createProgress = (leaderLastIndex: number): Progress => ({
@@ -42,6 +46,7 @@ export const createProgress = (leaderLastIndex: number): Progress => ({
   inflight: [],
   recentActive: true,
   snapshotWaitedHeartbeats: 0,
+  snapshotTries: 0,
 });
 
 export const isPaused = (progress: Progress, maxInflight: number): boolean => {
@@ -55,6 +60,7 @@ export const onSnapshotSent = (progress: Progress): void => {
   progress.inflight = [];
   progress.probeSent = false;
   progress.snapshotWaitedHeartbeats = 0;
+  progress.snapshotTries += 1;
 };
 
 /**
@@ -64,6 +70,7 @@ export const onSnapshotSent = (progress: Progress): void => {
 export const onSnapshotAnswered = (progress: Progress, matchIndex: number): boolean => {
   const advanced = matchIndex > progress.matchIndex;
   if (advanced) progress.matchIndex = matchIndex;
+  progress.snapshotTries = 0;
   if (progress.state === 'snapshot') {
     progress.state = 'probe';
     progress.probeSent = false;
@@ -95,6 +102,7 @@ export const onAppendAccepted = (progress: Progress, matchIndex: number): boolea
   if (progress.state === 'snapshot') return advanced;
   progress.probeSent = false;
   if (progress.state === 'probe') {
+    progress.snapshotTries = 0;
     progress.state = 'replicate';
     progress.inflight = [];
     progress.nextIndex = progress.matchIndex + 1;
@@ -137,6 +145,7 @@ export const onHeartbeatAnswered = (progress: Progress, maxInflight: number): vo
   if (progress.state === 'replicate' && progress.inflight.length >= maxInflight) progress.inflight.shift();
   if (progress.state === 'snapshot') {
     progress.snapshotWaitedHeartbeats += 1;
-    if (progress.snapshotWaitedHeartbeats >= SNAPSHOT_RETRY_HEARTBEATS) progress.state = 'probe';
+    const patience = SNAPSHOT_RETRY_HEARTBEATS * 2 ** Math.min(progress.snapshotTries - 1, 5);
+    if (progress.snapshotWaitedHeartbeats >= patience) progress.state = 'probe';
   }
 };

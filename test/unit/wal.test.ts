@@ -715,9 +715,13 @@ describe('diskeyval with persistence (in-process cluster, real WAL files)', () =
     expect(up.reduce((sum, node) => sum + node.getMetrics().compactions, 0)).toBeGreaterThan(0);
 
     const back = open(downId);
+    // Listeners hear the snapshot as one change per key it changed.
+    const heard = new Map<string, unknown>();
+    back.on('change', (change) => heard.set(change.key, change.value));
     await back.start();
     expect(await back.get('k199')).toBe(199);
     expect(back.getMetrics().snapshotsInstalled).toBeGreaterThanOrEqual(1);
+    for (let i = 0; i < 200; i += 1) expect(heard.get(`k${i}`), `change for k${i}`).toBe(i);
     expect(await back.get('early3', { consistency: 'local' })).toBe(3);
     await Promise.all(nodes.splice(0).map((node) => node.end()));
 
