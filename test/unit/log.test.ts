@@ -58,14 +58,22 @@ const run = (steps: Step[]) => {
   let term = 1;
   for (const s of steps) {
     if (s.kind === 'append') {
-      const entries = s.terms.map((bump) => entry((term += bump)));
+      const entries: Entry[] = [];
+      for (const bump of s.terms) {
+        term += bump;
+        entries.push(entry(term));
+      }
       append(log, entries);
       reference.push(...entries);
     } else if (s.kind === 'merge') {
       // An AppendEntries from a leader whose log agrees with ours up to prevLogIndex.
       const prevLogIndex = Math.max(log.offset, lastIndex(log) - s.back);
       let t = termAt(log, prevLogIndex)!;
-      const entries = s.terms.map((bump) => entry((t = Math.max(t, t + bump))));
+      const entries: Entry[] = [];
+      for (const bump of s.terms) {
+        t = Math.max(t, t + bump);
+        entries.push(entry(t));
+      }
       const before = reference.slice(0, prevLogIndex);
       const { lastNewIndex } = mergeEntries(log, prevLogIndex, entries);
       expect(lastNewIndex).toBe(prevLogIndex + entries.length);
@@ -85,7 +93,8 @@ const run = (steps: Step[]) => {
     } else {
       const index = Math.max(log.offset + 1, lastIndex(log) + s.ahead);
       const held = index <= lastIndex(log);
-      const snapshotTerm = held && s.sameTerm ? termAt(log, index)! : (term += 1);
+      if (!(held && s.sameTerm)) term += 1;
+      const snapshotTerm = held && s.sameTerm ? termAt(log, index)! : term;
       const kept = restoreTo(log, index, snapshotTerm);
       expect(kept).toBe(held && s.sameTerm);
       if (!kept) {
