@@ -42,7 +42,16 @@ export const createMemoryLog = (initial?: PersistedState, memoryOptions: MemoryL
 
   const lastIndex = (): number => offset + entries.length;
 
+  /**
+   * Without keepSnapshots, the snapshot a server restarted from is needed only until the store
+   * has taken it: dropped at the first change, so the log does not hold a copy of the state.
+   */
+  const changed = (): void => {
+    if (!memoryOptions.keepSnapshots) snapshot = null;
+  };
+
   const persist = (output: PersistOutput): void => {
+    changed();
     if (output.hardState) {
       assert(output.hardState.term >= hardState.term, 'persisted term went backwards');
       hardState = output.hardState;
@@ -63,6 +72,7 @@ export const createMemoryLog = (initial?: PersistedState, memoryOptions: MemoryL
 
   /** InstallSnapshot: the log restarts after the snapshot (keeping its suffix if the machine did). */
   const installSnapshot = (output: InstallOutput): void => {
+    changed();
     if (output.keptSuffix) {
       assert(output.index <= lastIndex(), `kept a suffix after ${output.index} beyond ${lastIndex()}`);
       dropThrough(output.index);
@@ -70,13 +80,16 @@ export const createMemoryLog = (initial?: PersistedState, memoryOptions: MemoryL
       entries.length = 0;
       offset = output.index;
     }
-    snapshot = { index: output.index, term: output.term, data: output.data };
+    // Only a log that restarts servers keeps the data: elsewhere it would hold a whole copy of
+    // the state machine (the WAL has its own on disk).
+    if (memoryOptions.keepSnapshots) snapshot = { index: output.index, term: output.term, data: output.data };
     writes += 1;
   };
 
   /** The node compacted the log up to `index`; `take` snapshots the state machine (covering ≥ index). */
   const compact = (index: number, take: () => StoreSnapshot): void => {
     if (index <= offset) return;
+    changed();
     assert(index <= lastIndex(), `compact past the end: ${index} > ${lastIndex()}`);
     if (memoryOptions.keepSnapshots) {
       const taken = take();
@@ -89,10 +102,11 @@ export const createMemoryLog = (initial?: PersistedState, memoryOptions: MemoryL
     dropThrough(index);
   };
 
+  /** What a server restarts from. Without keepSnapshots, only until the first change after a snapshot. */
   const persisted = (): PersistedState => {
     assert(
       offset === (snapshot?.index ?? 0),
-      'this memory log was compacted without keeping snapshots: it cannot restart a server',
+      'this memory log was compacted (or took a snapshot) without keeping snapshots: it cannot restart a server',
     );
     return { hardState, snapshot, entries: [...entries] };
   };

@@ -168,7 +168,7 @@ describe('the WAL file', () => {
       snap(9, 3, false, 8, 8, 8),
       { hardState: null, fromIndex: 10, entries: [noop(4)] },
     ];
-    const memory = createMemoryLog();
+    const memory = createMemoryLog(undefined, { keepSnapshots: true });
     for (const record of records) {
       if (record.snapshot) memory.installSnapshot({ type: 'installSnapshot', ...record.snapshot });
       else memory.persist(persist(record));
