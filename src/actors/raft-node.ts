@@ -623,9 +623,37 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     assembly.received += data.byteLength;
     if (assembly.received < totalBytes) return null;
     assemblies.delete(message.from);
+    // The pieces must tile the snapshot exactly: no gap, no overlap.
+    const offsets = [...assembly.parts.keys()].sort((a, b) => a - b);
     const whole = new Uint8Array(totalBytes);
-    for (const [at, part] of assembly.parts) whole.set(part, at);
+    let next = 0;
+    for (const at of offsets) {
+      const part = assembly.parts.get(at)!;
+      if (at !== next) {
+        metrics.malformedMessages += 1;
+        return null;
+      }
+      whole.set(part, at);
+      next = at + part.byteLength;
+    }
     return { ...message, data: whole, chunkOffset: 0 };
+  };
+
+  /**
+   * A whole snapshot that the machine would install is parsed before the machine sees it: bad
+   * bytes are dropped and counted here (the log and the commit index must not move for them).
+   * The store keeps the parse for the restore that follows.
+   */
+  const isInstallable = (message: InstallSnapshot): boolean => {
+    if (message.lastIncludedIndex <= status().commitIndex) return true; // answered without its data
+    try {
+      const parsed = store.prepare(message.data!);
+      if (parsed.index === message.lastIncludedIndex && parsed.term === message.lastIncludedTerm) return true;
+    } catch {
+      // counted below
+    }
+    metrics.malformedMessages += 1;
+    return false;
   };
 
   const deliver = (message: TransportMessage): void => {
@@ -633,7 +661,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     peers.get(message.from)?.received();
     if (message.type === 'InstallSnapshot') {
       const whole = assembleSnapshot(message as unknown as InstallSnapshot);
-      if (whole) actor.send({ type: 'message', message: whole });
+      if (whole && isInstallable(whole)) actor.send({ type: 'message', message: whole });
     } else if (RAFT_TYPES.has(message.type)) {
       actor.send({ type: 'message', message: message as unknown as RaftMessage });
     } else {

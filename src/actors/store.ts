@@ -23,6 +23,8 @@ type Session = { settledBelow: number; applied: Set<number> };
 export type StoreSnapshot = { index: number; term: number; data: Uint8Array };
 
 const SNAPSHOT_VERSION = 2;
+
+type ParsedSnapshot = { index: number; term: number; map: PackedMap; sessions: Map<number, Session> };
 const snapshotEncoder = new Encoder({ useBigInt64: true });
 const snapshotDecoder = new Decoder({ useBigInt64: true });
 
@@ -130,8 +132,34 @@ export const createStore = (
     return { index: appliedIndex, term: appliedTerm, data: writeSnapshot(map, prefix) };
   };
 
+  /**
+   * Parses and checks a snapshot without touching the state: throws MALFORMED_SNAPSHOT on bad
+   * bytes. The parsed state is kept for a `restore` of the same bytes that follows (one parse).
+   */
+  let prepared: { data: Uint8Array; state: ParsedSnapshot } | null = null;
+  const prepare = (data: Uint8Array): { index: number; term: number } => {
+    const state = parseSnapshot(data);
+    prepared = { data, state };
+    return { index: state.index, term: state.term };
+  };
+
   /** Replaces the whole state with a snapshot's (InstallSnapshot rule 8, or a restart). */
   const restore = (data: Uint8Array): { index: number; term: number } => {
+    const parsed = prepared?.data === data ? prepared.state : parseSnapshot(data);
+    prepared = null;
+    const { index, term, map: nextMap, sessions: nextSessions } = parsed;
+    const changes = wantsChanges() ? differences(map, nextMap, index) : [];
+    map.clear();
+    map = nextMap;
+    sessions.clear();
+    for (const [id, session] of nextSessions) sessions.set(id, session);
+    appliedIndex = index;
+    appliedTerm = term;
+    for (const change of changes) onChange(change);
+    return { index, term };
+  };
+
+  const parseSnapshot = (data: Uint8Array): ParsedSnapshot => {
     const { header, pairs } = splitSnapshot(data);
     let decoded: unknown;
     try {
@@ -157,15 +185,7 @@ export const createStore = (
     } catch (error) {
       throw malformedSnapshot((error as Error).message);
     }
-    const changes = wantsChanges() ? differences(map, nextMap, index) : [];
-    map.clear();
-    map = nextMap;
-    sessions.clear();
-    for (const [id, session] of nextSessions) sessions.set(id, session);
-    appliedIndex = index;
-    appliedTerm = term;
-    for (const change of changes) onChange(change);
-    return { index, term };
+    return { index, term, map: nextMap, sessions: nextSessions };
   };
 
   /** Whether (session, seq) has been applied (or settled) in the current state. */
@@ -177,6 +197,7 @@ export const createStore = (
   return {
     apply,
     snapshot,
+    prepare,
     restore,
     wasApplied,
     appliedTerm: (): number => appliedTerm,

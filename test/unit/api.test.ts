@@ -748,12 +748,20 @@ describe('public API on an in-memory cluster', () => {
         { ...base, data: new Uint8Array(4), chunkOffset: -1, totalBytes: 9 },
         { ...base, data: new Uint8Array(4), chunkOffset: 0, totalBytes: 2 ** 40 },
         { ...base, lastIncludedIndex: 1.5, data: new Uint8Array(4), chunkOffset: 0, totalBytes: 4 },
+        // Whole, well framed, but not a snapshot: dropped before the machine sees it.
+        { ...base, data: new Uint8Array([1, 2, 3, 4]), chunkOffset: 0, totalBytes: 4 },
+      ];
+      // Two pieces that overlap instead of tiling the snapshot: one bad snapshot.
+      const overlapping = [
+        { ...base, data: new Uint8Array(4), chunkOffset: 0, totalBytes: 6 },
+        { ...base, data: new Uint8Array(4), chunkOffset: 2, totalBytes: 6 },
       ];
       const endpoint = cluster.transport.connect('intruder', () => {}) as TransportEndpoint;
-      for (const message of bad) endpoint.send(message as never);
+      for (const message of [...bad, ...overlapping]) endpoint.send(message as never);
       // The transport delivers in order: once a later write went through, the chunks were seen.
       await follower.set('after', 2);
-      expect(follower.getMetrics().malformedMessages).toBe(bad.length);
+      expect(follower.getMetrics().malformedMessages).toBe(bad.length + 1);
+      expect(follower.getMetrics().commitIndex).toBeLessThan(1_000);
       await endpoint.close();
       expect(follower.getMetrics().snapshotsInstalled).toBe(0);
       await follower.set('after', 3);
