@@ -32,6 +32,9 @@ describe.each([3, 5])('chaos with log compaction: %i servers', (nodes) => {
       committed += result.committed;
       snapshotsSent += result.snapshotsSent;
     }
+    console.log(
+      `compaction chaos, ${nodes} servers: ${seeds.length} seeds, ${committed} entries committed, ${snapshotsSent} InstallSnapshot chunks sent`,
+    );
     expect(committed).toBeGreaterThanOrEqual(seeds.length * 6);
     // Snapshots really were sent (in chunks), in a good share of the runs.
     expect(snapshotsSent).toBeGreaterThanOrEqual(seeds.length);
