@@ -3,7 +3,10 @@
  * Raft (paper §5.1, Figure 4): follower, candidate (with PreVote, dissertation §9.6) and leader.
  *
  * Every message first meets the term rules of "Rules for All Servers" at the root, then is raised
- * again as a typed event (`AppendEntries`, `RequestVote`, ...) for the role to handle. Timers are
+ * again as a typed event (`AppendEntries`, `RequestVote`, ...) for the role to handle. The messages
+ * of the replication hot path (AppendEntries and Heartbeat at a follower, their answers at a
+ * leader) skip that second step when they are of the current term, the only case in which the root
+ * would just route them: the role takes the `message` event itself, in one microstep. Timers are
  * XState delayed transitions (`after`), so the same machine runs on the real clock and on a
  * simulated one; each timer also has an explicit event (`electionTimeout`, `heartbeatTimeout`,
  * `checkQuorum`) so tests and tools can fire it by hand.
@@ -17,6 +20,9 @@ import * as rules from './raft.rules.js';
 import type { Outcome, RaftContext, RaftEmitted, RaftEvent, RaftInput } from './raft.types.js';
 
 type MessageOf<T extends RaftMessage['type']> = Extract<RaftMessage, { type: T }>;
+
+/** Messages whose only root rules are about their term (no PreVote cases): see `isOfCurrentTerm`. */
+type HotMessageType = 'AppendEntries' | 'Heartbeat' | 'AppendEntriesResponse' | 'HeartbeatResponse';
 
 /** Wraps a rule so its outcome becomes XState actions: one assign, one `send` output, the other outputs. */
 const rule = (decide: (context: RaftContext, event: RaftEvent) => Outcome) =>
@@ -63,6 +69,11 @@ export const raftMachine = setup({
       return message.type === 'RequestVoteResponse' && message.preVote && message.voteGranted;
     },
     isFromNewerTerm: ({ context, event }) => incoming(event).term > context.currentTerm,
+    /** A `message` of this type and of the current term: one the root's term rules would only route. */
+    isOfCurrentTerm: ({ context, event }, params: { type: HotMessageType }) =>
+      event.type === 'message' &&
+      event.message.type === params.type &&
+      event.message.term === context.currentTerm,
     canGrantVote: ({ context, event }) => rules.canGrantVote(context, messageOf(event, 'RequestVote')),
     isAnswerToOurPreVote: ({ context, event }) =>
       rules.isAnswerToOurPreVote(context, messageOf(event, 'RequestVoteResponse')),
@@ -155,8 +166,20 @@ export const raftMachine = setup({
       },
       on: {
         electionTimeout: { target: 'candidate' },
-        AppendEntries: { target: '.listening', reenter: true, actions: 'appendFromLeader' },
-        Heartbeat: { target: '.listening', reenter: true, actions: 'heartbeatFromLeader' },
+        message: [
+          {
+            guard: { type: 'isOfCurrentTerm', params: { type: 'AppendEntries' } },
+            target: '.listening',
+            reenter: true,
+            actions: 'appendFromLeader',
+          },
+          {
+            guard: { type: 'isOfCurrentTerm', params: { type: 'Heartbeat' } },
+            target: '.listening',
+            reenter: true,
+            actions: 'heartbeatFromLeader',
+          },
+        ],
       },
     },
     candidate: {
@@ -200,8 +223,16 @@ export const raftMachine = setup({
       on: {
         AppendEntries: { actions: 'assertOneLeaderPerTerm' },
         Heartbeat: { actions: 'assertOneLeaderPerTerm' },
-        AppendEntriesResponse: { actions: 'handleAppendResponse' },
-        HeartbeatResponse: { actions: 'handleHeartbeatResponse' },
+        message: [
+          {
+            guard: { type: 'isOfCurrentTerm', params: { type: 'AppendEntriesResponse' } },
+            actions: 'handleAppendResponse',
+          },
+          {
+            guard: { type: 'isOfCurrentTerm', params: { type: 'HeartbeatResponse' } },
+            actions: 'handleHeartbeatResponse',
+          },
+        ],
         propose: { actions: 'appendProposals' },
         readIndex: { actions: 'startReadRound' },
         persisted: { actions: 'leaderPersisted' },
