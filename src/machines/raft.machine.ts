@@ -7,16 +7,17 @@
  * of the replication hot path (AppendEntries and Heartbeat at a follower, their answers at a
  * leader) skip that second step when they are of the current term, the only case in which the root
  * would just route them: the role takes the `message` event itself, in one microstep. Timers are
- * XState delayed transitions (`after`) and, for a follower, a delayed `electionTimeout` event that
- * every message from the leader restarts without leaving the state (re-entering it would cost an
- * exit and an entry per message). So the same machine runs on the real clock and on a simulated
- * one; each timer also has an explicit event (`electionTimeout`, `heartbeatTimeout`, `checkQuorum`)
- * so tests and tools can fire it by hand.
+ * XState delayed transitions (`after`), so the same machine runs on the real clock and on a
+ * simulated one; each timer also has an explicit event (`electionTimeout`, `heartbeatTimeout`,
+ * `checkQuorum`) so tests and tools can fire it by hand. The follower's election timer is the
+ * exception: it is reset by every message from the leader, so the machine only says when it is
+ * reset (`electionTimerReset`) and the node sends `electionTimeout` after that much silence; a
+ * reset per message then costs no timer and no exit and entry of a state.
  *
  * The machine is pure: it reads only (context, event) and asks for everything else with emitted
  * outputs (see raft.types.ts). The bookkeeping per entry lives in log.ts and progress.ts.
  */
-import { cancel, enqueueActions, raise, setup } from 'xstate';
+import { emit, enqueueActions, raise, setup } from 'xstate';
 import type { RaftMessage } from './messages.js';
 import * as rules from './raft.rules.js';
 import type { Outcome, RaftContext, RaftEmitted, RaftEvent, RaftInput } from './raft.types.js';
@@ -94,9 +95,11 @@ export const raftMachine = setup({
       return { type: message.type, message } as RaftEvent;
     }),
     redeliver: raise(({ event }) => event),
-    /** The follower's election timer: `electionTimeout` after a randomized silence (§5.2). */
-    startElectionTimer: raise({ type: 'electionTimeout' }, { id: 'electionTimer', delay: 'electionTimeout' }),
-    stopElectionTimer: cancel('electionTimer'),
+    /** The follower's election timer starts over: `electionTimeout` after a randomized silence (§5.2). */
+    resetElectionTimer: emit(({ context }) => ({
+      type: 'electionTimerReset' as const,
+      timeoutMs: context.randomizedElectionTimeoutMs,
+    })),
     grantVote: rule((context, event) => rules.grantVote(context, messageOf(event, 'RequestVote'))),
     rejectVote: rule((context, event) => rules.rejectVote(context, messageOf(event, 'RequestVote'))),
     startPreVote: rule((context) => rules.startPreVote(context)),
@@ -168,7 +171,7 @@ export const raftMachine = setup({
       initial: 'listening',
       states: {
         // Entered on becoming a follower, on a new term and on granting a vote: each (re)starts the timer.
-        listening: { entry: 'startElectionTimer', exit: 'stopElectionTimer' },
+        listening: { entry: 'resetElectionTimer' },
       },
       on: {
         electionTimeout: { target: 'candidate' },
@@ -176,11 +179,11 @@ export const raftMachine = setup({
           // Hearing from the leader restarts the election timer.
           {
             guard: { type: 'isOfCurrentTerm', params: { type: 'AppendEntries' } },
-            actions: ['appendFromLeader', 'stopElectionTimer', 'startElectionTimer'],
+            actions: ['appendFromLeader', 'resetElectionTimer'],
           },
           {
             guard: { type: 'isOfCurrentTerm', params: { type: 'Heartbeat' } },
-            actions: ['heartbeatFromLeader', 'stopElectionTimer', 'startElectionTimer'],
+            actions: ['heartbeatFromLeader', 'resetElectionTimer'],
           },
         ],
       },
