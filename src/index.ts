@@ -7,6 +7,7 @@ import { randomInt } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { InspectionEvent } from 'xstate';
 import type { MemoryLog } from './actors/log.js';
+import { dropSupersededAppends } from './actors/peer.js';
 import { createRaftNode } from './actors/raft-node.js';
 import type { Change } from './actors/store.js';
 import { createWalLog, type WalLog } from './actors/wal-log.js';
@@ -199,6 +200,7 @@ const transportFor = (options: DiskeyvalOptions) => {
     tls: options.tls!,
     ...(options.maxFrameBytes ? { maxFrameBytes: options.maxFrameBytes } : {}),
     ...(options.onTransportEvent ? { log: options.onTransportEvent } : {}),
+    coalesce: dropSupersededAppends,
   });
   return { transport: tls as unknown as RaftTransport, tls };
 };

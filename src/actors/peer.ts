@@ -5,8 +5,8 @@
  * the raft machine (progress.ts); the peer actor carries it out.
  */
 
-import type { TransportEndpoint } from '../io/transport.js';
-import type { NodeId, RaftMessage } from '../machines/messages.js';
+import type { TransportEndpoint, TransportMessage } from '../io/transport.js';
+import type { AppendEntries, NodeId, RaftMessage } from '../machines/messages.js';
 
 export type PeerMetrics = {
   nodeId: NodeId;
@@ -32,3 +32,44 @@ export const createPeer = <M extends { from: string; to: string; type: string }>
 };
 
 export type Peer = ReturnType<typeof createPeer>;
+
+const isAppend = (message: TransportMessage): message is TransportMessage & AppendEntries =>
+  message.type === 'AppendEntries';
+
+/**
+ * A commit-only AppendEntries (no entries: the leader's commit broadcast, or a probe) is superseded
+ * by a later AppendEntries of the same term that starts at or after it and carries at least its
+ * commit: by log matching the later one tells the follower everything the first did, and the
+ * leader's progress needs no answer to the first in particular (any later success frees its
+ * inflight slot, any answer ends a probe).
+ */
+export const supersedes = (later: AppendEntries, earlier: AppendEntries): boolean =>
+  earlier.entries.length === 0 &&
+  later.term === earlier.term &&
+  later.prevLogIndex >= earlier.prevLogIndex &&
+  later.leaderCommit >= earlier.leaderCommit;
+
+/**
+ * The messages of one tick for one peer, in order, without those a later AppendEntries in the same
+ * batch supersedes. At concurrency 1 the commit broadcast of one write and the AppendEntries of the
+ * next usually leave in the same tick: the follower then gets, and answers, one message instead of
+ * two. Compared with the nearest later AppendEntries kept, which supersedes whatever the ones it
+ * superseded did (the rule is transitive): one pass, newest first.
+ */
+export const dropSupersededAppends = <M extends TransportMessage>(batch: M[]): M[] => {
+  let later: AppendEntries | null = null;
+  let dropped = 0;
+  const kept: M[] = new Array(batch.length);
+  for (let index = batch.length - 1; index >= 0; index -= 1) {
+    const message = batch[index]!;
+    if (isAppend(message)) {
+      if (later !== null && supersedes(later, message)) {
+        dropped += 1;
+        continue;
+      }
+      later = message;
+    }
+    kept[index] = message;
+  }
+  return dropped === 0 ? batch : kept.filter((message) => message !== undefined);
+};

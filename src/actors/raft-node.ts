@@ -110,6 +110,7 @@ const EMITTED_TYPES = [
   'proposalsRejected',
   'readsReady',
   'readsRejected',
+  'electionTimerReset',
 ] as const;
 
 export const createRaftNode = (options: RaftNodeOptions) => {
@@ -399,7 +400,49 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       case 'readsRejected':
         answerReads(emitted.ids, -1, emitted.leaderId);
         return;
+      case 'electionTimerReset':
+        resetElectionTimer(emitted.timeoutMs);
+        return;
     }
+  };
+
+  // ---- the follower's election timer -----------------------------------------------------------
+
+  /**
+   * The machine says when a follower's election timer starts over (`electionTimerReset`: on
+   * becoming a follower, hearing from the leader, granting a vote); `electionTimeout` goes to it
+   * once that much time passed without a reset while it is still a follower. One clock timer,
+   * armed for the earliest deadline it may have to meet and re-armed when it fires before the
+   * current deadline: a reset per message moves a number, it does not cancel and start a timer.
+   */
+  let electionDeadline = Number.POSITIVE_INFINITY;
+  let electionTimer: unknown = null;
+  let electionTimerAt = Number.POSITIVE_INFINITY;
+
+  const armElectionTimer = (at: number, now: number): void => {
+    if (electionTimer !== null) clock.clearTimeout(electionTimer);
+    electionTimerAt = at;
+    electionTimer = clock.setTimeout(onElectionTimer, at - now);
+  };
+
+  const resetElectionTimer = (timeoutMs: number): void => {
+    if (stopped) return;
+    const now = nowMs();
+    electionDeadline = now + timeoutMs;
+    if (electionTimer === null || electionTimerAt > electionDeadline) armElectionTimer(electionDeadline, now);
+  };
+
+  const onElectionTimer = (): void => {
+    electionTimer = null;
+    electionTimerAt = Number.POSITIVE_INFINITY;
+    if (stopped || !actor || roleOf(actor.getSnapshot().value) !== 'follower') return;
+    const now = nowMs();
+    if (now < electionDeadline) {
+      armElectionTimer(electionDeadline, now);
+      return;
+    }
+    electionDeadline = Number.POSITIVE_INFINITY;
+    actor.send({ type: 'electionTimeout' });
   };
 
   // ---- the outbox: durable before acknowledged (durable logs only) ------------------------------
@@ -464,7 +507,8 @@ export const createRaftNode = (options: RaftNodeOptions) => {
 
   /** Every output of the machine arrives here, in emission order. */
   const onEmitted = (emitted: RaftEmitted): void => {
-    if (!log.durable) {
+    // A timer of this node, not an output to the world: nothing to wait for.
+    if (!log.durable || emitted.type === 'electionTimerReset') {
       carryOut(emitted);
       return;
     }
@@ -731,6 +775,8 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   };
   const stopOnce = async (): Promise<void> => {
     stopped = true;
+    if (electionTimer !== null) clock.clearTimeout(electionTimer);
+    electionTimer = null;
     actor?.stop();
     requests.stop();
     deadlines.clear();

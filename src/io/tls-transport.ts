@@ -13,7 +13,8 @@
  *   from the same node replaces the older one. A connection that has not completed TLS plus the
  *   protocol handshake within `handshakeTimeoutMs` is closed.
  * - Batching: messages sent in one event-loop turn go to a peer as one frame, written on
- *   `setImmediate` between cork/uncork.
+ *   `setImmediate` between cork/uncork. `coalesce`, when given, may first drop messages of a
+ *   peer's batch that later ones in it make redundant.
  * - Bounds: while a peer is not connected its queue holds at most `maxQueuedMessages` (more are
  *   dropped; Raft retries); a connected peer whose socket buffer exceeds `maxBufferedBytes` drops
  *   new batches; frames are limited to `maxFrameBytes` both ways.
@@ -128,6 +129,8 @@ export type TlsTransportOptions = {
   /** Bytes a connection may have waiting in its socket buffer before new batches are dropped (default 64 MiB). */
   readonly maxBufferedBytes?: number;
   readonly log?: (event: TlsTransportLogEvent) => void;
+  /** Called at each flush with one peer's messages of the turn, in order; returns those to send, in order. */
+  readonly coalesce?: <T extends TransportMessage>(batch: T[]) => T[];
   /** Source of jitter, in [0, 1) (default Math.random). */
   readonly random?: () => number;
 };
@@ -259,6 +262,7 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
   const maxBufferedBytes = options.maxBufferedBytes ?? 64 * 1024 * 1024;
   const random = options.random ?? Math.random;
   const userLog = options.log;
+  const coalesce = options.coalesce;
   if (!Number.isInteger(maxFrameBytes) || maxFrameBytes < 1)
     throw invalidArgument('maxFrameBytes must be >= 1');
   if (!(handshakeTimeoutMs > 0)) throw invalidArgument('handshakeTimeoutMs must be > 0');
@@ -696,7 +700,7 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
     const flushLink = (link: PeerLink<M>): void => {
       const connection = link.connection;
       if (!link.ready || !connection || connection.closed || link.queue.length === 0) return;
-      const batch = link.queue;
+      const batch = coalesce ? coalesce(link.queue) : link.queue;
       link.queue = [];
       const { socket } = connection;
       if (socket.writableLength > maxBufferedBytes) {

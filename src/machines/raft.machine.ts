@@ -3,20 +3,29 @@
  * Raft (paper §5.1, Figure 4): follower, candidate (with PreVote, dissertation §9.6) and leader.
  *
  * Every message first meets the term rules of "Rules for All Servers" at the root, then is raised
- * again as a typed event (`AppendEntries`, `RequestVote`, ...) for the role to handle. Timers are
+ * again as a typed event (`AppendEntries`, `RequestVote`, ...) for the role to handle. The messages
+ * of the replication hot path (AppendEntries and Heartbeat at a follower, their answers at a
+ * leader) skip that second step when they are of the current term, the only case in which the root
+ * would just route them: the role takes the `message` event itself, in one microstep. Timers are
  * XState delayed transitions (`after`), so the same machine runs on the real clock and on a
  * simulated one; each timer also has an explicit event (`electionTimeout`, `heartbeatTimeout`,
- * `checkQuorum`) so tests and tools can fire it by hand.
+ * `checkQuorum`) so tests and tools can fire it by hand. The follower's election timer is the
+ * exception: it is reset by every message from the leader, so the machine only says when it is
+ * reset (`electionTimerReset`) and the node sends `electionTimeout` after that much silence; a
+ * reset per message then costs no timer and no exit and entry of a state.
  *
  * The machine is pure: it reads only (context, event) and asks for everything else with emitted
  * outputs (see raft.types.ts). The bookkeeping per entry lives in log.ts and progress.ts.
  */
-import { enqueueActions, raise, setup } from 'xstate';
+import { emit, enqueueActions, raise, setup } from 'xstate';
 import type { RaftMessage } from './messages.js';
 import * as rules from './raft.rules.js';
 import type { Outcome, RaftContext, RaftEmitted, RaftEvent, RaftInput } from './raft.types.js';
 
 type MessageOf<T extends RaftMessage['type']> = Extract<RaftMessage, { type: T }>;
+
+/** Messages whose only root rules are about their term (no PreVote cases): see `isOfCurrentTerm`. */
+type HotMessageType = 'AppendEntries' | 'Heartbeat' | 'AppendEntriesResponse' | 'HeartbeatResponse';
 
 /** Wraps a rule so its outcome becomes XState actions: one assign, one `send` output, the other outputs. */
 const rule = (decide: (context: RaftContext, event: RaftEvent) => Outcome) =>
@@ -63,6 +72,11 @@ export const raftMachine = setup({
       return message.type === 'RequestVoteResponse' && message.preVote && message.voteGranted;
     },
     isFromNewerTerm: ({ context, event }) => incoming(event).term > context.currentTerm,
+    /** A `message` of this type and of the current term: one the root's term rules would only route. */
+    isOfCurrentTerm: ({ context, event }, params: { type: HotMessageType }) =>
+      event.type === 'message' &&
+      event.message.type === params.type &&
+      event.message.term === context.currentTerm,
     canGrantVote: ({ context, event }) => rules.canGrantVote(context, messageOf(event, 'RequestVote')),
     isAnswerToOurPreVote: ({ context, event }) =>
       rules.isAnswerToOurPreVote(context, messageOf(event, 'RequestVoteResponse')),
@@ -81,6 +95,11 @@ export const raftMachine = setup({
       return { type: message.type, message } as RaftEvent;
     }),
     redeliver: raise(({ event }) => event),
+    /** The follower's election timer starts over: `electionTimeout` after a randomized silence (§5.2). */
+    resetElectionTimer: emit(({ context }) => ({
+      type: 'electionTimerReset' as const,
+      timeoutMs: context.randomizedElectionTimeoutMs,
+    })),
     grantVote: rule((context, event) => rules.grantVote(context, messageOf(event, 'RequestVote'))),
     rejectVote: rule((context, event) => rules.rejectVote(context, messageOf(event, 'RequestVote'))),
     startPreVote: rule((context) => rules.startPreVote(context)),
@@ -161,13 +180,24 @@ export const raftMachine = setup({
     follower: {
       initial: 'listening',
       states: {
-        listening: { after: { electionTimeout: { target: '#raft.candidate' } } },
+        // Entered on becoming a follower, on a new term and on granting a vote: each (re)starts the timer.
+        listening: { entry: 'resetElectionTimer' },
       },
       on: {
         electionTimeout: { target: 'candidate' },
-        AppendEntries: { target: '.listening', reenter: true, actions: 'appendFromLeader' },
-        Heartbeat: { target: '.listening', reenter: true, actions: 'heartbeatFromLeader' },
-        InstallSnapshot: { target: '.listening', reenter: true, actions: 'installSnapshot' },
+        message: [
+          // Hearing from the leader restarts the election timer.
+          {
+            guard: { type: 'isOfCurrentTerm', params: { type: 'AppendEntries' } },
+            actions: ['appendFromLeader', 'resetElectionTimer'],
+          },
+          {
+            guard: { type: 'isOfCurrentTerm', params: { type: 'Heartbeat' } },
+            actions: ['heartbeatFromLeader', 'resetElectionTimer'],
+          },
+        ],
+        // A snapshot comes from the leader too (§7): it restarts the election timer as well.
+        InstallSnapshot: { actions: ['installSnapshot', 'resetElectionTimer'] },
       },
     },
     candidate: {
@@ -213,9 +243,17 @@ export const raftMachine = setup({
         AppendEntries: { actions: 'assertOneLeaderPerTerm' },
         Heartbeat: { actions: 'assertOneLeaderPerTerm' },
         InstallSnapshot: { actions: 'assertOneLeaderPerTerm' },
-        AppendEntriesResponse: { actions: 'handleAppendResponse' },
         InstallSnapshotResponse: { actions: 'handleSnapshotResponse' },
-        HeartbeatResponse: { actions: 'handleHeartbeatResponse' },
+        message: [
+          {
+            guard: { type: 'isOfCurrentTerm', params: { type: 'AppendEntriesResponse' } },
+            actions: 'handleAppendResponse',
+          },
+          {
+            guard: { type: 'isOfCurrentTerm', params: { type: 'HeartbeatResponse' } },
+            actions: 'handleHeartbeatResponse',
+          },
+        ],
         propose: { actions: 'appendProposals' },
         readIndex: { actions: 'startReadRound' },
         persisted: { actions: 'leaderPersisted' },

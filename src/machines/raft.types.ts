@@ -117,7 +117,12 @@ export type RaftEmitted =
   | { type: 'proposalsAccepted'; batchId: number; firstIndex: number; term: number }
   | { type: 'proposalsRejected'; batchId: number; leaderId: NodeId | null }
   | { type: 'readsReady'; ids: number[]; readIndex: number }
-  | { type: 'readsRejected'; ids: number[]; leaderId: NodeId | null };
+  | { type: 'readsRejected'; ids: number[]; leaderId: NodeId | null }
+  /**
+   * A follower became one, heard from the leader or granted a vote: it times out (the node sends
+   * `electionTimeout`) once `timeoutMs` pass without another reset while it is still a follower (§5.2).
+   */
+  | { type: 'electionTimerReset'; timeoutMs: number };
 
 export type Outcome = {
   patch?: Partial<RaftContext>;

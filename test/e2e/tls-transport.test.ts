@@ -313,6 +313,41 @@ describe('tls transport: exchange', () => {
   });
 });
 
+describe('tls transport: coalesce', () => {
+  it("sends, in order, what `coalesce` keeps of each peer's batch", async () => {
+    const batches: number[][] = [];
+    // Keeps the last Ping of each batch: what a later message makes redundant is dropped.
+    const coalesce = <T>(batch: T[]): T[] => {
+      batches.push(batch.map((message) => (message as unknown as TestMessage).seq!));
+      return batch.filter(
+        (message, index) => index === batch.length - 1 || (message as unknown as TestMessage).type === 'Blob',
+      );
+    };
+    const a = await startNode('node-1', certs.nodes['node-1']!, certs.ca.cert, { coalesce });
+    const b = await startNode('node-2', certs.nodes['node-2']!, certs.ca.cert);
+    a.endpoint.setPeers(peersOf([a, b]));
+    b.endpoint.setPeers(peersOf([a, b]));
+    try {
+      await assertExchange([a, b]);
+      const base = ++nonce;
+      const before = a.endpoint.metrics();
+      for (let seq = 0; seq < 6; seq++) {
+        const type = seq === 2 ? 'Blob' : 'Ping';
+        a.endpoint.send({ type, from: 'node-1', to: 'node-2', nonce: base, seq });
+      }
+      await b.inbox.until(
+        (messages) => messages.some((m) => m.nonce === base && m.seq === 5),
+        'the last Ping',
+      );
+      expect(b.inbox.messages.filter((m) => m.nonce === base).map((m) => m.seq)).toEqual([2, 5]);
+      expect(batches.at(-1)).toEqual([0, 1, 2, 3, 4, 5]);
+      expect(a.endpoint.metrics().messagesOut - before.messagesOut).toBe(2);
+    } finally {
+      await Promise.all([a.endpoint.close(), b.endpoint.close()]);
+    }
+  });
+});
+
 describe('tls transport: rejections', () => {
   it('refuses a client certificate from an unknown CA', async () => {
     const foreignCa = await createCertificateAuthority();
