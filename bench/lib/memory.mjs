@@ -20,7 +20,7 @@ import {
 
 const CHUNK = 50_000;
 const REST_STEP_MS = 5_000;
-const REST_LIMIT_MS = 40_000;
+const REST_LIMIT_MS = 90_000;
 
 export const runMemory = async ({
   keys,
@@ -87,7 +87,7 @@ export const runMemory = async ({
       const now = await usage();
       const settled = now.every((u, i) => rest[i].rssBytes - u.rssBytes < 1_000_000);
       rest = now;
-      if (settled && waitedMs >= 15_000) break;
+      if (settled && waitedMs >= 30_000) break;
     }
     const after = await usage({ gc: true });
     final = await statuses();

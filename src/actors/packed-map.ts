@@ -10,10 +10,11 @@
  *   1 - reclaimBelowLiveFraction of a chunk, 1 MiB by default) gets a chunk of its own, of its size. Both lengths are LEB128 varints (1 byte below
  *   128); `keyHeader` is 2 * key length, plus 1 once the record is dead (overwritten or deleted),
  *   so a record dies by setting bit 0 of its first byte.
- * - The index: open addressing with linear probing over two Uint32Arrays, `hashes` (0 = empty
- *   slot; a key's hash is never 0) and `locations` (chunk number in the high bits, offset / 4 in
- *   the low bits). Doubles at load > 0.7; deletion shifts the following entries back (no
- *   tombstones).
+ * - The index: open addressing with linear probing over one Uint32Array, `slots`: a record's
+ *   location plus one (chunk number in the high bits, offset / 4 in the low bits; 0 = empty). No
+ *   hash is stored (4 bytes a slot, not 8): a probe compares the key in the arena, and the rare
+ *   steps that need a slot's home (grow, delete) hash the key found there again. Doubles at load
+ *   > 0.7; deletion shifts the following entries back (no tombstones).
  * - Reclamation: every chunk counts its live bytes. When a sealed chunk's live bytes drop below
  *   `reclaimBelowLiveFraction` of a chunk, it is queued; after each mutation at most one queued
  *   chunk is reclaimed — its live records are copied to the active chunk and it is freed — so a
@@ -150,15 +151,16 @@ export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
   // A location is chunkNumber * 2^offsetBits + offset / 4: 32 bits in all.
   const offsetBits = Math.log2(chunkSizeBytes) - 2;
   const offsetMask = 2 ** offsetBits - 1;
-  const maxChunks = 2 ** (32 - offsetBits);
+  // One location is left over, so that location + 1 (what a slot holds) fits in 32 bits.
+  const maxChunks = 2 ** (32 - offsetBits) - 1;
   const locationOf = (chunkNumber: number, offsetBytes: number): number =>
     chunkNumber * 2 ** offsetBits + offsetBytes / RECORD_ALIGN_BYTES;
   const chunkNumberOf = (location: number): number => location >>> offsetBits;
   const offsetOf = (location: number): number => (location & offsetMask) * RECORD_ALIGN_BYTES;
 
-  let hashes = new Uint32Array(initialSlots);
-  let locations = new Uint32Array(initialSlots);
+  let slots = new Uint32Array(initialSlots);
   let mask = initialSlots - 1;
+  const locationIn = (slot: number): number => slots[slot]! - 1;
   let count = 0;
 
   const chunks: (Chunk | null)[] = [];
@@ -248,13 +250,18 @@ export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
     return chunk;
   };
 
+  /** The hash of the key of the record at `location`. */
+  const keyHashAt = (location: number): number => {
+    const buffer = chunkAt(chunkNumberOf(location)).buffer;
+    const keyHeader = readVarint(buffer, offsetOf(location));
+    return hashBytes(buffer, varintEnd, Math.floor(keyHeader / 2));
+  };
+
   /** The slot holding keyBuffer[0, keyLength) with hash h, or -1. */
   const findSlot = (h: number): number => {
     for (let slot = h & mask; ; slot = (slot + 1) & mask) {
-      const slotHash = hashes[slot]!;
-      if (slotHash === 0) return -1;
-      if (slotHash !== h) continue;
-      const location = locations[slot]!;
+      if (slots[slot] === 0) return -1;
+      const location = locationIn(slot);
       const buffer = chunkAt(chunkNumberOf(location)).buffer;
       const keyHeader = readVarint(buffer, offsetOf(location));
       if (keyHeader !== keyLength * 2) continue;
@@ -272,42 +279,36 @@ export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
   /** The slot whose location is `location` (the record's key hashes to h), or -1. */
   const findSlotOfLocation = (h: number, location: number): number => {
     for (let slot = h & mask; ; slot = (slot + 1) & mask) {
-      const slotHash = hashes[slot]!;
-      if (slotHash === 0) return -1;
-      if (slotHash === h && locations[slot] === location) return slot;
+      if (slots[slot] === 0) return -1;
+      if (slots[slot] === location + 1) return slot;
     }
   };
 
+  /** Twice the slots; every key is hashed again to find its new home. */
   const grow = (): void => {
-    const oldHashes = hashes;
-    const oldLocations = locations;
-    hashes = new Uint32Array(oldHashes.length * 2);
-    locations = new Uint32Array(oldHashes.length * 2);
-    mask = hashes.length - 1;
-    for (let i = 0; i < oldHashes.length; i += 1) {
-      const h = oldHashes[i]!;
-      if (h === 0) continue;
-      let slot = h & mask;
-      while (hashes[slot] !== 0) slot = (slot + 1) & mask;
-      hashes[slot] = h;
-      locations[slot] = oldLocations[i]!;
+    const old = slots;
+    slots = new Uint32Array(old.length * 2);
+    mask = slots.length - 1;
+    for (let i = 0; i < old.length; i += 1) {
+      if (old[i] === 0) continue;
+      let slot = keyHashAt(old[i]! - 1) & mask;
+      while (slots[slot] !== 0) slot = (slot + 1) & mask;
+      slots[slot] = old[i]!;
     }
   };
 
   /** Empties `slot` and shifts the entries after it back, so no probe sequence is broken. */
   const removeSlot = (slot: number): void => {
     let hole = slot;
-    for (let next = (hole + 1) & mask; hashes[next] !== 0; next = (next + 1) & mask) {
-      const home = hashes[next]! & mask;
+    for (let next = (hole + 1) & mask; slots[next] !== 0; next = (next + 1) & mask) {
+      const home = keyHashAt(locationIn(next)) & mask;
       // The entry at `next` may fill the hole if the hole lies on its probe path (home .. next).
       if (((next - home) & mask) >= ((next - hole) & mask)) {
-        hashes[hole] = hashes[next]!;
-        locations[hole] = locations[next]!;
+        slots[hole] = slots[next]!;
         hole = next;
       }
     }
-    hashes[hole] = 0;
-    locations[hole] = 0;
+    slots[hole] = 0;
   };
 
   const newChunkNumber = (chunk: Chunk): number => {
@@ -412,7 +413,7 @@ export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
         const target = chunkAt(chunkNumberOf(to));
         buffer.copy(target.buffer, offsetOf(to), at, at + size);
         target.liveBytes += size;
-        locations[slot] = to;
+        slots[slot] = to + 1;
         liveSeen += size;
         movedBytes += size;
       }
@@ -441,7 +442,7 @@ export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
     const h = hashBytes(keyBuffer, 0, keyLength);
     const slot = findSlot(h);
     if (slot >= 0) {
-      const old = locations[slot]!;
+      const old = locationIn(slot);
       const buffer = chunkAt(chunkNumberOf(old)).buffer;
       readRecord(buffer, offsetOf(old));
       if (recordValueBytes === value.byteLength) {
@@ -449,15 +450,14 @@ export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
       } else {
         const location = appendRecord(keyBuffer, keyLength, value);
         killRecord(old);
-        locations[slot] = location;
+        slots[slot] = location + 1;
       }
     } else {
-      if (count + 1 > hashes.length * MAX_LOAD) grow();
+      if (count + 1 > slots.length * MAX_LOAD) grow();
       const location = appendRecord(keyBuffer, keyLength, value);
       let free = h & mask;
-      while (hashes[free] !== 0) free = (free + 1) & mask;
-      hashes[free] = h;
-      locations[free] = location;
+      while (slots[free] !== 0) free = (free + 1) & mask;
+      slots[free] = location + 1;
       count += 1;
     }
     afterMutation();
@@ -478,7 +478,7 @@ export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
     encodeKey(key);
     const slot = findSlot(hashBytes(keyBuffer, 0, keyLength));
     if (slot < 0) return undefined;
-    const location = locations[slot]!;
+    const location = locationIn(slot);
     const buffer = chunkAt(chunkNumberOf(location)).buffer;
     readRecord(buffer, offsetOf(location));
     return buffer.subarray(recordValueAt, recordValueAt + recordValueBytes);
@@ -493,7 +493,7 @@ export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
     encodeKey(key);
     const slot = findSlot(hashBytes(keyBuffer, 0, keyLength));
     if (slot < 0) return false;
-    killRecord(locations[slot]!);
+    killRecord(locationIn(slot));
     removeSlot(slot);
     count -= 1;
     afterMutation();
@@ -501,8 +501,7 @@ export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
   };
 
   const clear = (): void => {
-    hashes = new Uint32Array(initialSlots);
-    locations = new Uint32Array(initialSlots);
+    slots = new Uint32Array(initialSlots);
     mask = initialSlots - 1;
     count = 0;
     chunks.length = 0;
@@ -515,10 +514,10 @@ export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
 
   function* entries(): Generator<[Uint8Array, Uint8Array]> {
     const startVersion = version;
-    for (let slot = 0; slot < hashes.length; slot += 1) {
+    for (let slot = 0; slot < slots.length; slot += 1) {
       if (version !== startVersion) throw new Error('packed map was mutated during entries()');
-      if (hashes[slot] === 0) continue;
-      const location = locations[slot]!;
+      if (slots[slot] === 0) continue;
+      const location = locationIn(slot);
       const buffer = chunkAt(chunkNumberOf(location)).buffer;
       readRecord(buffer, offsetOf(location));
       yield [
@@ -544,7 +543,7 @@ export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
       liveBytes,
       deadBytes: usedBytes - liveBytes,
       arenaBytes,
-      indexBytes: hashes.byteLength + locations.byteLength,
+      indexBytes: slots.byteLength,
       chunks: inUse,
       reclaimedChunks,
       movedBytes,
