@@ -20,6 +20,7 @@ import {
 
 const CHUNK = 50_000;
 const REST_STEP_MS = 5_000;
+const REST_MIN_MS = 30_000;
 const REST_LIMIT_MS = 90_000;
 
 export const runMemory = async ({
@@ -79,7 +80,7 @@ export const runMemory = async ({
     }
     // At rest: quiet until V8's memory reducer has shrunk the young generation that the load grew
     // (it runs after ~10 s of low allocation): RSS read every 5 s until no node's fell by more
-    // than 1 MB (at least 15 s, at most REST_LIMIT_MS), then a full collection in every node.
+    // than 1 MB (at least REST_MIN_MS, at most REST_LIMIT_MS), then a full collection in every node.
     const busy = await usage();
     let rest = busy;
     for (let waitedMs = REST_STEP_MS; waitedMs <= REST_LIMIT_MS; waitedMs += REST_STEP_MS) {
@@ -87,7 +88,7 @@ export const runMemory = async ({
       const now = await usage();
       const settled = now.every((u, i) => rest[i].rssBytes - u.rssBytes < 1_000_000);
       rest = now;
-      if (settled && waitedMs >= 30_000) break;
+      if (settled && waitedMs >= REST_MIN_MS) break;
     }
     const after = await usage({ gc: true });
     final = await statuses();
