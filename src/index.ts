@@ -53,8 +53,9 @@ export type DiskeyvalOptions = {
    * Durability: the node keeps its term, vote and log in a write-ahead log in `dir` (created when
    * missing; one dir per node, never shared) and restores them on `start()`. Nothing is
    * acknowledged (a vote, an append, a write) before the state it depends on is fsynced, in groups.
-   * `compactEvery` sets the log compaction interval (as the top-level option does). Compaction
-   * frees memory; the WAL file itself still grows without bound (it is not cut yet). A snapshot a
+   * `compactEvery` sets the log compaction interval (as the top-level option does). After a
+   * compaction, once the WAL file has grown to 4x its size after the last cut (and 1 MiB), it is
+   * replaced by the store's snapshot and the entries after it (tmp file, fsync, rename). A snapshot a
    * follower installs is written to the WAL before it is acknowledged. Without `persistence` the
    * node keeps everything in memory.
    */
@@ -107,6 +108,8 @@ export type RaftMetrics = {
   walSyncs: number | null;
   /** Records (persist outputs) in the WAL file; null without `persistence`. */
   walRecords: number | null;
+  /** Times the WAL file was cut (replaced by a snapshot and the entries after it); null without `persistence`. */
+  walRewrites: number | null;
   /** Why the node stopped itself, when a WAL write or sync failed (fail-stop); null otherwise. */
   walError: string | null;
 };
@@ -343,6 +346,7 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
         walBytes: walStats?.bytes ?? null,
         walSyncs: walStats?.syncs ?? null,
         walRecords: walStats?.records ?? null,
+        walRewrites: walStats?.rewrites ?? null,
         walError: metrics.fatalError,
       };
     },

@@ -111,11 +111,19 @@ export const createMemoryLog = (initial?: PersistedState, memoryOptions: MemoryL
     return { hardState, snapshot, entries: [...entries] };
   };
 
+  /** The hard state and the entries held now, after index `offset` (no copy: read at once). */
+  const view = (): { hardState: HardState; offset: number; entries: readonly Entry[] } => ({
+    hardState,
+    offset,
+    entries,
+  });
+
   return {
     persist,
     installSnapshot,
     compact,
     persisted,
+    view,
     writes: () => writes,
     lastIndex,
     firstIndex: () => offset + 1,

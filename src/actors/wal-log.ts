@@ -10,10 +10,20 @@
  * Flushes never overlap: a flush asked for while one is in flight waits for it and then takes
  * everything queued by then (so callers that flush often still get groups). A failed write or
  * sync fails this flush and every later one (fail-stop: the file's state is unknown).
+ *
+ * Compaction (§7): the mirror forgets compacted entries at once; the file is cut now and then (see
+ * `compact`): a flush then writes the whole state as a snapshot and the entries after it, instead
+ * of appending the group it would have written.
  */
 import { openWal, type WalOpenInfo, type WalRecord, type WalStats, walError } from '../io/wal.js';
+import { assert } from '../machines/assert.js';
 import { createMemoryLog, type InstallOutput, type PersistedState, type PersistOutput } from './log.js';
 import type { StoreSnapshot } from './store.js';
+
+/** The file is cut once it is this many times its size after the last cut ... */
+const REWRITE_GROWTH = 4;
+/** ... and at least this large. */
+const REWRITE_MIN_BYTES = 1024 * 1024;
 
 export type WalLogStats = WalStats & {
   /** Persist outputs recorded but not yet handed to a flush. */
@@ -25,6 +35,9 @@ export const createWalLog = async (dir: string) => {
   const wal = await openWal(dir);
   const mirror = createMemoryLog(wal.state);
   let pending: WalRecord[] = [];
+  /** A cut of the file is due at the next flush: how to snapshot the store for it. */
+  let pendingRewrite: (() => StoreSnapshot) | null = null;
+  let bytesAfterRewrite = wal.stats().bytes;
   let inFlight: Promise<void> | null = null;
   let queued: Promise<void> | null = null;
   let failure: Error | null = null;
@@ -50,17 +63,54 @@ export const createWalLog = async (dir: string) => {
   };
 
   /**
-   * The server's own compaction: the mirror forgets the entries, the file keeps them (a restart
-   * replays them and applies them again). Writing the snapshot and cutting the file is to come.
+   * The server's own compaction: the mirror forgets the entries at once. The file is cut only when
+   * it has grown to 4 times its size after the last cut (and at least 1 MiB), so that writing the
+   * whole state again costs at most a quarter of what was appended: the next flush then replaces
+   * the file with the store's snapshot and the entries after it (see `compactedRecords`).
    */
-  const compact = (index: number, take: () => StoreSnapshot): void => mirror.compact(index, take);
+  const compact = (index: number, take: () => StoreSnapshot): void => {
+    mirror.compact(index, take);
+    if (wal.stats().bytes >= Math.max(REWRITE_MIN_BYTES, REWRITE_GROWTH * bytesAfterRewrite)) {
+      pendingRewrite = take;
+    }
+  };
 
-  /** Hands what is queued now to the WAL as one group. */
+  /**
+   * The whole log state as a short history: the hard state and a snapshot of the store (taken
+   * now: it covers everything applied, which is durable, ARCHITECTURE.md rule 4), then the
+   * entries after the snapshot. Entries still waiting for a flush are in the mirror, so they go
+   * into the new file too.
+   */
+  const compactedRecords = (take: () => StoreSnapshot): WalRecord[] => {
+    const snapshot = take();
+    const { hardState, offset, entries } = mirror.view();
+    assert(snapshot.index >= offset && snapshot.index <= offset + entries.length, 'snapshot outside the log');
+    const after = entries.slice(snapshot.index - offset);
+    const records: WalRecord[] = [
+      {
+        hardState,
+        fromIndex: -1,
+        entries: [],
+        snapshot: { index: snapshot.index, term: snapshot.term, data: snapshot.data, keptSuffix: false },
+      },
+    ];
+    if (after.length > 0) records.push({ hardState: null, fromIndex: snapshot.index + 1, entries: after });
+    return records;
+  };
+
+  /** Hands what is queued now to the WAL as one group (or the whole state, when a cut is due). */
   const writeGroup = (): Promise<void> => {
     if (failure) return Promise.reject(failure);
     const group = pending;
     pending = [];
-    const done = wal.append(group).catch((error: Error) => {
+    const take = pendingRewrite;
+    pendingRewrite = null;
+    const write = take
+      ? wal.rewrite(compactedRecords(take)).then(() => {
+          bytesAfterRewrite = wal.stats().bytes;
+        })
+      : wal.append(group);
+    const done = write.catch((error: Error) => {
       failure = error;
       throw error;
     });
@@ -74,7 +124,7 @@ export const createWalLog = async (dir: string) => {
 
   const flush = (): Promise<void> => {
     if (failure) return Promise.reject(failure);
-    if (pending.length === 0) return queued ?? inFlight ?? Promise.resolve();
+    if (pending.length === 0 && pendingRewrite === null) return queued ?? inFlight ?? Promise.resolve();
     if (inFlight === null) return writeGroup();
     if (queued === null) {
       const next = inFlight.then(() => {

@@ -33,13 +33,18 @@
  * Writes: `append(records)` encodes a whole group into one buffer, writes it with one `write` and
  * makes it durable with one `fdatasync`; it resolves once the group is on disk. Appends run one
  * at a time, in call order (never two writes in flight). After a failed write or sync the file's
- * state is unknown, so the handle fails every later append with that error (fail-stop). The file
- * grows without bound: a server's own compactions shrink its memory, not this file (yet).
+ * state is unknown, so the handle fails every later append with that error (fail-stop).
+ *
+ * Compaction: `rewrite(records)` replaces the whole file with a shorter history (the log actor
+ * writes its snapshot and the entries after it): the records go to `raft.wal.tmp`, which is
+ * fdatasynced and renamed over `raft.wal`, and the directory is fsynced; appends then go to the new
+ * file. A crash before the rename leaves the old file whole (the tmp file is removed at the next
+ * open); after it, the new one.
  *
  * The file's directory is fsynced when the file is created, so the file itself survives a crash.
  */
 import type { FileHandle } from 'node:fs/promises';
-import { mkdir, open } from 'node:fs/promises';
+import { mkdir, open, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { Decoder, Encoder } from '@msgpack/msgpack';
@@ -100,6 +105,8 @@ export type WalStats = {
   syncs: number;
   /** The largest group, in records. */
   maxGroupRecords: number;
+  /** Times the file was replaced by a compacted one since open. */
+  rewrites: number;
 };
 
 export type Wal = {
@@ -109,6 +116,8 @@ export type Wal = {
   readonly info: WalOpenInfo;
   /** Writes every record of the group with one write and one fdatasync; resolves once durable. */
   append(records: readonly WalRecord[]): Promise<void>;
+  /** Replaces the file with `records` (after every append asked for before); resolves once durable. */
+  rewrite(records: readonly WalRecord[]): Promise<void>;
   /** Waits for appends in flight, then closes the file. Later appends reject. */
   close(): Promise<void>;
   stats(): WalStats;
@@ -125,7 +134,9 @@ const encoder = new Encoder();
 
 /** One framed record: header and body, ready to append. */
 export const encodeRecord = (record: WalRecord): Uint8Array => {
-  const body = encoder.encodeSharedRef({
+  // A record with a snapshot is large: a one-off encoder, so the shared one does not keep a buffer
+  // of its size for the rest of the process.
+  const body = (record.snapshot ? new Encoder() : encoder).encodeSharedRef({
     hardState: record.hardState,
     fromIndex: record.fromIndex,
     entries: record.entries.map((entry) => ({ term: entry.term, kind: entry.kind, data: entry.data })),
@@ -362,6 +373,9 @@ const syncDirectory = async (dir: string): Promise<void> => {
 export const openWal = async (dir: string): Promise<Wal> => {
   await mkdir(dir, { recursive: true });
   const path = join(dir, WAL_FILE_NAME);
+  const tmpPath = `${path}.tmp`;
+  // A rewrite that crashed before its rename: the file it was to replace is whole.
+  await rm(tmpPath, { force: true });
   let created = false;
   let file: FileHandle;
   try {
@@ -408,35 +422,66 @@ export const openWal = async (dir: string): Promise<Wal> => {
     appendedRecords: 0,
     syncs: 0,
     maxGroupRecords: 0,
+    rewrites: 0,
   };
   let tail: Promise<void> = Promise.resolve();
   let failure: Error | null = null;
   let closed = false;
-  const handle = file;
+  let handle = file;
+
+  /** Runs `write` after every write asked for before it (never two at once); fail-stop. */
+  const enqueue = (write: () => Promise<void>): Promise<void> => {
+    const guarded = async (): Promise<void> => {
+      if (failure) throw failure;
+      try {
+        await write();
+      } catch (error) {
+        failure = error as Error;
+        throw error;
+      }
+    };
+    const done = tail.then(guarded);
+    tail = done.catch(() => undefined);
+    return done;
+  };
+
+  const rewrite = (records: readonly WalRecord[]): Promise<void> => {
+    if (closed) return Promise.reject(walError('WAL_CLOSED', `${path} is closed`));
+    const group = encodeGroup(records);
+    return enqueue(async () => {
+      const out = await open(tmpPath, 'w');
+      try {
+        await writeAll(out, group);
+        await out.datasync();
+      } finally {
+        await out.close();
+      }
+      await rename(tmpPath, path);
+      await syncDirectory(dir);
+      const next = await open(path, 'a');
+      await handle.close();
+      handle = next;
+      stats.bytes = group.length;
+      stats.records = records.length;
+      stats.syncs += 1;
+      stats.rewrites += 1;
+    });
+  };
 
   const append = (records: readonly WalRecord[]): Promise<void> => {
     if (closed) return Promise.reject(walError('WAL_CLOSED', `${path} is closed`));
     if (records.length === 0) return tail;
     // Encoded now: the group is what was asked for at this moment.
     const group = encodeGroup(records);
-    const write = async (): Promise<void> => {
-      if (failure) throw failure;
-      try {
-        await writeAll(handle, group);
-        await handle.datasync();
-      } catch (error) {
-        failure = error as Error;
-        throw error;
-      }
+    return enqueue(async () => {
+      await writeAll(handle, group);
+      await handle.datasync();
       stats.bytes += group.length;
       stats.records += records.length;
       stats.appendedRecords += records.length;
       stats.syncs += 1;
       stats.maxGroupRecords = Math.max(stats.maxGroupRecords, records.length);
-    };
-    const done = tail.then(write);
-    tail = done.catch(() => undefined);
-    return done;
+    });
   };
 
   const close = async (): Promise<void> => {
@@ -446,5 +491,5 @@ export const openWal = async (dir: string): Promise<Wal> => {
     await handle.close();
   };
 
-  return { path, state: scan.state, info, append, close, stats: () => ({ ...stats }) };
+  return { path, state: scan.state, info, append, rewrite, close, stats: () => ({ ...stats }) };
 };

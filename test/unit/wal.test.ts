@@ -195,6 +195,37 @@ describe('the WAL file', () => {
     }
   });
 
+  it('rewrite replaces the file with a shorter history; appends continue in the new file; a leftover tmp file is ignored', async () => {
+    const dir = freshDir();
+    const wal = await openWal(dir);
+    await wal.append(HISTORY);
+    const before = (await stat(join(dir, WAL_FILE_NAME))).size;
+    const compacted: WalRecord[] = [
+      {
+        hardState: { term: 3, votedFor: 'n2' },
+        fromIndex: -1,
+        entries: [],
+        snapshot: { index: 5, term: 2, data: bytes(9, 9), keptSuffix: false },
+      },
+      { hardState: null, fromIndex: 6, entries: [noop(3)] },
+    ];
+    await wal.rewrite(compacted);
+    await wal.append([{ hardState: null, fromIndex: 7, entries: [command(3, 7)] }]);
+    expect(wal.stats()).toMatchObject({ rewrites: 1, records: 3 });
+    await wal.close();
+    expect((await stat(join(dir, WAL_FILE_NAME))).size).toBeLessThan(before + 64);
+    // A crash during a later rewrite leaves a tmp file beside the whole old file.
+    await writeFile(join(dir, `${WAL_FILE_NAME}.tmp`), bytes(1, 2, 3));
+    const reopened = await openWal(dir);
+    expect(reopened.state).toEqual({
+      hardState: { term: 3, votedFor: 'n2' },
+      snapshot: { index: 5, term: 2, data: bytes(9, 9) },
+      entries: [noop(3), command(3, 7)],
+    });
+    await expect(stat(join(dir, `${WAL_FILE_NAME}.tmp`))).rejects.toMatchObject({ code: 'ENOENT' });
+    await reopened.close();
+  });
+
   it('the durable log actor writes an installed snapshot before it resolves, and reopens from it', async () => {
     const dir = freshDir();
     const log = await createWalLog(dir);
@@ -731,6 +762,44 @@ describe('diskeyval with persistence (in-process cluster, real WAL files)', () =
     const restarted = again[IDS.indexOf(downId)]!;
     expect(await restarted.get('k150')).toBe(150);
     expect(await restarted.get('early9', { consistency: 'local' })).toBe(9);
+  });
+
+  it('cuts the WAL file once it has grown enough after compactions; a restart replays the cut file', async () => {
+    const dirs = Object.fromEntries(IDS.map((id) => [id, join(freshDir(), id)]));
+    const transport = createMemoryTransport();
+    const open = (nodeId: string) => {
+      const node = diskeyval({
+        nodeId,
+        peers: IDS.filter((id) => id !== nodeId),
+        transport,
+        electionTimeoutMs: 60,
+        heartbeatMs: 15,
+        persistence: { dir: dirs[nodeId]!, compactEvery: 100 },
+      });
+      nodes.push(node);
+      return node;
+    };
+    const first = IDS.map(open);
+    await Promise.all(first.map((node) => node.start()));
+    // 400 keys written 12 times over: the state stays small while the history grows past 1 MiB.
+    const value = 'v'.repeat(200);
+    for (let round = 0; round < 12; round += 1) {
+      await Promise.all(
+        Array.from({ length: 400 }, (_, i) => first[i % 3]!.set(`k${i}`, `${round}:${value}`)),
+      );
+    }
+    const metrics = first.map((node) => node.getMetrics());
+    for (const m of metrics) {
+      expect(m.walRewrites, `${m.nodeId} cut its WAL`).toBeGreaterThan(0);
+      // 4,800 writes of ~260 B each are over 1.2 MB of history; a cut file holds about 400 keys.
+      expect(m.walBytes!).toBeLessThan(1024 * 1024);
+    }
+    await Promise.all(nodes.splice(0).map((node) => node.end()));
+    const second = IDS.map(open);
+    await Promise.all(second.map((node) => node.start()));
+    for (const node of second) {
+      for (const i of [0, 199, 399]) expect(await node.get(`k${i}`)).toBe(`11:${value}`);
+    }
   });
 
   it('restarts every node from its WAL: values, terms and votes survive; fsyncs are grouped', async () => {
