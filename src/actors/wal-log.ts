@@ -37,7 +37,8 @@ export const createWalLog = async (dir: string) => {
   let pending: WalRecord[] = [];
   /** A cut of the file is due at the next flush: how to snapshot the store for it. */
   let pendingRewrite: (() => StoreSnapshot) | null = null;
-  let bytesAfterRewrite = wal.stats().bytes;
+  /** Size of the file right after the last cut; 0 until this process cut it (the first cut comes early). */
+  let bytesAfterRewrite = 0;
   let inFlight: Promise<void> | null = null;
   let queued: Promise<void> | null = null;
   let failure: Error | null = null;
