@@ -719,21 +719,26 @@ describe('diskeyval with persistence (in-process cluster, real WAL files)', () =
     expect(node.getMetrics().walBytes).toBeNull();
   });
 
-  it('a follower that was down while the others compacted catches up by snapshot, and restarts from it', async () => {
+  /** Opens nodes of one cluster (fresh dirs, one memory transport) that compact every `compactEvery` entries; each node can be opened again on its dir. */
+  const compactingOpener = (compactEvery: number) => {
     const dirs = Object.fromEntries(IDS.map((id) => [id, join(freshDir(), id)]));
     const transport = createMemoryTransport();
-    const open = (nodeId: string) => {
+    return (nodeId: string): DiskeyvalNode => {
       const node = diskeyval({
         nodeId,
         peers: IDS.filter((id) => id !== nodeId),
         transport,
         electionTimeoutMs: 60,
         heartbeatMs: 15,
-        persistence: { dir: dirs[nodeId]!, compactEvery: 20 },
+        persistence: { dir: dirs[nodeId]!, compactEvery },
       });
       nodes.push(node);
       return node;
     };
+  };
+
+  it('a follower that was down while the others compacted catches up by snapshot, and restarts from it', async () => {
+    const open = compactingOpener(20);
     const [a, b, c] = IDS.map(open) as [DiskeyvalNode, DiskeyvalNode, DiskeyvalNode];
     await Promise.all([a, b, c].map((node) => node.start()));
     for (let i = 0; i < 10; i += 1) await a.set(`early${i}`, i);
@@ -765,20 +770,7 @@ describe('diskeyval with persistence (in-process cluster, real WAL files)', () =
   });
 
   it('cuts the WAL file once it has grown enough after compactions; a restart replays the cut file', async () => {
-    const dirs = Object.fromEntries(IDS.map((id) => [id, join(freshDir(), id)]));
-    const transport = createMemoryTransport();
-    const open = (nodeId: string) => {
-      const node = diskeyval({
-        nodeId,
-        peers: IDS.filter((id) => id !== nodeId),
-        transport,
-        electionTimeoutMs: 60,
-        heartbeatMs: 15,
-        persistence: { dir: dirs[nodeId]!, compactEvery: 100 },
-      });
-      nodes.push(node);
-      return node;
-    };
+    const open = compactingOpener(100);
     const first = IDS.map(open);
     await Promise.all(first.map((node) => node.start()));
     // 400 keys written 12 times over: the state stays small while the history grows past 1 MiB.
