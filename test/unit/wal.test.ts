@@ -503,20 +503,25 @@ const until = async (holds: () => boolean, what: string, boundMs = 5000) => {
   }
 };
 
+/** A one-member node on `log` (it elects itself), with the same timings in every test here. */
+const soloNode = (log: LogActor, onFatal?: (error: Error) => void) =>
+  createRaftNode({
+    id: 'solo',
+    voters: ['solo'],
+    transport: createMemoryTransport(),
+    electionTimeoutMs: 20,
+    heartbeatMs: 5,
+    proposalTimeoutMs: 10_000,
+    seed: 7,
+    session: 1,
+    log,
+    ...(onFatal ? { onFatal } : {}),
+  });
+
 describe('the raft node with a durable log: durable before acknowledged', () => {
   it('holds every output emitted after a persist until the flush resolves, then carries them out in order', async () => {
     const log = gatedLog();
-    const node = createRaftNode({
-      id: 'solo',
-      voters: ['solo'],
-      transport: createMemoryTransport(),
-      electionTimeoutMs: 20,
-      heartbeatMs: 5,
-      proposalTimeoutMs: 10_000,
-      seed: 7,
-      session: 1,
-      log,
-    });
+    const node = soloNode(log);
     await node.start();
     try {
       // Elected on its own (the machine says leader), but its vote and no-op are not durable yet.
@@ -633,25 +638,15 @@ describe('the raft node with a failing durable log', () => {
   it('stops itself (fail-stop) when a flush fails: nothing held goes out, waiting calls reject with STOPPED', async () => {
     const log = gatedLog();
     let fatal: Error | null = null;
-    const node = createRaftNode({
-      id: 'solo',
-      voters: ['solo'],
-      transport: createMemoryTransport(),
-      electionTimeoutMs: 20,
-      heartbeatMs: 5,
-      proposalTimeoutMs: 10_000,
-      seed: 7,
-      session: 1,
-      log: {
-        ...log,
-        flush: () => {
-          log.gates.push(() => undefined);
-          return Promise.reject(Object.assign(new Error('disk on fire'), { code: 'EIO' }));
-        },
+    const failingLog: LogActor = {
+      ...log,
+      flush: () => {
+        log.gates.push(() => undefined);
+        return Promise.reject(Object.assign(new Error('disk on fire'), { code: 'EIO' }));
       },
-      onFatal: (error) => {
-        fatal = error;
-      },
+    };
+    const node = soloNode(failingLog, (error) => {
+      fatal = error;
     });
     await node.start();
     await until(() => fatal !== null, 'the failed flush to stop the node');
