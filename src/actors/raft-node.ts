@@ -21,7 +21,7 @@
 import { type Actor, createActor, type InspectionEvent } from 'xstate';
 import { encodeCommand, type KvOperation } from '../io/command.js';
 import type { RaftTransport, TransportEndpoint, TransportMessage } from '../io/transport.js';
-import { assert } from '../machines/assert.js';
+import { assert, isCount } from '../machines/assert.js';
 import type { InstallSnapshot, NodeId, RaftMessage } from '../machines/messages.js';
 import { RAFT_MESSAGE_TYPES } from '../machines/messages.js';
 import { type RaftMachine, raftMachine, roleOf } from '../machines/raft.machine.js';
@@ -646,7 +646,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       totalBytes,
     ];
     if (
-      !counts.every((n) => Number.isSafeInteger(n) && n >= 0) ||
+      !counts.every(isCount) ||
       !(data instanceof Uint8Array) ||
       totalBytes > MAX_SNAPSHOT_BYTES ||
       chunkOffset + data.byteLength > totalBytes ||

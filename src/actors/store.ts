@@ -10,7 +10,7 @@
  */
 import { Decoder, Encoder } from '@msgpack/msgpack';
 import { decodeRawCommand, decodeValue } from '../io/command.js';
-import { assert } from '../machines/assert.js';
+import { assert, isCount } from '../machines/assert.js';
 import type { Entry } from '../machines/messages.js';
 import { createPackedMap, type PackedMap, readSnapshot, writeSnapshot } from './packed-map.js';
 
@@ -31,24 +31,24 @@ const snapshotDecoder = new Decoder({ useBigInt64: true });
 const malformedSnapshot = (why: string): Error =>
   Object.assign(new Error(`malformed snapshot: ${why}`), { code: 'MALFORMED_SNAPSHOT' });
 
-const isCount = (value: unknown): value is number =>
-  typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
-
 /**
  * What a listener must hear when a snapshot replaces the state: one change per key whose value
  * differs (set) or that is gone (deleted), all at the snapshot's index. The updates in between
  * were applied elsewhere; their net effect is what the listener learns.
  */
+const textOf = (utf8: Uint8Array): string =>
+  Buffer.from(utf8.buffer, utf8.byteOffset, utf8.byteLength).toString();
+
 const differences = (before: PackedMap, after: PackedMap, index: number): Change[] => {
   const changes: Change[] = [];
   for (const [keyBytes, value] of after.entries()) {
-    const key = Buffer.from(keyBytes.buffer, keyBytes.byteOffset, keyBytes.byteLength).toString();
+    const key = textOf(keyBytes);
     const old = before.get(key);
     if (old !== undefined && Buffer.compare(old, value) === 0) continue;
     changes.push({ key, value: decodeValue(new Uint8Array(value)), deleted: false, index });
   }
   for (const [keyBytes] of before.entries()) {
-    const key = Buffer.from(keyBytes.buffer, keyBytes.byteOffset, keyBytes.byteLength).toString();
+    const key = textOf(keyBytes);
     if (!after.has(key)) changes.push({ key, value: undefined, deleted: true, index });
   }
   return changes;

@@ -10,6 +10,7 @@
  * seq when it encoded the command: everything below it is settled, so the store may forget it.
  */
 import { Decoder, Encoder } from '@msgpack/msgpack';
+import { isCount } from '../machines/assert.js';
 
 /** A set may carry its value already encoded (`encodeValue`), so it is encoded only once. */
 export type KvOperation =
@@ -47,9 +48,6 @@ export const encodeCommand = (operation: KvOperation, tag: RequestTag): Uint8Arr
     tag.seq,
     tag.lowestPending,
   ]);
-
-const isCount = (value: unknown): value is number =>
-  typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
 
 /** The command without decoding its value (what the store applies). */
 export const decodeRawCommand = (bytes: Uint8Array): RawKvCommand => {

@@ -48,6 +48,7 @@ import { mkdir, open, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { Decoder, Encoder } from '@msgpack/msgpack';
+import { isCount } from '../machines/assert.js';
 import type { Entry } from '../machines/messages.js';
 import type { HardState } from '../machines/raft.types.js';
 
@@ -177,9 +178,6 @@ export const encodeGroup = (records: readonly WalRecord[]): Uint8Array => {
 const isRecordObject = (value: unknown): value is Record<string, unknown> =>
   typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Uint8Array);
 
-const isNonNegativeInteger = (value: unknown): value is number =>
-  typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
-
 /** The body as a record, or a reason why it is not one. Binary data is copied out of the file buffer. */
 const decodeBody = (decoder: Decoder, body: Uint8Array): WalRecord | string => {
   let value: unknown;
@@ -191,7 +189,7 @@ const decodeBody = (decoder: Decoder, body: Uint8Array): WalRecord | string => {
   if (!isRecordObject(value)) return 'its body is not a map';
   const { hardState, fromIndex, entries } = value;
   if (hardState !== null) {
-    if (!isRecordObject(hardState) || !isNonNegativeInteger(hardState.term)) return 'bad hardState';
+    if (!isRecordObject(hardState) || !isCount(hardState.term)) return 'bad hardState';
     if (hardState.votedFor !== null && typeof hardState.votedFor !== 'string')
       return 'bad hardState.votedFor';
   }
@@ -201,7 +199,7 @@ const decodeBody = (decoder: Decoder, body: Uint8Array): WalRecord | string => {
   const decoded: Entry[] = new Array(entries.length);
   for (let i = 0; i < entries.length; i += 1) {
     const entry: unknown = entries[i];
-    if (!isRecordObject(entry) || !isNonNegativeInteger(entry.term)) return `bad entry ${i}`;
+    if (!isRecordObject(entry) || !isCount(entry.term)) return `bad entry ${i}`;
     if (entry.kind !== 'noop' && entry.kind !== 'command') return `bad entry ${i} kind`;
     if (entry.data !== null && !(entry.data instanceof Uint8Array)) return `bad entry ${i} data`;
     decoded[i] = {
@@ -228,7 +226,7 @@ const decodeSnapshot = (value: unknown): WalRecord['snapshot'] | string => {
   if (value === undefined || value === null) return null;
   if (!isRecordObject(value)) return 'bad snapshot';
   const { index, term, data, keptSuffix } = value;
-  if (!isNonNegativeInteger(index) || index < 1 || !isNonNegativeInteger(term)) return 'bad snapshot index';
+  if (!isCount(index) || index < 1 || !isCount(term)) return 'bad snapshot index';
   if (!(data instanceof Uint8Array) || typeof keptSuffix !== 'boolean') return 'bad snapshot data';
   return { index, term, data: new Uint8Array(data), keptSuffix };
 };

@@ -9,3 +9,10 @@ export const assert: (condition: unknown, message: string) => asserts condition 
     throw error;
   }
 };
+
+/**
+ * A non-negative safe integer: what an index, term, sequence number or size read from outside
+ * (the network, a file) must be before anything trusts it.
+ */
+export const isCount = (value: unknown): value is number =>
+  typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
