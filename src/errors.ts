@@ -8,6 +8,12 @@ export const ERROR_CODES = [
   'STOPPED',
   'INVALID_ARGUMENT',
   'ABORTED',
+  /** start(): the WAL is damaged at or before its last completed fsync, or is not a WAL; the node refuses to start. */
+  'WAL_CORRUPT',
+  /** start(): another live process holds this persistence dir. */
+  'DIR_LOCKED',
+  /** The node stopped itself because a write or fsync of its WAL failed (fail-stop); not the STOPPED of end(). */
+  'DISK_FAILED',
 ] as const;
 
 export type DiskeyvalErrorCode = (typeof ERROR_CODES)[number];
@@ -36,5 +42,10 @@ export const isStopped = (error: unknown): error is DiskeyvalError => isDiskeyva
 export const isInvalidArgument = (error: unknown): error is DiskeyvalError =>
   isDiskeyvalError(error, 'INVALID_ARGUMENT');
 export const isAborted = (error: unknown): error is DiskeyvalError => isDiskeyvalError(error, 'ABORTED');
+export const isWalCorrupt = (error: unknown): error is DiskeyvalError =>
+  isDiskeyvalError(error, 'WAL_CORRUPT');
+export const isDirLocked = (error: unknown): error is DiskeyvalError => isDiskeyvalError(error, 'DIR_LOCKED');
+export const isDiskFailed = (error: unknown): error is DiskeyvalError =>
+  isDiskeyvalError(error, 'DISK_FAILED');
 export const isQuorumUnavailable = (error: unknown): error is DiskeyvalError =>
   isDiskeyvalError(error, 'QUORUM_UNAVAILABLE');

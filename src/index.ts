@@ -74,6 +74,16 @@ export type DiskeyvalOptions = {
 export type ChangeEvent = { key: string; value: unknown; deleted: boolean; index: number };
 export type LeaderEvent = { nodeId: string | null; term: number };
 
+/**
+ * Something the node noticed and kept running through: a listener that threw, a WAL tail cut at
+ * start, an entry that could not be decoded, peers that stay unreachable. `code` says which.
+ */
+export type WarningEvent = { code: WarningCode; message: string; [detail: string]: unknown };
+export type WarningCode = 'LISTENER_ERROR' | 'WAL_TAIL_CUT' | 'ENTRY_UNDECODABLE' | 'PEERS_UNREACHABLE';
+
+/** The node stopped itself (fail-stop); fired once. Every call rejects with `code` from then on. */
+export type FailedEvent = { code: 'DISK_FAILED'; message: string; error: Error };
+
 export type RaftMetrics = {
   nodeId: string;
   role: 'follower' | 'candidate' | 'leader';
@@ -112,6 +122,8 @@ export type RaftMetrics = {
   walRewrites: number | null;
   /** Why the node stopped itself, when a WAL write or sync failed (fail-stop); null otherwise. */
   walError: string | null;
+  /** Listeners (`change`, `leader`, `warning`) that threw; each was reported and the node went on. */
+  listenerErrors: number;
 };
 
 /** Per-call options. `forward: false` refuses with NOT_LEADER instead of forwarding to the leader. */
@@ -131,7 +143,38 @@ export type DiskeyvalNode = {
   getMetrics(): RaftMetrics;
   on(event: 'change', listener: (change: ChangeEvent) => void): DiskeyvalNode;
   on(event: 'leader', listener: (leader: LeaderEvent) => void): DiskeyvalNode;
-  off(event: 'change' | 'leader', listener: (arg: never) => void): DiskeyvalNode;
+  on(event: 'warning', listener: (warning: WarningEvent) => void): DiskeyvalNode;
+  on(event: 'failed', listener: (failure: FailedEvent) => void): DiskeyvalNode;
+  off(event: NodeEventName, listener: (arg: never) => void): DiskeyvalNode;
+};
+
+export type NodeEventName = 'change' | 'leader' | 'warning' | 'failed';
+
+/**
+ * Calls every listener of `event` with `arg`; a listener that throws never reaches the node (it is
+ * called from the apply step, an election, a timer): the error becomes a `warning` event with code
+ * LISTENER_ERROR, and a `warning` listener that throws is counted and otherwise ignored. Not
+ * EventEmitter's `error` event, which throws when nobody listens.
+ */
+const createSafeEmitter = (counters: { listenerErrors: number }) => {
+  const emitter = new EventEmitter();
+  const emit = (event: NodeEventName, arg: unknown): void => {
+    for (const listener of emitter.listeners(event)) {
+      try {
+        (listener as (arg: unknown) => void)(arg);
+      } catch (error) {
+        counters.listenerErrors += 1;
+        if (event === 'warning') continue;
+        emit('warning', {
+          code: 'LISTENER_ERROR',
+          message: `a '${event}' listener threw: ${(error as Error)?.message ?? String(error)}`,
+          event,
+          error,
+        } satisfies WarningEvent);
+      }
+    }
+  };
+  return { emitter, emit };
 };
 
 const peerIdOf = (peer: string | ClusterPeer): string => (typeof peer === 'string' ? peer : peer.nodeId);
@@ -211,7 +254,8 @@ const transportFor = (options: DiskeyvalOptions) => {
 /** Creates a node. Call `start()` before anything else, and `end()` when done. */
 export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
   checkOptions(options);
-  const emitter = new EventEmitter();
+  const counters = { listenerErrors: 0 };
+  const { emitter, emit } = createSafeEmitter(counters);
   const maxValueBytes = options.maxValueBytes ?? DEFAULT_MAX_VALUE_BYTES;
   let started = false;
   let ended = false;
@@ -248,12 +292,12 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     },
     wantsChanges: () => emitter.listenerCount('change') > 0,
     onChange: (change: Change) => {
-      emitter.emit('change', change);
+      emit('change', change);
     },
     onRole: (status) => {
       if (status.leaderId === leader) return;
       leader = status.leaderId;
-      emitter.emit('leader', { nodeId: leader, term: status.term } satisfies LeaderEvent);
+      emit('leader', { nodeId: leader, term: status.term } satisfies LeaderEvent);
     },
   });
 
@@ -348,9 +392,10 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
         walRecords: walStats?.records ?? null,
         walRewrites: walStats?.rewrites ?? null,
         walError: metrics.fatalError,
+        listenerErrors: counters.listenerErrors,
       };
     },
-    on(event: 'change' | 'leader', listener: (arg: never) => void) {
+    on(event: NodeEventName, listener: (arg: never) => void) {
       emitter.on(event, listener as (arg: unknown) => void);
       return handle;
     },
@@ -369,12 +414,15 @@ export type { DiskeyvalError, DiskeyvalErrorCode } from './errors.js';
 export {
   ERROR_CODES,
   isAborted,
+  isDirLocked,
   isDiskeyvalError,
+  isDiskFailed,
   isInvalidArgument,
   isNotLeader,
   isQuorumUnavailable,
   isStopped,
   isTimeout,
+  isWalCorrupt,
 } from './errors.js';
 export {
   createCertificateAuthority,

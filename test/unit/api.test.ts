@@ -686,7 +686,17 @@ describe('public API on an in-memory cluster', () => {
   describe('errors and metrics', () => {
     it('every rejection carries a code, and the type guards tell them apart', async () => {
       expect([...ERROR_CODES].sort()).toEqual(
-        ['ABORTED', 'INVALID_ARGUMENT', 'NOT_LEADER', 'QUORUM_UNAVAILABLE', 'STOPPED', 'TIMEOUT'].sort(),
+        [
+          'ABORTED',
+          'INVALID_ARGUMENT',
+          'NOT_LEADER',
+          'QUORUM_UNAVAILABLE',
+          'STOPPED',
+          'TIMEOUT',
+          'WAL_CORRUPT',
+          'DIR_LOCKED',
+          'DISK_FAILED',
+        ].sort(),
       );
       const cluster = await startCluster({ proposalTimeoutMs: 300 });
       const follower = cluster.followers()[0]!;
