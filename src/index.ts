@@ -12,14 +12,13 @@ import { createRaftNode } from './actors/raft-node.js';
 import type { Change } from './actors/store.js';
 import { createWalLog, type WalLog } from './actors/wal-log.js';
 import { diskeyvalError } from './errors.js';
-import { encodeValue } from './io/command.js';
 import {
   createTlsTransport,
   type TlsTransportLogEvent,
   type TlsTransportMetrics,
 } from './io/tls-transport.js';
 import type { RaftTransport } from './io/transport.js';
-import { DEFAULT_MAX_VALUE_BYTES, validateCallOptions, validateKey, validateValue } from './validate.js';
+import { DEFAULT_MAX_VALUE_BYTES, encodeCheckedValue, validateCallOptions, validateKey } from './validate.js';
 
 export type ClusterPeer = { nodeId: string; host: string; port: number };
 
@@ -124,6 +123,8 @@ export type RaftMetrics = {
   walError: string | null;
   /** Listeners (`change`, `leader`, `warning`) that threw; each was reported and the node went on. */
   listenerErrors: number;
+  /** Committed entries that did not decode, applied as no-ops (each one an ENTRY_UNDECODABLE warning). */
+  undecodableEntries: number;
 };
 
 /** Per-call options. `forward: false` refuses with NOT_LEADER instead of forwarding to the leader. */
@@ -294,6 +295,13 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     onChange: (change: Change) => {
       emit('change', change);
     },
+    onUndecodable: (index, reason) => {
+      emit('warning', {
+        code: 'ENTRY_UNDECODABLE',
+        message: `entry ${index} does not decode (${reason}); applied as a no-op on every node`,
+        index,
+      } satisfies WarningEvent);
+    },
     onRole: (status) => {
       if (status.leaderId === leader) return;
       leader = status.leaderId;
@@ -321,14 +329,9 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     },
     async set(key, value, callOptions) {
       validateKey(key);
-      validateValue(value);
       validateCallOptions(callOptions);
-      // Encoded once: the size check and the command both use these bytes.
-      const encodedValue = encodeValue(value);
-      const size = encodedValue.byteLength;
-      if (size > maxValueBytes) {
-        throw diskeyvalError('INVALID_ARGUMENT', `value encodes to ${size} bytes, above ${maxValueBytes}`);
-      }
+      // Encoded once and decoded again here: what the command carries is proven to round-trip.
+      const encodedValue = encodeCheckedValue(value, maxValueBytes);
       running();
       await node.write({ op: 'set', key, value, encodedValue }, callOptions);
     },
@@ -393,6 +396,7 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
         walRewrites: walStats?.rewrites ?? null,
         walError: metrics.fatalError,
         listenerErrors: counters.listenerErrors,
+        undecodableEntries: metrics.undecodableEntries,
       };
     },
     on(event: NodeEventName, listener: (arg: never) => void) {

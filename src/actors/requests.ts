@@ -363,7 +363,13 @@ export const createRequests = (deps: RequestsDeps) => {
   };
 
   const onProposeResult = (message: ClientProposeResult): void => {
-    if (message.notLeader) park(writes, message.seqs, message);
+    if (message.invalid === true) {
+      for (const seq of message.seqs) {
+        writes
+          .get(seq)
+          ?.finish(diskeyvalError('INVALID_ARGUMENT', `the leader ${message.from} refused the command: it does not decode`));
+      }
+    } else if (message.notLeader) park(writes, message.seqs, message);
     else writesAccepted(message.seqs, message.firstIndex);
   };
 
