@@ -133,7 +133,10 @@ export const encodeCheckedValue = (value: unknown, maxValueBytes: number): Uint8
     throw diskeyvalError('INVALID_ARGUMENT', `value does not survive msgpack: ${(error as Error).message}`);
   }
   if (bytes.byteLength > maxValueBytes) {
-    throw diskeyvalError('INVALID_ARGUMENT', `value encodes to ${bytes.byteLength} bytes, above ${maxValueBytes}`);
+    throw diskeyvalError(
+      'INVALID_ARGUMENT',
+      `value encodes to ${bytes.byteLength} bytes, above ${maxValueBytes}`,
+    );
   }
   const difference = firstDifference(value, decoded);
   if (difference !== null) {

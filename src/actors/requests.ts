@@ -367,7 +367,12 @@ export const createRequests = (deps: RequestsDeps) => {
       for (const seq of message.seqs) {
         writes
           .get(seq)
-          ?.finish(diskeyvalError('INVALID_ARGUMENT', `the leader ${message.from} refused the command: it does not decode`));
+          ?.finish(
+            diskeyvalError(
+              'INVALID_ARGUMENT',
+              `the leader ${message.from} refused the command: it does not decode`,
+            ),
+          );
       }
     } else if (message.notLeader) park(writes, message.seqs, message);
     else writesAccepted(message.seqs, message.firstIndex);
