@@ -10,10 +10,17 @@ export const MAX_KEY_BYTES = 1024;
 export const DEFAULT_MAX_VALUE_BYTES = 1024 * 1024;
 const MAX_DEPTH = 64;
 
+/**
+ * An unpaired UTF-16 surrogate: msgpack carries it (as WTF-8) in short strings and replaces it
+ * with U+FFFD in long ones, so it is refused everywhere, in keys and values alike.
+ */
+const LONE_SURROGATE = /\p{Cs}/u;
+
 export const validateKey = (key: unknown): string => {
   if (typeof key !== 'string' || key.length === 0) {
     throw diskeyvalError('INVALID_ARGUMENT', 'key must be a non-empty string');
   }
+  if (LONE_SURROGATE.test(key)) throw diskeyvalError('INVALID_ARGUMENT', 'key holds an unpaired surrogate');
   if (Buffer.byteLength(key, 'utf8') > MAX_KEY_BYTES) {
     throw diskeyvalError('INVALID_ARGUMENT', `key is longer than ${MAX_KEY_BYTES} bytes`);
   }
@@ -37,6 +44,9 @@ export const validateValue = (value: unknown): void => {
       throw diskeyvalError('INVALID_ARGUMENT', `value nests deeper than ${MAX_DEPTH} at ${path}`);
     switch (typeof item) {
       case 'string':
+        if (LONE_SURROGATE.test(item))
+          throw diskeyvalError('INVALID_ARGUMENT', `string holds an unpaired surrogate at ${path}`);
+        return;
       case 'boolean':
         return;
       case 'number':
@@ -55,8 +65,10 @@ export const validateValue = (value: unknown): void => {
     if (item === null || item instanceof Uint8Array || item instanceof Date) return;
     const object = item as object;
     if (seen.has(object)) throw diskeyvalError('INVALID_ARGUMENT', `value is cyclic at ${path}`);
+    const enumerable = Object.keys(object).length;
+    const carried = Array.isArray(object) ? object.length : Object.getOwnPropertyNames(object).length;
     const names = Object.getOwnPropertyNames(object).length - (Array.isArray(object) ? 1 : 0);
-    if (Object.getOwnPropertySymbols(object).length > 0 || names !== Object.keys(object).length) {
+    if (Object.getOwnPropertySymbols(object).length > 0 || enumerable !== carried || names !== enumerable) {
       throw diskeyvalError(
         'INVALID_ARGUMENT',
         `symbol-keyed, non-enumerable or extra array properties are not carried (at ${path})`,
@@ -73,7 +85,11 @@ export const validateValue = (value: unknown): void => {
       }
       if (Object.hasOwn(object, '__proto__'))
         throw diskeyvalError('INVALID_ARGUMENT', `an own __proto__ key cannot be stored (at ${path})`);
-      for (const [key, element] of Object.entries(object)) visit(element, `${path}.${key}`, depth + 1);
+      for (const [key, element] of Object.entries(object)) {
+        if (LONE_SURROGATE.test(key))
+          throw diskeyvalError('INVALID_ARGUMENT', `object key holds an unpaired surrogate at ${path}`);
+        visit(element, `${path}.${key}`, depth + 1);
+      }
     }
     seen.delete(object);
   };
