@@ -9,6 +9,7 @@ import type { InspectionEvent } from 'xstate';
 import type { MemoryLog } from './actors/log.js';
 import { dropSupersededAppends } from './actors/peer.js';
 import { createRaftNode } from './actors/raft-node.js';
+import { createReachability } from './actors/reachability.js';
 import type { Change } from './actors/store.js';
 import { createWalLog, type WalLog } from './actors/wal-log.js';
 import { diskeyvalError } from './errors.js';
@@ -178,6 +179,9 @@ const createSafeEmitter = (counters: { listenerErrors: number }) => {
   return { emitter, emit };
 };
 
+/** A node that has reached no peer for this long (or half of proposalTimeoutMs, if less) says so. */
+const PEERS_UNREACHABLE_AFTER_MS = 2000;
+
 const peerIdOf = (peer: string | ClusterPeer): string => (typeof peer === 'string' ? peer : peer.nodeId);
 
 const checkOptions = (options: DiskeyvalOptions): void => {
@@ -238,7 +242,7 @@ const checkOptions = (options: DiskeyvalOptions): void => {
   }
 };
 
-const transportFor = (options: DiskeyvalOptions) => {
+const transportFor = (options: DiskeyvalOptions, log: (event: TlsTransportLogEvent) => void) => {
   if (options.transport) return { transport: options.transport, tls: null };
   const tls = createTlsTransport({
     host: options.host!,
@@ -246,7 +250,7 @@ const transportFor = (options: DiskeyvalOptions) => {
     peers: options.peers as ClusterPeer[],
     tls: options.tls!,
     ...(options.maxFrameBytes ? { maxFrameBytes: options.maxFrameBytes } : {}),
-    ...(options.onTransportEvent ? { log: options.onTransportEvent } : {}),
+    log,
     coalesce: dropSupersededAppends,
   });
   return { transport: tls as unknown as RaftTransport, tls };
@@ -262,7 +266,26 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
   let ended = false;
   let leader: string | null = null;
 
-  const { transport, tls } = transportFor(options);
+  const proposalTimeoutMs = options.proposalTimeoutMs ?? 5000;
+  const reachability = createReachability({
+    peers: options.peers.map(peerIdOf),
+    afterMs: Math.min(PEERS_UNREACHABLE_AFTER_MS, proposalTimeoutMs / 2),
+    nowMs: () => performance.now(),
+    onAllUnreachable: (peers, forMs) => {
+      const list = peers.map(({ nodeId, reason }) => `${nodeId} (${reason})`).join(', ');
+      options.onTransportEvent?.({ event: 'peers-unreachable', peers, forMs: Math.round(forMs) });
+      emit('warning', {
+        code: 'PEERS_UNREACHABLE',
+        message: `${options.nodeId} has reached no peer for ${Math.round(forMs)} ms: ${list}; calls need a majority running`,
+        peers,
+        forMs: Math.round(forMs),
+      } satisfies WarningEvent);
+    },
+  });
+  const { transport, tls } = transportFor(options, (event) => {
+    reachability.observe(event);
+    options.onTransportEvent?.(event);
+  });
   const persistenceDir = options.persistence?.dir;
   const compactEvery = options.persistence?.compactEvery ?? options.compactEvery;
   let wal: WalLog | null = null;
@@ -272,7 +295,8 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     transport,
     electionTimeoutMs: options.electionTimeoutMs ?? 300,
     heartbeatMs: options.heartbeatMs ?? 50,
-    proposalTimeoutMs: options.proposalTimeoutMs ?? 5000,
+    proposalTimeoutMs,
+    unreachablePeers: reachability.unreachable,
     ...(options.rpcTimeoutMs ? { rpcTimeoutMs: options.rpcTimeoutMs } : {}),
     seed: options.seed ?? randomInt(2 ** 31),
     session: randomInt(2 ** 47),

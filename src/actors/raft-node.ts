@@ -74,6 +74,8 @@ export type RaftNodeOptions = {
   /** Whether anyone listens to changes now (default: whether onChange is given). */
   wantsChanges?: () => boolean;
   onRole?: (status: RaftStatus) => void;
+  /** The peers this node cannot connect to now, and why (the hint of QUORUM_UNAVAILABLE errors). */
+  unreachablePeers?: () => Array<{ nodeId: NodeId; reason: string }>;
   /** A committed entry did not decode and was applied as a no-op (store.ts). */
   onUndecodable?: (index: number, reason: string) => void;
 };
@@ -205,6 +207,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       readBatch();
     },
     send: (message) => send(message as ClientMessage),
+    ...(options.unreachablePeers ? { unreachable: options.unreachablePeers } : {}),
   });
 
   /** One `propose` event for every write that reached this leader in the tick, local or forwarded. */

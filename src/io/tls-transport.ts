@@ -106,6 +106,12 @@ export type TlsTransportLogEvent =
       readonly reason: 'too-large' | 'unencodable' | 'backpressure';
     }
   | { readonly event: 'deliver-error'; readonly error: unknown }
+  /** No peer could be reached for `forMs` (reported once per outage by the node, not by the transport). */
+  | {
+      readonly event: 'peers-unreachable';
+      readonly peers: ReadonlyArray<{ readonly nodeId: string; readonly reason: string }>;
+      readonly forMs: number;
+    }
   | { readonly event: 'server-error'; readonly error: unknown };
 
 export type TlsTransportOptions = {
