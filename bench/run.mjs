@@ -9,7 +9,8 @@
  *   npm run bench -- --scaling             throughput for 3 and 5 nodes, value sizes, p99 vs concurrency
  *   npm run bench -- --memory              RSS of nodes holding 1,000,000 keys of 100 B vs the raw size
  *   npm run bench -- --mixed               64 writers + 64 linearizable readers at once, on the leader and a
- *                                          follower; read p50/p99 vs reads alone (--ops: reads per phase)
+ *                                          follower; read p50/p99 vs reads alone (--ops: reads per phase,
+ *                                          --writers N: concurrent writers, 64)
  *   npm run bench -- --profile             --cpu-prof of every node for W1 c=64, W2 and W1 c=1; top self
  *                                          time (--perf: also `perf record` of the leader, real CPU)
  *
@@ -76,6 +77,7 @@ const { values: opt } = parseArgs({
     memory: { type: 'boolean', default: false },
     profile: { type: 'boolean', default: false },
     mixed: { type: 'boolean', default: false },
+    writers: { type: 'string', default: '64' },
     modes: { type: 'string' },
     'no-follower': { type: 'boolean', default: false },
     'election-timeout': { type: 'string', default: '1000' },
@@ -583,6 +585,7 @@ if (mode === 'main') {
 } else if (mode === 'mixed') {
   const mixed = await runMixed({
     reads: opt.ops ? config.ops : 5000,
+    writers: int(opt.writers, 'writers', 1),
     valueBytes: config.valueBytes,
     persistence: opt.modes !== undefined && config.modes[0] === 'persistence',
     jitWarmup: config.jitWarmup,
@@ -591,7 +594,7 @@ if (mode === 'main') {
   result.mixed = mixed;
   flagged = !mixed.target.met;
   print(
-    `\n## Reads under write load (leader ${mixed.leader}, follower ${mixed.follower}${mixed.persistence ? ', persistence' : ''})\n`,
+    `\n## Reads under write load (${mixed.writers} writers, 64 readers; leader ${mixed.leader}, follower ${mixed.follower}${mixed.persistence ? ', persistence' : ''})\n`,
   );
   print(mixedTable(mixed));
   print(

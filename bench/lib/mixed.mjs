@@ -44,7 +44,7 @@ const summary = (r) =>
       };
 
 /** One phase: reads (and writes, when `writer` is given) started together; bounded by the harness. */
-const phase = async (run, { name, reader, writer, reads, writes, valueBytes, keySpace }) => {
+const phase = async (run, { name, reader, writer, reads, writes, writers, valueBytes, keySpace }) => {
   const readLoad = {
     kind: 'get',
     concurrency: 64,
@@ -55,7 +55,7 @@ const phase = async (run, { name, reader, writer, reads, writes, valueBytes, key
   };
   const writeLoad = {
     kind: 'set',
-    concurrency: 64,
+    concurrency: writers,
     count: writes,
     valueBytes,
     keySpace,
@@ -77,6 +77,7 @@ const phase = async (run, { name, reader, writer, reads, writes, valueBytes, key
 
 export const runMixed = async ({
   reads = 5000,
+  writers = 64,
   valueBytes = 100,
   keySpace = 1000,
   persistence = false,
@@ -90,8 +91,8 @@ export const runMixed = async ({
     if (jitWarmup > 0) {
       for (const id of run.ids) await warmUpDiskeyval(run, id, { count: jitWarmup, valueBytes });
     }
-    const writes = reads * 3;
-    const common = { reads, writes, valueBytes, keySpace };
+    const writes = Math.max(reads * 3, writers * 40);
+    const common = { reads, writes, writers, valueBytes, keySpace };
     const phases = [];
     for (const spec of [
       { name: 'reads alone on the follower', reader: follower },
@@ -114,7 +115,7 @@ export const runMixed = async ({
       worstRatio: Math.max(...followerMixed.map((p) => p.readP99OverBaseline)),
       readErrors: phases.reduce((a, p) => a + p.reads.errors, 0),
     };
-    return { leader, follower, persistence, valueBytes, keySpace, phases, target };
+    return { leader, follower, persistence, writers, valueBytes, keySpace, phases, target };
   } finally {
     await stopDiskeyvalCluster(run);
   }
