@@ -8,6 +8,9 @@
  *                                          fsync on and --unsafe-no-fsync, with ratios per row
  *   npm run bench -- --scaling             throughput for 3 and 5 nodes, value sizes, p99 vs concurrency
  *   npm run bench -- --memory              RSS of nodes holding 1,000,000 keys of 100 B vs the raw size
+ *   npm run bench -- --mixed               64 writers + 64 linearizable readers at once, on the leader and a
+ *                                          follower; read p50/p99 vs reads alone (--ops: reads per phase,
+ *                                          --writers N: concurrent writers, 64)
  *   npm run bench -- --profile             --cpu-prof of every node for W1 c=64, W2 and W1 c=1; top self
  *                                          time (--perf: also `perf record` of the leader, real CPU)
  *
@@ -50,6 +53,7 @@ import {
 } from './lib/diskeyval-side.mjs';
 import { detectEtcd, INSTALL_HINT, runEtcdWorkload, startEtcdCluster, warmUpEtcd } from './lib/etcd-side.mjs';
 import { runMemory } from './lib/memory.mjs';
+import { mixedTable, runMixed } from './lib/mixed.mjs';
 import { runProfile } from './lib/profile.mjs';
 import {
   etcdTable,
@@ -72,6 +76,8 @@ const { values: opt } = parseArgs({
     scaling: { type: 'boolean', default: false },
     memory: { type: 'boolean', default: false },
     profile: { type: 'boolean', default: false },
+    mixed: { type: 'boolean', default: false },
+    writers: { type: 'string', default: '64' },
     modes: { type: 'string' },
     'no-follower': { type: 'boolean', default: false },
     'election-timeout': { type: 'string', default: '1000' },
@@ -452,7 +458,15 @@ const scalingTables = (scaling) => {
 const machine = machineInfo();
 const etcdInfo = detectEtcd();
 const quiet = await waitQuiet(int(opt['wait-quiet'], 'wait-quiet', 0));
-const mode = opt.memory ? 'memory' : opt.scaling ? 'scaling' : opt.profile ? 'profile' : 'main';
+const mode = opt.memory
+  ? 'memory'
+  : opt.scaling
+    ? 'scaling'
+    : opt.profile
+      ? 'profile'
+      : opt.mixed
+        ? 'mixed'
+        : 'main';
 log(
   `mode ${mode}; ${machine.nproc} CPUs (${machine.cpuModel}), Node ${machine.node}, ` +
     `etcd ${etcdInfo?.version ?? 'not installed'}; load average ${machine.loadAvgAtStart.join(' ')}`,
@@ -568,6 +582,24 @@ if (mode === 'main') {
   result.profile = profile;
   flagged = profile.flagged;
   print(profile.text);
+} else if (mode === 'mixed') {
+  const mixed = await runMixed({
+    reads: opt.ops ? config.ops : 5000,
+    writers: int(opt.writers, 'writers', 1),
+    valueBytes: config.valueBytes,
+    persistence: opt.modes !== undefined && config.modes[0] === 'persistence',
+    jitWarmup: config.jitWarmup,
+    log,
+  });
+  result.mixed = mixed;
+  flagged = !mixed.target.met;
+  print(
+    `\n## Reads under write load (${mixed.writers} writers, 64 readers; leader ${mixed.leader}, follower ${mixed.follower}${mixed.persistence ? ', persistence' : ''})\n`,
+  );
+  print(mixedTable(mixed));
+  print(
+    `\ntarget: ${mixed.target.rule}: ${mixed.target.met ? 'met' : 'MISSED'} (worst ${mixed.target.worstRatio}x, ${mixed.target.readErrors} failed reads)`,
+  );
 }
 
 const seconds = (performance.now() - t0) / 1000;

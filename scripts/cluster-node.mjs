@@ -18,6 +18,10 @@ import { performance } from 'node:perf_hooks';
  *                                   //   true; the benchmark may turn it off: inspection costs CPU)
  *     changeEvents?: false,         // forward every applied change to the parent
  *     transportEvents?: 'rejected'  // 'none' | 'rejected' | 'all': which transport events to forward
+ *     warningEvents?: false,        // forward the node's `warning` events
+ *     throwingListeners?: false,    // add `change` and `leader` listeners that always throw (tests)
+ *     keepRunningOnUncaught?: false // an application-wide uncaughtException handler that reports
+ *                                   //   { event: 'uncaught' } and keeps the process running
  *   }
  *
  * Child -> parent (every message has `from` = this node and `atMs` = wall-clock ms, fractional,
@@ -309,6 +313,10 @@ const onMessage = (message) => {
 // ---- start ------------------------------------------------------------------------------------
 
 const fatal = (error) => {
+  if (config?.keepRunningOnUncaught && !ending) {
+    send({ event: 'uncaught', error: errorOf(error) });
+    return;
+  }
   process.stderr.write(`cluster-node ${config?.nodeId ?? '?'}: ${error?.stack ?? error}\n`);
   const bound = setTimeout(() => process.exit(1), 500);
   bound.unref();
@@ -396,6 +404,25 @@ const main = async () => {
   });
   if (config.changeEvents) {
     node.on('change', (change) => send({ event: 'change', ...change }));
+  }
+  if (config.warningEvents) {
+    // The warning's own `event` (which listener threw) travels as `listenerEvent`.
+    node.on('warning', ({ error, event, ...warning }) =>
+      send({
+        ...warning,
+        event: 'warning',
+        listenerEvent: event,
+        ...(error ? { error: errorOf(error) } : {}),
+      }),
+    );
+  }
+  if (config.throwingListeners) {
+    node.on('change', ({ key }) => {
+      throw new Error(`a user's change listener failed on ${key}`);
+    });
+    node.on('leader', () => {
+      throw new Error(`a user's leader listener failed`);
+    });
   }
   process.on('message', onMessage);
   await node.start();

@@ -18,12 +18,17 @@ export const ERROR_CODES = [
 
 export type DiskeyvalErrorCode = (typeof ERROR_CODES)[number];
 
-export type DiskeyvalError = Error & { code: DiskeyvalErrorCode; leaderId?: string | null };
+export type DiskeyvalError = Error & {
+  code: DiskeyvalErrorCode;
+  leaderId?: string | null;
+  /** QUORUM_UNAVAILABLE: the peers this node could not connect to, when it knows, and why. */
+  unreachable?: Array<{ nodeId: string; reason: string }>;
+};
 
 export const diskeyvalError = (
   code: DiskeyvalErrorCode,
   message: string,
-  extra: { leaderId?: string | null } = {},
+  extra: { leaderId?: string | null; unreachable?: Array<{ nodeId: string; reason: string }> } = {},
 ): DiskeyvalError => Object.assign(new Error(message), { code }, extra);
 
 export const isDiskeyvalError = (error: unknown, code?: DiskeyvalErrorCode): error is DiskeyvalError => {

@@ -9,17 +9,17 @@ import type { InspectionEvent } from 'xstate';
 import type { MemoryLog } from './actors/log.js';
 import { dropSupersededAppends } from './actors/peer.js';
 import { createRaftNode } from './actors/raft-node.js';
+import { createReachability } from './actors/reachability.js';
 import type { Change } from './actors/store.js';
 import { createWalLog, type WalLog } from './actors/wal-log.js';
 import { diskeyvalError } from './errors.js';
-import { encodeValue } from './io/command.js';
 import {
   createTlsTransport,
   type TlsTransportLogEvent,
   type TlsTransportMetrics,
 } from './io/tls-transport.js';
 import type { RaftTransport } from './io/transport.js';
-import { DEFAULT_MAX_VALUE_BYTES, validateCallOptions, validateKey, validateValue } from './validate.js';
+import { DEFAULT_MAX_VALUE_BYTES, encodeCheckedValue, validateCallOptions, validateKey } from './validate.js';
 
 export type ClusterPeer = { nodeId: string; host: string; port: number };
 
@@ -124,6 +124,8 @@ export type RaftMetrics = {
   walError: string | null;
   /** Listeners (`change`, `leader`, `warning`) that threw; each was reported and the node went on. */
   listenerErrors: number;
+  /** Committed entries that did not decode, applied as no-ops (each one an ENTRY_UNDECODABLE warning). */
+  undecodableEntries: number;
 };
 
 /** Per-call options. `forward: false` refuses with NOT_LEADER instead of forwarding to the leader. */
@@ -176,6 +178,9 @@ const createSafeEmitter = (counters: { listenerErrors: number }) => {
   };
   return { emitter, emit };
 };
+
+/** A node that has reached no peer for this long (or half of proposalTimeoutMs, if less) says so. */
+const PEERS_UNREACHABLE_AFTER_MS = 2000;
 
 const peerIdOf = (peer: string | ClusterPeer): string => (typeof peer === 'string' ? peer : peer.nodeId);
 
@@ -237,7 +242,7 @@ const checkOptions = (options: DiskeyvalOptions): void => {
   }
 };
 
-const transportFor = (options: DiskeyvalOptions) => {
+const transportFor = (options: DiskeyvalOptions, log: (event: TlsTransportLogEvent) => void) => {
   if (options.transport) return { transport: options.transport, tls: null };
   const tls = createTlsTransport({
     host: options.host!,
@@ -245,7 +250,7 @@ const transportFor = (options: DiskeyvalOptions) => {
     peers: options.peers as ClusterPeer[],
     tls: options.tls!,
     ...(options.maxFrameBytes ? { maxFrameBytes: options.maxFrameBytes } : {}),
-    ...(options.onTransportEvent ? { log: options.onTransportEvent } : {}),
+    log,
     coalesce: dropSupersededAppends,
   });
   return { transport: tls as unknown as RaftTransport, tls };
@@ -261,7 +266,26 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
   let ended = false;
   let leader: string | null = null;
 
-  const { transport, tls } = transportFor(options);
+  const proposalTimeoutMs = options.proposalTimeoutMs ?? 5000;
+  const reachability = createReachability({
+    peers: options.peers.map(peerIdOf),
+    afterMs: Math.min(PEERS_UNREACHABLE_AFTER_MS, proposalTimeoutMs / 2),
+    nowMs: () => performance.now(),
+    onAllUnreachable: (peers, forMs) => {
+      const list = peers.map(({ nodeId, reason }) => `${nodeId} (${reason})`).join(', ');
+      options.onTransportEvent?.({ event: 'peers-unreachable', peers, forMs: Math.round(forMs) });
+      emit('warning', {
+        code: 'PEERS_UNREACHABLE',
+        message: `${options.nodeId} has reached no peer for ${Math.round(forMs)} ms: ${list}; calls need a majority running`,
+        peers,
+        forMs: Math.round(forMs),
+      } satisfies WarningEvent);
+    },
+  });
+  const { transport, tls } = transportFor(options, (event) => {
+    reachability.observe(event);
+    options.onTransportEvent?.(event);
+  });
   const persistenceDir = options.persistence?.dir;
   const compactEvery = options.persistence?.compactEvery ?? options.compactEvery;
   let wal: WalLog | null = null;
@@ -271,7 +295,8 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     transport,
     electionTimeoutMs: options.electionTimeoutMs ?? 300,
     heartbeatMs: options.heartbeatMs ?? 50,
-    proposalTimeoutMs: options.proposalTimeoutMs ?? 5000,
+    proposalTimeoutMs,
+    unreachablePeers: reachability.unreachable,
     ...(options.rpcTimeoutMs ? { rpcTimeoutMs: options.rpcTimeoutMs } : {}),
     seed: options.seed ?? randomInt(2 ** 31),
     session: randomInt(2 ** 47),
@@ -293,6 +318,13 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     wantsChanges: () => emitter.listenerCount('change') > 0,
     onChange: (change: Change) => {
       emit('change', change);
+    },
+    onUndecodable: (index, reason) => {
+      emit('warning', {
+        code: 'ENTRY_UNDECODABLE',
+        message: `entry ${index} does not decode (${reason}); applied as a no-op on every node`,
+        index,
+      } satisfies WarningEvent);
     },
     onRole: (status) => {
       if (status.leaderId === leader) return;
@@ -321,14 +353,9 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     },
     async set(key, value, callOptions) {
       validateKey(key);
-      validateValue(value);
       validateCallOptions(callOptions);
-      // Encoded once: the size check and the command both use these bytes.
-      const encodedValue = encodeValue(value);
-      const size = encodedValue.byteLength;
-      if (size > maxValueBytes) {
-        throw diskeyvalError('INVALID_ARGUMENT', `value encodes to ${size} bytes, above ${maxValueBytes}`);
-      }
+      // Encoded once and decoded again here: what the command carries is proven to round-trip.
+      const encodedValue = encodeCheckedValue(value, maxValueBytes);
       running();
       await node.write({ op: 'set', key, value, encodedValue }, callOptions);
     },
@@ -393,6 +420,7 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
         walRewrites: walStats?.rewrites ?? null,
         walError: metrics.fatalError,
         listenerErrors: counters.listenerErrors,
+        undecodableEntries: metrics.undecodableEntries,
       };
     },
     on(event: NodeEventName, listener: (arg: never) => void) {

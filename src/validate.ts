@@ -2,6 +2,7 @@
  * Checks of user input, before anything is proposed: a rejected call changes nothing anywhere.
  */
 import { diskeyvalError } from './errors.js';
+import { decodeValue, encodeValue } from './io/command.js';
 
 /** Keys are non-empty strings of at most this many UTF-8 bytes. */
 export const MAX_KEY_BYTES = 1024;
@@ -9,10 +10,17 @@ export const MAX_KEY_BYTES = 1024;
 export const DEFAULT_MAX_VALUE_BYTES = 1024 * 1024;
 const MAX_DEPTH = 64;
 
+/**
+ * An unpaired UTF-16 surrogate: msgpack carries it (as WTF-8) in short strings and replaces it
+ * with U+FFFD in long ones, so it is refused everywhere, in keys and values alike.
+ */
+const LONE_SURROGATE = /\p{Cs}/u;
+
 export const validateKey = (key: unknown): string => {
   if (typeof key !== 'string' || key.length === 0) {
     throw diskeyvalError('INVALID_ARGUMENT', 'key must be a non-empty string');
   }
+  if (LONE_SURROGATE.test(key)) throw diskeyvalError('INVALID_ARGUMENT', 'key holds an unpaired surrogate');
   if (Buffer.byteLength(key, 'utf8') > MAX_KEY_BYTES) {
     throw diskeyvalError('INVALID_ARGUMENT', `key is longer than ${MAX_KEY_BYTES} bytes`);
   }
@@ -22,7 +30,11 @@ export const validateKey = (key: unknown): string => {
 /**
  * A value must survive a msgpack round trip unchanged: no functions, symbols, bigints beyond 64
  * bits, `undefined` inside objects or arrays, class instances other than Date and byte arrays,
- * or cycles.
+ * cycles, or properties msgpack does not carry (symbol keys, non-enumerable ones, extra properties
+ * on arrays). An own `__proto__` key is refused too: the decoder on every node refuses it (it is the
+ * prototype-pollution vector of any reader that merges the value into another object), so it could
+ * be proposed but never applied. This check gives the reason and the path; `encodeCheckedValue`
+ * then proves the round trip on the real codec.
  */
 export const validateValue = (value: unknown): void => {
   if (value === undefined) throw diskeyvalError('INVALID_ARGUMENT', 'value is undefined: use delete(key)');
@@ -32,6 +44,9 @@ export const validateValue = (value: unknown): void => {
       throw diskeyvalError('INVALID_ARGUMENT', `value nests deeper than ${MAX_DEPTH} at ${path}`);
     switch (typeof item) {
       case 'string':
+        if (LONE_SURROGATE.test(item))
+          throw diskeyvalError('INVALID_ARGUMENT', `string holds an unpaired surrogate at ${path}`);
+        return;
       case 'boolean':
         return;
       case 'number':
@@ -50,6 +65,15 @@ export const validateValue = (value: unknown): void => {
     if (item === null || item instanceof Uint8Array || item instanceof Date) return;
     const object = item as object;
     if (seen.has(object)) throw diskeyvalError('INVALID_ARGUMENT', `value is cyclic at ${path}`);
+    const enumerable = Object.keys(object).length;
+    const carried = Array.isArray(object) ? object.length : Object.getOwnPropertyNames(object).length;
+    const names = Object.getOwnPropertyNames(object).length - (Array.isArray(object) ? 1 : 0);
+    if (Object.getOwnPropertySymbols(object).length > 0 || enumerable !== carried || names !== enumerable) {
+      throw diskeyvalError(
+        'INVALID_ARGUMENT',
+        `symbol-keyed, non-enumerable or extra array properties are not carried (at ${path})`,
+      );
+    }
     seen.add(object);
     if (Array.isArray(object)) {
       for (let index = 0; index < object.length; index += 1)
@@ -59,11 +83,85 @@ export const validateValue = (value: unknown): void => {
       if (prototype !== Object.prototype && prototype !== null) {
         throw diskeyvalError('INVALID_ARGUMENT', `only plain objects can be stored (at ${path})`);
       }
-      for (const [key, element] of Object.entries(object)) visit(element, `${path}.${key}`, depth + 1);
+      if (Object.hasOwn(object, '__proto__'))
+        throw diskeyvalError('INVALID_ARGUMENT', `an own __proto__ key cannot be stored (at ${path})`);
+      for (const [key, element] of Object.entries(object)) {
+        if (LONE_SURROGATE.test(key))
+          throw diskeyvalError('INVALID_ARGUMENT', `object key holds an unpaired surrogate at ${path}`);
+        visit(element, `${path}.${key}`, depth + 1);
+      }
     }
     seen.delete(object);
   };
   visit(value, 'value', 0);
+};
+
+/**
+ * Where `decoded` differs from `original`, or null when they are the same value: same types, same
+ * numbers (Object.is: -0 is not 0), same strings, same Date times, same bytes (any Uint8Array
+ * comes back as a plain Uint8Array), same arrays and same own keys. Both are trees (no cycles).
+ */
+export const firstDifference = (original: unknown, decoded: unknown, path = 'value'): string | null => {
+  if (original instanceof Uint8Array) {
+    return decoded instanceof Uint8Array && Buffer.compare(original, decoded) === 0 ? null : path;
+  }
+  if (original instanceof Date) {
+    return decoded instanceof Date && Object.is(original.getTime(), decoded.getTime()) ? null : path;
+  }
+  if (typeof original !== 'object' || original === null) return Object.is(original, decoded) ? null : path;
+  if (typeof decoded !== 'object' || decoded === null) return path;
+  if (Array.isArray(original)) {
+    if (!Array.isArray(decoded) || decoded.length !== original.length) return path;
+    for (let index = 0; index < original.length; index += 1) {
+      const difference = firstDifference(original[index], decoded[index], `${path}[${index}]`);
+      if (difference !== null) return difference;
+    }
+    return null;
+  }
+  const keys = Object.keys(original);
+  if (Array.isArray(decoded) || Object.keys(decoded).length !== keys.length) return path;
+  for (const key of keys) {
+    if (!Object.hasOwn(decoded, key)) return `${path}.${key}`;
+    const difference = firstDifference(
+      (original as Record<string, unknown>)[key],
+      (decoded as Record<string, unknown>)[key],
+      `${path}.${key}`,
+    );
+    if (difference !== null) return difference;
+  }
+  return null;
+};
+
+/**
+ * The bytes a `set` proposes, after proving on this node that every node can carry them: the value
+ * is checked (validateValue), encoded with the command codec, size-checked, decoded again and
+ * compared with the original. Anything that would not come back as the same value (a lone UTF-16
+ * surrogate, -0, an invalid Date, ...) rejects with INVALID_ARGUMENT before anything is proposed.
+ */
+export const encodeCheckedValue = (value: unknown, maxValueBytes: number): Uint8Array => {
+  validateValue(value);
+  let bytes: Uint8Array;
+  let decoded: unknown;
+  try {
+    bytes = encodeValue(value);
+    decoded = decodeValue(bytes);
+  } catch (error) {
+    throw diskeyvalError('INVALID_ARGUMENT', `value does not survive msgpack: ${(error as Error).message}`);
+  }
+  if (bytes.byteLength > maxValueBytes) {
+    throw diskeyvalError(
+      'INVALID_ARGUMENT',
+      `value encodes to ${bytes.byteLength} bytes, above ${maxValueBytes}`,
+    );
+  }
+  const difference = firstDifference(value, decoded);
+  if (difference !== null) {
+    throw diskeyvalError(
+      'INVALID_ARGUMENT',
+      `value does not come back the same from msgpack at ${difference} (e.g. -0, a lone surrogate, an invalid Date)`,
+    );
+  }
+  return bytes;
 };
 
 export const validateCallOptions = (options: unknown): void => {

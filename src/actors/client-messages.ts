@@ -24,6 +24,8 @@ export type ClientProposeResult = {
   term: number;
   notLeader: boolean;
   leaderId: NodeId | null;
+  /** The leader refused these commands: they do not decode (the caller rejects INVALID_ARGUMENT). */
+  invalid?: boolean;
 };
 
 export type ClientRead = { type: 'ClientRead'; from: NodeId; to: NodeId; ids: number[] };

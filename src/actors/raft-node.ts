@@ -19,7 +19,7 @@
  * leader), so a burst of writes is one log append and one AppendEntries per peer.
  */
 import { type Actor, createActor, type InspectionEvent } from 'xstate';
-import { encodeCommand, type KvOperation } from '../io/command.js';
+import { encodeCommand, type KvOperation, whyUndecodable } from '../io/command.js';
 import type { RaftTransport, TransportEndpoint, TransportMessage } from '../io/transport.js';
 import { assert, isCount } from '../machines/assert.js';
 import type { InstallSnapshot, NodeId, RaftMessage } from '../machines/messages.js';
@@ -74,6 +74,10 @@ export type RaftNodeOptions = {
   /** Whether anyone listens to changes now (default: whether onChange is given). */
   wantsChanges?: () => boolean;
   onRole?: (status: RaftStatus) => void;
+  /** The peers this node cannot connect to now, and why (the hint of QUORUM_UNAVAILABLE errors). */
+  unreachablePeers?: () => Array<{ nodeId: NodeId; reason: string }>;
+  /** A committed entry did not decode and was applied as a no-op (store.ts). */
+  onUndecodable?: (index: number, reason: string) => void;
 };
 
 export type RaftStatus = {
@@ -159,6 +163,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     (change) => options.onChange?.(change),
     (session, seq) => requests.applied(session, seq),
     options.wantsChanges ?? (() => options.onChange !== undefined),
+    (index, reason) => options.onUndecodable?.(index, reason),
   );
 
   const status = (): RaftStatus => {
@@ -202,6 +207,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       readBatch();
     },
     send: (message) => send(message as ClientMessage),
+    ...(options.unreachablePeers ? { unreachable: options.unreachablePeers } : {}),
   });
 
   /** One `propose` event for every write that reached this leader in the tick, local or forwarded. */
@@ -596,14 +602,17 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     }
     const leading = status().role === 'leader';
     switch (message.type) {
-      case 'ClientPropose':
+      case 'ClientPropose': {
         if (!leading) {
           answerRefusal(message.from, 'ClientProposeResult', message.seqs);
           return;
         }
+        const valid = withoutUndecodable(message);
+        if (valid.seqs.length === 0) return;
         if (remoteProposals.length === 0) defer(proposeBatch);
-        remoteProposals.push(message);
+        remoteProposals.push(valid);
         return;
+      }
       case 'ClientRead':
         if (!leading) {
           answerRefusal(message.from, 'ClientReadResult', message.ids);
@@ -619,6 +628,39 @@ export const createRaftNode = (options: RaftNodeOptions) => {
         requests.onReadResult(message);
         return;
     }
+  };
+
+  /**
+   * A forwarded write is bytes from the network: the leader checks that every command and value
+   * decodes before it appends one (the caller checked too, but may run other code). The ones that
+   * do not are refused back as invalid, and counted; the rest go on.
+   */
+  const withoutUndecodable = (message: ClientPropose): ClientPropose => {
+    let firstBad = 0;
+    while (firstBad < message.commands.length && whyUndecodable(message.commands[firstBad]!) === null)
+      firstBad += 1;
+    if (firstBad === message.commands.length) return message;
+    const seqs = message.seqs.slice(0, firstBad);
+    const commands = message.commands.slice(0, firstBad);
+    const bad: number[] = [];
+    for (let offset = firstBad; offset < message.commands.length; offset += 1) {
+      const good = whyUndecodable(message.commands[offset]!) === null;
+      (good ? seqs : bad).push(message.seqs[offset]!);
+      if (good) commands.push(message.commands[offset]!);
+    }
+    metrics.malformedMessages += 1;
+    send({
+      type: 'ClientProposeResult',
+      from: options.id,
+      to: message.from,
+      seqs: bad,
+      firstIndex: 0,
+      term: 0,
+      notLeader: false,
+      leaderId: options.id,
+      invalid: true,
+    });
+    return { ...message, seqs, commands };
   };
 
   const answerRefusal = (
@@ -822,6 +864,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       pendingWrites: requests.pending().writes,
       pendingReads: requests.pending().reads,
       duplicatesSkipped: store.duplicates(),
+      undecodableEntries: store.undecodable(),
       storeSize: store.size(),
       durable: log.durable === true,
       ...durability,

@@ -52,6 +52,8 @@ export type RequestsDeps = {
   proposeLocally: (seqs: number[], commands: Uint8Array[]) => void;
   readLocally: (ids: number[]) => void;
   send: (message: { type: string; from: NodeId; to: NodeId } & Record<string, unknown>) => void;
+  /** The peers this node cannot connect to now, and why (a hint for QUORUM_UNAVAILABLE). */
+  unreachable?: () => Array<{ nodeId: NodeId; reason: string }>;
 };
 
 export const createRequests = (deps: RequestsDeps) => {
@@ -89,10 +91,7 @@ export const createRequests = (deps: RequestsDeps) => {
         finish(
           callTimeoutMs !== undefined && callTimeoutMs < deps.proposalTimeoutMs
             ? diskeyvalError('TIMEOUT', `${what} did not complete within ${callTimeoutMs} ms`)
-            : diskeyvalError(
-                'QUORUM_UNAVAILABLE',
-                `${what} not confirmed by a majority within ${timeoutMs} ms`,
-              ),
+            : quorumUnavailable(what, timeoutMs),
         ),
       );
       const finish = (error?: Error): void => {
@@ -114,6 +113,22 @@ export const createRequests = (deps: RequestsDeps) => {
     });
 
   const noop = (): void => undefined;
+
+  /** QUORUM_UNAVAILABLE, with the peers this node cannot connect to when it knows them. */
+  const quorumUnavailable = (what: string, timeoutMs: number): Error => {
+    const unreachable = deps.unreachable?.() ?? [];
+    const hint =
+      unreachable.length === 0
+        ? ''
+        : `; cannot connect to ${unreachable.map(({ nodeId, reason }) => `${nodeId} (${reason})`).join(', ')}`;
+    return diskeyvalError(
+      'QUORUM_UNAVAILABLE',
+      `${what} not confirmed by a majority within ${timeoutMs} ms${hint}`,
+      {
+        ...(unreachable.length > 0 ? { unreachable } : {}),
+      },
+    );
+  };
 
   /** Puts a call (back) in the waiting queue and makes sure a flush will route it. */
   const enqueue = (call: Call): void => {
@@ -363,7 +378,18 @@ export const createRequests = (deps: RequestsDeps) => {
   };
 
   const onProposeResult = (message: ClientProposeResult): void => {
-    if (message.notLeader) park(writes, message.seqs, message);
+    if (message.invalid === true) {
+      for (const seq of message.seqs) {
+        writes
+          .get(seq)
+          ?.finish(
+            diskeyvalError(
+              'INVALID_ARGUMENT',
+              `the leader ${message.from} refused the command: it does not decode`,
+            ),
+          );
+      }
+    } else if (message.notLeader) park(writes, message.seqs, message);
     else writesAccepted(message.seqs, message.firstIndex);
   };
 

@@ -2,14 +2,15 @@
  * The store actor: owns the key/value map and applies committed entries to it, in log order, once
  * each (Figure 2: "If commitIndex > lastApplied: increment lastApplied, apply log[lastApplied] to
  * state machine"). Values stay as the msgpack bytes the command carried, in a packed map off the
- * JS heap (packed-map.ts), and are decoded when read: a million small values cost about their own
+ * JS heap (packed-map.ts), and are decoded again when read (decoded once at apply too, so that an
+ * entry that does not decode is a no-op everywhere): a million small values cost about their own
  * size. Each command names its request (session, seq); a request that was already applied is
  * skipped, so a retried call takes effect at most once (dissertation §6.3). Every applied update is
  * reported as a `change`, every settled request as `applied`; a snapshot that replaces the state
  * (§7) reports one `change` per key it changed.
  */
 import { Decoder, Encoder } from '@msgpack/msgpack';
-import { decodeRawCommand, decodeValue } from '../io/command.js';
+import { decodeRawCommand, decodeValue, type RawKvCommand } from '../io/command.js';
 import { assert, isCount } from '../machines/assert.js';
 import type { Entry } from '../machines/messages.js';
 import { createPackedMap, type PackedMap, readSnapshot, writeSnapshot } from './packed-map.js';
@@ -65,17 +66,39 @@ export const splitSnapshot = (data: Uint8Array): { header: Uint8Array; pairs: Ui
   return { header: data.subarray(4, 4 + headerBytes), pairs: data.subarray(4 + headerBytes) };
 };
 
+/**
+ * A command and its value decoded, or why they cannot be. Every node decodes the value of every
+ * set it applies, listeners or not, so whether an entry is applied never depends on a node's
+ * listeners: the outcome is a function of the bytes alone, the same on every node and on every
+ * replay of the WAL.
+ */
+const decodeEntry = (data: Uint8Array): { command: RawKvCommand; value: unknown } | string => {
+  try {
+    const command = decodeRawCommand(data);
+    return { command, value: command.valueBytes === null ? undefined : decodeValue(command.valueBytes) };
+  } catch (error) {
+    return (error as Error)?.message ?? String(error);
+  }
+};
+
 export const createStore = (
   onChange: (change: Change) => void,
   onApplied: (session: number, seq: number, index: number) => void,
   /** False while nobody listens: then no change objects are made (less garbage per entry). */
   wantsChanges: () => boolean = () => true,
+  /**
+   * An entry whose command or value does not decode (written by a faulty or foreign proposer): it
+   * is applied as a no-op (the applied index moves past it, nothing else changes) on every node,
+   * so no entry can stop the cluster or stop it again on every replay; this reports it.
+   */
+  onUndecodable: (index: number, reason: string) => void = () => undefined,
 ) => {
   let map: PackedMap = createPackedMap();
   const sessions = new Map<number, Session>();
   let appliedIndex = 0;
   let appliedTerm = 0;
   let duplicates = 0;
+  let undecodable = 0;
 
   /** True the first time (session, seq) is seen; forgets what the proposer has settled. */
   const firstTime = (sessionId: number, seq: number, lowestPending: number): boolean => {
@@ -102,15 +125,18 @@ export const createStore = (
       appliedIndex = index;
       appliedTerm = entry.term;
       if (entry.kind !== 'command' || entry.data === null) continue;
-      const command = decodeRawCommand(entry.data);
+      const decoded = decodeEntry(entry.data);
+      if (typeof decoded === 'string') {
+        undecodable += 1;
+        onUndecodable(index, decoded);
+        continue;
+      }
+      const { command, value } = decoded;
       if (firstTime(command.session, command.seq, command.lowestPending)) {
         const { valueBytes } = command;
         if (valueBytes === null) map.delete(command.key);
         else map.set(command.key, valueBytes);
-        if (wantsChanges()) {
-          const value = valueBytes === null ? undefined : decodeValue(valueBytes);
-          onChange({ key: command.key, value, deleted: valueBytes === null, index });
-        }
+        if (wantsChanges()) onChange({ key: command.key, value, deleted: valueBytes === null, index });
       } else {
         duplicates += 1;
       }
@@ -213,6 +239,8 @@ export const createStore = (
     size: (): number => map.size(),
     appliedIndex: (): number => appliedIndex,
     duplicates: (): number => duplicates,
+    /** Entries applied as no-ops because they did not decode. */
+    undecodable: (): number => undecodable,
   };
 };
 

@@ -6,7 +6,7 @@
  * transport accepts a peer only when one of those names equals the nodeId the peer speaks for.
  * The SAN also carries `localhost`, `127.0.0.1` and `::1` so the certificate works on loopback.
  */
-import { randomBytes, webcrypto } from 'node:crypto';
+import { randomBytes, webcrypto, X509Certificate } from 'node:crypto';
 import { chmod, mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { PeerCertificate } from 'node:tls';
@@ -40,7 +40,8 @@ const crypto = webcrypto;
 
 /**
  * @peculiar/x509 2.x depends on tsyringe, which refuses to load unless a Reflect metadata polyfill
- * (`reflect-metadata` or similar) was installed first, and no such package is a dependency here.
+ * (`reflect-metadata` or similar) was installed first ("tsyringe requires a reflect polyfill"), and
+ * no such package is a dependency here (one less global-patching dependency to ship).
  * tsyringe only needs `getMetadata`, `getOwnMetadata` and `defineMetadata` on class constructors,
  * so a tiny WeakMap-backed stand-in is installed, and only when no polyfill is present. This is why
  * the library is loaded lazily (a static import would be evaluated before any code in this file).
@@ -294,45 +295,11 @@ export const writeClusterCertificates = async (
 export type CertificateIdentities = {
   /** The subject CN (the last one when a certificate has several, as OpenSSL does). */
   readonly commonName: string | undefined;
-  /** The SAN DNS names. */
-  readonly dnsNames: readonly string[];
+  /** Node's rendering of the subject alternative names (`DNS:node-1, DNS:localhost, ...`). */
+  readonly subjectAltName: string | undefined;
 };
 
-/**
- * Parses Node's `subjectaltname` string (`DNS:a, IP Address:127.0.0.1, DNS:"b,c"`). Node prints a
- * value that contains a separator, quote or unusual character as a JSON string literal, so a
- * quoted value is read as JSON and an unquoted one runs to the next `, `.
- */
-const parseSubjectAltName = (text: string): Array<{ type: string; value: string }> => {
-  const names: Array<{ type: string; value: string }> = [];
-  let i = 0;
-  while (i < text.length) {
-    const colon = text.indexOf(':', i);
-    if (colon < 0) break;
-    const type = text.slice(i, colon);
-    let j = colon + 1;
-    let value: string;
-    if (text[j] === '"') {
-      let k = j + 1;
-      while (k < text.length && text[k] !== '"') k += text[k] === '\\' ? 2 : 1;
-      try {
-        value = JSON.parse(text.slice(j, k + 1)) as string;
-      } catch {
-        break;
-      }
-      j = k + 1;
-    } else {
-      const end = text.indexOf(', ', j);
-      value = text.slice(j, end < 0 ? text.length : end);
-      j = end < 0 ? text.length : end;
-    }
-    names.push({ type, value });
-    i = text.startsWith(', ', j) ? j + 2 : text.length;
-  }
-  return names;
-};
-
-/** The CN and SAN DNS names of a Node `tls.PeerCertificate` (as returned by `getPeerCertificate()`). */
+/** What a certificate says it is, for messages only: the identity decision is `certificateNamesNode`. */
 export const certificateIdentities = (peerCertificate: PeerCertificate): CertificateIdentities => {
   const cn: unknown = peerCertificate?.subject?.CN;
   const commonNames = Array.isArray(cn)
@@ -341,17 +308,26 @@ export const certificateIdentities = (peerCertificate: PeerCertificate): Certifi
       ? [cn]
       : [];
   const san = peerCertificate?.subjectaltname;
-  const dnsNames =
-    typeof san === 'string'
-      ? parseSubjectAltName(san)
-          .filter((name) => name.type === 'DNS')
-          .map((name) => name.value)
-      : [];
-  return { commonName: commonNames[commonNames.length - 1], dnsNames };
+  return {
+    commonName: commonNames[commonNames.length - 1],
+    subjectAltName: typeof san === 'string' ? san : undefined,
+  };
 };
 
-/** Whether a peer certificate names `nodeId` as its CN or one of its SAN DNS names. */
+/**
+ * Whether a peer certificate names `nodeId`: OpenSSL's host matching (X509Certificate.checkHost)
+ * over the SAN DNS names and the subject CN, with wildcards off, so a `*.example` certificate names
+ * no node, and the name it matched must be `nodeId` exactly (DNS matching ignores case; node ids
+ * do not). IP SANs never name a node: every node certificate carries the loopback addresses.
+ */
 export const certificateNamesNode = (peerCertificate: PeerCertificate, nodeId: string): boolean => {
-  const { commonName, dnsNames } = certificateIdentities(peerCertificate);
-  return commonName === nodeId || dnsNames.includes(nodeId);
+  const raw = peerCertificate?.raw;
+  if (!(raw instanceof Uint8Array) || typeof nodeId !== 'string' || nodeId.length === 0) return false;
+  let certificate: X509Certificate;
+  try {
+    certificate = new X509Certificate(raw);
+  } catch {
+    return false;
+  }
+  return certificate.checkHost(nodeId, { wildcards: false, subject: 'always' }) === nodeId;
 };

@@ -2,8 +2,8 @@
  * The key/value commands carried in log entries, encoded once by the node that received the call
  * and shipped as bytes from then on: `[op, key, value, session, seq, lowestPending]`, where
  * `value` is itself the msgpack encoding of the user's value, carried as a msgpack `bin`. The
- * store keeps those bytes as they are (store.ts) and decodes a value only when it is read, so
- * applying a write never decodes or re-encodes the value.
+ * store keeps those bytes as they are (store.ts): applying a write decodes the value once (to
+ * prove it decodes, the same on every node) and never re-encodes it.
  *
  * `session` and `seq` name the request so the state machine applies each one at most once, however
  * often it was retried (dissertation §6.3). `lowestPending` is the proposer's smallest unanswered
@@ -81,4 +81,19 @@ export const decodeRawCommand = (bytes: Uint8Array): RawKvCommand => {
 export const decodeCommand = (bytes: Uint8Array): KvCommand => {
   const { valueBytes, ...rest } = decodeRawCommand(bytes);
   return { ...rest, value: valueBytes === null ? undefined : decodeValue(valueBytes) };
+};
+
+/**
+ * Why `bytes` cannot be applied (the command or its value does not decode), or null when they
+ * can. A leader checks every forwarded command with it before appending (a forwarded write is
+ * bytes from the network); the store applies what fails it as a no-op.
+ */
+export const whyUndecodable = (bytes: Uint8Array): string | null => {
+  try {
+    const { valueBytes } = decodeRawCommand(bytes);
+    if (valueBytes !== null) decodeValue(valueBytes);
+    return null;
+  } catch (error) {
+    return (error as Error)?.message ?? String(error);
+  }
 };

@@ -106,6 +106,12 @@ export type TlsTransportLogEvent =
       readonly reason: 'too-large' | 'unencodable' | 'backpressure';
     }
   | { readonly event: 'deliver-error'; readonly error: unknown }
+  /** No peer could be reached for `forMs` (reported once per outage by the node, not by the transport). */
+  | {
+      readonly event: 'peers-unreachable';
+      readonly peers: ReadonlyArray<{ readonly nodeId: string; readonly reason: string }>;
+      readonly forMs: number;
+    }
   | { readonly event: 'server-error'; readonly error: unknown };
 
 export type TlsTransportOptions = {
@@ -368,10 +374,10 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
           }
           const certificate = socket.getPeerCertificate();
           if (!certificateNamesNode(certificate, claimed)) {
-            const { commonName, dnsNames } = certificateIdentities(certificate);
+            const { commonName, subjectAltName } = certificateIdentities(certificate);
             throw rejection(
               'identity-mismatch',
-              `peer claims ${claimed} but its certificate names ${[commonName, ...dnsNames].join(', ')}`,
+              `peer claims ${claimed} but its certificate names CN ${commonName}, ${subjectAltName ?? 'no SAN'}`,
             );
           }
           if (!safeIsMember(claimed)) throw rejection('not-member', `${claimed} is not a member`);
