@@ -29,7 +29,7 @@
  * Writes: `append(records)` writes ONE buffer, a marker followed by the group's records, and then
  * makes it durable with one `fdatasync`; appends run one at a time, so the marker is written only
  * after the fdatasync of everything before it resolved (and `openWal` fdatasyncs the file it
- * found before the first append). A marker therefore never needs a sync of its own: even if the
+ * found, then writes and fdatasyncs a marker of its own). A marker therefore never needs a sync of its own: even if the
  * disk persists the pages of a write out of order, a marker that reached the disk is true. The
  * cost is 24 bytes per group, no extra write and no extra sync.
  *
@@ -336,8 +336,6 @@ export type WalScan = {
   cutRecords: number;
   /** The highest incarnation in the kept markers; 0 when there is none. */
   maxIncarnation: number;
-  /** The kept part ends with a marker (or is only the header): nothing in it is unvouched. */
-  vouched: boolean;
 };
 
 export type WalScanOptions = {
@@ -426,6 +424,20 @@ const countFrames = (bytes: Uint8Array, view: DataView, offset: number): number 
   return count;
 };
 
+/** Records cut from `offset` for `reason` (a lower bound: a bad length hides where the next item starts). */
+const cutRecordsAt = (
+  bytes: Uint8Array,
+  view: DataView,
+  offset: number,
+  reason: WalCutReason | null,
+): number => {
+  if (reason === null) return 0;
+  if (reason === 'bad-crc') return countFrames(bytes, view, offset);
+  if (reason === 'bad-marker') return countFrames(bytes, view, offset + WAL_MARKER_BYTES);
+  const isMarker = offset + 4 <= bytes.length && view.getUint32(offset) === WAL_MARKER_TAG;
+  return reason === 'torn' && isMarker ? 0 : 1;
+};
+
 /** Why the item at `offset` does not read, or null when it is a good record or marker. */
 const badItem = (bytes: Uint8Array, view: DataView, offset: number): WalCutReason | null => {
   if (offset + 4 > bytes.length) return 'torn';
@@ -456,7 +468,6 @@ export const scanWal = (bytes: Uint8Array, options: WalScanOptions = {}): WalSca
   let offset = header.bytes;
   let records = 0;
   let maxIncarnation = 0;
-  let vouched = true;
   let cutReason: WalCutReason | null = null;
   while (offset < bytes.length) {
     cutReason = badItem(bytes, view, offset);
@@ -464,7 +475,6 @@ export const scanWal = (bytes: Uint8Array, options: WalScanOptions = {}): WalSca
     const length = view.getUint32(offset);
     if (length === WAL_MARKER_TAG) {
       maxIncarnation = Math.max(maxIncarnation, markerAt(bytes, view, offset)!);
-      vouched = true;
       offset += WAL_MARKER_BYTES;
       continue;
     }
@@ -473,7 +483,6 @@ export const scanWal = (bytes: Uint8Array, options: WalScanOptions = {}): WalSca
     const problem = typeof record === 'string' ? record : applyRecord(state, record);
     if (problem !== null) throw corrupt(name, offset, `record ${records + 1} has a good crc but ${problem}`);
     records += 1;
-    vouched = false;
     offset = end;
   }
   if (cutReason !== null && options.checkMarkers !== false) {
@@ -486,7 +495,7 @@ export const scanWal = (bytes: Uint8Array, options: WalScanOptions = {}): WalSca
       );
     }
   }
-  const cutRecords = cutReason === null ? 0 : cutReason === 'bad-crc' ? countFrames(bytes, view, offset) : 1;
+  const cutRecords = cutRecordsAt(bytes, view, offset, cutReason);
   return {
     state,
     nodeId: header.nodeId,
@@ -495,7 +504,6 @@ export const scanWal = (bytes: Uint8Array, options: WalScanOptions = {}): WalSca
     cutReason,
     cutRecords,
     maxIncarnation,
-    vouched,
   };
 };
 
@@ -597,7 +605,7 @@ export type OpenWalOptions = {
  *
  * Incarnation: max(now in ms, the highest incarnation in the file's markers + 1), so it grows
  * from one start of this node to the next even when the clock goes back; every marker written
- * from now on carries it.
+ * from now on carries it, starting with one written (and synced) at open.
  */
 export const openWal = async (dir: string, nodeId: string, options: OpenWalOptions = {}): Promise<Wal> => {
   assert(typeof nodeId === 'string' && nodeId.length > 0, 'openWal needs the nodeId');
@@ -628,14 +636,21 @@ export const openWal = async (dir: string, nodeId: string, options: OpenWalOptio
   }
   let scan: WalScan;
   let fileBytes: number;
+  let incarnation = 0;
   try {
     const bytes = await readWhole(file);
     fileBytes = bytes.length;
     scan = scanWal(bytes, { name: path });
     if (scan.nodeId !== nodeId) throw corrupt(path, 0, `the header names node ${scan.nodeId}, not ${nodeId}`);
+    incarnation = Math.max((options.nowMs ?? Date.now)(), scan.maxIncarnation + 1);
     if (scan.goodBytes < bytes.length) await file.truncate(scan.goodBytes);
     // The previous process may have died before its last fdatasync: sync what is kept before a
-    // marker of this process vouches for it.
+    // marker of this process vouches for it. Then a marker with this start's incarnation, synced,
+    // so that the next start sees it even if this one writes nothing else.
+    await file.datasync();
+    const marker = new Uint8Array(WAL_MARKER_BYTES);
+    writeMarker(marker, 0, scan.goodBytes, incarnation);
+    await file.write(marker, 0, WAL_MARKER_BYTES, scan.goodBytes);
     await file.datasync();
   } finally {
     await file.close();
@@ -644,7 +659,6 @@ export const openWal = async (dir: string, nodeId: string, options: OpenWalOptio
     const text = JSON.stringify({ format: 1, nodeId, createdAt: new Date().toISOString() });
     await writeAtomically(dir, idPath, new TextEncoder().encode(`${text}\n`));
   }
-  const incarnation = Math.max((options.nowMs ?? Date.now)(), scan.maxIncarnation + 1);
   const info: WalOpenInfo = {
     path,
     created,
@@ -664,15 +678,15 @@ export const openWal = async (dir: string, nodeId: string, options: OpenWalOptio
 const walHandle = (dir: string, nodeId: string, info: WalOpenInfo, scan: WalScan, file: FileHandle): Wal => {
   const { path, incarnation } = info;
   const stats: WalStats = {
-    bytes: scan.goodBytes,
+    bytes: scan.goodBytes + WAL_MARKER_BYTES,
     records: scan.records,
     appendedRecords: 0,
     syncs: 0,
     maxGroupRecords: 0,
     rewrites: 0,
   };
-  /** The file ends with a marker: a final one at close would vouch for nothing new. */
-  let vouched = scan.vouched;
+  /** The file ends with a marker (openWal wrote one): a final one at close would vouch for nothing new. */
+  let vouched = true;
   let tail: Promise<void> = Promise.resolve();
   let failure: Error | null = null;
   let closed = false;

@@ -23,6 +23,7 @@ import {
   openWal,
   scanWal,
   WAL_FILE_NAME,
+  WAL_MARKER_BYTES,
   WAL_RECORD_HEADER_BYTES,
   type WalRecord,
   type WalState,
@@ -285,7 +286,7 @@ describe('the WAL file', () => {
         cutRecords: expectCut ? 1 : 0,
       });
       expect(wal.state).toEqual(before);
-      expect((await stat(join(dir, WAL_FILE_NAME))).size).toBe(lastStart);
+      expect((await stat(join(dir, WAL_FILE_NAME))).size).toBe(lastStart + WAL_MARKER_BYTES);
       // Every few offsets: the log goes on after the cut as if the torn record had never been.
       if (kept % 7 === 0) {
         const next: WalRecord = { hardState: null, fromIndex: 6, entries: [command(2, 42)] };
@@ -327,7 +328,8 @@ describe('the WAL file', () => {
         cutRecords: HISTORY.length - damaged,
       });
       expect(wal.state).toEqual(expectedState(HISTORY.slice(0, damaged)));
-      expect((await stat(join(dir, WAL_FILE_NAME))).size).toBe(startOf(damaged));
+      // Cut there, then the open's own marker (carrying its incarnation) after it.
+      expect((await stat(join(dir, WAL_FILE_NAME))).size).toBe(startOf(damaged) + WAL_MARKER_BYTES);
       await wal.close();
     }
     // A length that runs past the end of the file, and a zero length.
