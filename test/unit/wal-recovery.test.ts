@@ -24,6 +24,7 @@ import { crc32 } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createMemoryLog, type PersistOutput } from '../../src/actors/log.js';
 import { createWalLog } from '../../src/actors/wal-log.js';
+import { createMemoryTransport, diskeyval, type WarningEvent } from '../../src/index.js';
 import {
   encodeHeader,
   encodeRecord,
@@ -339,5 +340,80 @@ describe('incarnations', () => {
     const real = await createWalLog(dir, NODE);
     expect(real.incarnation).toBeGreaterThan(Date.now() - 60_000);
     await real.close();
+  });
+});
+
+describe('the node reports a cut tail: a WAL_TAIL_CUT warning after start() resolves, and getMetrics().walRecovery', () => {
+  const soloNode = (dir: string) =>
+    diskeyval({
+      nodeId: 'solo',
+      peers: [],
+      transport: createMemoryTransport(),
+      electionTimeoutMs: 60,
+      heartbeatMs: 15,
+      persistence: { dir },
+    });
+  /** One turn of the event loop after start(): the warning, if any, was emitted by then. */
+  const afterStart = () => new Promise((resolve) => setImmediate(resolve));
+
+  it('a torn record after the last marker is cut and reported once; every acknowledged value is there', async () => {
+    const dir = freshDir();
+    const first = soloNode(dir);
+    await first.start();
+    for (let i = 0; i < 20; i += 1) await first.set(`k${i}`, i);
+    await first.end();
+    const path = join(dir, WAL_FILE_NAME);
+    const clean = await readFile(path);
+    // A crash mid-write of a group that was never acknowledged: 11 bytes of a record.
+    const torn = encodeRecord({ hardState: null, fromIndex: 22, entries: [command(9, 1, 2, 3)] }).subarray(
+      0,
+      11,
+    );
+    await writeFile(path, Buffer.concat([clean, torn]));
+
+    const second = soloNode(dir);
+    const before: WarningEvent[] = [];
+    const after: WarningEvent[] = [];
+    second.on('warning', (warning) => before.push(warning));
+    await second.start();
+    second.on('warning', (warning) => after.push(warning));
+    await afterStart();
+    const expected = { cutAt: clean.length, cutBytes: 11, cutRecords: 1, reason: 'torn' };
+    expect(second.getMetrics().walRecovery).toEqual(expected);
+    expect(before).toEqual([expect.objectContaining({ code: 'WAL_TAIL_CUT', ...expected })]);
+    expect(before[0]!.message).toContain(path);
+    // A listener added right after `await start()` hears it too.
+    expect(after).toHaveLength(1);
+    for (let i = 0; i < 20; i += 1) expect(await second.get(`k${i}`)).toBe(i);
+    await second.end();
+
+    // Nothing cut: no warning, walRecovery null.
+    const third = soloNode(dir);
+    const none: WarningEvent[] = [];
+    third.on('warning', (warning) => none.push(warning));
+    await third.start();
+    await afterStart();
+    expect(third.getMetrics().walRecovery).toBeNull();
+    expect(none).toEqual([]);
+    await third.end();
+  });
+
+  it('a bit flipped in a synced record: start() rejects with WAL_CORRUPT naming the file and offset', async () => {
+    const dir = freshDir();
+    const first = soloNode(dir);
+    await first.start();
+    for (let i = 0; i < 20; i += 1) await first.set(`k${i}`, i);
+    await first.end();
+    const path = join(dir, WAL_FILE_NAME);
+    const bytes = await readFile(path);
+    const at = Math.floor(bytes.length / 2);
+    await writeFile(path, flipped(bytes, at, 3));
+    const second = soloNode(dir);
+    await expect(second.start()).rejects.toMatchObject({
+      code: 'WAL_CORRUPT',
+      message: expect.stringMatching(new RegExp(`${path}.* at byte \\d+`)),
+    });
+    await expect(second.set('k', 1)).rejects.toMatchObject({ code: 'STOPPED' });
+    expect((await readFile(path)).equals(flipped(bytes, at, 3))).toBe(true);
   });
 });
