@@ -98,7 +98,7 @@ describe('a flipped bit in a follower’s WAL loses no acknowledged write (issue
     await expect(c.restart(b)).rejects.toMatchObject({ code: 'START_FAILED' });
     const fatal = c.timeline.find((entry) => entry.node === b && entry.event === 'fatal');
     expect(fatal?.error).toMatchObject({ code: 'WAL_CORRUPT' });
-    const message = (fatal?.error as { message: string }).message;
+    const { message } = fatal!.error as { message: string };
     expect(message).toContain(walPath);
     expect(message).toMatch(/at byte \d+/);
     // Refused: the WAL is as the flip left it.
