@@ -10,7 +10,8 @@
  *   killed one left its LOCK socket file behind;
  * - a holder in another network namespace (`unshare -n`, where the abstract socket is not seen):
  *   the LOCK socket file still locks it;
- * - in one process: the second open is refused, and the lock is released by close().
+ * - in one process: the second open is refused, and the lock is released by close(); through the
+ *   public API, the second node's start() rejects with DIR_LOCKED and end() frees the dir.
  *
  * Every wait is on a child's output line or its exit, with a bound.
  */
@@ -22,6 +23,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createWalLog } from '../../src/actors/wal-log.js';
+import { createMemoryTransport, diskeyval, isDirLocked } from '../../src/index.js';
 import { LOCK_FILE_NAME } from '../../src/io/dir-lock.js';
 import { WAL_FILE_NAME } from '../../src/io/wal.js';
 
@@ -182,5 +184,27 @@ describe('the persistence dir is one process’s alone', () => {
     await first.close();
     const second = await createWalLog(dir, 'n1');
     await second.close();
+  });
+
+  it('through the public API: a second node on the same dir rejects start() with DIR_LOCKED; end() frees the dir', async () => {
+    const dir = freshDir();
+    const make = () =>
+      diskeyval({ nodeId: 'n1', peers: [], transport: createMemoryTransport(), persistence: { dir } });
+    const first = make();
+    await first.start();
+    await first.set('k', 1);
+    const second = make();
+    const error = await second.start().then(
+      () => null,
+      (caught: unknown) => caught,
+    );
+    expect(isDirLocked(error)).toBe(true);
+    expect((error as Error).message).toContain(dir);
+    await expect(second.set('k', 2)).rejects.toMatchObject({ code: 'STOPPED' });
+    await first.end();
+    const third = make();
+    await third.start();
+    expect(await third.get('k')).toBe(1);
+    await third.end();
   });
 });
