@@ -193,7 +193,10 @@ export const writeMarker = (out: Uint8Array, at: number, syncedEnd: number, inca
 };
 
 /** One framed record: header and body, ready to append. */
-export const encodeRecord = (record: WalRecord): Uint8Array => {
+export const encodeRecord = (record: WalRecord): Uint8Array => frameRecord(record, 0);
+
+/** One framed record after `headroomBytes` left free at the start of the buffer. */
+const frameRecord = (record: WalRecord, headroomBytes: number): Uint8Array => {
   // A record with a snapshot is large: a one-off encoder, so the shared one does not keep a buffer
   // of its size for the rest of the process.
   const body = (record.snapshot ? new Encoder() : encoder).encodeSharedRef({
@@ -203,12 +206,13 @@ export const encodeRecord = (record: WalRecord): Uint8Array => {
     ...(record.snapshot ? { snapshot: record.snapshot } : {}),
   });
   assert(body.length <= MAX_RECORD_BODY_BYTES, 'a WAL record below 2 GiB');
-  const framed = new Uint8Array(WAL_RECORD_HEADER_BYTES + body.length);
-  const view = new DataView(framed.buffer);
+  const out = new Uint8Array(headroomBytes + WAL_RECORD_HEADER_BYTES + body.length);
+  const framed = out.subarray(headroomBytes);
+  const view = new DataView(out.buffer, headroomBytes);
   view.setUint32(0, body.length);
   framed.set(body, WAL_RECORD_HEADER_BYTES);
   view.setUint32(4, crcOf(framed, body.length));
-  return framed;
+  return out;
 };
 
 /** The crc of a framed record: over its 4 length bytes and its body. */
@@ -223,6 +227,8 @@ const crcOf = (framed: Uint8Array, length: number): number =>
  * `append` puts the group's marker once it knows the file's size).
  */
 export const encodeGroup = (records: readonly WalRecord[], headroomBytes = 0): Uint8Array => {
+  // The common group of one record: framed in place, no copy.
+  if (records.length === 1) return frameRecord(records[0]!, headroomBytes);
   const parts = records.map(encodeRecord);
   let size = headroomBytes;
   for (const part of parts) size += part.length;
