@@ -4,7 +4,9 @@
  *
  * - the file: round trip, reopen after close, replay semantics (truncate-and-append, hard-state-only
  *   records), a torn tail cut at every byte offset of the last record, a bad crc or length in the
- *   middle cut from there on, a well-framed foreign record refused (WAL_CORRUPT);
+ *   middle of a file with no sync marker after it (nothing vouched as synced) cut from there on, a
+ *   well-framed foreign record refused (WAL_CORRUPT); damage before a sync marker, foreign files,
+ *   the identity file and incarnations are in wal-recovery.test.ts, the dir lock in wal-lock.test.ts;
  * - group commit: N persists -> one write and one fdatasync, never two writes in flight;
  * - the node: nothing emitted after a persist reaches the world before the flush resolves; a
  *   cluster on `persistence` restarts with its term, vote, log and data.
