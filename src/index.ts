@@ -19,6 +19,7 @@ import {
   type TlsTransportMetrics,
 } from './io/tls-transport.js';
 import type { RaftTransport } from './io/transport.js';
+import type { WalCutReason } from './io/wal.js';
 import { DEFAULT_MAX_VALUE_BYTES, validateCallOptions, validateKey, validateValue } from './validate.js';
 
 export type ClusterPeer = { nodeId: string; host: string; port: number };
@@ -84,7 +85,8 @@ export type WarningCode = 'LISTENER_ERROR' | 'WAL_TAIL_CUT' | 'ENTRY_UNDECODABLE
 /** The node stopped itself (fail-stop); fired once. Every call rejects with `code` from then on. */
 export type FailedEvent = { code: 'DISK_FAILED'; message: string; error: Error };
 
-export type WalRecovery = { cutAt: number; cutBytes: number; cutRecords: number; reason: string };
+/** A torn WAL tail that start() cut (see README "Persistence and recovery"). */
+export type WalRecovery = { cutAt: number; cutBytes: number; cutRecords: number; reason: WalCutReason };
 
 export type RaftMetrics = {
   nodeId: string;

@@ -189,8 +189,6 @@ export const createWalLog = async (dir: string, nodeId: string, options: OpenWal
      * every sync marker written from now on carries it.
      */
     incarnation: wal.info.incarnation,
-    /** Why the log failed (a write or sync of the file), or null. */
-    failure: (): Error | null => failure,
   };
 };
 
