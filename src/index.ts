@@ -12,13 +12,14 @@ import { createRaftNode } from './actors/raft-node.js';
 import { createReachability } from './actors/reachability.js';
 import type { Change } from './actors/store.js';
 import { createWalLog, type WalLog } from './actors/wal-log.js';
-import { diskeyvalError } from './errors.js';
+import { diskeyvalError, isStopped } from './errors.js';
 import {
   createTlsTransport,
   type TlsTransportLogEvent,
   type TlsTransportMetrics,
 } from './io/tls-transport.js';
 import type { RaftTransport } from './io/transport.js';
+import type { WalCutReason } from './io/wal.js';
 import { DEFAULT_MAX_VALUE_BYTES, encodeCheckedValue, validateCallOptions, validateKey } from './validate.js';
 
 export type ClusterPeer = { nodeId: string; host: string; port: number };
@@ -84,6 +85,9 @@ export type WarningCode = 'LISTENER_ERROR' | 'WAL_TAIL_CUT' | 'ENTRY_UNDECODABLE
 /** The node stopped itself (fail-stop); fired once. Every call rejects with `code` from then on. */
 export type FailedEvent = { code: 'DISK_FAILED'; message: string; error: Error };
 
+/** A torn WAL tail that start() cut (see README "Persistence and recovery"). */
+export type WalRecovery = { cutAt: number; cutBytes: number; cutRecords: number; reason: WalCutReason };
+
 export type RaftMetrics = {
   nodeId: string;
   role: 'follower' | 'candidate' | 'leader';
@@ -122,6 +126,12 @@ export type RaftMetrics = {
   walRewrites: number | null;
   /** Why the node stopped itself, when a WAL write or sync failed (fail-stop); null otherwise. */
   walError: string | null;
+  /**
+   * What start() cut from a torn WAL tail (written after the last completed fsync, so never
+   * acknowledged): where, how many bytes and records, and why; null when nothing was cut (or
+   * without `persistence`). Also reported by a `warning` event with code WAL_TAIL_CUT.
+   */
+  walRecovery: WalRecovery | null;
   /** Listeners (`change`, `leader`, `warning`) that threw; each was reported and the node went on. */
   listenerErrors: number;
   /** Committed entries that did not decode, applied as no-ops (each one an ENTRY_UNDECODABLE warning). */
@@ -289,6 +299,11 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
   const persistenceDir = options.persistence?.dir;
   const compactEvery = options.persistence?.compactEvery ?? options.compactEvery;
   let wal: WalLog | null = null;
+  /** Set once, when the node stopped itself on a disk error: every call rejects with DISK_FAILED. */
+  let diskFailure: string | null = null;
+  /** A STOPPED rejection of a call that the disk failure ended becomes DISK_FAILED. */
+  const failedCall = (error: unknown): unknown =>
+    diskFailure !== null && isStopped(error) ? diskeyvalError('DISK_FAILED', diskFailure) : error;
   const node = createRaftNode({
     id: options.nodeId,
     voters: [options.nodeId, ...options.peers.map(peerIdOf)],
@@ -305,15 +320,18 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     ...(persistenceDir !== undefined
       ? {
           openLog: async () => {
-            wal = await createWalLog(persistenceDir);
+            wal = await createWalLog(persistenceDir, options.nodeId);
             return wal;
           },
         }
       : {}),
     ...(options.inspect ? { inspect: options.inspect } : {}),
-    // A WAL write or sync failed: the node stopped itself; calls reject with STOPPED from now on.
-    onFatal: () => {
+    // A WAL write or sync failed: the node stopped itself; calls reject with DISK_FAILED from now on.
+    onFatal: (error: Error) => {
       ended = true;
+      if (diskFailure !== null) return;
+      diskFailure = `${options.nodeId} stopped itself: ${error.message} (free space or replace the disk, then restart the node; its WAL is intact up to its last sync)`;
+      emit('failed', { code: 'DISK_FAILED', message: diskFailure, error } satisfies FailedEvent);
     },
     wantsChanges: () => emitter.listenerCount('change') > 0,
     onChange: (change: Change) => {
@@ -333,13 +351,26 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     },
   });
 
+  const walRecovery = (): WalRecovery | null => {
+    const info = (wal as WalLog | null)?.info();
+    if (!info || info.cutAt === null) return null;
+    return {
+      cutAt: info.cutAt,
+      cutBytes: info.cutBytes,
+      cutRecords: info.cutRecords,
+      reason: info.cutReason!,
+    };
+  };
+
   const running = (): void => {
+    if (diskFailure !== null) throw diskeyvalError('DISK_FAILED', diskFailure);
     if (!started || ended)
       throw diskeyvalError('STOPPED', `${options.nodeId} is ${ended ? 'ended' : 'not started'}`);
   };
 
   const handle: DiskeyvalNode = {
     async start() {
+      if (diskFailure !== null) throw diskeyvalError('DISK_FAILED', diskFailure);
       if (ended) throw diskeyvalError('STOPPED', `${options.nodeId} was ended`);
       if (started) return;
       started = true;
@@ -350,6 +381,17 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
         ended = true;
         throw error;
       }
+      const recovery = walRecovery();
+      if (recovery) {
+        // After start() resolves, so that a listener added right after `await start()` hears it too.
+        setImmediate(() =>
+          emit('warning', {
+            code: 'WAL_TAIL_CUT',
+            message: `${options.nodeId}: cut a torn tail of ${recovery.cutBytes} bytes (${recovery.cutRecords} records, ${recovery.reason}) at byte ${recovery.cutAt} of ${wal?.path}: written after the last completed fsync, so never acknowledged`,
+            ...recovery,
+          } satisfies WarningEvent),
+        );
+      }
     },
     async set(key, value, callOptions) {
       validateKey(key);
@@ -357,20 +399,32 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
       // Encoded once and decoded again here: what the command carries is proven to round-trip.
       const encodedValue = encodeCheckedValue(value, maxValueBytes);
       running();
-      await node.write({ op: 'set', key, value, encodedValue }, callOptions);
+      try {
+        await node.write({ op: 'set', key, value, encodedValue }, callOptions);
+      } catch (error) {
+        throw failedCall(error);
+      }
     },
     async get<T>(key: string, getOptions?: GetOptions) {
       validateKey(key);
       validateCallOptions(getOptions);
       running();
-      if (getOptions?.consistency !== 'local') await node.readBarrier(getOptions);
+      try {
+        if (getOptions?.consistency !== 'local') await node.readBarrier(getOptions);
+      } catch (error) {
+        throw failedCall(error);
+      }
       return node.get(key) as T | undefined;
     },
     async delete(key, callOptions) {
       validateKey(key);
       validateCallOptions(callOptions);
       running();
-      await node.write({ op: 'delete', key }, callOptions);
+      try {
+        await node.write({ op: 'delete', key }, callOptions);
+      } catch (error) {
+        throw failedCall(error);
+      }
     },
     async reconfigure() {
       throw diskeyvalError(
@@ -419,6 +473,7 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
         walRecords: walStats?.records ?? null,
         walRewrites: walStats?.rewrites ?? null,
         walError: metrics.fatalError,
+        walRecovery: walRecovery(),
         listenerErrors: counters.listenerErrors,
         undecodableEntries: metrics.undecodableEntries,
       };

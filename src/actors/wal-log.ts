@@ -15,7 +15,16 @@
  * `compact`): a flush then writes the whole state as a snapshot and the entries after it, instead
  * of appending the group it would have written.
  */
-import { openWal, type WalOpenInfo, type WalRecord, type WalStats, walError } from '../io/wal.js';
+import { mkdir } from 'node:fs/promises';
+import { acquireDirLock } from '../io/dir-lock.js';
+import {
+  type OpenWalOptions,
+  openWal,
+  type WalOpenInfo,
+  type WalRecord,
+  type WalStats,
+  walError,
+} from '../io/wal.js';
 import { assert } from '../machines/assert.js';
 import { createMemoryLog, type InstallOutput, type PersistedState, type PersistOutput } from './log.js';
 import type { StoreSnapshot } from './store.js';
@@ -30,9 +39,18 @@ export type WalLogStats = WalStats & {
   pendingRecords: number;
 };
 
-/** Opens (creating when missing) the write-ahead log in `dir` and replays it into the mirror. */
-export const createWalLog = async (dir: string) => {
-  const wal = await openWal(dir);
+/**
+ * Opens (creating when missing) the write-ahead log of node `nodeId` in `dir` and replays it into
+ * the mirror. The dir's lock (io/dir-lock.ts) is taken before anything in it is read, and held
+ * until `close()`: a second process gets DIR_LOCKED and touches nothing.
+ */
+export const createWalLog = async (dir: string, nodeId: string, options: OpenWalOptions = {}) => {
+  await mkdir(dir, { recursive: true });
+  const lock = await acquireDirLock(dir, nodeId);
+  const wal = await openWal(dir, nodeId, options).catch(async (error: unknown) => {
+    await lock.release();
+    throw error;
+  });
   const mirror = createMemoryLog(wal.state);
   let pending: WalRecord[] = [];
   /** A cut of the file is due at the next flush: how to snapshot the store for it. */
@@ -140,12 +158,16 @@ export const createWalLog = async (dir: string) => {
     return queued;
   };
 
-  /** Flushes what is queued (best effort) and closes the file. */
+  /** Flushes what is queued (best effort), closes the file and releases the dir's lock. */
   const close = async (): Promise<void> => {
     if (closed) return;
     await flush().catch(() => undefined);
     closed = true;
-    await wal.close();
+    try {
+      await wal.close();
+    } finally {
+      await lock.release();
+    }
   };
 
   return {
@@ -162,6 +184,11 @@ export const createWalLog = async (dir: string) => {
     info: (): WalOpenInfo => wal.info,
     stats: (): WalLogStats => ({ ...wal.stats(), pendingRecords: pending.length }),
     path: wal.path,
+    /**
+     * This start's incarnation: above every earlier start's of this node (see io/wal.ts `openWal`);
+     * every sync marker written from now on carries it.
+     */
+    incarnation: wal.info.incarnation,
   };
 };
 

@@ -4,7 +4,9 @@
  *
  * - the file: round trip, reopen after close, replay semantics (truncate-and-append, hard-state-only
  *   records), a torn tail cut at every byte offset of the last record, a bad crc or length in the
- *   middle cut from there on, a well-framed foreign record refused (WAL_CORRUPT);
+ *   middle of a file with no sync marker after it (nothing vouched as synced) cut from there on, a
+ *   well-framed foreign record refused (WAL_CORRUPT); damage before a sync marker, foreign files,
+ *   the identity file and incarnations are in wal-recovery.test.ts, the dir lock in wal-lock.test.ts;
  * - group commit: N persists -> one write and one fdatasync, never two writes in flight;
  * - the node: nothing emitted after a persist reaches the world before the flush resolves; a
  *   cluster on `persistence` restarts with its term, vote, log and data.
@@ -18,10 +20,12 @@ import { createRaftNode } from '../../src/actors/raft-node.js';
 import { createWalLog } from '../../src/actors/wal-log.js';
 import { createMemoryTransport, type DiskeyvalNode, diskeyval } from '../../src/index.js';
 import {
+  encodeHeader,
   encodeRecord,
   openWal,
   scanWal,
   WAL_FILE_NAME,
+  WAL_MARKER_BYTES,
   WAL_RECORD_HEADER_BYTES,
   type WalRecord,
   type WalState,
@@ -45,6 +49,12 @@ afterEach(() => {
 });
 
 const bytes = (...values: number[]) => new Uint8Array(values);
+/** The node every WAL here belongs to. */
+const NODE = 'n1';
+const HEADER_BYTES = encodeHeader(NODE).length;
+/** A WAL file of `records` with no sync marker (as if the process died before any fsync completed). */
+const fileOf = (records: readonly WalRecord[], nodeId = NODE) =>
+  Buffer.concat([encodeHeader(nodeId), ...records.map(encodeRecord)]);
 const command = (term: number, ...data: number[]): Entry => ({ term, kind: 'command', data: bytes(...data) });
 const noop = (term: number): Entry => ({ term, kind: 'noop', data: null });
 
@@ -75,7 +85,7 @@ const HISTORY: WalRecord[] = [
 ];
 
 const writeRecords = async (dir: string, records: readonly WalRecord[]) => {
-  const wal = await openWal(dir);
+  const wal = await openWal(dir, NODE);
   await wal.append(records);
   await wal.close();
   return readFile(join(dir, WAL_FILE_NAME));
@@ -84,8 +94,14 @@ const writeRecords = async (dir: string, records: readonly WalRecord[]) => {
 describe('the WAL file', () => {
   it('round-trips every kind of record, and reopens after close with the same state', async () => {
     const dir = freshDir();
-    const first = await openWal(dir);
-    expect(first.info).toMatchObject({ created: true, records: 0, bytes: 0, cutReason: null, cutBytes: 0 });
+    const first = await openWal(dir, NODE);
+    expect(first.info).toMatchObject({
+      created: true,
+      records: 0,
+      bytes: HEADER_BYTES,
+      cutReason: null,
+      cutBytes: 0,
+    });
     expect(first.state).toEqual({ hardState: { term: 0, votedFor: null }, snapshot: null, entries: [] });
     for (const record of HISTORY.slice(0, 3)) await first.append([record]);
     await first.append(HISTORY.slice(3));
@@ -98,7 +114,7 @@ describe('the WAL file', () => {
     await expect(first.append(HISTORY)).rejects.toMatchObject({ code: 'WAL_CLOSED' });
 
     const size = (await stat(join(dir, WAL_FILE_NAME))).size;
-    const second = await openWal(dir);
+    const second = await openWal(dir, NODE);
     expect(second.info).toMatchObject({ created: false, records: HISTORY.length, bytes: size, cutAt: null });
     expect(second.state).toEqual(expectedState(HISTORY));
     expect(second.state.hardState).toEqual({ term: 3, votedFor: 'n2' });
@@ -107,7 +123,7 @@ describe('the WAL file', () => {
     const more: WalRecord = { hardState: null, fromIndex: 7, entries: [command(3, 9)] };
     await second.append([more]);
     await second.close();
-    const third = await openWal(dir);
+    const third = await openWal(dir, NODE);
     expect(third.state).toEqual(expectedState([...HISTORY, more]));
     expect(third.info.records).toBe(HISTORY.length + 1);
     await third.close();
@@ -131,7 +147,7 @@ describe('the WAL file', () => {
     ];
     const dir = freshDir();
     await writeRecords(dir, records);
-    const wal = await openWal(dir);
+    const wal = await openWal(dir, NODE);
     expect(wal.state).toEqual({
       hardState: { term: 2, votedFor: 'n3' },
       snapshot: null,
@@ -140,7 +156,7 @@ describe('the WAL file', () => {
     expect(wal.state).toEqual(expectedState(records));
     await wal.close();
     // After the first three records only.
-    expect(scanWal(Buffer.concat(records.slice(0, 3).map(encodeRecord))).state.entries).toEqual([
+    expect(scanWal(fileOf(records.slice(0, 3))).state.entries).toEqual([
       noop(1),
       command(2, 9),
       command(2, 10),
@@ -175,13 +191,13 @@ describe('the WAL file', () => {
     }
     const dir = freshDir();
     await writeRecords(dir, records);
-    const wal = await openWal(dir);
+    const wal = await openWal(dir, NODE);
     expect(wal.state).toEqual(memory.persisted());
     expect(wal.state.snapshot).toEqual({ index: 9, term: 3, data: bytes(8, 8, 8) });
     expect(wal.state.entries).toEqual([noop(4)]);
     await wal.close();
     // After the first three records: the suffix after the first snapshot was kept.
-    const early = scanWal(Buffer.concat(records.slice(0, 3).map(encodeRecord))).state;
+    const early = scanWal(fileOf(records.slice(0, 3))).state;
     expect(early.snapshot?.index).toBe(2);
     expect(early.entries).toEqual([command(2, 2), command(2, 3), command(2, 4)]);
     // An entry inside the snapshot, or a snapshot that goes back, is not damage: WAL_CORRUPT.
@@ -189,15 +205,13 @@ describe('the WAL file', () => {
       [snap(5, 1, false, 1), { hardState: null, fromIndex: 3, entries: [noop(1)] }],
       [snap(5, 1, false, 1), snap(4, 1, false, 1)],
     ] as WalRecord[][]) {
-      expect(() => scanWal(Buffer.concat(bad.map(encodeRecord)))).toThrow(
-        expect.objectContaining({ code: 'WAL_CORRUPT' }),
-      );
+      expect(() => scanWal(fileOf(bad))).toThrow(expect.objectContaining({ code: 'WAL_CORRUPT' }));
     }
   });
 
   it('rewrite replaces the file with a shorter history; appends continue in the new file; a leftover tmp file is ignored', async () => {
     const dir = freshDir();
-    const wal = await openWal(dir);
+    const wal = await openWal(dir, NODE);
     await wal.append(HISTORY);
     const before = (await stat(join(dir, WAL_FILE_NAME))).size;
     const compacted: WalRecord[] = [
@@ -216,7 +230,7 @@ describe('the WAL file', () => {
     expect((await stat(join(dir, WAL_FILE_NAME))).size).toBeLessThan(before + 64);
     // A crash during a later rewrite leaves a tmp file beside the whole old file.
     await writeFile(join(dir, `${WAL_FILE_NAME}.tmp`), bytes(1, 2, 3));
-    const reopened = await openWal(dir);
+    const reopened = await openWal(dir, NODE);
     expect(reopened.state).toEqual({
       hardState: { term: 3, votedFor: 'n2' },
       snapshot: { index: 5, term: 2, data: bytes(9, 9) },
@@ -228,7 +242,7 @@ describe('the WAL file', () => {
 
   it('the durable log actor writes an installed snapshot before it resolves, and reopens from it', async () => {
     const dir = freshDir();
-    const log = await createWalLog(dir);
+    const log = await createWalLog(dir, NODE);
     log.persist(
       persist({ hardState: { term: 1, votedFor: 'n1' }, fromIndex: 1, entries: [noop(1), command(1, 5)] }),
     );
@@ -244,7 +258,7 @@ describe('the WAL file', () => {
     // Own compaction frees the mirror only; the file keeps what it had.
     log.compact(40, () => ({ index: 40, term: 3, data: bytes(1, 2, 3) }));
     await log.close();
-    const reopened = await createWalLog(dir);
+    const reopened = await createWalLog(dir, NODE);
     expect(reopened.persisted()).toEqual({
       hardState: { term: 1, votedFor: 'n1' },
       snapshot: { index: 40, term: 3, data: bytes(1, 2, 3) },
@@ -256,13 +270,14 @@ describe('the WAL file', () => {
 
   it('cuts a torn last record at every byte offset, keeps everything before it, and appends after the cut', async () => {
     const dir = freshDir();
-    const full = await writeRecords(dir, HISTORY);
+    await writeRecords(dir, []);
+    const full = fileOf(HISTORY);
     const lastLength = encodeRecord(HISTORY.at(-1)!).length;
     const lastStart = full.length - lastLength;
     const before = expectedState(HISTORY.slice(0, -1));
     for (let kept = 0; kept < lastLength; kept += 1) {
       await writeFile(join(dir, WAL_FILE_NAME), full.subarray(0, lastStart + kept));
-      const wal = await openWal(dir);
+      const wal = await openWal(dir, NODE);
       const expectCut = kept > 0;
       expect(wal.info, `torn after ${kept} bytes`).toMatchObject({
         records: HISTORY.length - 1,
@@ -273,13 +288,13 @@ describe('the WAL file', () => {
         cutRecords: expectCut ? 1 : 0,
       });
       expect(wal.state).toEqual(before);
-      expect((await stat(join(dir, WAL_FILE_NAME))).size).toBe(lastStart);
+      expect((await stat(join(dir, WAL_FILE_NAME))).size).toBe(lastStart + WAL_MARKER_BYTES);
       // Every few offsets: the log goes on after the cut as if the torn record had never been.
       if (kept % 7 === 0) {
         const next: WalRecord = { hardState: null, fromIndex: 6, entries: [command(2, 42)] };
         await wal.append([next]);
         await wal.close();
-        const reopened = await openWal(dir);
+        const reopened = await openWal(dir, NODE);
         expect(reopened.info.cutReason).toBeNull();
         expect(reopened.state).toEqual(expectedState([...HISTORY.slice(0, -1), next]));
         await reopened.close();
@@ -289,11 +304,12 @@ describe('the WAL file', () => {
     }
   });
 
-  it('cuts from a record with a bad crc in the middle, and counts the records cut', async () => {
+  it('with no sync marker after it (nothing vouched as synced), cuts from a bad record in the middle, and counts the records cut', async () => {
     const dir = freshDir();
-    const full = await writeRecords(dir, HISTORY);
+    await writeRecords(dir, []);
+    const full = fileOf(HISTORY);
     const sizes = HISTORY.map((record) => encodeRecord(record).length);
-    const startOf = (i: number) => sizes.slice(0, i).reduce((a, b) => a + b, 0);
+    const startOf = (i: number) => HEADER_BYTES + sizes.slice(0, i).reduce((a, b) => a + b, 0);
     for (const [damaged, where] of [
       [2, 'body'],
       [2, 'crc'],
@@ -304,7 +320,7 @@ describe('the WAL file', () => {
       const offset = startOf(damaged) + (where === 'crc' ? 5 : WAL_RECORD_HEADER_BYTES + 1);
       copy[offset] = copy[offset]! ^ 0x40;
       await writeFile(join(dir, WAL_FILE_NAME), copy);
-      const wal = await openWal(dir);
+      const wal = await openWal(dir, NODE);
       expect(wal.info, `record ${damaged} damaged in its ${where}`).toMatchObject({
         records: damaged,
         bytes: startOf(damaged),
@@ -314,19 +330,20 @@ describe('the WAL file', () => {
         cutRecords: HISTORY.length - damaged,
       });
       expect(wal.state).toEqual(expectedState(HISTORY.slice(0, damaged)));
+      // Cut there, then the open's own marker (carrying its incarnation) after it.
+      expect((await stat(join(dir, WAL_FILE_NAME))).size).toBe(startOf(damaged) + WAL_MARKER_BYTES);
       await wal.close();
-      expect((await stat(join(dir, WAL_FILE_NAME))).size).toBe(startOf(damaged));
     }
     // A length that runs past the end of the file, and a zero length.
     for (const length of [0xffff_fff0, 0]) {
       const copy = Buffer.from(full);
       copy.writeUInt32BE(length, startOf(3));
       await writeFile(join(dir, WAL_FILE_NAME), copy);
-      const wal = await openWal(dir);
+      const wal = await openWal(dir, NODE);
       expect(wal.info).toMatchObject({
         records: 3,
         cutAt: startOf(3),
-        cutReason: length === 0 ? 'bad-length' : 'torn',
+        cutReason: 'bad-length',
         cutRecords: 1,
       });
       expect(wal.state).toEqual(expectedState(HISTORY.slice(0, 3)));
@@ -336,8 +353,8 @@ describe('the WAL file', () => {
 
   it('refuses (WAL_CORRUPT, nothing cut) a record with a good crc that is not a persist output', async () => {
     const dir = freshDir();
-    await mkdir(dir, { recursive: true });
-    const good = Buffer.concat(HISTORY.slice(0, 2).map(encodeRecord));
+    await writeRecords(dir, []);
+    const good = fileOf(HISTORY.slice(0, 2));
     // A well-framed record whose body is some other map: frame it with a valid crc by hand.
     const { encode } = await import('@msgpack/msgpack');
     const { crc32 } = await import('node:zlib');
@@ -347,14 +364,14 @@ describe('the WAL file', () => {
     header.writeUInt32BE(crc32(body, crc32(header.subarray(0, 4))), 4);
     const file = Buffer.concat([good, header, body]);
     await writeFile(join(dir, WAL_FILE_NAME), file);
-    await expect(openWal(dir)).rejects.toMatchObject({ code: 'WAL_CORRUPT' });
+    await expect(openWal(dir, NODE)).rejects.toMatchObject({ code: 'WAL_CORRUPT' });
     expect((await stat(join(dir, WAL_FILE_NAME))).size).toBe(file.length);
     // A record that would leave a gap in the log is refused the same way.
     await writeFile(
       join(dir, WAL_FILE_NAME),
-      encodeRecord({ hardState: null, fromIndex: 5, entries: [command(1, 1)] }),
+      fileOf([{ hardState: null, fromIndex: 5, entries: [command(1, 1)] }]),
     );
-    await expect(openWal(dir)).rejects.toMatchObject({ code: 'WAL_CORRUPT' });
+    await expect(openWal(dir, NODE)).rejects.toMatchObject({ code: 'WAL_CORRUPT' });
   });
 });
 
@@ -395,7 +412,7 @@ const spyOnFiles = async () => {
 describe('the durable log actor: group commit', () => {
   it('writes N persists with one write and one fdatasync per flush', async () => {
     const dir = freshDir();
-    const log = await createWalLog(dir);
+    const log = await createWalLog(dir, NODE);
     expect(log.durable).toBe(true);
     const counts = await spyOnFiles();
     const n = 200;
@@ -417,14 +434,14 @@ describe('the durable log actor: group commit', () => {
     await log.flush();
     expect(counts.datasyncs).toBe(1);
     await log.close();
-    const reopened = await createWalLog(dir);
+    const reopened = await createWalLog(dir, NODE);
     expect(reopened.persisted().entries).toHaveLength(n);
     expect(reopened.persisted().hardState).toEqual({ term: 4, votedFor: null });
     await reopened.close();
   });
 
   it('never has two writes in flight: flushes asked for during one form the next group', async () => {
-    const log = await createWalLog(freshDir());
+    const log = await createWalLog(freshDir(), NODE);
     const counts = await spyOnFiles();
     const flushes: Promise<void>[] = [];
     for (let i = 1; i <= 100; i += 1) {
@@ -444,7 +461,7 @@ describe('the durable log actor: group commit', () => {
 describe('the WAL after a failed write or sync', () => {
   it('fails that append and every later one (fail-stop), even once the disk works again', async () => {
     const dir = freshDir();
-    const wal = await openWal(dir);
+    const wal = await openWal(dir, NODE);
     await wal.append(HISTORY.slice(0, 1));
     const probe = await open(join(root, 'probe-fail'), 'w');
     const proto = Object.getPrototypeOf(probe) as { datasync: () => Promise<void> };
@@ -700,7 +717,7 @@ describe('diskeyval with persistence (in-process cluster, real WAL files)', () =
     await mkdir(dir, { recursive: true });
     await writeFile(
       join(dir, WAL_FILE_NAME),
-      encodeRecord({ hardState: null, fromIndex: 3, entries: [noop(1)] }),
+      fileOf([{ hardState: null, fromIndex: 3, entries: [noop(1)] }], 'x'),
     );
     const node = diskeyval({
       nodeId: 'x',
