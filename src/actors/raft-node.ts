@@ -22,7 +22,8 @@ import { type Actor, createActor, type InspectionEvent } from 'xstate';
 import { encodeCommand, type KvOperation } from '../io/command.js';
 import type { RaftTransport, TransportEndpoint, TransportMessage } from '../io/transport.js';
 import { assert, isCount } from '../machines/assert.js';
-import type { InstallSnapshot, NodeId, RaftMessage } from '../machines/messages.js';
+import type { InstallSnapshot, NodeId, RaftMessage, SnapshotChunkAck } from '../machines/messages.js';
+import { isChunkAck } from '../machines/messages.js';
 import { RAFT_MESSAGE_TYPES } from '../machines/messages.js';
 import { type RaftMachine, raftMachine, roleOf } from '../machines/raft.machine.js';
 import type { RaftEmitted, Role } from '../machines/raft.types.js';
@@ -59,6 +60,13 @@ export type RaftNodeOptions = {
   defer?: (fn: () => void) => void;
   maxInflight?: number;
   maxEntriesPerAppend?: number;
+  /** Most bytes of entry data in one AppendEntries (default 1 MiB; one entry always goes). */
+  maxAppendBytes?: number;
+  /**
+   * This start's incarnation (messages.ts): used when the log does not define one (a WAL does,
+   * from what it recorded); default Date.now(). Must exceed every earlier start's.
+   */
+  incarnation?: number;
   /**
    * Log compaction (§7): once this many entries were applied since the last compaction, the log
    * forgets all but the last `keepEntries` applied ones (a snapshot of the store replaces them).
@@ -69,6 +77,8 @@ export type RaftNodeOptions = {
   keepEntries?: number;
   /** Largest piece of a snapshot in one message (default 1 MiB). */
   snapshotChunkBytes?: number;
+  /** Snapshot chunks sent and not yet acknowledged, per follower (default 4): flow control. */
+  snapshotWindowChunks?: number;
   inspect?: (event: InspectionEvent) => void;
   onChange?: (change: Change) => void;
   /** Whether anyone listens to changes now (default: whether onChange is given). */
@@ -97,6 +107,7 @@ const realClock: Clock = {
 const RAFT_TYPES = new Set<string>(RAFT_MESSAGE_TYPES);
 const DEFAULT_COMPACT_EVERY = 10_000;
 const DEFAULT_SNAPSHOT_CHUNK_BYTES = 1024 * 1024;
+const DEFAULT_SNAPSHOT_WINDOW_CHUNKS = 4;
 /** The largest snapshot a node accepts from a peer (a Node Buffer's limit is near 4 GiB). */
 const MAX_SNAPSHOT_BYTES = 2 ** 31 - 1;
 /** A leader keeps entries for a live follower at most this many compaction intervals behind. */
@@ -127,6 +138,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     compactions: 0,
     snapshotsSent: 0,
     snapshotsInstalled: 0,
+    snapshotChunksSent: 0,
   };
   const compactEvery =
     options.compactEvery === undefined
@@ -134,7 +146,10 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       : options.compactEvery || Number.POSITIVE_INFINITY;
   const keepEntries = options.keepEntries ?? Math.min(5000, compactEvery);
   const snapshotChunkBytes = options.snapshotChunkBytes ?? DEFAULT_SNAPSHOT_CHUNK_BYTES;
+  const snapshotWindowBytes =
+    (options.snapshotWindowChunks ?? DEFAULT_SNAPSHOT_WINDOW_CHUNKS) * snapshotChunkBytes;
   assert(compactEvery > 0 && keepEntries >= 0 && snapshotChunkBytes > 0, 'bad compaction options');
+  assert(snapshotWindowBytes >= snapshotChunkBytes, 'snapshotWindowChunks must be >= 1');
   /** The log's snapshot point as the node last moved it (compaction or install). */
   let compactedTo = 0;
   /** Durable logs only: flushes done, outputs that had to wait for one, the largest wait. */
@@ -145,6 +160,8 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   let stopped = false;
   let starting = false;
   let lastStatus: RaftStatus | null = null;
+  /** This start's incarnation (messages.ts), set by `start()`. */
+  let incarnation = 0;
   const peers = new Map<NodeId, Peer>();
 
   // Leader side: batches by id, remote calls waiting for the next batch, reads taken for others.
@@ -329,31 +346,80 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   };
 
   /**
+   * Snapshot transfers, one per follower (the latest the machine asked for replaces an older one).
+   * Chunks go out a window at a time: at most `snapshotWindowBytes` sent beyond what the follower
+   * acknowledged (SnapshotChunkAck), so a large store does not queue its whole snapshot at once
+   * ahead of heartbeats and appends. A lost ack stalls the transfer; the machine then resends the
+   * InstallSnapshot after its patience runs out (progress.ts), which starts the transfer again.
+   */
+  type Transfer = {
+    request: InstallSnapshot;
+    data: Uint8Array;
+    nextOffset: number;
+    ackedBytes: number;
+  };
+  const transfers = new Map<NodeId, Transfer>();
+
+  /** Sends the transfer's next chunks while the window has room. Bounded by the window. */
+  const pumpTransfer = (transfer: Transfer): void => {
+    const { request, data } = transfer;
+    const totalBytes = data.byteLength;
+    while (
+      transfer.nextOffset < totalBytes &&
+      transfer.nextOffset - transfer.ackedBytes < snapshotWindowBytes
+    ) {
+      const chunkOffset = transfer.nextOffset;
+      transfer.nextOffset += snapshotChunkBytes;
+      metrics.snapshotChunksSent += 1;
+      peers.get(request.to)?.send({
+        ...request,
+        data: data.subarray(chunkOffset, chunkOffset + snapshotChunkBytes),
+        chunkOffset,
+        totalBytes,
+      });
+    }
+    if (transfer.nextOffset >= totalBytes) transfers.delete(request.to);
+  };
+
+  /**
    * Sends the store's snapshot for an InstallSnapshot the machine asked for. The store's state at
    * its applied index is at least as new as the log's snapshot point, and covers only committed
    * entries, so it stands in for it. Split into chunks of at most snapshotChunkBytes.
    */
   const sendSnapshots = (requests: InstallSnapshot[]): void => {
     const snapshot = store.snapshot();
+    assert(snapshot.data.byteLength > 0, 'an empty store snapshot');
     for (const request of requests) {
       assert(snapshot.index >= request.lastIncludedIndex, 'the store is behind the log snapshot point');
       metrics.snapshotsSent += 1;
-      const totalBytes = snapshot.data.byteLength;
-      for (
-        let chunkOffset = 0;
-        chunkOffset === 0 || chunkOffset < totalBytes;
-        chunkOffset += snapshotChunkBytes
-      ) {
-        peers.get(request.to)?.send({
-          ...request,
-          lastIncludedIndex: snapshot.index,
-          lastIncludedTerm: snapshot.term,
-          data: snapshot.data.subarray(chunkOffset, chunkOffset + snapshotChunkBytes),
-          chunkOffset,
-          totalBytes,
-        });
-      }
+      const transfer: Transfer = {
+        request: { ...request, lastIncludedIndex: snapshot.index, lastIncludedTerm: snapshot.term },
+        data: snapshot.data,
+        nextOffset: 0,
+        ackedBytes: 0,
+      };
+      transfers.set(request.to, transfer);
+      pumpTransfer(transfer);
     }
+  };
+
+  /** A follower acknowledged chunks of a snapshot: more of that transfer may go. */
+  const onChunkAck = (ack: SnapshotChunkAck): void => {
+    const transfer = transfers.get(ack.from);
+    if (!transfer) return;
+    const { request, data } = transfer;
+    if (
+      ack.term !== request.term ||
+      ack.lastIncludedIndex !== request.lastIncludedIndex ||
+      ack.totalBytes !== data.byteLength
+    )
+      return;
+    if (status().role !== 'leader' || status().term !== request.term) {
+      transfers.clear();
+      return;
+    }
+    transfer.ackedBytes = Math.max(transfer.ackedBytes, Math.min(ack.receivedBytes, transfer.nextOffset));
+    pumpTransfer(transfer);
   };
 
   /** InstallSnapshot rule 8: the store takes the snapshot's state; calls it covers are done. */
@@ -635,6 +701,20 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   type Assembly = { key: string; totalBytes: number; parts: Map<number, Uint8Array>; received: number };
   const assemblies = new Map<NodeId, Assembly>();
 
+  /** Tells the leader how much of its snapshot arrived, so it sends more (flow control). */
+  const acknowledgeChunk = (message: InstallSnapshot, receivedBytes: number): void => {
+    const ack: SnapshotChunkAck = {
+      type: 'SnapshotChunkAck',
+      from: options.id,
+      to: message.from,
+      term: message.term,
+      lastIncludedIndex: message.lastIncludedIndex,
+      totalBytes: message.totalBytes,
+      receivedBytes,
+    };
+    send(ack);
+  };
+
   /** A whole InstallSnapshot once every chunk of it arrived (in any order), else null. */
   const assembleSnapshot = (message: InstallSnapshot): InstallSnapshot | null => {
     const { data, chunkOffset, totalBytes } = message;
@@ -665,7 +745,10 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     if (assembly.parts.has(chunkOffset)) return null;
     assembly.parts.set(chunkOffset, data);
     assembly.received += data.byteLength;
-    if (assembly.received < totalBytes) return null;
+    if (assembly.received < totalBytes) {
+      acknowledgeChunk(message, assembly.received);
+      return null;
+    }
     assemblies.delete(message.from);
     // The pieces must tile the snapshot exactly: no gap, no overlap.
     const offsets = [...assembly.parts.keys()].sort((a, b) => a - b);
@@ -706,6 +789,9 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     if (message.type === 'InstallSnapshot') {
       const whole = assembleSnapshot(message as unknown as InstallSnapshot);
       if (whole && isInstallable(whole)) actor.send({ type: 'message', message: whole });
+    } else if (message.type === 'SnapshotChunkAck') {
+      if (isChunkAck(message)) onChunkAck(message);
+      else metrics.malformedMessages += 1;
     } else if (RAFT_TYPES.has(message.type)) {
       actor.send({ type: 'message', message: message as unknown as RaftMessage });
     } else {
@@ -725,6 +811,9 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       }
     }
     const persisted = log.persisted();
+    // A WAL log defines `incarnation` (larger than any it recorded); a memory log does not.
+    incarnation = (log as { incarnation?: number }).incarnation ?? options.incarnation ?? Date.now();
+    assert(Number.isSafeInteger(incarnation) && incarnation > 0, `bad incarnation ${incarnation}`);
     if (persisted.snapshot) store.restore(persisted.snapshot.data);
     compactedTo = persisted.snapshot?.index ?? 0;
     durableLastIndex = log.lastIndex();
@@ -753,6 +842,8 @@ export const createRaftNode = (options: RaftNodeOptions) => {
           : {}),
         entries: persisted.entries,
         durable: log.durable === true,
+        incarnation,
+        ...(options.maxAppendBytes ? { maxAppendBytes: options.maxAppendBytes } : {}),
         ...(options.maxInflight ? { maxInflight: options.maxInflight } : {}),
         ...(options.maxEntriesPerAppend ? { maxEntriesPerAppend: options.maxEntriesPerAppend } : {}),
       },
@@ -792,6 +883,12 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     }
   };
 
+  /** Leader side: progress resets by a new incarnation, answers of an old one ignored. */
+  const incarnationCounters = () => {
+    const counters = actor?.getSnapshot().context.incarnationCounters;
+    return { incarnationResets: counters?.resets ?? 0, staleIncarnationAnswers: counters?.staleIgnored ?? 0 };
+  };
+
   return {
     id: options.id,
     start,
@@ -818,6 +915,8 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     isStopped: () => stopped,
     metrics: () => ({
       ...metrics,
+      incarnation,
+      ...incarnationCounters(),
       ...requests.counters(),
       pendingWrites: requests.pending().writes,
       pendingReads: requests.pending().reads,

@@ -13,6 +13,14 @@
  *   the first time, twice as many after each further try (a large snapshot takes a while to cross,
  *   and resending it early only doubles the load), up to 32 times as many.
  *
+ * Incarnations (messages.ts): every answer names the follower's incarnation. The progress keeps
+ * the highest one heard. An answer from a higher one means the follower restarted and its log may
+ * have got shorter (a memory log empties, a torn WAL tail is cut): the progress starts over from
+ * the leader's last index + 1 in probe, and the follower's conflict hint (or a snapshot) does the
+ * rest. An answer from a lower one was sent before that restart, and is ignored. So the rule "match
+ * only moves forward" holds within one incarnation, which is what lets duplicated and delayed
+ * answers never move a follower's progress back.
+ *
  * Progress objects are owned by the raft machine and changed in place, once per message.
  */
 import { assert } from './assert.js';
@@ -36,9 +44,11 @@ export type Progress = {
   snapshotWaitedHeartbeats: number;
   /** InstallSnapshots sent since the follower last answered one (or accepted entries). */
   snapshotTries: number;
+  /** The highest incarnation the follower's answers named (0: none heard yet). */
+  incarnation: number;
 };
 
-export const createProgress = (leaderLastIndex: number): Progress => ({
+export const createProgress = (leaderLastIndex: number, incarnation = 0): Progress => ({
   state: 'probe',
   matchIndex: 0,
   nextIndex: leaderLastIndex + 1,
@@ -47,7 +57,32 @@ export const createProgress = (leaderLastIndex: number): Progress => ({
   recentActive: true,
   snapshotWaitedHeartbeats: 0,
   snapshotTries: 0,
+  incarnation,
 });
+
+/** What an answer's incarnation means for the progress: see the module comment. */
+export type IncarnationVerdict = 'current' | 'stale' | 'restarted';
+
+/**
+ * Checks an answer's incarnation before the answer is handled. 'stale': ignore the answer.
+ * 'restarted': the progress was reset (matchIndex 0, probe from `leaderLastIndex` + 1); handle the
+ * answer against it. The first answer a new leader hears only records the incarnation.
+ */
+export const admitIncarnation = (
+  progress: Progress,
+  incarnation: number,
+  leaderLastIndex: number,
+): IncarnationVerdict => {
+  if (incarnation === progress.incarnation) return 'current';
+  if (incarnation < progress.incarnation) return 'stale';
+  const first = progress.incarnation === 0;
+  if (first) {
+    progress.incarnation = incarnation;
+    return 'current';
+  }
+  Object.assign(progress, createProgress(leaderLastIndex, incarnation));
+  return 'restarted';
+};
 
 export const isPaused = (progress: Progress, maxInflight: number): boolean => {
   if (progress.state === 'snapshot') return true;
