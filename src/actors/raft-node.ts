@@ -23,8 +23,7 @@ import { encodeCommand, type KvOperation } from '../io/command.js';
 import type { RaftTransport, TransportEndpoint, TransportMessage } from '../io/transport.js';
 import { assert, isCount } from '../machines/assert.js';
 import type { InstallSnapshot, NodeId, RaftMessage, SnapshotChunkAck } from '../machines/messages.js';
-import { isChunkAck } from '../machines/messages.js';
-import { RAFT_MESSAGE_TYPES } from '../machines/messages.js';
+import { isChunkAck, RAFT_MESSAGE_TYPES } from '../machines/messages.js';
 import { type RaftMachine, raftMachine, roleOf } from '../machines/raft.machine.js';
 import type { RaftEmitted, Role } from '../machines/raft.types.js';
 import type { ClientMessage, ClientPropose, ClientRead } from './client-messages.js';
@@ -108,6 +107,8 @@ const RAFT_TYPES = new Set<string>(RAFT_MESSAGE_TYPES);
 const DEFAULT_COMPACT_EVERY = 10_000;
 const DEFAULT_SNAPSHOT_CHUNK_BYTES = 1024 * 1024;
 const DEFAULT_SNAPSHOT_WINDOW_CHUNKS = 4;
+/** Heartbeat answers without a new chunk ack before a snapshot transfer resends from its last ack. */
+const SNAPSHOT_STALL_HEARTBEATS = 3;
 /** The largest snapshot a node accepts from a peer (a Node Buffer's limit is near 4 GiB). */
 const MAX_SNAPSHOT_BYTES = 2 ** 31 - 1;
 /** A leader keeps entries for a live follower at most this many compaction intervals behind. */
@@ -139,6 +140,8 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     snapshotsSent: 0,
     snapshotsInstalled: 0,
     snapshotChunksSent: 0,
+    /** Snapshot transfers that stalled and went back to the follower's last ack. */
+    snapshotResends: 0,
   };
   const compactEvery =
     options.compactEvery === undefined
@@ -349,14 +352,20 @@ export const createRaftNode = (options: RaftNodeOptions) => {
    * Snapshot transfers, one per follower (the latest the machine asked for replaces an older one).
    * Chunks go out a window at a time: at most `snapshotWindowBytes` sent beyond what the follower
    * acknowledged (SnapshotChunkAck), so a large store does not queue its whole snapshot at once
-   * ahead of heartbeats and appends. A lost ack stalls the transfer; the machine then resends the
-   * InstallSnapshot after its patience runs out (progress.ts), which starts the transfer again.
+   * ahead of heartbeats and appends. A lost chunk or ack stalls the transfer: after
+   * `SNAPSHOT_STALL_HEARTBEATS` heartbeat answers without a new ack, it goes back to the last ack
+   * and sends from there (go-back-N). A transfer ends once the follower acknowledged every byte,
+   * or when the machine asks for another snapshot for that follower (it resends after its own
+   * patience ran out, progress.ts), or when this node stops leading.
    */
   type Transfer = {
     request: InstallSnapshot;
     data: Uint8Array;
     nextOffset: number;
+    /** The follower holds every byte before this (its chunk acks). */
     ackedBytes: number;
+    /** Heartbeat answers from the follower since the last ack that moved `ackedBytes`. */
+    heartbeatsSinceAck: number;
   };
   const transfers = new Map<NodeId, Transfer>();
 
@@ -378,7 +387,22 @@ export const createRaftNode = (options: RaftNodeOptions) => {
         totalBytes,
       });
     }
-    if (transfer.nextOffset >= totalBytes) transfers.delete(request.to);
+  };
+
+  /** A heartbeat answer from `from`: a transfer to it that made no progress goes back to its last ack. */
+  const checkTransferStall = (from: NodeId): void => {
+    const transfer = transfers.get(from);
+    if (!transfer) return;
+    transfer.heartbeatsSinceAck += 1;
+    if (transfer.heartbeatsSinceAck < SNAPSHOT_STALL_HEARTBEATS) return;
+    if (status().role !== 'leader' || status().term !== transfer.request.term) {
+      transfers.clear();
+      return;
+    }
+    transfer.heartbeatsSinceAck = 0;
+    transfer.nextOffset = transfer.ackedBytes;
+    metrics.snapshotResends += 1;
+    pumpTransfer(transfer);
   };
 
   /**
@@ -397,6 +421,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
         data: snapshot.data,
         nextOffset: 0,
         ackedBytes: 0,
+        heartbeatsSinceAck: 0,
       };
       transfers.set(request.to, transfer);
       pumpTransfer(transfer);
@@ -418,8 +443,12 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       transfers.clear();
       return;
     }
-    transfer.ackedBytes = Math.max(transfer.ackedBytes, Math.min(ack.receivedBytes, transfer.nextOffset));
-    pumpTransfer(transfer);
+    if (ack.receivedBytes > transfer.ackedBytes) {
+      transfer.ackedBytes = Math.min(ack.receivedBytes, data.byteLength);
+      transfer.heartbeatsSinceAck = 0;
+    }
+    if (transfer.ackedBytes >= data.byteLength) transfers.delete(ack.from);
+    else pumpTransfer(transfer);
   };
 
   /** InstallSnapshot rule 8: the store takes the snapshot's state; calls it covers are done. */
@@ -698,7 +727,14 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   };
 
   /** Snapshot chunks received so far, one snapshot per sender (Figure 13's offset and done). */
-  type Assembly = { key: string; totalBytes: number; parts: Map<number, Uint8Array>; received: number };
+  /** `contiguous`: every byte before it arrived (what the chunk acks report). */
+  type Assembly = {
+    key: string;
+    totalBytes: number;
+    parts: Map<number, Uint8Array>;
+    received: number;
+    contiguous: number;
+  };
   const assemblies = new Map<NodeId, Assembly>();
 
   /** Tells the leader how much of its snapshot arrived, so it sends more (flow control). */
@@ -739,16 +775,21 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     const key = `${message.term}/${message.lastIncludedIndex}/${message.lastIncludedTerm}/${totalBytes}`;
     let assembly = assemblies.get(message.from);
     if (!assembly || assembly.key !== key) {
-      assembly = { key, totalBytes, parts: new Map(), received: 0 };
+      assembly = { key, totalBytes, parts: new Map(), received: 0, contiguous: 0 };
       assemblies.set(message.from, assembly);
     }
-    if (assembly.parts.has(chunkOffset)) return null;
-    assembly.parts.set(chunkOffset, data);
-    assembly.received += data.byteLength;
-    if (assembly.received < totalBytes) {
-      acknowledgeChunk(message, assembly.received);
-      return null;
+    // A duplicate is acknowledged again: the leader resends from the last ack after a stall.
+    if (!assembly.parts.has(chunkOffset)) {
+      assembly.parts.set(chunkOffset, data);
+      assembly.received += data.byteLength;
+      let part = assembly.parts.get(assembly.contiguous);
+      while (part !== undefined && part.byteLength > 0) {
+        assembly.contiguous += part.byteLength;
+        part = assembly.parts.get(assembly.contiguous);
+      }
     }
+    acknowledgeChunk(message, assembly.contiguous);
+    if (assembly.received < totalBytes) return null;
     assemblies.delete(message.from);
     // The pieces must tile the snapshot exactly: no gap, no overlap.
     const offsets = [...assembly.parts.keys()].sort((a, b) => a - b);
@@ -786,6 +827,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   const deliver = (message: TransportMessage): void => {
     if (stopped || !actor) return;
     peers.get(message.from)?.received();
+    if (message.type === 'HeartbeatResponse' && transfers.size > 0) checkTransferStall(message.from);
     if (message.type === 'InstallSnapshot') {
       const whole = assembleSnapshot(message as unknown as InstallSnapshot);
       if (whole && isInstallable(whole)) actor.send({ type: 'message', message: whole });
@@ -873,6 +915,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     deadlines.clear();
     batches.clear();
     readsForOthers.clear();
+    transfers.clear();
     outbox = [];
     outboxHead = 0;
     await flushing;
