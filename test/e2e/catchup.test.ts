@@ -50,13 +50,15 @@ const FULL = process.env.DISKEYVAL_CATCHUP_FULL !== undefined;
 const TOTAL_BYTES = FULL ? 64 * MiB : 24 * MiB;
 /**
  * Election timing: the library defaults (300 / 50 ms) with DISKEYVAL_CATCHUP_DEFAULT_TIMING=1; else
- * 1000 / 100 ms, because the CI machine is shared (a load average of 10 on 2 cores was seen) and a
- * process starved of CPU for 300 ms misses heartbeats whatever the code does.
+ * 3000 / 100 ms, because the CI machine is shared (load averages of 10-15 on 2 cores, CPU pressure
+ * near 100%, were measured while these ran) and a process starved of CPU for longer than the
+ * election timeout misses heartbeats whatever the code does: an idle cluster's status calls took up
+ * to 80 ms there, a catching-up leader's up to 1.5-5 s while its process used under 1 s of CPU.
  */
 const TIMING =
   process.env.DISKEYVAL_CATCHUP_DEFAULT_TIMING !== undefined
     ? {}
-    : { electionTimeoutMs: 1000, heartbeatMs: 100 };
+    : { electionTimeoutMs: 3000, heartbeatMs: 100 };
 /** Bound for the catch-up read; catching up takes a few seconds at most here. */
 const CATCH_UP_BOUND_MS = 120_000;
 
