@@ -366,6 +366,8 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     ackedBytes: number;
     /** Heartbeat answers from the follower since the last ack that moved `ackedBytes`. */
     heartbeatsSinceAck: number;
+    /** A heartbeat went to the follower since the last answer counted (a burst counts once). */
+    heartbeatSent: boolean;
   };
   const transfers = new Map<NodeId, Transfer>();
 
@@ -392,7 +394,8 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   /** A heartbeat answer from `from`: a transfer to it that made no progress goes back to its last ack. */
   const checkTransferStall = (from: NodeId): void => {
     const transfer = transfers.get(from);
-    if (!transfer) return;
+    if (!transfer || !transfer.heartbeatSent) return;
+    transfer.heartbeatSent = false;
     transfer.heartbeatsSinceAck += 1;
     if (transfer.heartbeatsSinceAck < SNAPSHOT_STALL_HEARTBEATS) return;
     if (status().role !== 'leader' || status().term !== transfer.request.term) {
@@ -422,6 +425,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
         nextOffset: 0,
         ackedBytes: 0,
         heartbeatsSinceAck: 0,
+        heartbeatSent: false,
       };
       transfers.set(request.to, transfer);
       pumpTransfer(transfer);
@@ -474,6 +478,10 @@ export const createRaftNode = (options: RaftNodeOptions) => {
         for (const message of emitted.messages) {
           if (message.type === 'InstallSnapshot') snapshots.push(message);
           else peers.get(message.to)?.send(message);
+          if (message.type === 'Heartbeat' && transfers.size > 0) {
+            const transfer = transfers.get(message.to);
+            if (transfer) transfer.heartbeatSent = true;
+          }
         }
         if (snapshots.length > 0) sendSnapshots(snapshots);
         return;

@@ -46,6 +46,12 @@ export type Progress = {
   snapshotTries: number;
   /** The highest incarnation the follower's answers named (0: none heard yet). */
   incarnation: number;
+  /**
+   * A heartbeat went out to the follower since a heartbeat answer last unpaused its probe or freed
+   * a slot of its full window. So answers that arrive in a burst (a follower that was stopped
+   * answers every heartbeat it missed at once) release one more AppendEntries, not one each.
+   */
+  heartbeatSinceRelease: boolean;
 };
 
 export const createProgress = (leaderLastIndex: number, incarnation = 0): Progress => ({
@@ -58,6 +64,7 @@ export const createProgress = (leaderLastIndex: number, incarnation = 0): Progre
   snapshotWaitedHeartbeats: 0,
   snapshotTries: 0,
   incarnation,
+  heartbeatSinceRelease: false,
 });
 
 /** What an answer's incarnation means for the progress: see the module comment. */
@@ -170,12 +177,20 @@ export const onAppendRejected = (progress: Progress, rejectedIndex: number, hint
   return true;
 };
 
+/** A heartbeat went out to the follower: its next answer may release one AppendEntries. */
+export const onHeartbeatSent = (progress: Progress): void => {
+  progress.heartbeatSinceRelease = true;
+};
+
 /**
  * A heartbeat reply: the follower is alive, so a paused probe may go again, and in replicate a
- * full window frees its oldest slot (a lost AppendEntries would otherwise stall the pipeline).
+ * full window frees its oldest slot (a lost AppendEntries would otherwise stall the pipeline);
+ * at most once per heartbeat sent (see `heartbeatSinceRelease`).
  */
 export const onHeartbeatAnswered = (progress: Progress, maxInflight: number): void => {
   progress.recentActive = true;
+  if (!progress.heartbeatSinceRelease) return;
+  progress.heartbeatSinceRelease = false;
   progress.probeSent = false;
   if (progress.state === 'replicate' && progress.inflight.length >= maxInflight) progress.inflight.shift();
   if (progress.state === 'snapshot') {

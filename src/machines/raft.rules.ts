@@ -43,6 +43,7 @@ import {
   onAppendRejected,
   onAppendSent,
   onHeartbeatAnswered,
+  onHeartbeatSent,
   onSnapshotAnswered,
   onSnapshotSent,
 } from './progress.js';
@@ -655,16 +656,18 @@ export const handleSnapshotResponse = (context: RaftContext, response: InstallSn
 
 /** Heartbeat rounds double as ReadIndex confirmations (dissertation §6.4). */
 export const broadcastHeartbeat = (context: RaftContext): Outcome => ({
-  send: peersOf(context).map(
-    (peer): Heartbeat => ({
+  send: peersOf(context).map((peer): Heartbeat => {
+    const progress = progressOf(context, peer);
+    onHeartbeatSent(progress);
+    return {
       type: 'Heartbeat',
       from: context.id,
       to: peer,
       term: context.currentTerm,
-      commit: Math.min(progressOf(context, peer).matchIndex, context.commitIndex),
+      commit: Math.min(progress.matchIndex, context.commitIndex),
       seq: context.readSeq,
-    }),
-  ),
+    };
+  }),
 });
 
 /** Releases every read round, oldest first, up to the newest one a majority has confirmed. */

@@ -21,6 +21,8 @@ import {
   onAppendAccepted,
   onAppendRejected,
   onAppendSent,
+  onHeartbeatAnswered,
+  onHeartbeatSent,
 } from '../../src/machines/progress.js';
 
 /** A follower in replicate at match 50 of a leader at 100, heard as incarnation 7. */
@@ -72,6 +74,39 @@ describe('progress: incarnations', () => {
     expect(admitIncarnation(progress, 5, 100)).toBe('current');
     expect(progress.incarnation).toBe(5);
     expect(admitIncarnation(progress, 4, 100)).toBe('stale');
+  });
+});
+
+describe('progress: heartbeat answers in a burst', () => {
+  it('release one AppendEntries per heartbeat sent, not one per answer', () => {
+    // A follower stopped for a while answers every heartbeat it missed at once when it resumes.
+    const progress = createProgress(100, 7);
+    onAppendAccepted(progress, 50);
+    for (let index = 51; index <= 58; index += 1) onAppendSent(progress, index);
+    expect(progress.inflight).toHaveLength(8);
+    onHeartbeatSent(progress);
+    for (let answer = 0; answer < 100; answer += 1) onHeartbeatAnswered(progress, 8);
+    expect(progress.inflight).toEqual([52, 53, 54, 55, 56, 57, 58]);
+    onAppendSent(progress, 59);
+    for (let answer = 0; answer < 100; answer += 1) onHeartbeatAnswered(progress, 8);
+    expect(progress.inflight).toHaveLength(8);
+    onHeartbeatSent(progress);
+    onHeartbeatAnswered(progress, 8);
+    expect(progress.inflight).toHaveLength(7);
+  });
+
+  it('unpause a probe once per heartbeat sent', () => {
+    const progress = createProgress(100, 7);
+    onAppendSent(progress, 100);
+    expect(progress.probeSent).toBe(true);
+    onHeartbeatAnswered(progress, 8);
+    expect(progress.probeSent).toBe(true);
+    onHeartbeatSent(progress);
+    onHeartbeatAnswered(progress, 8);
+    expect(progress.probeSent).toBe(false);
+    onAppendSent(progress, 100);
+    onHeartbeatAnswered(progress, 8);
+    expect(progress.probeSent).toBe(true);
   });
 });
 
