@@ -394,7 +394,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   /** A heartbeat answer from `from`: a transfer to it that made no progress goes back to its last ack. */
   const checkTransferStall = (from: NodeId): void => {
     const transfer = transfers.get(from);
-    if (!transfer || !transfer.heartbeatSent) return;
+    if (!transfer?.heartbeatSent) return;
     transfer.heartbeatSent = false;
     transfer.heartbeatsSinceAck += 1;
     if (transfer.heartbeatsSinceAck < SNAPSHOT_STALL_HEARTBEATS) return;
