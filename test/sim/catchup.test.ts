@@ -49,6 +49,8 @@ describe('a follower restarted while the same leader stays', () => {
     );
     expect(sum(results, 'snapshotsSent')).toBeGreaterThanOrEqual(results.length);
     expect(chunks).toBeGreaterThan(4 * sum(results, 'snapshotsSent'));
+    // Flow control held (checked at every chunk sent) and the window was used in full.
+    expect(Math.max(...results.map((result) => result.snapshotLeadBytes))).toBe(4 * 64);
   });
 });
 
@@ -83,6 +85,8 @@ describe('a follower far behind', () => {
       });
       expect(result.snapshotsSent).toBeGreaterThan(0);
       expect(result.snapshotChunksSent).toBeGreaterThanOrEqual(8);
+      expect(result.snapshotLeadBytes).toBeGreaterThan(256 * 1024);
+      expect(result.snapshotLeadBytes).toBeLessThanOrEqual(4 * 256 * 1024);
     }
   }, 120_000);
 });

@@ -100,6 +100,8 @@ export type CatchUpResult = {
   snapshotChunksSent: number;
   /** Simulated ms the slowest round took to catch the follower up. */
   slowestCatchUpMs: number;
+  /** The most bytes of a snapshot sent beyond the follower's ack (flow control), 0 without snapshots. */
+  snapshotLeadBytes: number;
 };
 
 export const restartRun = async (options: RestartRunOptions): Promise<CatchUpResult> => {
@@ -110,6 +112,7 @@ export const restartRun = async (options: RestartRunOptions): Promise<CatchUpRes
     network: CATCHUP_NETWORK,
     ...(options.compaction ?? {}),
   });
+  const snapshotLead = watchSnapshotWindow(sim, options.compaction?.snapshotChunkBytes ?? 1024 * 1024);
   const leader = await waitForLeader(sim);
   const followers = sim.ids.filter((id) => id !== leader.id);
   let written = 0;
@@ -137,6 +140,7 @@ export const restartRun = async (options: RestartRunOptions): Promise<CatchUpRes
     snapshotsSent: metrics.snapshotsSent,
     snapshotChunksSent: metrics.snapshotChunksSent,
     slowestCatchUpMs,
+    snapshotLeadBytes: snapshotLead(),
   };
 };
 
@@ -148,6 +152,34 @@ export type FarBehindOptions = {
   mode: 'partition' | 'amnesia';
   maxAppendBytes?: number;
   compaction?: RestartRunOptions['compaction'];
+};
+
+/** Snapshot chunks per follower the leader may have sent beyond its last ack (raft-node.ts default). */
+const SNAPSHOT_WINDOW_CHUNKS = 4;
+
+/**
+ * Flow control of snapshot transfers: a chunk never goes out more than the window beyond what
+ * the follower acknowledged of that snapshot (SnapshotChunkAck). Returns the largest lead seen.
+ */
+const watchSnapshotWindow = (sim: Simulation, chunkBytes: number) => {
+  const acked = new Map<string, number>();
+  let largestLeadBytes = 0;
+  sim.observe((message) => {
+    const raw = message as unknown as Record<string, unknown>;
+    if (raw.type === 'SnapshotChunkAck') {
+      const key = `${raw.to}>${raw.from}@${raw.lastIncludedIndex}`;
+      acked.set(key, Math.max(acked.get(key) ?? 0, raw.receivedBytes as number));
+    } else if (message.type === 'InstallSnapshot') {
+      const key = `${message.from}>${message.to}@${message.lastIncludedIndex}`;
+      const lead = message.chunkOffset + (message.data?.byteLength ?? 0) - (acked.get(key) ?? 0);
+      largestLeadBytes = Math.max(largestLeadBytes, lead);
+      if (lead > SNAPSHOT_WINDOW_CHUNKS * chunkBytes)
+        sim.fail(
+          `a snapshot chunk went ${lead} bytes beyond the follower's ack (window ${SNAPSHOT_WINDOW_CHUNKS} x ${chunkBytes})`,
+        );
+    }
+  });
+  return () => largestLeadBytes;
 };
 
 /** What the byte bound allows in one AppendEntries: one entry of any size, or several within it. */
@@ -171,6 +203,7 @@ export const farBehindRun = async (
     ...(options.compaction ?? {}),
   });
   sim.observe(checkAppendBound(sim, maxAppendBytes));
+  const snapshotLead = watchSnapshotWindow(sim, options.compaction?.snapshotChunkBytes ?? 1024 * 1024);
   const leader = await waitForLeader(sim);
   const follower = sim.ids.find((id) => id !== leader.id)!;
   const other = sim.ids.find((id) => id !== leader.id && id !== follower)!;
@@ -202,5 +235,6 @@ export const farBehindRun = async (
     snapshotsSent: metrics.snapshotsSent,
     snapshotChunksSent: metrics.snapshotChunksSent,
     slowestCatchUpMs: catchUpMs,
+    snapshotLeadBytes: snapshotLead(),
   };
 };
