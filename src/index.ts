@@ -13,6 +13,7 @@ import { createReachability } from './actors/reachability.js';
 import type { Change } from './actors/store.js';
 import { createWalLog, type WalLog } from './actors/wal-log.js';
 import { diskeyvalError, isStopped } from './errors.js';
+import { DEFAULT_MAX_FRAME_BYTES } from './io/codec.js';
 import {
   createTlsTransport,
   type TlsTransportLogEvent,
@@ -20,7 +21,14 @@ import {
 } from './io/tls-transport.js';
 import type { RaftTransport } from './io/transport.js';
 import type { WalCutReason } from './io/wal.js';
-import { DEFAULT_MAX_VALUE_BYTES, encodeCheckedValue, validateCallOptions, validateKey } from './validate.js';
+import { DEFAULT_MAX_APPEND_BYTES } from './machines/raft.rules.js';
+import {
+  DEFAULT_MAX_VALUE_BYTES,
+  encodeCheckedValue,
+  MAX_KEY_BYTES,
+  validateCallOptions,
+  validateKey,
+} from './validate.js';
 
 export type ClusterPeer = { nodeId: string; host: string; port: number };
 
@@ -40,13 +48,21 @@ export type DiskeyvalOptions = {
   proposalTimeoutMs?: number;
   /** A call forwarded to the leader that got no answer within this time is sent again. Default 1200. */
   rpcTimeoutMs?: number;
-  /** Largest msgpack-encoded value in bytes. Default 1 MiB. */
+  /**
+   * Largest msgpack-encoded value in bytes; a larger one is refused at `set` (INVALID_ARGUMENT).
+   * Default 1 MiB. Must leave the entry (value, key, framing) within half of `maxFrameBytes`.
+   */
   maxValueBytes?: number;
   /** Seed for the election timeout generator; random when absent. */
   seed?: number;
   /** XState inspection callback: watch role transitions (e.g. with @statelyai/inspect). */
   inspect?: (event: InspectionEvent) => void;
-  /** Largest wire frame in bytes, both ways (TLS transport). Default 16 MiB. */
+  /**
+   * Largest wire frame in bytes, both ways (TLS transport). Default 16 MiB, at least 64 KiB. Replication
+   * sends at most 1 MiB (or maxFrameBytes / 16) of entries per AppendEntries beyond the first, and
+   * snapshots in chunks of 1 MiB (or maxFrameBytes / 4); a tick's messages to a peer that exceed
+   * one frame go as several.
+   */
   maxFrameBytes?: number;
   /** Transport events, such as rejected connections and why (TLS transport). */
   onTransportEvent?: (event: TlsTransportLogEvent) => void;
@@ -194,7 +210,42 @@ const PEERS_UNREACHABLE_AFTER_MS = 2000;
 
 const peerIdOf = (peer: string | ClusterPeer): string => (typeof peer === 'string' ? peer : peer.nodeId);
 
+/**
+ * What one message may carry, from maxFrameBytes and maxValueBytes. A `set` makes one log entry
+ * (the value, its key of at most MAX_KEY_BYTES, a few bytes of framing) and an AppendEntries always
+ * carries at least one entry, so the largest entry must fit in one frame with room to spare: at
+ * most half a frame. An AppendEntries carries at most `maxAppendBytes` of entries beyond its first,
+ * and a pipeline of 8 of them stays within half a frame; snapshot chunks within a quarter.
+ */
+const sizesOf = (options: DiskeyvalOptions) => {
+  const maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+  const maxValueBytes = options.maxValueBytes ?? DEFAULT_MAX_VALUE_BYTES;
+  if (!Number.isSafeInteger(maxFrameBytes) || maxFrameBytes < 64 * 1024 || maxFrameBytes > 0xffff_ffff) {
+    throw diskeyvalError('INVALID_ARGUMENT', 'options.maxFrameBytes must be an integer from 64 KiB to 4 GiB');
+  }
+  if (!Number.isSafeInteger(maxValueBytes) || maxValueBytes < 1) {
+    throw diskeyvalError('INVALID_ARGUMENT', 'options.maxValueBytes must be a positive integer');
+  }
+  const largestEntryBytes = maxValueBytes + MAX_KEY_BYTES + ENTRY_FRAMING_BYTES;
+  if (largestEntryBytes > maxFrameBytes / 2) {
+    throw diskeyvalError(
+      'INVALID_ARGUMENT',
+      `options.maxValueBytes (${maxValueBytes}) must leave an entry within half of maxFrameBytes (${maxFrameBytes}): at most ${Math.floor(maxFrameBytes / 2) - MAX_KEY_BYTES - ENTRY_FRAMING_BYTES}`,
+    );
+  }
+  return {
+    maxFrameBytes,
+    maxValueBytes,
+    maxAppendBytes: Math.min(DEFAULT_MAX_APPEND_BYTES, Math.floor(maxFrameBytes / 16)),
+    snapshotChunkBytes: Math.min(1024 * 1024, Math.floor(maxFrameBytes / 4)),
+  };
+};
+
+/** Command encoding around a key and a value: op, tag, msgpack headers (generous). */
+const ENTRY_FRAMING_BYTES = 1024;
+
 const checkOptions = (options: DiskeyvalOptions): void => {
+  sizesOf(options);
   if (typeof options?.nodeId !== 'string' || options.nodeId.length === 0) {
     throw diskeyvalError('INVALID_ARGUMENT', 'options.nodeId must be a non-empty string');
   }
@@ -271,7 +322,8 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
   checkOptions(options);
   const counters = { listenerErrors: 0 };
   const { emitter, emit } = createSafeEmitter(counters);
-  const maxValueBytes = options.maxValueBytes ?? DEFAULT_MAX_VALUE_BYTES;
+  const sizes = sizesOf(options);
+  const { maxValueBytes } = sizes;
   let started = false;
   let ended = false;
   let leader: string | null = null;
@@ -315,6 +367,8 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     ...(options.rpcTimeoutMs ? { rpcTimeoutMs: options.rpcTimeoutMs } : {}),
     seed: options.seed ?? randomInt(2 ** 31),
     session: randomInt(2 ** 47),
+    maxAppendBytes: sizes.maxAppendBytes,
+    snapshotChunkBytes: sizes.snapshotChunkBytes,
     ...(options.log ? { log: options.log } : {}),
     ...(compactEvery !== undefined ? { compactEvery } : {}),
     ...(persistenceDir !== undefined
@@ -398,6 +452,7 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
       validateCallOptions(callOptions);
       // Encoded once and decoded again here: what the command carries is proven to round-trip.
       const encodedValue = encodeCheckedValue(value, maxValueBytes);
+      // Within maxValueBytes, the entry fits in half a frame (sizesOf): it can always be replicated.
       running();
       try {
         await node.write({ op: 'set', key, value, encodedValue }, callOptions);

@@ -147,6 +147,8 @@ export type LogActor = {
   writes(): number;
   lastIndex(): number;
   readonly durable?: true;
+  /** This start's incarnation, when the log records them (the WAL: above every earlier start's). */
+  readonly incarnation?: number;
   flush?(): Promise<void>;
   close?(): Promise<void>;
 };

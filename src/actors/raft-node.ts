@@ -22,8 +22,8 @@ import { type Actor, createActor, type InspectionEvent } from 'xstate';
 import { encodeCommand, type KvOperation, whyUndecodable } from '../io/command.js';
 import type { RaftTransport, TransportEndpoint, TransportMessage } from '../io/transport.js';
 import { assert, isCount } from '../machines/assert.js';
-import type { InstallSnapshot, NodeId, RaftMessage } from '../machines/messages.js';
-import { RAFT_MESSAGE_TYPES } from '../machines/messages.js';
+import type { InstallSnapshot, NodeId, RaftMessage, SnapshotChunkAck } from '../machines/messages.js';
+import { isChunkAck, RAFT_MESSAGE_TYPES } from '../machines/messages.js';
 import { type RaftMachine, raftMachine, roleOf } from '../machines/raft.machine.js';
 import type { RaftEmitted, Role } from '../machines/raft.types.js';
 import type { ClientMessage, ClientPropose, ClientRead } from './client-messages.js';
@@ -59,6 +59,13 @@ export type RaftNodeOptions = {
   defer?: (fn: () => void) => void;
   maxInflight?: number;
   maxEntriesPerAppend?: number;
+  /** Most bytes of entry data in one AppendEntries (default 1 MiB; one entry always goes). */
+  maxAppendBytes?: number;
+  /**
+   * This start's incarnation (messages.ts): used when the log does not define one (a WAL does,
+   * from what it recorded); default Date.now(). Must exceed every earlier start's.
+   */
+  incarnation?: number;
   /**
    * Log compaction (§7): once this many entries were applied since the last compaction, the log
    * forgets all but the last `keepEntries` applied ones (a snapshot of the store replaces them).
@@ -69,6 +76,8 @@ export type RaftNodeOptions = {
   keepEntries?: number;
   /** Largest piece of a snapshot in one message (default 1 MiB). */
   snapshotChunkBytes?: number;
+  /** Snapshot chunks sent and not yet acknowledged, per follower (default 4): flow control. */
+  snapshotWindowChunks?: number;
   inspect?: (event: InspectionEvent) => void;
   onChange?: (change: Change) => void;
   /** Whether anyone listens to changes now (default: whether onChange is given). */
@@ -101,6 +110,9 @@ const realClock: Clock = {
 const RAFT_TYPES = new Set<string>(RAFT_MESSAGE_TYPES);
 const DEFAULT_COMPACT_EVERY = 10_000;
 const DEFAULT_SNAPSHOT_CHUNK_BYTES = 1024 * 1024;
+const DEFAULT_SNAPSHOT_WINDOW_CHUNKS = 4;
+/** Heartbeat answers without a new chunk ack before a snapshot transfer resends from its last ack. */
+const SNAPSHOT_STALL_HEARTBEATS = 3;
 /** The largest snapshot a node accepts from a peer (a Node Buffer's limit is near 4 GiB). */
 const MAX_SNAPSHOT_BYTES = 2 ** 31 - 1;
 /** A leader keeps entries for a live follower at most this many compaction intervals behind. */
@@ -131,6 +143,9 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     compactions: 0,
     snapshotsSent: 0,
     snapshotsInstalled: 0,
+    snapshotChunksSent: 0,
+    /** Snapshot transfers that stalled and went back to the follower's last ack. */
+    snapshotResends: 0,
   };
   const compactEvery =
     options.compactEvery === undefined
@@ -138,7 +153,10 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       : options.compactEvery || Number.POSITIVE_INFINITY;
   const keepEntries = options.keepEntries ?? Math.min(5000, compactEvery);
   const snapshotChunkBytes = options.snapshotChunkBytes ?? DEFAULT_SNAPSHOT_CHUNK_BYTES;
+  const snapshotWindowBytes =
+    (options.snapshotWindowChunks ?? DEFAULT_SNAPSHOT_WINDOW_CHUNKS) * snapshotChunkBytes;
   assert(compactEvery > 0 && keepEntries >= 0 && snapshotChunkBytes > 0, 'bad compaction options');
+  assert(snapshotWindowBytes >= snapshotChunkBytes, 'snapshotWindowChunks must be >= 1');
   /** The log's snapshot point as the node last moved it (compaction or install). */
   let compactedTo = 0;
   /** Durable logs only: flushes done, outputs that had to wait for one, the largest wait. */
@@ -149,6 +167,8 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   let stopped = false;
   let starting = false;
   let lastStatus: RaftStatus | null = null;
+  /** This start's incarnation (messages.ts), set by `start()`. */
+  let incarnation = 0;
   const peers = new Map<NodeId, Peer>();
 
   // Leader side: batches by id, remote calls waiting for the next batch, reads taken for others.
@@ -335,31 +355,110 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   };
 
   /**
+   * Snapshot transfers, one per follower (the latest the machine asked for replaces an older one).
+   * Chunks go out a window at a time: at most `snapshotWindowBytes` sent beyond what the follower
+   * acknowledged (SnapshotChunkAck), so a large store does not queue its whole snapshot at once
+   * ahead of heartbeats and appends. A lost chunk or ack stalls the transfer: after
+   * `SNAPSHOT_STALL_HEARTBEATS` heartbeat answers without a new ack, it goes back to the last ack
+   * and sends from there (go-back-N). A transfer ends once the follower acknowledged every byte,
+   * or when the machine asks for another snapshot for that follower (it resends after its own
+   * patience ran out, progress.ts), or when this node stops leading.
+   */
+  type Transfer = {
+    request: InstallSnapshot;
+    data: Uint8Array;
+    nextOffset: number;
+    /** The follower holds every byte before this (its chunk acks). */
+    ackedBytes: number;
+    /** Heartbeat answers from the follower since the last ack that moved `ackedBytes`. */
+    heartbeatsSinceAck: number;
+    /** A heartbeat went to the follower since the last answer counted (a burst counts once). */
+    heartbeatSent: boolean;
+  };
+  const transfers = new Map<NodeId, Transfer>();
+
+  /** Sends the transfer's next chunks while the window has room. Bounded by the window. */
+  const pumpTransfer = (transfer: Transfer): void => {
+    const { request, data } = transfer;
+    const totalBytes = data.byteLength;
+    while (
+      transfer.nextOffset < totalBytes &&
+      transfer.nextOffset - transfer.ackedBytes < snapshotWindowBytes
+    ) {
+      const chunkOffset = transfer.nextOffset;
+      transfer.nextOffset += snapshotChunkBytes;
+      metrics.snapshotChunksSent += 1;
+      peers.get(request.to)?.send({
+        ...request,
+        data: data.subarray(chunkOffset, chunkOffset + snapshotChunkBytes),
+        chunkOffset,
+        totalBytes,
+      });
+    }
+  };
+
+  /** A heartbeat answer from `from`: a transfer to it that made no progress goes back to its last ack. */
+  const checkTransferStall = (from: NodeId): void => {
+    const transfer = transfers.get(from);
+    if (!transfer?.heartbeatSent) return;
+    transfer.heartbeatSent = false;
+    transfer.heartbeatsSinceAck += 1;
+    if (transfer.heartbeatsSinceAck < SNAPSHOT_STALL_HEARTBEATS) return;
+    if (status().role !== 'leader' || status().term !== transfer.request.term) {
+      transfers.clear();
+      return;
+    }
+    transfer.heartbeatsSinceAck = 0;
+    transfer.nextOffset = transfer.ackedBytes;
+    metrics.snapshotResends += 1;
+    pumpTransfer(transfer);
+  };
+
+  /**
    * Sends the store's snapshot for an InstallSnapshot the machine asked for. The store's state at
    * its applied index is at least as new as the log's snapshot point, and covers only committed
    * entries, so it stands in for it. Split into chunks of at most snapshotChunkBytes.
    */
   const sendSnapshots = (requests: InstallSnapshot[]): void => {
     const snapshot = store.snapshot();
+    assert(snapshot.data.byteLength > 0, 'an empty store snapshot');
     for (const request of requests) {
       assert(snapshot.index >= request.lastIncludedIndex, 'the store is behind the log snapshot point');
       metrics.snapshotsSent += 1;
-      const totalBytes = snapshot.data.byteLength;
-      for (
-        let chunkOffset = 0;
-        chunkOffset === 0 || chunkOffset < totalBytes;
-        chunkOffset += snapshotChunkBytes
-      ) {
-        peers.get(request.to)?.send({
-          ...request,
-          lastIncludedIndex: snapshot.index,
-          lastIncludedTerm: snapshot.term,
-          data: snapshot.data.subarray(chunkOffset, chunkOffset + snapshotChunkBytes),
-          chunkOffset,
-          totalBytes,
-        });
-      }
+      const transfer: Transfer = {
+        request: { ...request, lastIncludedIndex: snapshot.index, lastIncludedTerm: snapshot.term },
+        data: snapshot.data,
+        nextOffset: 0,
+        ackedBytes: 0,
+        heartbeatsSinceAck: 0,
+        heartbeatSent: false,
+      };
+      transfers.set(request.to, transfer);
+      pumpTransfer(transfer);
     }
+  };
+
+  /** A follower acknowledged chunks of a snapshot: more of that transfer may go. */
+  const onChunkAck = (ack: SnapshotChunkAck): void => {
+    const transfer = transfers.get(ack.from);
+    if (!transfer) return;
+    const { request, data } = transfer;
+    if (
+      ack.term !== request.term ||
+      ack.lastIncludedIndex !== request.lastIncludedIndex ||
+      ack.totalBytes !== data.byteLength
+    )
+      return;
+    if (status().role !== 'leader' || status().term !== request.term) {
+      transfers.clear();
+      return;
+    }
+    if (ack.receivedBytes > transfer.ackedBytes) {
+      transfer.ackedBytes = Math.min(ack.receivedBytes, data.byteLength);
+      transfer.heartbeatsSinceAck = 0;
+    }
+    if (transfer.ackedBytes >= data.byteLength) transfers.delete(ack.from);
+    else pumpTransfer(transfer);
   };
 
   /** InstallSnapshot rule 8: the store takes the snapshot's state; calls it covers are done. */
@@ -385,6 +484,10 @@ export const createRaftNode = (options: RaftNodeOptions) => {
         for (const message of emitted.messages) {
           if (message.type === 'InstallSnapshot') snapshots.push(message);
           else peers.get(message.to)?.send(message);
+          if (message.type === 'Heartbeat' && transfers.size > 0) {
+            const transfer = transfers.get(message.to);
+            if (transfer) transfer.heartbeatSent = true;
+          }
         }
         if (snapshots.length > 0) sendSnapshots(snapshots);
         return;
@@ -674,8 +777,29 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   };
 
   /** Snapshot chunks received so far, one snapshot per sender (Figure 13's offset and done). */
-  type Assembly = { key: string; totalBytes: number; parts: Map<number, Uint8Array>; received: number };
+  /** `contiguous`: every byte before it arrived (what the chunk acks report). */
+  type Assembly = {
+    key: string;
+    totalBytes: number;
+    parts: Map<number, Uint8Array>;
+    received: number;
+    contiguous: number;
+  };
   const assemblies = new Map<NodeId, Assembly>();
+
+  /** Tells the leader how much of its snapshot arrived, so it sends more (flow control). */
+  const acknowledgeChunk = (message: InstallSnapshot, receivedBytes: number): void => {
+    const ack: SnapshotChunkAck = {
+      type: 'SnapshotChunkAck',
+      from: options.id,
+      to: message.from,
+      term: message.term,
+      lastIncludedIndex: message.lastIncludedIndex,
+      totalBytes: message.totalBytes,
+      receivedBytes,
+    };
+    send(ack);
+  };
 
   /** A whole InstallSnapshot once every chunk of it arrived (in any order), else null. */
   const assembleSnapshot = (message: InstallSnapshot): InstallSnapshot | null => {
@@ -701,12 +825,20 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     const key = `${message.term}/${message.lastIncludedIndex}/${message.lastIncludedTerm}/${totalBytes}`;
     let assembly = assemblies.get(message.from);
     if (!assembly || assembly.key !== key) {
-      assembly = { key, totalBytes, parts: new Map(), received: 0 };
+      assembly = { key, totalBytes, parts: new Map(), received: 0, contiguous: 0 };
       assemblies.set(message.from, assembly);
     }
-    if (assembly.parts.has(chunkOffset)) return null;
-    assembly.parts.set(chunkOffset, data);
-    assembly.received += data.byteLength;
+    // A duplicate is acknowledged again: the leader resends from the last ack after a stall.
+    if (!assembly.parts.has(chunkOffset)) {
+      assembly.parts.set(chunkOffset, data);
+      assembly.received += data.byteLength;
+      let part = assembly.parts.get(assembly.contiguous);
+      while (part !== undefined && part.byteLength > 0) {
+        assembly.contiguous += part.byteLength;
+        part = assembly.parts.get(assembly.contiguous);
+      }
+    }
+    acknowledgeChunk(message, assembly.contiguous);
     if (assembly.received < totalBytes) return null;
     assemblies.delete(message.from);
     // The pieces must tile the snapshot exactly: no gap, no overlap.
@@ -745,9 +877,13 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   const deliver = (message: TransportMessage): void => {
     if (stopped || !actor) return;
     peers.get(message.from)?.received();
+    if (message.type === 'HeartbeatResponse' && transfers.size > 0) checkTransferStall(message.from);
     if (message.type === 'InstallSnapshot') {
       const whole = assembleSnapshot(message as unknown as InstallSnapshot);
       if (whole && isInstallable(whole)) actor.send({ type: 'message', message: whole });
+    } else if (message.type === 'SnapshotChunkAck') {
+      if (isChunkAck(message)) onChunkAck(message);
+      else metrics.malformedMessages += 1;
     } else if (RAFT_TYPES.has(message.type)) {
       actor.send({ type: 'message', message: message as unknown as RaftMessage });
     } else {
@@ -767,6 +903,9 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       }
     }
     const persisted = log.persisted();
+    // A WAL log defines `incarnation` (larger than any it recorded); a memory log does not.
+    incarnation = log.incarnation ?? options.incarnation ?? Date.now();
+    assert(Number.isSafeInteger(incarnation) && incarnation > 0, `bad incarnation ${incarnation}`);
     if (persisted.snapshot) store.restore(persisted.snapshot.data);
     compactedTo = persisted.snapshot?.index ?? 0;
     durableLastIndex = log.lastIndex();
@@ -795,6 +934,8 @@ export const createRaftNode = (options: RaftNodeOptions) => {
           : {}),
         entries: persisted.entries,
         durable: log.durable === true,
+        incarnation,
+        ...(options.maxAppendBytes ? { maxAppendBytes: options.maxAppendBytes } : {}),
         ...(options.maxInflight ? { maxInflight: options.maxInflight } : {}),
         ...(options.maxEntriesPerAppend ? { maxEntriesPerAppend: options.maxEntriesPerAppend } : {}),
       },
@@ -824,6 +965,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     deadlines.clear();
     batches.clear();
     readsForOthers.clear();
+    transfers.clear();
     outbox = [];
     outboxHead = 0;
     await flushing;
@@ -832,6 +974,12 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     } finally {
       await endpoint?.close();
     }
+  };
+
+  /** Leader side: progress resets by a new incarnation, answers of an old one ignored. */
+  const incarnationCounters = () => {
+    const counters = actor?.getSnapshot().context.incarnationCounters;
+    return { incarnationResets: counters?.resets ?? 0, staleIncarnationAnswers: counters?.staleIgnored ?? 0 };
   };
 
   return {
@@ -860,6 +1008,8 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     isStopped: () => stopped,
     metrics: () => ({
       ...metrics,
+      incarnation,
+      ...incarnationCounters(),
       ...requests.counters(),
       pendingWrites: requests.pending().writes,
       pendingReads: requests.pending().reads,

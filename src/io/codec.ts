@@ -65,6 +65,8 @@ const checkMaxFrameBytes = (maxFrameBytes: number): number => {
 export type FrameEncoder = {
   /** One frame (header + body) holding `messages`. The result is a fresh buffer, safe to queue. */
   messages(messages: readonly TransportMessage[]): Uint8Array;
+  /** One message's msgpack encoding, as a fresh buffer (an element of a frame body's array). */
+  message(message: TransportMessage): Uint8Array;
   /** The handshake frame for `nodeId` (tests pass another `version` to provoke a mismatch). */
   handshake(nodeId: string, version?: number): Uint8Array;
   /** A frame around an arbitrary msgpack body (for tests and tools). */
@@ -87,9 +89,97 @@ export const createFrameEncoder = (): FrameEncoder => {
   };
   return {
     messages: (messages) => frame(messages),
+    message: (message) => encoder.encode(message),
     handshake: (nodeId, version = PROTOCOL_VERSION) => frame({ protocol: PROTOCOL_NAME, version, nodeId }),
     frame,
   };
+};
+
+/** Bytes a msgpack array header takes at most (0xdd and a 32-bit count). */
+const MAX_ARRAY_HEADER_BYTES = 5;
+
+/** A frame around already encoded array elements: header, msgpack array header, the elements. */
+const packFrame = (parts: readonly Uint8Array[], partsBytes: number): Uint8Array => {
+  const count = parts.length;
+  const arrayHeader = count < 16 ? 1 : count < 0x10000 ? 3 : 5;
+  const out = Buffer.allocUnsafe(FRAME_HEADER_BYTES + arrayHeader + partsBytes);
+  out.writeUInt32BE(arrayHeader + partsBytes, 0);
+  if (arrayHeader === 1) out[4] = 0x90 | count;
+  else if (arrayHeader === 3) {
+    out[4] = 0xdc;
+    out.writeUInt16BE(count, 5);
+  } else {
+    out[4] = 0xdd;
+    out.writeUInt32BE(count, 5);
+  }
+  let at = FRAME_HEADER_BYTES + arrayHeader;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.byteLength;
+  }
+  return out;
+};
+
+export type EncodedFrames<M> = {
+  /** The frames, in order: their messages in the batch's order. */
+  frames: Uint8Array[];
+  /** Messages the frames hold. */
+  sent: number;
+  /** Messages left out: alone they encode over the frame limit / they cannot be encoded at all. */
+  tooLarge: M[];
+  unencodable: M[];
+};
+
+/**
+ * Encodes a batch of messages into frames whose bodies are at most `maxFrameBytes`, in order. The
+ * common case is one frame for the whole batch (one encoding, one copy). A batch over the limit is
+ * encoded message by message and packed greedily: a new frame starts when the next message would
+ * overflow the current one, so no frame is ever over the limit and nothing that fits is dropped.
+ * A message that alone does not fit is left out and returned (a bug upstream: the raft machine
+ * bounds what one message carries well under the limit), and so is one that cannot be encoded.
+ */
+export const encodeFrames = <M extends TransportMessage>(
+  encoder: FrameEncoder,
+  messages: readonly M[],
+  maxFrameBytes: number,
+): EncodedFrames<M> => {
+  const result: EncodedFrames<M> = { frames: [], sent: 0, tooLarge: [], unencodable: [] };
+  if (messages.length === 0) return result;
+  try {
+    const whole = encoder.messages(messages);
+    if (whole.byteLength - FRAME_HEADER_BYTES <= maxFrameBytes) {
+      result.frames.push(whole);
+      result.sent = messages.length;
+      return result;
+    }
+  } catch {
+    // One of them cannot be encoded: found below.
+  }
+  let parts: Uint8Array[] = [];
+  let partsBytes = 0;
+  for (const message of messages) {
+    let encoded: Uint8Array;
+    try {
+      encoded = encoder.message(message);
+    } catch {
+      result.unencodable.push(message);
+      continue;
+    }
+    if (encoded.byteLength + MAX_ARRAY_HEADER_BYTES > maxFrameBytes) {
+      result.tooLarge.push(message);
+      continue;
+    }
+    if (parts.length > 0 && partsBytes + encoded.byteLength + MAX_ARRAY_HEADER_BYTES > maxFrameBytes) {
+      result.frames.push(packFrame(parts, partsBytes));
+      parts = [];
+      partsBytes = 0;
+    }
+    parts.push(encoded);
+    partsBytes += encoded.byteLength;
+    result.sent += 1;
+  }
+  if (parts.length > 0) result.frames.push(packFrame(parts, partsBytes));
+  return result;
 };
 
 /** The body length of an encoded frame. */

@@ -50,6 +50,22 @@ export const slice = (log: RaftLog, fromIndex: number, toIndex: number): Entry[]
   );
 };
 
+/**
+ * Like `slice`, but stops before the entry that would take the data bytes past `maxBytes`; the
+ * first entry is always taken (an AppendEntries carries at least one entry, however large).
+ */
+export const sliceBounded = (log: RaftLog, fromIndex: number, toIndex: number, maxBytes: number): Entry[] => {
+  assert(fromIndex > log.offset, `slice from ${fromIndex}, compacted up to ${log.offset}`);
+  const last = Math.min(toIndex, lastIndex(log));
+  let bytes = 0;
+  let end = fromIndex;
+  for (; end <= last; end += 1) {
+    bytes += log.entries[end - log.offset - 1]!.data?.byteLength ?? 0;
+    if (bytes > maxBytes && end > fromIndex) break;
+  }
+  return log.entries.slice(fromIndex - log.offset - 1, end - log.offset - 1);
+};
+
 /** A leader appends new entries at the end (Leader Append-Only, Figure 3). */
 export const append = (log: RaftLog, entries: readonly Entry[]): number => {
   for (const entry of entries) log.entries.push(entry);

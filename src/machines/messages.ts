@@ -8,6 +8,16 @@
 
 export type NodeId = string;
 
+/**
+ * Every start of a server gets a new, larger incarnation number, and every answer a follower sends
+ * its leader carries it (AppendEntriesResponse, HeartbeatResponse, InstallSnapshotResponse). A log
+ * may get shorter only across a restart (a memory log is empty again, a torn WAL tail is cut), so
+ * a leader that hears a higher incarnation than before forgets what it knew of that follower's log
+ * and probes again; answers with a lower one were sent before the restart and are ignored
+ * (progress.ts). Within one incarnation a follower's matched prefix only grows.
+ */
+export type Incarnation = number;
+
 /** What a log entry carries. `noop` is the entry every new leader appends (Raft paper §8). */
 export type EntryKind = 'noop' | 'command';
 
@@ -71,6 +81,8 @@ export type AppendEntriesResponse = {
   rejectedIndex: number;
   conflictIndex: number;
   conflictTerm: number;
+  /** The sender's incarnation (see {@link Incarnation}). */
+  incarnation: number;
 };
 
 /**
@@ -92,6 +104,7 @@ export type HeartbeatResponse = {
   to: NodeId;
   term: number;
   seq: number;
+  incarnation: number;
 };
 
 /**
@@ -121,6 +134,35 @@ export type InstallSnapshotResponse = {
   to: NodeId;
   term: number;
   matchIndex: number;
+  incarnation: number;
+};
+
+/**
+ * A follower got part of a chunked InstallSnapshot: `receivedBytes` of the snapshot at
+ * `lastIncludedIndex` (of `totalBytes`) so far. Flow control only, outside the raft machine: the
+ * leader's node sends the next chunks as these arrive, a window at a time (raft-node.ts).
+ */
+export type SnapshotChunkAck = {
+  type: 'SnapshotChunkAck';
+  from: NodeId;
+  to: NodeId;
+  term: number;
+  lastIncludedIndex: number;
+  totalBytes: number;
+  receivedBytes: number;
+};
+
+const isCountField = (value: unknown): boolean => Number.isSafeInteger(value) && (value as number) >= 0;
+
+export const isChunkAck = (message: { type: string }): message is SnapshotChunkAck => {
+  const ack = message as Partial<SnapshotChunkAck>;
+  return (
+    ack.type === 'SnapshotChunkAck' &&
+    isCountField(ack.term) &&
+    isCountField(ack.lastIncludedIndex) &&
+    isCountField(ack.totalBytes) &&
+    isCountField(ack.receivedBytes)
+  );
 };
 
 export type RaftMessage =

@@ -13,6 +13,14 @@
  *   the first time, twice as many after each further try (a large snapshot takes a while to cross,
  *   and resending it early only doubles the load), up to 32 times as many.
  *
+ * Incarnations (messages.ts): every answer names the follower's incarnation. The progress keeps
+ * the highest one heard. An answer from a higher one means the follower restarted and its log may
+ * have got shorter (a memory log empties, a torn WAL tail is cut): the progress starts over from
+ * the leader's last index + 1 in probe, and the follower's conflict hint (or a snapshot) does the
+ * rest. An answer from a lower one was sent before that restart, and is ignored. So the rule "match
+ * only moves forward" holds within one incarnation, which is what lets duplicated and delayed
+ * answers never move a follower's progress back.
+ *
  * Progress objects are owned by the raft machine and changed in place, once per message.
  */
 import { assert } from './assert.js';
@@ -36,9 +44,17 @@ export type Progress = {
   snapshotWaitedHeartbeats: number;
   /** InstallSnapshots sent since the follower last answered one (or accepted entries). */
   snapshotTries: number;
+  /** The highest incarnation the follower's answers named (0: none heard yet). */
+  incarnation: number;
+  /**
+   * A heartbeat went out to the follower since a heartbeat answer last unpaused its probe or freed
+   * a slot of its full window. So answers that arrive in a burst (a follower that was stopped
+   * answers every heartbeat it missed at once) release one more AppendEntries, not one each.
+   */
+  heartbeatSinceRelease: boolean;
 };
 
-export const createProgress = (leaderLastIndex: number): Progress => ({
+export const createProgress = (leaderLastIndex: number, incarnation = 0): Progress => ({
   state: 'probe',
   matchIndex: 0,
   nextIndex: leaderLastIndex + 1,
@@ -47,7 +63,33 @@ export const createProgress = (leaderLastIndex: number): Progress => ({
   recentActive: true,
   snapshotWaitedHeartbeats: 0,
   snapshotTries: 0,
+  incarnation,
+  heartbeatSinceRelease: false,
 });
+
+/** What an answer's incarnation means for the progress: see the module comment. */
+export type IncarnationVerdict = 'current' | 'stale' | 'restarted';
+
+/**
+ * Checks an answer's incarnation before the answer is handled. 'stale': ignore the answer.
+ * 'restarted': the progress was reset (matchIndex 0, probe from `leaderLastIndex` + 1); handle the
+ * answer against it. The first answer a new leader hears only records the incarnation.
+ */
+export const admitIncarnation = (
+  progress: Progress,
+  incarnation: number,
+  leaderLastIndex: number,
+): IncarnationVerdict => {
+  if (incarnation === progress.incarnation) return 'current';
+  if (incarnation < progress.incarnation) return 'stale';
+  const first = progress.incarnation === 0;
+  if (first) {
+    progress.incarnation = incarnation;
+    return 'current';
+  }
+  Object.assign(progress, createProgress(leaderLastIndex, incarnation));
+  return 'restarted';
+};
 
 export const isPaused = (progress: Progress, maxInflight: number): boolean => {
   if (progress.state === 'snapshot') return true;
@@ -135,12 +177,20 @@ export const onAppendRejected = (progress: Progress, rejectedIndex: number, hint
   return true;
 };
 
+/** A heartbeat went out to the follower: its next answer may release one AppendEntries. */
+export const onHeartbeatSent = (progress: Progress): void => {
+  progress.heartbeatSinceRelease = true;
+};
+
 /**
  * A heartbeat reply: the follower is alive, so a paused probe may go again, and in replicate a
- * full window frees its oldest slot (a lost AppendEntries would otherwise stall the pipeline).
+ * full window frees its oldest slot (a lost AppendEntries would otherwise stall the pipeline);
+ * at most once per heartbeat sent (see `heartbeatSinceRelease`).
  */
 export const onHeartbeatAnswered = (progress: Progress, maxInflight: number): void => {
   progress.recentActive = true;
+  if (!progress.heartbeatSinceRelease) return;
+  progress.heartbeatSinceRelease = false;
   progress.probeSent = false;
   if (progress.state === 'replicate' && progress.inflight.length >= maxInflight) progress.inflight.shift();
   if (progress.state === 'snapshot') {

@@ -19,6 +19,7 @@ import {
   mergeEntries,
   restoreTo,
   slice,
+  sliceBounded,
   termAt,
 } from './log.js';
 import type {
@@ -35,12 +36,14 @@ import type {
   RequestVoteResponse,
 } from './messages.js';
 import {
+  admitIncarnation,
   createProgress,
   isPaused,
   onAppendAccepted,
   onAppendRejected,
   onAppendSent,
   onHeartbeatAnswered,
+  onHeartbeatSent,
   onSnapshotAnswered,
   onSnapshotSent,
 } from './progress.js';
@@ -50,6 +53,8 @@ import { nextInt } from './rng.js';
 
 export const DEFAULT_MAX_INFLIGHT = 8;
 export const DEFAULT_MAX_ENTRIES_PER_APPEND = 512;
+/** Entry data bytes in one AppendEntries: with the default window of 8, 8 MiB in flight per follower. */
+export const DEFAULT_MAX_APPEND_BYTES = 1024 * 1024;
 
 export const peersOf = (context: RaftContext): NodeId[] =>
   context.voters.filter((voter) => voter !== context.id);
@@ -72,6 +77,7 @@ export const drawElectionTimeout = (context: Pick<RaftContext, 'rng' | 'election
 export const initialContext = (input: RaftInput): RaftContext => {
   assert(input.voters.includes(input.id), `voters must include the local server ${input.id}`);
   assert(input.electionTimeoutMs > input.heartbeatMs, 'election timeout must exceed the heartbeat interval');
+  assert(input.maxAppendBytes === undefined || input.maxAppendBytes >= 1, 'maxAppendBytes must be >= 1');
   const base = {
     id: input.id,
     voters: [...input.voters].sort(),
@@ -79,7 +85,10 @@ export const initialContext = (input: RaftInput): RaftContext => {
     heartbeatMs: input.heartbeatMs,
     maxInflight: input.maxInflight ?? DEFAULT_MAX_INFLIGHT,
     maxEntriesPerAppend: input.maxEntriesPerAppend ?? DEFAULT_MAX_ENTRIES_PER_APPEND,
+    maxAppendBytes: input.maxAppendBytes ?? DEFAULT_MAX_APPEND_BYTES,
     durable: input.durable === true,
+    incarnation: input.incarnation ?? 0,
+    incarnationCounters: { resets: 0, staleIgnored: 0 },
     currentTerm: input.hardState?.term ?? 0,
     votedFor: input.hardState?.votedFor ?? null,
     log: createLog(input.entries, input.snapshot?.index ?? 0, input.snapshot?.term ?? 0),
@@ -121,6 +130,7 @@ export const adoptHigherTerm = (context: RaftContext, message: RaftMessage): Out
 /** A request from an older term is refused with our term, so its sender learns it is stale. */
 export const answerStaleMessage = (context: RaftContext, message: RaftMessage): Outcome => {
   const base = { from: context.id, to: message.from, term: context.currentTerm };
+  const incarnation = context.incarnation;
   switch (message.type) {
     case 'RequestVote':
       return {
@@ -129,9 +139,9 @@ export const answerStaleMessage = (context: RaftContext, message: RaftMessage): 
     case 'AppendEntries':
       return { send: [rejectAppend(context, message, base.term)] };
     case 'Heartbeat':
-      return { send: [{ ...base, type: 'HeartbeatResponse', seq: message.seq }] };
+      return { send: [{ ...base, type: 'HeartbeatResponse', seq: message.seq, incarnation }] };
     case 'InstallSnapshot':
-      return { send: [{ ...base, type: 'InstallSnapshotResponse', matchIndex: 0 }] };
+      return { send: [{ ...base, type: 'InstallSnapshotResponse', matchIndex: 0, incarnation }] };
     default:
       return {};
   }
@@ -213,6 +223,7 @@ const rejectAppend = (context: RaftContext, request: AppendEntries, term: number
     rejectedIndex: request.prevLogIndex,
     conflictIndex: hint.conflictIndex,
     conflictTerm: hint.conflictTerm,
+    incarnation: context.incarnation,
   };
 };
 
@@ -230,6 +241,7 @@ const acceptAppend = (
   rejectedIndex: 0,
   conflictIndex: 0,
   conflictTerm: 0,
+  incarnation: context.incarnation,
 });
 
 const commitOutcome = (context: RaftContext, newCommitIndex: number): Outcome => {
@@ -326,6 +338,7 @@ export const heartbeatFromLeader = (context: RaftContext, heartbeat: Heartbeat):
     to: heartbeat.from,
     term: context.currentTerm,
     seq: heartbeat.seq,
+    incarnation: context.incarnation,
   };
   return {
     patch: { leaderId: heartbeat.from, ...commit.patch },
@@ -350,6 +363,7 @@ export const installSnapshot = (context: RaftContext, request: InstallSnapshot):
     to: request.from,
     term: context.currentTerm,
     matchIndex,
+    incarnation: context.incarnation,
   });
   const leaderPatch = { leaderId: request.from };
   const { lastIncludedIndex: index, lastIncludedTerm: term, data } = request;
@@ -466,7 +480,10 @@ const appendsFor = (context: RaftContext, peer: NodeId, evenIfEmpty: boolean): R
     const prevLogIndex = Math.min(next - 1, last);
     const prevLogTerm = termAt(context.log, prevLogIndex);
     assert(prevLogTerm !== undefined, `no term at ${prevLogIndex}`);
-    const entries = next <= last ? slice(context.log, next, next + context.maxEntriesPerAppend - 1) : [];
+    const entries =
+      next <= last
+        ? sliceBounded(context.log, next, next + context.maxEntriesPerAppend - 1, context.maxAppendBytes)
+        : [];
     messages.push({
       type: 'AppendEntries',
       from: context.id,
@@ -565,6 +582,32 @@ export const rejectProposals = (context: RaftContext, batchId: number): Outcome 
   emitted: [{ type: 'proposalsRejected', batchId, leaderId: context.leaderId }],
 });
 
+/**
+ * The incarnation rule (progress.ts): an answer from an earlier start of the follower is ignored;
+ * one from a later start resets the follower's progress before it is handled. Counted either way.
+ */
+const checkIncarnation = (
+  context: RaftContext,
+  response: AppendEntriesResponse | HeartbeatResponse | InstallSnapshotResponse,
+) => {
+  const verdict = admitIncarnation(
+    progressOf(context, response.from),
+    response.incarnation,
+    lastIndex(context.log),
+  );
+  if (verdict === 'stale') context.incarnationCounters.staleIgnored += 1;
+  if (verdict === 'restarted') context.incarnationCounters.resets += 1;
+  return verdict;
+};
+
+/**
+ * After a reset by a new incarnation the answer itself may not call for a send (a rejection of a
+ * request from before the reset is not the probe's answer): probe now, so the follower's conflict
+ * hint arrives without waiting for the next heartbeat.
+ */
+const probeAfterRestart = (context: RaftContext, peer: NodeId, outcome: Outcome): Outcome =>
+  (outcome.send?.length ?? 0) > 0 ? outcome : merge(outcome, { send: appendsFor(context, peer, true) });
+
 /** Where the leader resumes after a rejection, from the follower's conflict hint (§5.3). */
 const nextIndexFromHint = (context: RaftContext, response: AppendEntriesResponse): number => {
   if (response.conflictTerm > 0) {
@@ -579,6 +622,13 @@ const nextIndexFromHint = (context: RaftContext, response: AppendEntriesResponse
  * log inconsistency: decrement nextIndex and retry" — by a whole term at a time, with the hint.
  */
 export const handleAppendResponse = (context: RaftContext, response: AppendEntriesResponse): Outcome => {
+  const verdict = checkIncarnation(context, response);
+  if (verdict === 'stale') return {};
+  const outcome = appendResponse(context, response);
+  return verdict === 'restarted' ? probeAfterRestart(context, response.from, outcome) : outcome;
+};
+
+const appendResponse = (context: RaftContext, response: AppendEntriesResponse): Outcome => {
   const progress = progressOf(context, response.from);
   progress.recentActive = true;
   if (response.success) {
@@ -594,6 +644,8 @@ export const handleAppendResponse = (context: RaftContext, response: AppendEntri
 
 /** The follower installed our snapshot (or had one that far): it matches up to `matchIndex`. */
 export const handleSnapshotResponse = (context: RaftContext, response: InstallSnapshotResponse): Outcome => {
+  const verdict = checkIncarnation(context, response);
+  if (verdict === 'stale') return {};
   const progress = progressOf(context, response.from);
   progress.recentActive = true;
   assert(response.matchIndex <= lastIndex(context.log), 'a follower matched past the leader log');
@@ -604,16 +656,18 @@ export const handleSnapshotResponse = (context: RaftContext, response: InstallSn
 
 /** Heartbeat rounds double as ReadIndex confirmations (dissertation §6.4). */
 export const broadcastHeartbeat = (context: RaftContext): Outcome => ({
-  send: peersOf(context).map(
-    (peer): Heartbeat => ({
+  send: peersOf(context).map((peer): Heartbeat => {
+    const progress = progressOf(context, peer);
+    onHeartbeatSent(progress);
+    return {
       type: 'Heartbeat',
       from: context.id,
       to: peer,
       term: context.currentTerm,
-      commit: Math.min(progressOf(context, peer).matchIndex, context.commitIndex),
+      commit: Math.min(progress.matchIndex, context.commitIndex),
       seq: context.readSeq,
-    }),
-  ),
+    };
+  }),
 });
 
 /** Releases every read round, oldest first, up to the newest one a majority has confirmed. */
@@ -633,6 +687,7 @@ const releaseConfirmedReads = (context: RaftContext, rounds: ReadRound[]): Outco
 };
 
 export const handleHeartbeatResponse = (context: RaftContext, response: HeartbeatResponse): Outcome => {
+  if (checkIncarnation(context, response) === 'stale') return {};
   const progress = progressOf(context, response.from);
   onHeartbeatAnswered(progress, context.maxInflight);
   const rounds = context.readRounds.map((round) =>

@@ -38,6 +38,13 @@ export type RaftInput = RaftTimings & {
   /** Most entries in one AppendEntries. */
   maxEntriesPerAppend?: number;
   /**
+   * Most bytes of entry data in one AppendEntries (default 1 MiB); one entry always goes, however
+   * large, so the size of one entry is bounded where it is proposed (`set`), not here.
+   */
+  maxAppendBytes?: number;
+  /** This start of the server (messages.ts, Incarnation): larger than any earlier start's. */
+  incarnation?: number;
+  /**
    * The log is on disk and reports what is durable with `persisted` events. A leader then counts
    * itself toward a commit only up to that index, so it may replicate before its own fsync
    * (dissertation §10.2.1). Without it, the log is durable as soon as it is written.
@@ -52,7 +59,14 @@ export type RaftContext = {
   readonly heartbeatMs: number;
   readonly maxInflight: number;
   readonly maxEntriesPerAppend: number;
+  readonly maxAppendBytes: number;
   readonly durable: boolean;
+  readonly incarnation: number;
+  /**
+   * Leader only, changed in place like progress: followers whose progress a higher incarnation
+   * reset, and answers ignored because they came from an earlier incarnation (tests and metrics).
+   */
+  readonly incarnationCounters: { resets: number; staleIgnored: number };
   // Persistent state on all servers (Figure 2).
   currentTerm: number;
   votedFor: NodeId | null;

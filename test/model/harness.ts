@@ -46,7 +46,8 @@ export type Cmd =
   | { kind: 'checkQuorum'; server: Target }
   | { kind: 'propose'; server: Target; count: number }
   | { kind: 'read'; server: Target }
-  | { kind: 'restart'; server: Target }
+  /** With `loseTail`, the log keeps only what the server ever acknowledged (a torn tail cut). */
+  | { kind: 'restart'; server: Target; loseTail?: boolean }
   /** Deliver / drop / duplicate the in-flight message at `pick` modulo the bag's size. */
   | { kind: 'deliver'; pick: number }
   | { kind: 'drop'; pick: number }
@@ -78,7 +79,7 @@ export const showCmd = (c: Cmd): string => {
     case 'read':
       return `ReadIndex(${showTarget(c.server)})`;
     case 'restart':
-      return `Restart(${showTarget(c.server)})`;
+      return `Restart(${showTarget(c.server)}${c.loseTail ? ', losing its tail' : ''})`;
     case 'deliver':
       return `Deliver(${c.pick})`;
     case 'drop':
@@ -124,6 +125,11 @@ export type Stats = {
   stepDowns: number;
   preVoteRejections: number;
   restarts: number;
+  /** Restarts that cut entries off a log (never acknowledged ones). */
+  tailsLost: number;
+  /** A leader heard a higher incarnation (reset its match) / a lower one (ignored the answer). */
+  incarnationResets: number;
+  staleIncarnations: number;
   readsServed: number;
   proposalsAccepted: number;
   /** Rounds the end-of-run healing needed in total (liveness). */
@@ -147,6 +153,9 @@ export const emptyStats = (): Stats => ({
   stepDowns: 0,
   preVoteRejections: 0,
   restarts: 0,
+  tailsLost: 0,
+  incarnationResets: 0,
+  staleIncarnations: 0,
   readsServed: 0,
   proposalsAccepted: 0,
   healRounds: 0,
@@ -171,6 +180,10 @@ export type World = {
   stats: Stats;
   reads: Map<number, PendingRead>;
   counters: { batch: number; read: number; data: number; restarts: number };
+  /** The highest index each server acknowledged (a success answer), over the whole run. */
+  acked: Record<NodeId, number>;
+  /** Each server's incarnation: every start gets a larger one (restarts + 1 at that start). */
+  incarnation: Record<NodeId, number>;
   /** The most recent steps, for failure reports. */
   trace: string[];
 };
@@ -186,6 +199,7 @@ const startActor = (world: World, id: NodeId, store: ImplNode['store']): Actor<R
       electionTimeoutMs: 100,
       heartbeatMs: 10,
       seed: world.config.seed + world.counters.restarts,
+      incarnation: world.incarnation[id]!,
       hardState: { ...store.hardState },
       entries: [...store.log],
       maxInflight: world.config.maxInflight,
@@ -213,10 +227,13 @@ export const createWorld = (config: ModelConfig): World => {
     stats: { ...emptyStats(), runs: 1 },
     reads: new Map(),
     counters: { batch: 0, read: 0, data: 0, restarts: 0 },
+    acked: {},
+    incarnation: {},
     trace: [],
   };
   for (const id of ids) {
     const store = { hardState: { term: 0, votedFor: null }, log: [] };
+    world.incarnation[id] = 1;
     world.impl[id] = { actor: undefined as unknown as Actor<RaftMachine>, outputs: [], store, applied: 0 };
     world.impl[id].actor = startActor(world, id, store);
     world.impl[id].actor.start();
@@ -378,6 +395,23 @@ const checkDurable = (world: World, id: NodeId, node: ImplNode, m: RaftMessage):
     fail(world, `${id} campaigned before persisting its vote for itself`);
   if (m.type === 'AppendEntriesResponse' && m.success && log.length < m.matchIndex)
     fail(world, `${id} acknowledged up to ${m.matchIndex} with only ${log.length} entries persisted`);
+  if (m.type === 'AppendEntriesResponse' && m.success)
+    world.acked[id] = Math.max(world.acked[id] ?? 0, m.matchIndex);
+};
+
+/** Answers from a new incarnation that reset a leader's match, and stale ones it ignored. */
+const countIncarnations = (
+  world: World,
+  before: spec.SpecServer,
+  after: spec.SpecServer,
+  event: RaftEvent,
+) => {
+  if (before.role !== 'leader' || after.role !== 'leader' || event.type !== 'message') return;
+  const m = event.message;
+  if (!('incarnation' in m) || m.term !== after.currentTerm) return;
+  const known = before.incarnationOf[m.from];
+  if (known !== undefined && m.incarnation > known) world.stats.incarnationResets += 1;
+  if (known !== undefined && m.incarnation < known) world.stats.staleIncarnations += 1;
 };
 
 const specStep = (world: World, id: NodeId, run: () => ReturnType<SpecAction>, label: string) => {
@@ -404,6 +438,7 @@ const exchange = (world: World, id: NodeId, event: RaftEvent, action: SpecAction
   const step = specStep(world, id, () => action(before), label);
   const after = step.server;
   world.spec[id] = after;
+  countIncarnations(world, before, after, event);
 
   const sent: RaftMessage[] = [];
   let proposal: 'accepted' | 'rejected' | null = null;
@@ -566,18 +601,36 @@ const deliverAt = (world: World, index: number): void => {
   );
 };
 
-const restartServer = (world: World, id: NodeId): void => {
-  world.trace.push(`Restart(${id})`);
+/**
+ * How much of `id`'s log a restart keeps. Losing the tail is safe only for entries no one counted
+ * toward a commit: the server never acknowledged them (a follower's count), and no server ever
+ * committed that far (a leader counts its own log, and commits what it counts). Like an unsynced
+ * WAL tail cut at start, it leaves a log shorter than the one the server last answered from.
+ */
+const keptEntries = (world: World, id: NodeId, loseTail: boolean): number => {
+  const length = world.impl[id]!.store.log.length;
+  if (!loseTail) return length;
+  return Math.min(length, Math.max(world.acked[id] ?? 0, world.history.maxCommitted));
+};
+
+const restartServer = (world: World, id: NodeId, loseTail = false): void => {
+  world.trace.push(`Restart(${id}${loseTail ? ', losing its tail' : ''})`);
   world.stats.restarts += 1;
   world.counters.restarts += 1;
+  world.incarnation[id] = world.counters.restarts + 1;
   const node = world.impl[id]!;
+  const kept = keptEntries(world, id, loseTail);
+  if (kept < node.store.log.length) {
+    world.stats.tailsLost += 1;
+    node.store.log.length = kept;
+  }
   node.actor.stop();
   node.outputs = [];
   node.applied = 0;
   node.actor = startActor(world, id, node.store);
   node.actor.start();
   for (const read of world.reads.values()) if (read.server === id) read.answered = true;
-  world.spec[id] = spec.restart(world.spec[id]!);
+  world.spec[id] = spec.restart(world.spec[id]!, world.incarnation[id]!, kept);
   onRestart(world.history, id);
   const snapshot = node.actor.getSnapshot();
   const diffs = compareWithSpec(world.spec[id]!, snapshot.value, snapshot.context);
@@ -640,7 +693,7 @@ export const runCmd = (world: World, cmd: Cmd): void => {
       return;
     }
     case 'restart':
-      restartServer(world, resolve(world, cmd.server));
+      restartServer(world, resolve(world, cmd.server), cmd.loseTail === true);
       return;
     case 'deliver':
       if (world.network.length > 0) deliverAt(world, cmd.pick % world.network.length);
@@ -805,7 +858,14 @@ export const cmdArb = (servers: number): fc.Arbitrary<Cmd> =>
     { weight: 3, arbitrary: fc.record({ kind: fc.constant('read' as const), server: targetArb }) },
     { weight: 4, arbitrary: fc.record({ kind: fc.constant('drop' as const), pick: pickArb }) },
     { weight: 3, arbitrary: fc.record({ kind: fc.constant('duplicate' as const), pick: pickArb }) },
-    { weight: 2, arbitrary: fc.record({ kind: fc.constant('restart' as const), server: targetArb }) },
+    {
+      weight: 3,
+      arbitrary: fc.record({
+        kind: fc.constant('restart' as const),
+        server: targetArb,
+        loseTail: fc.boolean(),
+      }),
+    },
   );
 
 export type ModelCommand = fc.Command<object, World> & { readonly cmd: Cmd };

@@ -22,6 +22,11 @@ export type History = {
   voteOf: Map<string, NodeId>;
   /** Leader Append-Only: the log a server had when it last was seen leading, and the term. */
   leaderLog: Record<NodeId, { term: number; log: readonly Entry[] } | null>;
+  /**
+   * `${leader}@${term}>${peer}` → the incarnation of the peer the leader last knew and its match
+   * then: within one incarnation of the peer, a leader's match of it only moves forward.
+   */
+  matchOf: Map<string, { incarnation: number; match: number }>;
 };
 
 export const createHistory = (): History => ({
@@ -32,6 +37,7 @@ export const createHistory = (): History => ({
   lastTerm: {},
   voteOf: new Map(),
   leaderLog: {},
+  matchOf: new Map(),
 });
 
 /** Forgets the volatile history of a server that restarted (its commitIndex starts again at 0). */
@@ -61,6 +67,29 @@ const logMatching = (a: SpecServer, b: SpecServer): string | null => {
 };
 
 /**
+ * Match only moves forward within one incarnation of the follower (a reordered or duplicated
+ * answer never moves it back), and a higher incarnation may restart it from 0; the incarnation a
+ * leader knows of a follower never goes down.
+ */
+const matchWithinIncarnation = (s: SpecServer, history: History, problems: string[]): void => {
+  for (const peer of s.voters) {
+    if (peer === s.id) continue;
+    const key = `${s.id}@${s.currentTerm}>${peer}`;
+    const now = { incarnation: s.incarnationOf[peer] ?? 0, match: s.matchIndex[peer] ?? 0 };
+    const before = history.matchOf.get(key);
+    if (before && now.incarnation < before.incarnation)
+      problems.push(
+        `${s.id}: incarnation of ${peer} went back from ${before.incarnation} to ${now.incarnation}`,
+      );
+    if (before && now.incarnation === before.incarnation && now.match < before.match)
+      problems.push(
+        `${s.id}: match of ${peer} went back from ${before.match} to ${now.match} in incarnation ${now.incarnation}`,
+      );
+    history.matchOf.set(key, now);
+  }
+};
+
+/**
  * Checks every property on `servers` (the spec state after a step) and updates `history`.
  * Returns the violations found (empty when all hold).
  */
@@ -86,6 +115,7 @@ export const checkSafety = (servers: readonly SpecServer[], history: History): s
     }
     if (s.log.length > 0 && s.log[s.log.length - 1]!.term > s.currentTerm)
       problems.push(`${s.id}: log holds an entry of a term above currentTerm ${s.currentTerm}`);
+    if (s.role === 'leader') matchWithinIncarnation(s, history, problems);
     // commitIndex stays within the log and never moves back (Restart resets it via onRestart).
     if (s.commitIndex > s.log.length)
       problems.push(`${s.id}: commitIndex ${s.commitIndex} > log length ${s.log.length}`);

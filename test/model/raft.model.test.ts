@@ -67,6 +67,9 @@ describe('raft machine against the reference spec', () => {
             'preVoteRejections',
             'restarts',
             'readsServed',
+            'tailsLost',
+            'incarnationResets',
+            'staleIncarnations',
           ];
           for (const key of rare) expect(stats[key], key).toBeGreaterThan(0);
         }

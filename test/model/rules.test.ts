@@ -49,6 +49,7 @@ const server = (
       hardState: { term: persisted.term, votedFor: persisted.votedFor },
       entries: persisted.log,
       maxEntriesPerAppend: 1,
+      incarnation: 1,
     },
     clock: frozenClock,
   });
@@ -153,6 +154,7 @@ const heartbeat = (from: NodeId, to: NodeId, term: number, commit: number): Hear
 
 const appendAnswer = (from: NodeId, to: NodeId, term: number, matchIndex: number): AppendEntriesResponse => ({
   type: 'AppendEntriesResponse',
+  incarnation: 1,
   from,
   to,
   term,
@@ -231,7 +233,7 @@ describe('AppendEntries', () => {
       expect.objectContaining({ type: 'AppendEntriesResponse', term: 4, success: false, rejectedIndex: 2 }),
     ]);
     expect(b.deliver(heartbeat('a', 'b', 3, 2)).sent).toEqual([
-      { type: 'HeartbeatResponse', from: 'b', to: 'a', term: 4, seq: 0 },
+      { type: 'HeartbeatResponse', from: 'b', to: 'a', term: 4, seq: 0, incarnation: 1 },
     ]);
     expect(b.context().leaderId).toBeNull();
     expect(b.context().commitIndex).toBe(0);
@@ -293,7 +295,9 @@ describe('AppendEntries', () => {
     const { sent } = b.deliver(heartbeat('a', 'b', 2, 5));
     expect(b.context().commitIndex).toBe(2);
     expect(b.context().leaderId).toBe('a');
-    expect(sent).toEqual([{ type: 'HeartbeatResponse', from: 'b', to: 'a', term: 2, seq: 0 }]);
+    expect(sent).toEqual([
+      { type: 'HeartbeatResponse', from: 'b', to: 'a', term: 2, seq: 0, incarnation: 1 },
+    ]);
   });
 
   it('a candidate that hears from the leader of its term returns to follower', () => {
@@ -432,6 +436,7 @@ describe('leaders', () => {
     expect(round).toBeDefined();
     const { outputs } = a.deliver({
       type: 'HeartbeatResponse',
+      incarnation: 1,
       from: 'c',
       to: 'a',
       term: 1,

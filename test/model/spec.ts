@@ -13,7 +13,9 @@
  *
  *   PreVote, CheckQuorum, a no-op entry per new leader, batched proposals, heartbeats that carry
  *   min(matchIndex, commitIndex), rejections with a conflict hint, commit = max(commit,
- *   min(leaderCommit, last new index)), stale requests answered with the receiver's term.
+ *   min(leaderCommit, last new index)), stale requests answered with the receiver's term,
+ *   incarnations: every start of a server has a larger number, its answers carry it, and a leader
+ *   resets its match of a follower whose incarnation went up and ignores answers whose went down.
  *
  * Every function is pure: it takes a server's state and returns the next one plus the replies
  * the server must send. Two kinds of messages are *not* predicted exactly: a leader's
@@ -57,6 +59,10 @@ export type SpecServer = {
   readonly matchIndex: Readonly<Record<NodeId, number>>;
   /** Leaders: peers heard from since the last CheckQuorum. */
   readonly recentActive: Readonly<Record<NodeId, boolean>>;
+  /** This start of the server: larger than every earlier start's (not persistent state). */
+  readonly incarnation: number;
+  /** Leaders: the highest incarnation each peer's answers named (absent: none heard). */
+  readonly incarnationOf: Readonly<Record<NodeId, number>>;
 };
 
 /** What a step of the spec produces: the next state and the messages it must send. */
@@ -103,7 +109,12 @@ const countVotes = (s: SpecServer, granted: boolean): number =>
 // ---------------------------------------------------------------------------------------------
 // Init and Restart
 
-export const initServer = (id: NodeId, voters: readonly NodeId[], persistent?: Persistent): SpecServer => ({
+export const initServer = (
+  id: NodeId,
+  voters: readonly NodeId[],
+  persistent?: Persistent,
+  incarnation = 1,
+): SpecServer => ({
   id,
   voters: [...voters].sort(),
   role: 'follower',
@@ -116,6 +127,8 @@ export const initServer = (id: NodeId, voters: readonly NodeId[], persistent?: P
   votes: {},
   matchIndex: {},
   recentActive: {},
+  incarnation,
+  incarnationOf: {},
 });
 
 export const persistentOf = (s: SpecServer): Persistent => ({
@@ -124,8 +137,21 @@ export const persistentOf = (s: SpecServer): Persistent => ({
   log: s.log,
 });
 
-/** Restart: the server keeps currentTerm, votedFor and log, and loses everything else. */
-export const restart = (s: SpecServer): SpecServer => initServer(s.id, s.voters, persistentOf(s));
+/**
+ * Restart: the server keeps currentTerm, votedFor and log, and loses everything else; it starts
+ * as a new `incarnation` (larger than its last). With `keptEntries`, only that prefix of the log
+ * survives (a torn tail cut at start; the harness cuts only what was never acknowledged).
+ */
+export const restart = (s: SpecServer, incarnation: number, keptEntries = s.log.length): SpecServer => {
+  if (incarnation <= s.incarnation) throw new Error(`spec: incarnation ${incarnation} <= ${s.incarnation}`);
+  const persistent = persistentOf(s);
+  return initServer(
+    s.id,
+    s.voters,
+    { ...persistent, log: persistent.log.slice(0, keptEntries) },
+    incarnation,
+  );
+};
 
 // ---------------------------------------------------------------------------------------------
 // Becoming follower, candidate, leader
@@ -139,6 +165,7 @@ const becomeFollower = (s: SpecServer): SpecServer =>
         phase: null,
         matchIndex: {},
         recentActive: {},
+        incarnationOf: {},
         leaderId: s.role === 'leader' ? null : s.leaderId,
       };
 
@@ -200,6 +227,7 @@ const becomeLeader = (s: SpecServer): SpecServer => {
     log: [...s.log, { term: s.currentTerm, kind: 'noop', data: null }],
     matchIndex,
     recentActive,
+    incarnationOf: {},
   });
 };
 
@@ -323,6 +351,7 @@ const rejectAppend = (s: SpecServer, m: AppendEntries): AppendEntriesResponse =>
   matchIndex: 0,
   rejectedIndex: m.prevLogIndex,
   ...conflictHint(s.log, m.prevLogIndex),
+  incarnation: s.incarnation,
 });
 
 const voteResponse = (
@@ -340,6 +369,15 @@ const voteResponse = (
   preVote,
 });
 
+const heartbeatResponse = (s: SpecServer, m: Heartbeat): RaftMessage => ({
+  type: 'HeartbeatResponse',
+  from: s.id,
+  to: m.from,
+  term: s.currentTerm,
+  seq: m.seq,
+  incarnation: s.incarnation,
+});
+
 /** A request of an older term is refused with our term; a stale response is dropped. */
 const answerStale = (s: SpecServer, m: RaftMessage): SpecStep => {
   switch (m.type) {
@@ -350,7 +388,7 @@ const answerStale = (s: SpecServer, m: RaftMessage): SpecStep => {
     case 'Heartbeat':
       return {
         server: s,
-        send: [{ type: 'HeartbeatResponse', from: s.id, to: m.from, term: s.currentTerm, seq: m.seq }],
+        send: [heartbeatResponse(s, m)],
       };
     default:
       return unchanged(s);
@@ -418,6 +456,7 @@ const handleAppendEntriesRequest = (s: SpecServer, m: AppendEntries): SpecStep =
     rejectedIndex: 0,
     conflictIndex: 0,
     conflictTerm: 0,
+    incarnation: s.incarnation,
   };
   return { server: { ...follower, log, commitIndex }, send: [response] };
 };
@@ -433,24 +472,48 @@ const handleHeartbeat = (s: SpecServer, m: Heartbeat): SpecStep => {
   };
   return {
     server: follower,
-    send: [{ type: 'HeartbeatResponse', from: s.id, to: m.from, term: s.currentTerm, seq: m.seq }],
+    send: [heartbeatResponse(s, m)],
   };
 };
 
-/** HandleAppendEntriesResponse: match only moves forward (responses may be reordered). */
+/**
+ * The incarnation of a follower's answer, at a leader: an answer from an earlier start than one
+ * already heard is ignored (null); one from a later start forgets the follower's match (its log may
+ * be shorter now), and the answer is then handled. The first answer only records it.
+ */
+const admitIncarnation = (s: SpecServer, from: NodeId, incarnation: number): SpecServer | null => {
+  const known = s.incarnationOf[from];
+  if (known !== undefined && incarnation < known) return null;
+  if (known === incarnation) return s;
+  const incarnationOf = { ...s.incarnationOf, [from]: incarnation };
+  if (known === undefined) return { ...s, incarnationOf };
+  return { ...s, incarnationOf, matchIndex: { ...s.matchIndex, [from]: 0 } };
+};
+
+/**
+ * HandleAppendEntriesResponse: within one incarnation of the follower, match only moves forward
+ * (responses may be reordered or duplicated); a new incarnation starts it again from 0.
+ */
 const handleAppendEntriesResponse = (s: SpecServer, m: AppendEntriesResponse): SpecStep => {
   if (s.role !== 'leader') return unchanged(s);
-  const heard = { ...s, recentActive: { ...s.recentActive, [m.from]: true } };
+  const admitted = admitIncarnation(s, m.from, m.incarnation);
+  if (admitted === null) return unchanged(s);
+  const heard = { ...admitted, recentActive: { ...s.recentActive, [m.from]: true } };
   if (!m.success) return unchanged(heard);
-  const matchIndex = { ...s.matchIndex, [m.from]: Math.max(s.matchIndex[m.from] ?? 0, m.matchIndex) };
+  const matchIndex = { ...heard.matchIndex, [m.from]: Math.max(heard.matchIndex[m.from] ?? 0, m.matchIndex) };
   return unchanged(advanceCommitIndex({ ...heard, matchIndex }));
 };
 
-/** A heartbeat answer only tells the leader that the follower is alive (CheckQuorum). */
-const handleHeartbeatResponse = (s: SpecServer, m: RaftMessage): SpecStep =>
-  s.role === 'leader'
-    ? unchanged({ ...s, recentActive: { ...s.recentActive, [m.from]: true } })
-    : unchanged(s);
+/** A heartbeat answer tells the leader that the follower is alive (CheckQuorum), and its incarnation. */
+const handleHeartbeatResponse = (
+  s: SpecServer,
+  m: Extract<RaftMessage, { type: 'HeartbeatResponse' }>,
+): SpecStep => {
+  if (s.role !== 'leader') return unchanged(s);
+  const admitted = admitIncarnation(s, m.from, m.incarnation);
+  if (admitted === null) return unchanged(s);
+  return unchanged({ ...admitted, recentActive: { ...s.recentActive, [m.from]: true } });
+};
 
 /**
  * Receive: the term rules first (a stale request is refused; a pre-vote request and a granted

@@ -172,6 +172,7 @@ export const createSimulation = (options: SimOptions) => {
       proposalTimeoutMs: options.proposalTimeoutMs ?? 60_000,
       seed: rng.int(1, 2 ** 31),
       session: rng.int(1, 2 ** 31),
+      incarnation: server.incarnation,
       log: server.log,
       clock: clockFor(server),
       nowMs: () => nowMs,
@@ -188,10 +189,9 @@ export const createSimulation = (options: SimOptions) => {
     void node.start();
   };
 
-  for (const id of ids) {
-    // The "disk" of a server: it survives crashes, and keeps a snapshot at every compaction.
-    const log = createMemoryLog(undefined, { keepSnapshots: true });
-    const server: Server = { id, node: null, log, dirtyFrom: 1, timers: new Set(), incarnation: 0 };
+  /** The checker sees the log's changes from `dirtyFrom` on (invariants.ts). */
+  const watchLog = (server: Server, log: MemoryLog): void => {
+    server.log = log;
     const persist = log.persist;
     log.persist = (output) => {
       if (output.fromIndex > 0) server.dirtyFrom = Math.min(server.dirtyFrom, output.fromIndex);
@@ -203,6 +203,13 @@ export const createSimulation = (options: SimOptions) => {
       server.dirtyFrom = output.keptSuffix ? Math.min(server.dirtyFrom, output.index + 1) : 1;
       installSnapshot(output);
     };
+  };
+
+  for (const id of ids) {
+    // The "disk" of a server: it survives crashes, and keeps a snapshot at every compaction.
+    const log = createMemoryLog(undefined, { keepSnapshots: true });
+    const server: Server = { id, node: null, log, dirtyFrom: 1, timers: new Set(), incarnation: 0 };
+    watchLog(server, log);
     servers.set(id, server);
   }
 
@@ -392,9 +399,24 @@ export const createSimulation = (options: SimOptions) => {
     server.node = null;
   };
 
-  const restart = (id: string): void => {
+  /**
+   * Restarts a server. `loss` is what its disk lost in the crash: 'amnesia' (a memory-only node:
+   * term, vote and log all gone; safe only while no election can happen) or the number of log
+   * entries kept after the snapshot point (a tail cut).
+   */
+  const restart = (id: string, loss?: 'amnesia' | { keptEntries: number }): void => {
     crash(id);
-    boot(serverOf(id));
+    const server = serverOf(id);
+    if (loss === 'amnesia') {
+      watchLog(server, createMemoryLog(undefined, { keepSnapshots: true }));
+      server.dirtyFrom = 1;
+    } else if (loss) {
+      const persisted = server.log.persisted();
+      const entries = persisted.entries.slice(0, loss.keptEntries);
+      watchLog(server, createMemoryLog({ ...persisted, entries }, { keepSnapshots: true }));
+      server.dirtyFrom = Math.min(server.dirtyFrom, (persisted.snapshot?.index ?? 0) + entries.length + 1);
+    }
+    boot(server);
   };
 
   for (const server of servers.values()) boot(server);

@@ -46,6 +46,7 @@ const vote: RequestVote = {
 
 const ack: AppendEntriesResponse = {
   type: 'AppendEntriesResponse',
+  incarnation: 1_764_000_000_123,
   from: 'node-2',
   to: 'node-1',
   term: 3,
