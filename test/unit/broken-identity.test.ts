@@ -63,7 +63,7 @@ describe('a transport without the certificate-names-node check', () => {
       socket.write(
         Buffer.concat([
           encoder.handshake('n2'),
-          encoder.messages([{ type: 'Ping', from: 'n2', to: 'n1', nonce: 1 }]),
+          encoder.messages([{ type: 'Ping', from: 'n2', to: 'n1', nonce: 1 } as Ping]),
         ]),
       ),
     );
