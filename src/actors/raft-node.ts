@@ -87,6 +87,12 @@ export type RaftNodeOptions = {
   unreachablePeers?: () => Array<{ nodeId: NodeId; reason: string }>;
   /** A committed entry did not decode and was applied as a no-op (store.ts). */
   onUndecodable?: (index: number, reason: string) => void;
+  /**
+   * Test hook, for the suite's deliberately broken variants only: the message types a durable node
+   * sends without waiting for the flush that covers them. Default (the correct rule):
+   * AppendEntries and Heartbeat, which promise nothing about this node's disk.
+   */
+  sendsBeforeFlush?: ReadonlySet<RaftMessage['type']>;
 };
 
 export type RaftStatus = {
@@ -108,6 +114,8 @@ const realClock: Clock = {
 };
 
 const RAFT_TYPES = new Set<string>(RAFT_MESSAGE_TYPES);
+/** A leader's AppendEntries and heartbeats promise nothing about its own disk (§10.2.1). */
+const SENDS_BEFORE_FLUSH: ReadonlySet<RaftMessage['type']> = new Set(['AppendEntries', 'Heartbeat']);
 const DEFAULT_COMPACT_EVERY = 10_000;
 const DEFAULT_SNAPSHOT_CHUNK_BYTES = 1024 * 1024;
 const DEFAULT_SNAPSHOT_WINDOW_CHUNKS = 4;
@@ -133,6 +141,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   const clock = options.clock ?? realClock;
   const nowMs = options.nowMs ?? (() => performance.now());
   const defer = options.defer ?? queueMicrotask;
+  const sendsBeforeFlush = options.sendsBeforeFlush ?? SENDS_BEFORE_FLUSH;
   let log: LogActor = options.log ?? createMemoryLog();
   const deadlines = createDeadlines(clock, nowMs);
   const metrics = {
@@ -650,8 +659,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       // A leader's AppendEntries and heartbeats promise nothing about its own disk: they go at
       // once, and the leader counts itself toward a commit only up to `persisted` (§10.2.1).
       // Answers and vote requests wait for the flush.
-      const goesEarly = (message: RaftMessage): boolean =>
-        message.type === 'AppendEntries' || message.type === 'Heartbeat';
+      const goesEarly = (message: RaftMessage): boolean => sendsBeforeFlush.has(message.type);
       const early = emitted.messages.filter(goesEarly);
       if (early.length > 0) {
         carryOut({ type: 'send', messages: early });

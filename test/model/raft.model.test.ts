@@ -5,8 +5,10 @@
  * agreement, refinement of outputs and Raft's safety properties after every step.
  *
  * Environment:
- *   DISKEYVAL_MODEL_RUNS  total generated sequences (default 4000: 60% on 3 servers, 30% on 5,
- *                         10% longer histories on 3)
+ *   DISKEYVAL_MODEL_RUNS  base number of generated sequences (default 4000: 60% of it on 3
+ *                         servers, 30% on 5, 10% longer histories on 3, and on top 25% on 2
+ *                         servers and 20% on 4: even sizes, where a majority is not "half,
+ *                         rounded up", see broken-quorum.test.ts)
  *   DISKEYVAL_MODEL_SEED  fast-check seed (default fixed, printed on failure)
  *   DISKEYVAL_MODEL_PATH  replay one counterexample (printed on failure, with the test name)
  */
@@ -23,6 +25,8 @@ const suites = [
   { name: 'agrees with the spec on 3-server clusters', servers: 3, share: 0.6, maxCommands: 100 },
   { name: 'agrees with the spec on 5-server clusters', servers: 5, share: 0.3, maxCommands: 100 },
   { name: 'agrees with the spec over long 3-server histories', servers: 3, share: 0.1, maxCommands: 300 },
+  { name: 'agrees with the spec on 2-server clusters', servers: 2, share: 0.25, maxCommands: 100 },
+  { name: 'agrees with the spec on 4-server clusters', servers: 4, share: 0.2, maxCommands: 100 },
 ];
 
 describe('raft machine against the reference spec', () => {
@@ -71,7 +75,12 @@ describe('raft machine against the reference spec', () => {
             'incarnationResets',
             'staleIncarnations',
           ];
-          for (const key of rare) expect(stats[key], key).toBeGreaterThan(0);
+          for (const key of rare) {
+            // Two servers: a leader needs the other's vote, so the other's log is never ahead of
+            // it with entries of another term, and a conflict to truncate is (almost) impossible.
+            if (servers === 2 && key === 'truncations') continue;
+            expect(stats[key], key).toBeGreaterThan(0);
+          }
         }
       },
       Math.max(120_000, TOTAL_RUNS * 25),

@@ -8,7 +8,14 @@ import { Decoder } from '@msgpack/msgpack';
 import { readSnapshot } from '../../src/actors/packed-map.js';
 import { splitSnapshot } from '../../src/actors/store.js';
 import { decodeValue } from '../../src/io/command.js';
-import { createSimulation, RELIABLE, type Simulation, UNRELIABLE } from './simulator.js';
+import {
+  createSimulation,
+  type DurabilityCounters,
+  RELIABLE,
+  type SimOptions,
+  type Simulation,
+  UNRELIABLE,
+} from './simulator.js';
 
 /** Log compaction settings for runs that exercise snapshots (small, so they happen all the time). */
 export type Compaction = { compactEvery: number; keepEntries: number; snapshotChunkBytes: number };
@@ -52,12 +59,68 @@ export const faultRound = (sim: Simulation): void => {
   }
 };
 
+export type ChaosResult = {
+  committed: number;
+  elections: number;
+  snapshotsSent: number;
+  /** Durable-disk runs only. */
+  durability: DurabilityCounters | null;
+};
+
+/** Simulation options a chaos run passes on (the disk, broken-variant hooks). */
+export type ChaosOptions = Pick<SimOptions, 'disk' | 'fsyncMs' | 'checkDurability' | 'sendsBeforeFlush'>;
+
+/**
+ * Durable disks: a crash a few simulated milliseconds into a burst, while its persists (entries,
+ * and the votes of an election) are being synced, so that some are lost; usually the server that
+ * took the writes or the leader, then restarted at once or left down.
+ */
+const crashMidFlush = async (sim: Simulation, target: string): Promise<void> => {
+  const leader = sim.leader();
+  if (leader !== null && sim.rng.chance(0.3)) {
+    // The leader goes: a crash lands during the election that follows, while votes are synced.
+    sim.crash(leader);
+    await sim.runFor(sim.rng.int(140, 320));
+    sim.crash(sim.rng.pick(sim.ids));
+    return;
+  }
+  await sim.runFor(sim.rng.int(0, 12));
+  const victim = sim.rng.chance(0.5)
+    ? target
+    : sim.rng.chance(0.5) && leader !== null
+      ? leader
+      : sim.rng.pick(sim.ids);
+  if (sim.rng.chance(0.5)) sim.restart(victim);
+  else sim.crash(victim);
+};
+
+/**
+ * Durable disks: a server that just granted a vote crashes now and then a millisecond or two
+ * later and restarts at once. Correct code granted it only once the vote was synced; a node that
+ * answered first forgets the vote and may grant it again in the same term (two leaders).
+ */
+const crashAfterVotes = (sim: Simulation): void => {
+  let due: { id: string; atMs: number } | null = null;
+  sim.observe((message, atMs) => {
+    if (due === null && message.type === 'RequestVoteResponse' && message.voteGranted && !message.preVote)
+      if (sim.rng.chance(0.3)) due = { id: message.from, atMs: atMs + sim.rng.int(0, 3) };
+  });
+  sim.onStep(() => {
+    if (due === null || sim.now() < due.atMs) return;
+    const { id } = due;
+    due = null;
+    if (sim.isAlive(id)) sim.restart(id);
+  });
+};
+
 export const chaosRun = async (
   seed: number,
   nodes: number,
   compaction?: Compaction,
-): Promise<{ committed: number; elections: number; snapshotsSent: number }> => {
-  const sim = createSimulation({ seed, nodes, ...compaction });
+  simOptions: ChaosOptions = {},
+): Promise<ChaosResult> => {
+  const sim = createSimulation({ seed, nodes, ...compaction, ...simOptions });
+  if (simOptions.disk === 'durable') crashAfterVotes(sim);
   let proposed = 0;
   // With compaction, several keys, so that a snapshot's content is worth comparing.
   const keyOf = (n: number): string => (compaction ? `k${n % 5}` : 'k');
@@ -70,6 +133,7 @@ export const chaosRun = async (
         sim.propose(target, `v${seed}-${proposed}`, keyOf(proposed));
         proposed += 1;
       }
+      if (simOptions.disk === 'durable' && sim.rng.chance(0.4)) await crashMidFlush(sim, target);
       await sim.runFor(sim.rng.int(20, 150));
     }
   }
@@ -104,6 +168,7 @@ export const chaosRun = async (
     committed: sim.checker.committedLength(),
     elections: sim.checker.leaders().size,
     snapshotsSent: sim.sentByType().InstallSnapshot ?? 0,
+    durability: simOptions.disk === 'durable' ? sim.durability() : null,
   };
 };
 

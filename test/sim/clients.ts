@@ -495,6 +495,8 @@ export type ClientRunOptions = {
    * checks replay whole logs, so these runs check linearizability only.
    */
   compaction?: { compactEvery: number; keepEntries: number; snapshotChunkBytes: number };
+  /** The servers' logs (simulator.ts): 'durable' runs the simulated disk that loses unsynced writes. */
+  disk?: 'memory' | 'durable';
 };
 
 export type ClientRunResult = { sim: Simulation; clients: Clients; duplicates: number; updates: number };
@@ -518,6 +520,7 @@ export const clientRun = async (
     ...(options.network ? { network: options.network } : {}),
     ...(options.proposalTimeoutMs ? { proposalTimeoutMs: options.proposalTimeoutMs } : {}),
     ...options.compaction,
+    ...(options.disk ? { disk: options.disk } : {}),
   });
   await waitForLeader(sim);
   const clients = createClients(sim, options.clients);

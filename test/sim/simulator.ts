@@ -6,14 +6,16 @@
  * and a one-line command that replays it.
  */
 import { expect } from 'vitest';
-import { createMemoryLog, type MemoryLog } from '../../src/actors/log.js';
-import { createRaftNode, type RaftNode } from '../../src/actors/raft-node.js';
+import { createMemoryLog, type LogActor, type MemoryLog, type PersistedState } from '../../src/actors/log.js';
+import { createRaftNode, type RaftNode, type RaftNodeOptions } from '../../src/actors/raft-node.js';
 import { decodeCommand } from '../../src/io/command.js';
 import type { RaftTransport, TransportMessage } from '../../src/io/transport.js';
+import { assert } from '../../src/machines/assert.js';
 import { type Entry, isRequest, type RaftMessage } from '../../src/machines/messages.js';
 import { createRng } from '../../src/machines/rng.js';
 import { createSafetyChecker, type ServerView } from './invariants.js';
 import { createAgenda, type Scheduled } from './queue.js';
+import { createSimDisk, type SimDisk, type SimDiskCounters } from './sim-disk.js';
 
 export type NetworkFaults = {
   minDelayMs: number;
@@ -62,6 +64,34 @@ export type SimOptions = {
    * histories want 1, so a call's return is recorded at the simulated time it happened.
    */
   yieldEvery?: number;
+  /**
+   * The servers' logs. 'memory' (default): a memory log that survives crashes whole (as if every
+   * write were synced at once). 'durable': a simulated disk (sim-disk.ts) whose fsync completes a
+   * seeded while later and whose crash loses what was not synced, so the raft node takes its
+   * durable outbox path (hold every answer until its persist is synced).
+   */
+  disk?: 'memory' | 'durable';
+  /** Simulated fsync latency of the durable disk (default 1 to 8 ms). */
+  fsyncMs?: { minMs: number; maxMs: number };
+  /**
+   * Durable disks: fail the run when a server answers a vote or an append before the state the
+   * answer promises is synced (default true). Off, only the Raft safety properties judge a run.
+   */
+  checkDurability?: boolean;
+  /** Passed to every raft node (test hook for broken variants, see raft-node.ts). */
+  sendsBeforeFlush?: RaftNodeOptions['sendsBeforeFlush'];
+};
+
+/** Durable-disk runs: the proof that the hard cases happened, summed over the servers. */
+export type DurabilityCounters = SimDiskCounters & {
+  /** Votes granted (not pre-votes) by durable servers, each checked against the synced vote. */
+  voteGrantsChecked: number;
+  /** Of those, grants of a vote this incarnation recorded, so an fsync had to come first. */
+  freshVoteGrants: number;
+  /** Successful append answers by durable servers, each checked against the synced log. */
+  appendAcksChecked: number;
+  /** Outputs the raft nodes held in their outbox until a flush (summed over incarnations). */
+  heldOutputs: number;
 };
 
 export type Proposal = { value: string; state: 'pending' | 'ok' | 'failed'; error?: string };
@@ -69,7 +99,10 @@ export type Proposal = { value: string; state: 'pending' | 'ok' | 'failed'; erro
 type Server = {
   id: string;
   node: RaftNode | null;
-  log: MemoryLog;
+  /** The log handed to the running node (for a durable disk: this incarnation's handle). */
+  log: LogActor;
+  /** The durable disk, or null when the server runs the memory log. */
+  disk: SimDisk | null;
   dirtyFrom: number;
   timers: Set<Scheduled>;
   incarnation: number;
@@ -100,6 +133,15 @@ export const createSimulation = (options: SimOptions) => {
   /** Test hooks (scenarios): every message sent (before the network drops it), and every step. */
   const messageListeners = new Set<(message: RaftMessage, atMs: number) => void>();
   const stepListeners = new Set<() => void>();
+  const durable = options.disk === 'durable';
+  const durability = { voteGrantsChecked: 0, freshVoteGrants: 0, appendAcksChecked: 0, heldOutputs: 0 };
+  /** A promise settled in the last step (durable disks): its callbacks run before the next step. */
+  let woken = false;
+  /**
+   * A durability violation seen at the wire. Sends happen inside the machine's emit handlers and
+   * promise callbacks, which do not pass exceptions on: it fails the run at the next check.
+   */
+  let durabilityViolation: string | null = null;
 
   const fail = (reason: string): never => {
     throw new Error(
@@ -127,6 +169,7 @@ export const createSimulation = (options: SimOptions) => {
         send(message) {
           if (endpoints.get(nodeId) !== deliver) return;
           const raft = message as unknown as RaftMessage;
+          if (durable) checkDurable(raft);
           sentByType[raft.type] = (sentByType[raft.type] ?? 0) + 1;
           for (const listener of messageListeners) listener(raft, nowMs);
           if (isRequest(raft)) requestsSent += 1;
@@ -161,8 +204,58 @@ export const createSimulation = (options: SimOptions) => {
     },
   });
 
+  /**
+   * Durable before acknowledged (ARCHITECTURE.md rule 4), checked at the wire: a granted vote
+   * needs its term and votedFor synced, a successful append answer its term and entries up to
+   * matchIndex. A later term already synced makes an old answer harmless (it is stale).
+   */
+  const checkDurable = (message: RaftMessage): void => {
+    const disk = servers.get(message.from)?.disk;
+    if (!disk) return;
+    const synced = disk.synced();
+    const { term, votedFor } = synced.hardState;
+    if (message.type === 'RequestVoteResponse' && message.voteGranted && !message.preVote) {
+      durability.voteGrantsChecked += 1;
+      if (disk.lastVoteRecorded() === `${message.term}/${message.to}`) durability.freshVoteGrants += 1;
+      if (
+        options.checkDurability !== false &&
+        !(term > message.term || (term === message.term && votedFor === message.to))
+      )
+        durabilityViolation ??= `durability: ${message.from} granted its vote in term ${message.term} to ${message.to} before it was synced (disk: term ${term}, votedFor ${votedFor})`;
+    } else if (message.type === 'AppendEntriesResponse' && message.success) {
+      durability.appendAcksChecked += 1;
+      const syncedLast = (synced.snapshot?.index ?? 0) + synced.entries.length;
+      if (
+        options.checkDurability !== false &&
+        term <= message.term &&
+        !(term === message.term && syncedLast >= message.matchIndex)
+      )
+        durabilityViolation ??= `durability: ${message.from} acknowledged entries up to ${message.matchIndex} in term ${message.term} before they were synced (disk: term ${term}, last index ${syncedLast})`;
+    }
+  };
+
+  /** The log a server's next incarnation runs on, watched for the checker's dirtyFrom. */
+  const logFor = (server: Server): LogActor => {
+    const log = server.disk ? server.disk.open() : server.log;
+    const persist = log.persist.bind(log);
+    const installSnapshot = log.installSnapshot.bind(log);
+    return {
+      ...log,
+      persist: (output) => {
+        if (output.fromIndex > 0) server.dirtyFrom = Math.min(server.dirtyFrom, output.fromIndex);
+        persist(output);
+      },
+      installSnapshot: (output) => {
+        // A log replaced by a snapshot: the checker takes the prefix again (see invariants.ts).
+        server.dirtyFrom = output.keptSuffix ? Math.min(server.dirtyFrom, output.index + 1) : 1;
+        installSnapshot(output);
+      },
+    };
+  };
+
   const boot = (server: Server): void => {
     server.incarnation += 1;
+    if (server.disk) server.log = logFor(server);
     const node = createRaftNode({
       id: server.id,
       voters: ids,
@@ -176,9 +269,18 @@ export const createSimulation = (options: SimOptions) => {
       log: server.log,
       clock: clockFor(server),
       nowMs: () => nowMs,
-      defer: (fn) => {
-        agenda.push(nowMs, fn);
-      },
+      defer: durable
+        ? (fn) => {
+            // The outbox's flushes wait on deferred promises: let their callbacks run at once.
+            agenda.push(nowMs, () => {
+              fn();
+              woken = true;
+            });
+          }
+        : (fn) => {
+            agenda.push(nowMs, fn);
+          },
+      ...(options.sendsBeforeFlush ? { sendsBeforeFlush: options.sendsBeforeFlush } : {}),
       ...(options.maxInflight ? { maxInflight: options.maxInflight } : {}),
       ...(options.maxEntriesPerAppend ? { maxEntriesPerAppend: options.maxEntriesPerAppend } : {}),
       compactEvery: options.compactEvery ?? 0,
@@ -189,29 +291,45 @@ export const createSimulation = (options: SimOptions) => {
     void node.start();
   };
 
-  /** The checker sees the log's changes from `dirtyFrom` on (invariants.ts). */
-  const watchLog = (server: Server, log: MemoryLog): void => {
+  /** A memory-log server takes `log` as its disk from now on (a restart that lost some or all of it). */
+  const replaceMemoryLog = (server: Server, log: MemoryLog): void => {
+    assert(server.disk === null, 'a durable-disk server loses only what was not synced');
     server.log = log;
-    const persist = log.persist;
-    log.persist = (output) => {
-      if (output.fromIndex > 0) server.dirtyFrom = Math.min(server.dirtyFrom, output.fromIndex);
-      persist(output);
-    };
-    const installSnapshot = log.installSnapshot;
-    log.installSnapshot = (output) => {
-      // A log replaced by a snapshot: the checker takes the prefix again (see invariants.ts).
-      server.dirtyFrom = output.keptSuffix ? Math.min(server.dirtyFrom, output.index + 1) : 1;
-      installSnapshot(output);
-    };
+    server.log = logFor(server);
   };
 
   for (const id of ids) {
-    // The "disk" of a server: it survives crashes, and keeps a snapshot at every compaction.
-    const log = createMemoryLog(undefined, { keepSnapshots: true });
-    const server: Server = { id, node: null, log, dirtyFrom: 1, timers: new Set(), incarnation: 0 };
-    watchLog(server, log);
+    // The "disk" of a server. Memory: it survives crashes whole, and keeps a snapshot at every
+    // compaction. Durable: a simulated disk that keeps only what was synced (sim-disk.ts).
+    const disk = durable
+      ? createSimDisk({
+          rng,
+          nowMs: () => nowMs,
+          schedule: (atMs, fn) => {
+            agenda.push(atMs, fn);
+          },
+          wake: () => {
+            woken = true;
+          },
+          fsyncMs: options.fsyncMs ?? { minMs: 1, maxMs: 8 },
+        })
+      : null;
+    const server: Server = {
+      id,
+      node: null,
+      log: createMemoryLog(undefined, { keepSnapshots: true }),
+      disk,
+      dirtyFrom: 1,
+      timers: new Set(),
+      incarnation: 0,
+    };
+    if (!disk) server.log = logFor(server);
     servers.set(id, server);
   }
+
+  /** What a server holds: its node's log while it runs; after a crash, what the disk kept. */
+  const persistedOf = (server: Server): PersistedState =>
+    server.disk ? server.disk.persisted() : server.log.persisted();
 
   const serverOf = (id: string): Server => {
     const server = servers.get(id);
@@ -223,7 +341,7 @@ export const createSimulation = (options: SimOptions) => {
     [...servers.values()].map((server) => {
       const alive = server.node !== null && !server.node.isStopped();
       const status = alive ? server.node!.status() : null;
-      const persisted = server.log.persisted();
+      const persisted = persistedOf(server);
       const entries = persisted.entries;
       const offset = persisted.snapshot?.index ?? 0;
       if (status && status.lastIndex !== offset + entries.length) {
@@ -235,7 +353,7 @@ export const createSimulation = (options: SimOptions) => {
         id: server.id,
         alive,
         role: status?.role ?? 'follower',
-        term: status?.term ?? server.log.persisted().hardState.term,
+        term: status?.term ?? persisted.hardState.term,
         commitIndex: status?.commitIndex ?? 0,
         appliedIndex: status?.appliedIndex ?? 0,
         offset,
@@ -247,6 +365,7 @@ export const createSimulation = (options: SimOptions) => {
     });
 
   const checkSafety = (): void => {
+    if (durabilityViolation !== null) fail(durabilityViolation);
     const violation = checker.check(views());
     if (violation) fail(`${violation.property}: ${violation.detail}`);
   };
@@ -279,9 +398,11 @@ export const createSimulation = (options: SimOptions) => {
       if (!next || next.atMs > untilMs) break;
       step();
       sinceYield += 1;
-      if (sinceYield >= (options.yieldEvery ?? 64)) {
+      if (woken || sinceYield >= (options.yieldEvery ?? 64)) {
+        woken = false;
         sinceYield = 0;
         await yieldToPromises();
+        if (durabilityViolation !== null) fail(durabilityViolation);
       }
     }
     nowMs = untilMs;
@@ -360,16 +481,14 @@ export const createSimulation = (options: SimOptions) => {
 
   /** committedOn and committedValues read whole logs: runs that compact check stores instead. */
   const assertUncompacted = (id: string): void => {
-    if (serverOf(id).log.persisted().snapshot !== null) fail(`${id} compacted its log: read its store`);
+    if (persistedOf(serverOf(id)).snapshot !== null) fail(`${id} compacted its log: read its store`);
   };
 
   /** The value of every committed command entry, in log order, as the checker saw them. */
   const committedValues = (id: string): unknown[] => {
     const status = statusOf(id);
     assertUncompacted(id);
-    const entries = serverOf(id)
-      .log.persisted()
-      .entries.slice(0, status?.commitIndex ?? 0);
+    const entries = persistedOf(serverOf(id)).entries.slice(0, status?.commitIndex ?? 0);
     return entries.filter((entry) => entry.kind === 'command').map((entry) => entry.data);
   };
 
@@ -379,7 +498,7 @@ export const createSimulation = (options: SimOptions) => {
       const status = statusOf(id);
       if (!status) return false;
       assertUncompacted(id);
-      const entries = serverOf(id).log.persisted().entries;
+      const entries = persistedOf(serverOf(id)).entries;
       for (let index = 0; index < status.commitIndex; index += 1) {
         const data = entries[index]!.data;
         if (!data) continue;
@@ -391,12 +510,19 @@ export const createSimulation = (options: SimOptions) => {
 
   const crash = (id: string): void => {
     const server = serverOf(id);
-    if (!server.node) return;
-    void server.node.stop();
+    const node = server.node;
+    if (!node) return;
+    void node.stop();
     for (const timer of server.timers) timer.cancelled = true;
     server.timers.clear();
     endpoints.delete(id);
     server.node = null;
+    if (server.disk) {
+      durability.heldOutputs += node.metrics().heldOutputs;
+      // What was not synced is gone: the checker reads this log again from the start.
+      server.disk.crash();
+      server.dirtyFrom = 1;
+    }
   };
 
   /**
@@ -408,12 +534,12 @@ export const createSimulation = (options: SimOptions) => {
     crash(id);
     const server = serverOf(id);
     if (loss === 'amnesia') {
-      watchLog(server, createMemoryLog(undefined, { keepSnapshots: true }));
+      replaceMemoryLog(server, createMemoryLog(undefined, { keepSnapshots: true }));
       server.dirtyFrom = 1;
     } else if (loss) {
       const persisted = server.log.persisted();
       const entries = persisted.entries.slice(0, loss.keptEntries);
-      watchLog(server, createMemoryLog({ ...persisted, entries }, { keepSnapshots: true }));
+      replaceMemoryLog(server, createMemoryLog({ ...persisted, entries }, { keepSnapshots: true }));
       server.dirtyFrom = Math.min(server.dirtyFrom, (persisted.snapshot?.index ?? 0) + entries.length + 1);
     }
     boot(server);
@@ -456,7 +582,25 @@ export const createSimulation = (options: SimOptions) => {
     sentByType: () => ({ ...sentByType }),
     checker,
     fail,
-    persisted: (id: string) => serverOf(id).log.persisted(),
+    persisted: (id: string) => persistedOf(serverOf(id)),
+    /** Durable-disk runs: what the disks and the wire checks counted (live nodes' held outputs included). */
+    durability: (): DurabilityCounters => {
+      const total: DurabilityCounters = {
+        flushes: 0,
+        crashesLosingPersists: 0,
+        persistsLost: 0,
+        crashesLosingVotes: 0,
+        inFlightSurvived: 0,
+        ...durability,
+      };
+      for (const server of servers.values()) {
+        const counters = server.disk?.counters();
+        if (!counters) continue;
+        for (const key of Object.keys(counters) as Array<keyof SimDiskCounters>) total[key] += counters[key];
+        total.heldOutputs += server.node?.metrics().heldOutputs ?? 0;
+      }
+      return total;
+    },
     /** Calls `listener` with every message a server sends (before loss); returns the unsubscribe. */
     observe: (listener: (message: RaftMessage, atMs: number) => void): (() => void) => {
       messageListeners.add(listener);
