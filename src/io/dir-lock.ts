@@ -109,7 +109,7 @@ const lockedError = (dir: string, holder: Holder) => {
   ].filter((part) => part !== null);
   return diskeyvalError(
     'DIR_LOCKED',
-    `persistence dir ${dir} is in use by another process${who.length > 0 ? ` (${who.join(', ')})` : ''}; a dir is one node's alone`,
+    `DIR_LOCKED: persistence dir ${dir} is in use by another process${who.length > 0 ? ` (${who.join(', ')})` : ''}; a dir is one node's alone`,
   );
 };
 
