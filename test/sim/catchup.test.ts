@@ -86,6 +86,21 @@ describe('a follower far behind', () => {
       expect(result.snapshotChunksSent).toBeGreaterThanOrEqual(8);
       expect(result.snapshotLeadBytes).toBeGreaterThan(256 * 1024);
       expect(result.snapshotLeadBytes).toBeLessThanOrEqual(4 * 256 * 1024);
+      expect(result.snapshotMessagesAfterCatchUp).toBe(0);
+    }
+  }, 120_000);
+
+  it('ends a snapshot transfer sent in one chunk once the follower has it (no resend loop)', async () => {
+    for (const seed of seedsFor(4, 96)) {
+      const result = await farBehindRun({
+        seed,
+        valueBytes: 16 * 1024,
+        totalBytes: 320 * 1024,
+        mode: 'partition',
+        compaction: { compactEvery: 4, keepEntries: 1, snapshotChunkBytes: 1024 * 1024 },
+      });
+      expect(result.snapshotsSent).toBeGreaterThan(0);
+      expect(result.snapshotMessagesAfterCatchUp).toBe(0);
     }
   }, 120_000);
 });
