@@ -80,6 +80,13 @@ export type SimOptions = {
   checkDurability?: boolean;
   /** Passed to every raft node (test hook for broken variants, see raft-node.ts). */
   sendsBeforeFlush?: RaftNodeOptions['sendsBeforeFlush'];
+  /**
+   * The first start of every server: 'bootstrapped' (default) starts them as members of a cluster
+   * already formed, so scenarios time their first election from 0; 'blank' starts them as a new
+   * cluster really starts (recovering, then bootstrap; docs/design/recovery.md). An amnesiac restart
+   * always recovers.
+   */
+  firstStart?: 'bootstrapped' | 'blank';
 };
 
 /** Durable-disk runs: the proof that the hard cases happened, summed over the servers. */
@@ -266,6 +273,7 @@ export const createSimulation = (options: SimOptions) => {
       seed: rng.int(1, 2 ** 31),
       session: rng.int(1, 2 ** 31),
       incarnation: server.incarnation,
+      ...(server.incarnation === 1 && options.firstStart !== 'blank' ? { recovering: false } : {}),
       log: server.log,
       clock: clockFor(server),
       nowMs: () => nowMs,
