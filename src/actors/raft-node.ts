@@ -129,6 +129,7 @@ const EMPTY_RECOVERY_COUNTERS: RecoveryCounters = {
   staleVotesDropped: 0,
   recoveringAnswers: 0,
   restartedByTerm: 0,
+  termChanges: 0,
 };
 
 const realClock: Clock = {

@@ -112,6 +112,7 @@ export const initialContext = (input: RaftInput): RaftContext => {
       staleVotesDropped: 0,
       recoveringAnswers: 0,
       restartedByTerm: 0,
+      termChanges: 0,
     },
     crashVector: { [input.id]: input.incarnation ?? 0 },
     voteIncarnations: {},
@@ -904,11 +905,13 @@ export const startRecoveryRound = (context: RaftContext): Outcome => {
     round,
   }));
   const timing = drawElectionTimeout(context);
-  return {
+  const started: Outcome = {
     patch: { recovery: { round, answers: {}, target: null, heardTarget: false }, ...timing },
     send: requests,
     emitted: [{ type: 'electionTimerReset', timeoutMs: timing.randomizedElectionTimeoutMs }],
   };
+  // A single-server cluster has no one to ask: it decides at once.
+  return context.voters.length === 1 ? merge(started, decideRecovery(after(context, started))) : started;
 };
 
 /**
@@ -916,10 +919,12 @@ export const startRecoveryRound = (context: RaftContext): Outcome => {
  * follows a leader starts over (that leader may be gone, and its term is over); a round still
  * collecting answers keeps them (the highest term and its leader are judged against the new term).
  */
-export const enterRecovering = (context: RaftContext): Outcome =>
-  context.recovery.round === 0 || context.recovery.target !== null
+export const enterRecovering = (context: RaftContext): Outcome => {
+  if (context.recovery.round > 0) context.recoveryCounters.termChanges += 1;
+  return context.recovery.round === 0 || context.recovery.target !== null
     ? startRecoveryRound(context)
     : { emitted: [{ type: 'electionTimerReset', timeoutMs: context.randomizedElectionTimeoutMs }] };
+};
 
 /**
  * The retry timer of a recovering server fired: a round that is copying from a leader that still

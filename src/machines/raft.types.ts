@@ -85,6 +85,8 @@ export type RecoveryCounters = {
   recoveringAnswers: number;
   /** Rounds restarted because the term moved on (a leader died or was replaced mid-recovery). */
   restartedByTerm: number;
+  /** Recovery rounds that met a new term (a recovery racing an election). */
+  termChanges: number;
 };
 
 export type RaftContext = {

@@ -87,6 +87,11 @@ export type SimOptions = {
    * always recovers.
    */
   firstStart?: 'bootstrapped' | 'blank';
+  /**
+   * Broken variant only (test/sim/amnesia.test.ts): false starts an amnesiac server as an ordinary
+   * member that votes at once, as diskeyval did before recovery existed.
+   */
+  amnesiacRecovers?: boolean;
 };
 
 /** Durable-disk runs: the proof that the hard cases happened, summed over the servers. */
@@ -273,7 +278,9 @@ export const createSimulation = (options: SimOptions) => {
       seed: rng.int(1, 2 ** 31),
       session: rng.int(1, 2 ** 31),
       incarnation: server.incarnation,
-      ...(server.incarnation === 1 && options.firstStart !== 'blank' ? { recovering: false } : {}),
+      ...((server.incarnation === 1 && options.firstStart !== 'blank') || options.amnesiacRecovers === false
+        ? { recovering: false }
+        : {}),
       log: server.log,
       clock: clockFor(server),
       nowMs: () => nowMs,
@@ -535,8 +542,8 @@ export const createSimulation = (options: SimOptions) => {
 
   /**
    * Restarts a server. `loss` is what its disk lost in the crash: 'amnesia' (a memory-only node:
-   * term, vote and log all gone; safe only while no election can happen) or the number of log
-   * entries kept after the snapshot point (a tail cut).
+   * term, vote and log all gone; it recovers before it takes part, docs/design/recovery.md) or the
+   * number of log entries kept after the snapshot point (a tail cut).
    */
   const restart = (id: string, loss?: 'amnesia' | { keptEntries: number }): void => {
     crash(id);
