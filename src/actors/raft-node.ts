@@ -67,8 +67,9 @@ export type RaftNodeOptions = {
    */
   incarnation?: number;
   /**
-   * Whether the node starts `recovering` (docs/design/recovery.md): by default exactly when its log
-   * holds no state at all (no term, no entry, no snapshot: a memory log, an empty dir).
+   * Whether the node starts `recovering` (docs/design/recovery.md): by default when its log holds no
+   * state at all (no term, no entry, no snapshot) and could have forgotten some: a memory log, or a
+   * durable log whose storage this start created (a new or emptied dir).
    */
   recovering?: boolean;
   /** Never bootstrap a new cluster (the `join` option). */
@@ -967,7 +968,8 @@ export const createRaftNode = (options: RaftNodeOptions) => {
         entries: persisted.entries,
         durable: log.durable === true,
         incarnation,
-        recovering: options.recovering ?? isBlankStart(persisted),
+        recovering:
+          options.recovering ?? (isBlankStart(persisted) && (log.durable !== true || log.fresh === true)),
         join: options.join === true,
         forceRecovery: options.forceRecovery === true,
         ...(options.maxAppendBytes ? { maxAppendBytes: options.maxAppendBytes } : {}),
