@@ -1013,6 +1013,21 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     }
   };
 
+  /**
+   * While recovering: the members whose answer (from a member that is not recovering itself) the
+   * current round still lacks, and whether it lacks a leader's; empty once recovered.
+   */
+  const recoveryWaitingFor = (): NodeId[] => {
+    const context = actor?.getSnapshot().context;
+    if (!context?.recovering) return [];
+    const ready = new Set(
+      Object.values(context.recovery.answers)
+        .filter((answer) => !answer.recovering)
+        .map((answer) => answer.from),
+    );
+    return options.voters.filter((voter) => voter !== options.id && !ready.has(voter));
+  };
+
   /** Recovery (docs/design/recovery.md): whether this node still recovers, and its counters. */
   const recoveryMetrics = () => {
     const context = actor?.getSnapshot().context;
@@ -1049,6 +1064,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       assert(actor !== null, 'snapshot before start');
       return actor.getSnapshot();
     },
+    recoveryWaitingFor,
     /** Sends a timer event by hand (tests and tools: `electionTimeout`, `checkQuorum`, ...). */
     fire: (event: { type: 'electionTimeout' | 'heartbeatTimeout' | 'checkQuorum' }) => actor?.send(event),
     isStopped: () => stopped,
