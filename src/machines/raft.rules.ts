@@ -1016,7 +1016,7 @@ const decideRecovery = (context: RaftContext): Outcome => {
     return followTarget(context, { leaderId: leader.from, term, lastIndex: leader.leaderLastIndex });
   }
   if (context.forceRecovery && ready.some((answer) => !answer.blank)) {
-    const adopted = adoptRecoveredTerm(context, term);
+    const adopted = adoptRecoveredTerm(term);
     return merge(adopted, recovered(after(context, adopted), 'forced'));
   }
   return {};
@@ -1027,13 +1027,13 @@ const decideRecovery = (context: RaftContext): Outcome => {
  * once recovered the server counts as having voted in it (votedFor = self), so no vote of a
  * forgotten term repeats.
  */
-const adoptRecoveredTerm = (context: RaftContext, term: number): Outcome => ({
+const adoptRecoveredTerm = (term: number): Outcome => ({
   patch: { currentTerm: term, votedFor: RECOVERING_VOTE },
   emitted: [persistHardState(term, RECOVERING_VOTE)],
 });
 
 const followTarget = (context: RaftContext, target: RecoveryTarget): Outcome =>
-  merge(adoptRecoveredTerm(context, target.term), {
+  merge(adoptRecoveredTerm(target.term), {
     patch: { leaderId: target.leaderId, recovery: { ...context.recovery, target, heardTarget: false } },
   });
 
