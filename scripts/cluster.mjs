@@ -241,6 +241,7 @@ export const startCluster = async (options = {}) => {
         n.role = message.role;
         n.term = message.term;
         n.leaderId = message.leaderId;
+        n.recovering = message.recovering === true;
         if (message.role === 'leader') n.leaderSinceMs = message.atMs;
         break;
       case 'leader':
@@ -267,8 +268,8 @@ export const startCluster = async (options = {}) => {
   };
 
   /** Forks the process of `id`; resolves when it reports ready. */
-  const spawnNode = (id) => {
-    const child = fork(NODE_SCRIPT, [JSON.stringify(configOf(id))], {
+  const spawnNode = (id, extra = {}) => {
+    const child = fork(NODE_SCRIPT, [JSON.stringify({ ...configOf(id), ...extra })], {
       execArgv: [],
       serialization: 'advanced',
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
@@ -361,6 +362,8 @@ export const startCluster = async (options = {}) => {
   };
 
   const isLive = (id) => nodes.get(id)?.alive === true;
+  /** A live node that started without its state and has not recovered yet (reported with its role). */
+  const isRecovering = (id) => nodes.get(id)?.alive === true && nodes.get(id)?.recovering === true;
 
   /** The leader as the live nodes report it now, or null: a live node in role leader whose term no live node exceeds. */
   const currentLeader = ({ exclude = [], minTerm = 0, agreed = false } = {}) => {
@@ -413,11 +416,12 @@ export const startCluster = async (options = {}) => {
    * Starts a stopped or killed node again: with `persistence` it replays its WAL (term, vote, log)
    * and catches up from there; without, it starts with empty memory and catches up from the leader.
    */
-  const restart = async (id) => {
+  /** Starts a killed node again; `extra` adds node options for this start only (e.g. { forceRecovery: true }). */
+  const restart = async (id, extra = {}) => {
     const n = nodeOf(id);
     if (n.alive) throw codedError('INVALID_ARGUMENT', `${id} is still running; kill it first`);
     record({ event: 'restart', node: id });
-    await spawnNode(id);
+    await spawnNode(id, extra);
   };
 
   /** Ends every node (politely, then SIGKILL after the bound) and removes the temp dir. Idempotent. */
@@ -492,6 +496,7 @@ export const startCluster = async (options = {}) => {
     restart,
     stop,
     isLive,
+    isRecovering,
     liveIds: () => ids.filter(isLive),
     /** What the parent last heard from a node: { alive, ready, pid, role, term, leaderId }. */
     state: (id) => {
