@@ -112,8 +112,7 @@ export type WarningCode =
   | 'WAL_TAIL_CUT'
   | 'ENTRY_UNDECODABLE'
   | 'PEERS_UNREACHABLE'
-  | 'RECOVERY_BLOCKED'
-  | 'CLUSTER_MISMATCH';
+  | 'RECOVERY_BLOCKED';
 
 /** The node stopped itself (fail-stop); fired once. Every call rejects with `code` from then on. */
 export type FailedEvent = { code: 'DISK_FAILED'; message: string; error: Error };
@@ -175,10 +174,6 @@ export type RaftMetrics = {
    * recovery and bootstrap").
    */
   recovering: boolean;
-  /** The cluster id once known; null until then. */
-  clusterId: string | null;
-  /** Messages dropped because they came from a node of another cluster. */
-  clusterMismatches: number;
 };
 
 /** Per-call options. `forward: false` refuses with NOT_LEADER instead of forwarding to the leader. */
@@ -601,8 +596,6 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
         listenerErrors: counters.listenerErrors,
         undecodableEntries: metrics.undecodableEntries,
         recovering: started && !ended ? metrics.recovering : false,
-        clusterId: null,
-        clusterMismatches: 0,
       };
     },
     on(event: NodeEventName, listener: (arg: never) => void) {
