@@ -14,6 +14,7 @@ import { performance } from 'node:perf_hooks';
  *     certDir: '/tmp/x',            // holds ca.pem, <nodeId>.pem, <nodeId>.key (`diskeyval certs`)
  *     electionTimeoutMs?, heartbeatMs?, proposalTimeoutMs?, rpcTimeoutMs?, maxValueBytes?, seed?,
  *     persistence?: { dir, compactEvery? },  // the library option: a WAL in dir, replayed on start
+ *     join?, forceRecovery?,        // the library options: never bootstrap / force recovery
  *     traceRoles?: true,            // report every role/term change via XState inspection (default
  *                                   //   true; the benchmark may turn it off: inspection costs CPU)
  *     changeEvents?: false,         // forward every applied change to the parent
@@ -82,6 +83,8 @@ const send = (message) =>
 const errorOf = (error) => ({
   code: typeof error?.code === 'string' ? error.code : 'ERROR',
   message: error instanceof Error ? error.message : String(error),
+  // QUORUM_UNAVAILABLE from a node that is itself recovering says so (amnesia contract).
+  ...(typeof error?.recovering === 'boolean' ? { recovering: error.recovering } : {}),
 });
 
 const readConfig = () => {
@@ -364,6 +367,8 @@ const main = async () => {
     'maxValueBytes',
     'seed',
     'persistence',
+    'join',
+    'forceRecovery',
   ]) {
     if (config[key] !== undefined) options[key] = config[key];
   }

@@ -76,6 +76,9 @@ export const nodeIds = (n) => Array.from({ length: n }, (_, i) => `node-${i + 1}
  * @param {string[]} [options.ids]              node ids (default node-1 ... node-n)
  * @param {string} [options.host='127.0.0.1']
  * @param {number} [options.basePort]           ports basePort, basePort+1, ... (default: free ports)
+ * @param {number[]} [options.ports]            the port of each node, in the order of `ids` (wins
+ *                                              over basePort; e.g. picked with freePorts() first so
+ *                                              proxies can stand in front of the nodes)
  * @param {string} [options.dir]                where to write certificates (default: a fresh temp
  *                                              dir, removed by stop())
  * @param {boolean} [options.existingCerts=false] use the ca.pem, <id>.pem and <id>.key already in
@@ -85,6 +88,9 @@ export const nodeIds = (n) => Array.from({ length: n }, (_, i) => `node-${i + 1}
  * @param {number} [options.proposalTimeoutMs]
  * @param {number} [options.rpcTimeoutMs]
  * @param {number} [options.maxValueBytes]
+ * @param {boolean} [options.join]              node options (the amnesia/bootstrap contract):
+ * @param {boolean} [options.forceRecovery]     never bootstrap / force recovery (per node: perNode)
+ * @param {boolean} [options.warningEvents=false] forward every node's `warning` events to the timeline
  * @param {boolean | { compactEvery?: number }} [options.persistence=false] a WAL per node in
  *                                              `<dir>/data/<nodeId>`, kept across restarts
  * @param {boolean} [options.traceRoles=true]   exact role/term transitions (XState inspection)
@@ -125,10 +131,16 @@ export const startCluster = async (options = {}) => {
   let ports;
   try {
     if (!(options.existingCerts && options.dir !== undefined)) await writeClusterCertificates(dir, ids);
+    if (options.ports !== undefined && options.ports.length !== ids.length)
+      throw codedError(
+        'INVALID_ARGUMENT',
+        `options.ports needs ${ids.length} ports, got ${options.ports.length}`,
+      );
     ports =
-      options.basePort === undefined
+      options.ports ??
+      (options.basePort === undefined
         ? await freePorts(ids.length, host)
-        : ids.map((_, i) => options.basePort + i);
+        : ids.map((_, i) => options.basePort + i));
   } catch (error) {
     await cleanup();
     throw error;
@@ -137,7 +149,7 @@ export const startCluster = async (options = {}) => {
   /** Where node `id` keeps its WAL when `persistence` is on (kept across restarts). */
   const dataDirOf = (id) => join(dir, 'data', id);
 
-  const configOf = (id) => {
+  const configOf = (id, overrides = {}) => {
     const index = ids.indexOf(id);
     const config = {
       nodeId: id,
@@ -157,6 +169,9 @@ export const startCluster = async (options = {}) => {
       'proposalTimeoutMs',
       'rpcTimeoutMs',
       'maxValueBytes',
+      'join',
+      'forceRecovery',
+      'warningEvents',
     ]) {
       if (options[key] !== undefined) config[key] = options[key];
     }
@@ -166,7 +181,7 @@ export const startCluster = async (options = {}) => {
         ...(typeof options.persistence === 'object' ? options.persistence : {}),
       };
     }
-    return { ...config, ...(options.perNode?.[id] ?? {}) };
+    return { ...config, ...(options.perNode?.[id] ?? {}), ...overrides };
   };
 
   const describeNodes = () =>
@@ -229,6 +244,9 @@ export const startCluster = async (options = {}) => {
           codedError(message.error?.code ?? 'ERROR', `${n.id} ${pending.cmd}: ${message.error?.message}`, {
             nodeId: n.id,
             cmd: pending.cmd,
+            ...(typeof message.error?.recovering === 'boolean'
+              ? { recovering: message.error.recovering }
+              : {}),
           }),
         );
       return;
@@ -267,8 +285,8 @@ export const startCluster = async (options = {}) => {
   };
 
   /** Forks the process of `id`; resolves when it reports ready. */
-  const spawnNode = (id) => {
-    const child = fork(NODE_SCRIPT, [JSON.stringify(configOf(id))], {
+  const spawnNode = (id, overrides) => {
+    const child = fork(NODE_SCRIPT, [JSON.stringify(configOf(id, overrides))], {
       execArgv: [],
       serialization: 'advanced',
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
@@ -412,12 +430,14 @@ export const startCluster = async (options = {}) => {
   /**
    * Starts a stopped or killed node again: with `persistence` it replays its WAL (term, vote, log)
    * and catches up from there; without, it starts with empty memory and catches up from the leader.
+   * `overrides` replace parts of the node's config for this start only (e.g. `{ forceRecovery: true }`
+   * or other `peers`); a later restart without them goes back to the node's usual config.
    */
-  const restart = async (id) => {
+  const restart = async (id, overrides) => {
     const n = nodeOf(id);
     if (n.alive) throw codedError('INVALID_ARGUMENT', `${id} is still running; kill it first`);
-    record({ event: 'restart', node: id });
-    await spawnNode(id);
+    record({ event: 'restart', node: id, ...(overrides ? { overrides: Object.keys(overrides) } : {}) });
+    await spawnNode(id, overrides);
   };
 
   /** Ends every node (politely, then SIGKILL after the bound) and removes the temp dir. Idempotent. */
