@@ -91,6 +91,9 @@ export const nodeIds = (n) => Array.from({ length: n }, (_, i) => `node-${i + 1}
  * @param {boolean} [options.join]              node options (the amnesia/bootstrap contract):
  * @param {boolean} [options.forceRecovery]     never bootstrap / force recovery (per node: perNode)
  * @param {boolean} [options.warningEvents=false] forward every node's `warning` events to the timeline
+ * @param {number} [options.watchMetrics=0]    report recovering / clusterId / clusterMismatches as
+ *                                              `metrics` timeline events when they change (checked
+ *                                              in the node every that many ms)
  * @param {boolean | { compactEvery?: number }} [options.persistence=false] a WAL per node in
  *                                              `<dir>/data/<nodeId>`, kept across restarts
  * @param {boolean} [options.traceRoles=true]   exact role/term transitions (XState inspection)
@@ -172,6 +175,7 @@ export const startCluster = async (options = {}) => {
       'join',
       'forceRecovery',
       'warningEvents',
+      'watchMetrics',
     ]) {
       if (options[key] !== undefined) config[key] = options[key];
     }
@@ -273,7 +277,8 @@ export const startCluster = async (options = {}) => {
         break;
     }
     const { from, ...rest } = message;
-    record({ ...rest, node: from ?? n.id });
+    // pid tells one incarnation of a node from the next (a restarted memory node forgot everything).
+    record({ pid: n.pid, ...rest, node: from ?? n.id });
   };
 
   const keepTail = (n, chunk) => {
