@@ -100,6 +100,8 @@ export const nodeIds = (n) => Array.from({ length: n }, (_, i) => `node-${i + 1}
  * @param {boolean} [options.changeEvents=false] forward every applied change to the parent
  * @param {'none'|'rejected'|'all'} [options.transportEvents='rejected']
  * @param {Record<string, object>} [options.perNode] extra config for one node id
+ * @param {string[]} [options.deferred]        ids not started now (listed members that are down
+ *                                              from the beginning); start one later with restart(id)
  * @param {number} [options.startTimeoutMs=15000] bound for all nodes to start
  * @param {number} [options.callTimeoutMs=15000] default bound of call()
  * @param {(line: string) => void} [options.onOutput] each line a node prints (stdout/stderr)
@@ -439,7 +441,7 @@ export const startCluster = async (options = {}) => {
    * or other `peers`); a later restart without them goes back to the node's usual config.
    */
   const restart = async (id, overrides) => {
-    const n = nodeOf(id);
+    const n = nodes.get(id) ?? (options.deferred?.includes(id) ? { alive: false } : nodeOf(id));
     if (n.alive) throw codedError('INVALID_ARGUMENT', `${id} is still running; kill it first`);
     record({ event: 'restart', node: id, ...(overrides ? { overrides: Object.keys(overrides) } : {}) });
     await spawnNode(id, overrides);
@@ -485,7 +487,7 @@ export const startCluster = async (options = {}) => {
   process.on('exit', killAllNow);
 
   try {
-    await Promise.all(ids.map((id) => spawnNode(id)));
+    await Promise.all(ids.filter((id) => !options.deferred?.includes(id)).map((id) => spawnNode(id)));
   } catch (error) {
     await stop();
     throw error;
