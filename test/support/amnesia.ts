@@ -52,6 +52,7 @@ export type Cluster = {
   stop(): Promise<void>;
   isLive(id: string): boolean;
   liveIds(): string[];
+  state(id: string): { alive: boolean; ready: boolean; role?: string; term?: number; leaderId: string | null };
   output(id: string): string;
 };
 type ClusterModule = {
@@ -155,7 +156,8 @@ export const startProbe = (cluster: Cluster, key: string, { maxRounds = 500 } = 
   const waiters = new Set<() => void>();
   const loop = async (): Promise<void> => {
     while (rounds < maxRounds && !stopping) {
-      const live = cluster.liveIds();
+      // Only started nodes: a process still starting its node is not asked.
+      const live = cluster.liveIds().filter((id) => cluster.state(id).ready);
       if (live.length === 0) return;
       await Promise.all(
         live.map(async (id) => {
