@@ -25,7 +25,7 @@ import { assert, isCount } from '../machines/assert.js';
 import type { InstallSnapshot, NodeId, RaftMessage, SnapshotChunkAck } from '../machines/messages.js';
 import { isChunkAck, RAFT_MESSAGE_TYPES } from '../machines/messages.js';
 import { type RaftMachine, raftMachine, roleOf } from '../machines/raft.machine.js';
-import type { RaftEmitted, Role } from '../machines/raft.types.js';
+import type { RaftEmitted, RecoveryCounters, Role } from '../machines/raft.types.js';
 import type { ClientMessage, ClientPropose, ClientRead } from './client-messages.js';
 import { isWellFormedClientMessage } from './client-messages.js';
 import { type Clock, createDeadlines } from './deadlines.js';
@@ -67,6 +67,15 @@ export type RaftNodeOptions = {
    */
   incarnation?: number;
   /**
+   * Whether the node starts `recovering` (docs/design/recovery.md): by default exactly when its log
+   * holds no state at all (no term, no entry, no snapshot: a memory log, an empty dir).
+   */
+  recovering?: boolean;
+  /** Never bootstrap a new cluster (the `join` option). */
+  join?: boolean;
+  /** Complete recovery from the members that still hold state (the `forceRecovery` option). */
+  forceRecovery?: boolean;
+  /**
    * Log compaction (§7): once this many entries were applied since the last compaction, the log
    * forgets all but the last `keepEntries` applied ones (a snapshot of the store replaces them).
    * Default 10,000; 0 or Infinity never compacts.
@@ -107,6 +116,21 @@ export type RaftStatus = {
 
 /** Where the commands of one proposal batch came from, in batch order. */
 type BatchPart = { from: NodeId | null; seqs: number[] };
+
+/** A start with no state at all: no term, no entry, no snapshot (a memory log, an empty dir). */
+const isBlankStart = (persisted: ReturnType<LogActor['persisted']>): boolean =>
+  (persisted.hardState?.term ?? 0) === 0 && persisted.entries.length === 0 && !persisted.snapshot;
+
+const EMPTY_RECOVERY_COUNTERS: RecoveryCounters = {
+  rounds: 0,
+  recovered: 0,
+  bootstrapped: 0,
+  forced: 0,
+  staleVotesDropped: 0,
+  recoveringAnswers: 0,
+  restartedByTerm: 0,
+  termChanges: 0,
+};
 
 const realClock: Clock = {
   setTimeout: (fn, ms) => setTimeout(fn, ms),
@@ -943,6 +967,9 @@ export const createRaftNode = (options: RaftNodeOptions) => {
         entries: persisted.entries,
         durable: log.durable === true,
         incarnation,
+        recovering: options.recovering ?? isBlankStart(persisted),
+        join: options.join === true,
+        forceRecovery: options.forceRecovery === true,
         ...(options.maxAppendBytes ? { maxAppendBytes: options.maxAppendBytes } : {}),
         ...(options.maxInflight ? { maxInflight: options.maxInflight } : {}),
         ...(options.maxEntriesPerAppend ? { maxEntriesPerAppend: options.maxEntriesPerAppend } : {}),
@@ -984,6 +1011,15 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     }
   };
 
+  /** Recovery (docs/design/recovery.md): whether this node still recovers, and its counters. */
+  const recoveryMetrics = () => {
+    const context = actor?.getSnapshot().context;
+    return {
+      recovering: context?.recovering ?? false,
+      recovery: { ...(context?.recoveryCounters ?? EMPTY_RECOVERY_COUNTERS) },
+    };
+  };
+
   /** Leader side: progress resets by a new incarnation, answers of an old one ignored. */
   const incarnationCounters = () => {
     const counters = actor?.getSnapshot().context.incarnationCounters;
@@ -1018,6 +1054,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       ...metrics,
       incarnation,
       ...incarnationCounters(),
+      ...recoveryMetrics(),
       ...requests.counters(),
       pendingWrites: requests.pending().writes,
       pendingReads: requests.pending().reads,

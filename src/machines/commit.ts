@@ -16,9 +16,12 @@ export const commitIndexByQuorum = (context: RaftContext): number => {
   const selfMatch = context.durable
     ? Math.min(context.persistedIndex, lastIndex(context.log))
     : lastIndex(context.log);
-  const matchIndexes = context.voters.map((voter) =>
-    voter === context.id ? selfMatch : (context.progress[voter]?.matchIndex ?? 0),
-  );
+  // A recovering follower counts toward no commit (docs/design/recovery.md rule 3).
+  const matchIndexes = context.voters.map((voter) => {
+    if (voter === context.id) return selfMatch;
+    const progress = context.progress[voter];
+    return progress === undefined || progress.recovering ? 0 : progress.matchIndex;
+  });
   const candidate = quorumMatchIndex(matchIndexes);
   return candidate > context.commitIndex && termAt(context.log, candidate) === context.currentTerm
     ? candidate

@@ -42,6 +42,18 @@ export type RequestVote = {
   preVote: boolean;
 };
 
+/**
+ * The largest incarnation of each member a server has heard of (Michael, Ports et al., DISC 2017):
+ * it rides only on the messages that grant something a restart could make untrue (vote answers,
+ * recovery answers), never on the replication hot path. See docs/design/recovery.md.
+ */
+export type CrashVector = Record<NodeId, number>;
+
+/**
+ * `incarnation` is the voter's, `crashVector` its crash vector: a candidate drops a vote whose
+ * voter it knows to have restarted since (docs/design/recovery.md, rule 1). Both are absent only in
+ * hand-made test messages.
+ */
 export type RequestVoteResponse = {
   type: 'RequestVoteResponse';
   from: NodeId;
@@ -49,6 +61,40 @@ export type RequestVoteResponse = {
   term: number;
   voteGranted: boolean;
   preVote: boolean;
+  incarnation?: number;
+  crashVector?: CrashVector;
+};
+
+/**
+ * Recovery (docs/design/recovery.md; Viewstamped Replication Revisited §4.3): a server that started
+ * without its earlier state asks every member, with a nonce (`round` within its `incarnation`).
+ * Outside the term rules: its `term` is the sender's current term and is never adopted from it.
+ */
+export type RecoveryRequest = {
+  type: 'RecoveryRequest';
+  from: NodeId;
+  to: NodeId;
+  term: number;
+  incarnation: number;
+  round: number;
+};
+
+/**
+ * The answer to a RecoveryRequest, echoing its nonce (`incarnation` of the asker, `round`).
+ * `leaderLastIndex` is the answering leader's last log index (-1 when it does not lead); `blank`
+ * says the answering server holds no state at all (term 0, empty log), which only bootstrap uses.
+ */
+export type RecoveryResponse = {
+  type: 'RecoveryResponse';
+  from: NodeId;
+  to: NodeId;
+  term: number;
+  incarnation: number;
+  round: number;
+  recovering: boolean;
+  blank: boolean;
+  leaderLastIndex: number;
+  crashVector: CrashVector;
 };
 
 /** AppendEntries RPC (Figure 2). `entries[i]` goes to index `prevLogIndex + 1 + i`. */
@@ -83,6 +129,8 @@ export type AppendEntriesResponse = {
   conflictTerm: number;
   /** The sender's incarnation (see {@link Incarnation}). */
   incarnation: number;
+  /** Set while the sender is recovering: the leader replicates to it but does not count it. */
+  recovering?: true;
 };
 
 /**
@@ -105,6 +153,7 @@ export type HeartbeatResponse = {
   term: number;
   seq: number;
   incarnation: number;
+  recovering?: true;
 };
 
 /**
@@ -135,6 +184,7 @@ export type InstallSnapshotResponse = {
   term: number;
   matchIndex: number;
   incarnation: number;
+  recovering?: true;
 };
 
 /**
@@ -173,7 +223,9 @@ export type RaftMessage =
   | Heartbeat
   | HeartbeatResponse
   | InstallSnapshot
-  | InstallSnapshotResponse;
+  | InstallSnapshotResponse
+  | RecoveryRequest
+  | RecoveryResponse;
 
 export type RaftMessageType = RaftMessage['type'];
 
@@ -186,6 +238,8 @@ export const RAFT_MESSAGE_TYPES: readonly RaftMessageType[] = [
   'HeartbeatResponse',
   'InstallSnapshot',
   'InstallSnapshotResponse',
+  'RecoveryRequest',
+  'RecoveryResponse',
 ];
 
 /** Messages that ask for a reply (the lab suites count these as RPCs). */

@@ -52,6 +52,12 @@ export type Progress = {
    * answers every heartbeat it missed at once) release one more AppendEntries, not one each.
    */
   heartbeatSinceRelease: boolean;
+  /**
+   * The follower's answers in its current incarnation are marked `recovering`: replication goes on,
+   * but it counts toward no commit, read-index round or CheckQuorum (docs/design/recovery.md rule 3).
+   * Within one incarnation it only goes from true to false; it starts true (nothing heard yet).
+   */
+  recovering: boolean;
 };
 
 export const createProgress = (leaderLastIndex: number, incarnation = 0): Progress => ({
@@ -65,6 +71,7 @@ export const createProgress = (leaderLastIndex: number, incarnation = 0): Progre
   snapshotTries: 0,
   incarnation,
   heartbeatSinceRelease: false,
+  recovering: true,
 });
 
 /** What an answer's incarnation means for the progress: see the module comment. */
@@ -79,15 +86,22 @@ export const admitIncarnation = (
   progress: Progress,
   incarnation: number,
   leaderLastIndex: number,
+  recovering = false,
 ): IncarnationVerdict => {
-  if (incarnation === progress.incarnation) return 'current';
+  if (incarnation === progress.incarnation) {
+    // Within an incarnation recovery only completes: a delayed recovering answer changes nothing.
+    if (!recovering) progress.recovering = false;
+    return 'current';
+  }
   if (incarnation < progress.incarnation) return 'stale';
   const first = progress.incarnation === 0;
   if (first) {
     progress.incarnation = incarnation;
+    progress.recovering = recovering;
     return 'current';
   }
   Object.assign(progress, createProgress(leaderLastIndex, incarnation));
+  progress.recovering = recovering;
   return 'restarted';
 };
 
@@ -188,7 +202,7 @@ export const onHeartbeatSent = (progress: Progress): void => {
  * at most once per heartbeat sent (see `heartbeatSinceRelease`).
  */
 export const onHeartbeatAnswered = (progress: Progress, maxInflight: number): void => {
-  progress.recentActive = true;
+  if (!progress.recovering) progress.recentActive = true;
   if (!progress.heartbeatSinceRelease) return;
   progress.heartbeatSinceRelease = false;
   progress.probeSent = false;

@@ -62,6 +62,10 @@ export const raftMachine = setup({
     quorumCheckInterval: ({ context }) => context.electionTimeoutMs,
   },
   guards: {
+    isRecoveryRequest: ({ event }) => event.type === 'message' && event.message.type === 'RecoveryRequest',
+    isRecoveryResponse: ({ event }) => event.type === 'message' && event.message.type === 'RecoveryResponse',
+    isRecovering: ({ context }) => context.recovering,
+    hasRecovered: ({ context }) => !context.recovering,
     isFromOlderTerm: ({ context, event }) => incoming(event).term < context.currentTerm,
     isPreVoteRequest: ({ event }) => {
       const message = incoming(event);
@@ -90,6 +94,20 @@ export const raftMachine = setup({
     adoptHigherTerm: rule((context, event) => rules.adoptHigherTerm(context, incoming(event))),
     answerStaleMessage: rule((context, event) => rules.answerStaleMessage(context, incoming(event))),
     answerPreVote: rule((context, event) => rules.answerPreVote(context, messageOf(event, 'RequestVote'))),
+    answerRecovery: rule((context, event) =>
+      rules.answerRecovery(context, messageOf(event, 'RecoveryRequest')),
+    ),
+    recordRecoveryAnswer: rule((context, event) =>
+      rules.recordRecoveryAnswer(context, messageOf(event, 'RecoveryResponse')),
+    ),
+    enterRecovering: rule((context) => rules.enterRecovering(context)),
+    retryRecovery: rule((context) => rules.retryRecovery(context)),
+    appendWhileRecovering: rule((context, event) =>
+      rules.appendWhileRecovering(context, messageOf(event, 'AppendEntries')),
+    ),
+    installWhileRecovering: rule((context, event) =>
+      rules.installWhileRecovering(context, messageOf(event, 'InstallSnapshot')),
+    ),
     routeByType: raise(({ event }) => {
       const message = incoming(event);
       return { type: message.type, message } as RaftEvent;
@@ -161,6 +179,9 @@ export const raftMachine = setup({
   on: {
     // Rules for All Servers: the term decides before the role does.
     message: [
+      // Recovery messages are outside the term rules (docs/design/recovery.md).
+      { guard: 'isRecoveryRequest', actions: 'answerRecovery' },
+      { guard: 'isRecoveryResponse', actions: 'recordRecoveryAnswer' },
       { guard: 'isFromOlderTerm', actions: 'answerStaleMessage' },
       { guard: 'isPreVoteRequest', actions: 'answerPreVote' },
       { guard: 'isGrantedPreVote', actions: 'routeByType' },
@@ -178,10 +199,35 @@ export const raftMachine = setup({
   },
   states: {
     follower: {
-      initial: 'listening',
+      initial: 'entering',
       states: {
+        entering: { always: [{ guard: 'isRecovering', target: 'recovering' }, { target: 'listening' }] },
         // Entered on becoming a follower, on a new term and on granting a vote: each (re)starts the timer.
         listening: { entry: 'resetElectionTimer' },
+        /**
+         * A server that started without its earlier state (docs/design/recovery.md): it votes in no
+         * election and starts none (the election timer only retries the recovery), its answers are
+         * marked and not counted, until it has copied a leader's log as far as that leader reported.
+         * Entered again on every new term: a new round, as the leader it copied from may be gone.
+         */
+        recovering: {
+          entry: 'enterRecovering',
+          always: { guard: 'hasRecovered', target: 'listening' },
+          on: {
+            electionTimeout: { actions: 'retryRecovery' },
+            message: [
+              {
+                guard: { type: 'isOfCurrentTerm', params: { type: 'AppendEntries' } },
+                actions: 'appendWhileRecovering',
+              },
+              {
+                guard: { type: 'isOfCurrentTerm', params: { type: 'Heartbeat' } },
+                actions: 'heartbeatFromLeader',
+              },
+            ],
+            InstallSnapshot: { actions: 'installWhileRecovering' },
+          },
+        },
       },
       on: {
         electionTimeout: { target: 'candidate' },

@@ -25,6 +25,7 @@ import {
 import type {
   AppendEntries,
   AppendEntriesResponse,
+  CrashVector,
   Entry,
   Heartbeat,
   HeartbeatResponse,
@@ -32,6 +33,8 @@ import type {
   InstallSnapshotResponse,
   NodeId,
   RaftMessage,
+  RecoveryRequest,
+  RecoveryResponse,
   RequestVote,
   RequestVoteResponse,
 } from './messages.js';
@@ -47,8 +50,16 @@ import {
   onSnapshotAnswered,
   onSnapshotSent,
 } from './progress.js';
-import { isMajority } from './quorum.js';
-import type { HardState, Outcome, RaftContext, RaftEmitted, RaftInput, ReadRound } from './raft.types.js';
+import { isMajority, majorityOf } from './quorum.js';
+import type {
+  HardState,
+  Outcome,
+  RaftContext,
+  RaftEmitted,
+  RaftInput,
+  ReadRound,
+  RecoveryTarget,
+} from './raft.types.js';
 import { nextInt } from './rng.js';
 
 export const DEFAULT_MAX_INFLIGHT = 8;
@@ -89,6 +100,22 @@ export const initialContext = (input: RaftInput): RaftContext => {
     durable: input.durable === true,
     incarnation: input.incarnation ?? 0,
     incarnationCounters: { resets: 0, staleIgnored: 0 },
+    join: input.join === true,
+    forceRecovery: input.forceRecovery === true,
+    recovering: input.recovering === true,
+    recovery: { round: 0, answers: {}, target: null, heardTarget: false },
+    recoveryCounters: {
+      rounds: 0,
+      recovered: 0,
+      bootstrapped: 0,
+      forced: 0,
+      staleVotesDropped: 0,
+      recoveringAnswers: 0,
+      restartedByTerm: 0,
+      termChanges: 0,
+    },
+    crashVector: { [input.id]: input.incarnation ?? 0 },
+    voteIncarnations: {},
     currentTerm: input.hardState?.term ?? 0,
     votedFor: input.hardState?.votedFor ?? null,
     log: createLog(input.entries, input.snapshot?.index ?? 0, input.snapshot?.term ?? 0),
@@ -133,15 +160,21 @@ export const answerStaleMessage = (context: RaftContext, message: RaftMessage): 
   const incarnation = context.incarnation;
   switch (message.type) {
     case 'RequestVote':
-      return {
-        send: [{ ...base, type: 'RequestVoteResponse', voteGranted: false, preVote: message.preVote }],
-      };
+      return { send: [voteAnswer(context, message, base.term, false)] };
     case 'AppendEntries':
       return { send: [rejectAppend(context, message, base.term)] };
     case 'Heartbeat':
-      return { send: [{ ...base, type: 'HeartbeatResponse', seq: message.seq, incarnation }] };
+      return {
+        send: [
+          markRecovering(context, { ...base, type: 'HeartbeatResponse', seq: message.seq, incarnation }),
+        ],
+      };
     case 'InstallSnapshot':
-      return { send: [{ ...base, type: 'InstallSnapshotResponse', matchIndex: 0, incarnation }] };
+      return {
+        send: [
+          markRecovering(context, { ...base, type: 'InstallSnapshotResponse', matchIndex: 0, incarnation }),
+        ],
+      };
     default:
       return {};
   }
@@ -153,21 +186,14 @@ export const answerStaleMessage = (context: RaftContext, message: RaftMessage): 
  * (the leader lease that CheckQuorum makes safe). Granting changes nothing on this server.
  */
 export const canGrantPreVote = (context: RaftContext, request: RequestVote): boolean =>
+  !context.recovering &&
   request.term > context.currentTerm &&
   context.leaderId === null &&
   isUpToDate(context.log, request.lastLogIndex, request.lastLogTerm);
 
 export const answerPreVote = (context: RaftContext, request: RequestVote): Outcome => {
   const granted = canGrantPreVote(context, request);
-  const response: RequestVoteResponse = {
-    type: 'RequestVoteResponse',
-    from: context.id,
-    to: request.from,
-    term: granted ? request.term : context.currentTerm,
-    voteGranted: granted,
-    preVote: true,
-  };
-  return { send: [response] };
+  return { send: [voteAnswer(context, request, granted ? request.term : context.currentTerm, granted)] };
 };
 
 /**
@@ -175,18 +201,32 @@ export const answerPreVote = (context: RaftContext, request: RequestVote): Outco
  * as up-to-date as receiver's log, grant vote" (§5.2, §5.4).
  */
 export const canGrantVote = (context: RaftContext, request: RequestVote): boolean =>
+  !context.recovering &&
   (context.votedFor === null || context.votedFor === request.from) &&
   isUpToDate(context.log, request.lastLogIndex, request.lastLogTerm);
 
+/**
+ * A vote answer carries the voter's incarnation and crash vector (docs/design/recovery.md rule 1),
+ * so a candidate drops a vote from a voter that restarted since.
+ */
+const voteAnswer = (
+  context: RaftContext,
+  request: RequestVote,
+  term: number,
+  voteGranted: boolean,
+): RequestVoteResponse => ({
+  type: 'RequestVoteResponse',
+  from: context.id,
+  to: request.from,
+  term,
+  voteGranted,
+  preVote: request.preVote,
+  incarnation: context.incarnation,
+  crashVector: context.crashVector,
+});
+
 export const grantVote = (context: RaftContext, request: RequestVote): Outcome => {
-  const response: RequestVoteResponse = {
-    type: 'RequestVoteResponse',
-    from: context.id,
-    to: request.from,
-    term: context.currentTerm,
-    voteGranted: true,
-    preVote: false,
-  };
+  const response = voteAnswer(context, request, context.currentTerm, true);
   const changed = context.votedFor !== request.from;
   return {
     patch: { votedFor: request.from, ...drawElectionTimeout(context) },
@@ -196,24 +236,24 @@ export const grantVote = (context: RaftContext, request: RequestVote): Outcome =
 };
 
 export const rejectVote = (context: RaftContext, request: RequestVote): Outcome => ({
-  send: [
-    {
-      type: 'RequestVoteResponse',
-      from: context.id,
-      to: request.from,
-      term: context.currentTerm,
-      voteGranted: false,
-      preVote: request.preVote,
-    },
-  ],
+  send: [voteAnswer(context, request, context.currentTerm, false)],
 });
 
 // ---------------------------------------------------------------------------------------------
 // Followers
 
+/** A recovering server's answers say so: its leader replicates to it but does not count it (rule 3). */
+const markRecovering = <M extends AppendEntriesResponse | HeartbeatResponse | InstallSnapshotResponse>(
+  context: RaftContext,
+  message: M,
+): M => {
+  if (context.recovering) message.recovering = true;
+  return message;
+};
+
 const rejectAppend = (context: RaftContext, request: AppendEntries, term: number): AppendEntriesResponse => {
   const hint = conflictHint(context.log, request.prevLogIndex);
-  return {
+  return markRecovering(context, {
     type: 'AppendEntriesResponse',
     from: context.id,
     to: request.from,
@@ -224,25 +264,26 @@ const rejectAppend = (context: RaftContext, request: AppendEntries, term: number
     conflictIndex: hint.conflictIndex,
     conflictTerm: hint.conflictTerm,
     incarnation: context.incarnation,
-  };
+  });
 };
 
 const acceptAppend = (
   context: RaftContext,
   request: AppendEntries,
   matchIndex: number,
-): AppendEntriesResponse => ({
-  type: 'AppendEntriesResponse',
-  from: context.id,
-  to: request.from,
-  term: context.currentTerm,
-  success: true,
-  matchIndex,
-  rejectedIndex: 0,
-  conflictIndex: 0,
-  conflictTerm: 0,
-  incarnation: context.incarnation,
-});
+): AppendEntriesResponse =>
+  markRecovering(context, {
+    type: 'AppendEntriesResponse',
+    from: context.id,
+    to: request.from,
+    term: context.currentTerm,
+    success: true,
+    matchIndex,
+    rejectedIndex: 0,
+    conflictIndex: 0,
+    conflictTerm: 0,
+    incarnation: context.incarnation,
+  });
 
 const commitOutcome = (context: RaftContext, newCommitIndex: number): Outcome => {
   if (newCommitIndex <= context.commitIndex) return {};
@@ -332,14 +373,14 @@ const trimToSnapshotPoint = (context: RaftContext, request: AppendEntries): Appe
 /** A heartbeat: the leader is alive; commit what the leader says we match (etcd's MsgHeartbeat). */
 export const heartbeatFromLeader = (context: RaftContext, heartbeat: Heartbeat): Outcome => {
   const commit = commitOutcome(context, Math.min(heartbeat.commit, lastIndex(context.log)));
-  const response: HeartbeatResponse = {
+  const response: HeartbeatResponse = markRecovering(context, {
     type: 'HeartbeatResponse',
     from: context.id,
     to: heartbeat.from,
     term: context.currentTerm,
     seq: heartbeat.seq,
     incarnation: context.incarnation,
-  };
+  });
   return {
     patch: { leaderId: heartbeat.from, ...commit.patch },
     send: [response],
@@ -357,14 +398,15 @@ export const heartbeatFromLeader = (context: RaftContext, heartbeat: Heartbeat):
  */
 export const installSnapshot = (context: RaftContext, request: InstallSnapshot): Outcome => {
   assert(request.term === context.currentTerm, 'installSnapshot at another term');
-  const answer = (matchIndex: number): InstallSnapshotResponse => ({
-    type: 'InstallSnapshotResponse',
-    from: context.id,
-    to: request.from,
-    term: context.currentTerm,
-    matchIndex,
-    incarnation: context.incarnation,
-  });
+  const answer = (matchIndex: number): InstallSnapshotResponse =>
+    markRecovering(context, {
+      type: 'InstallSnapshotResponse',
+      from: context.id,
+      to: request.from,
+      term: context.currentTerm,
+      matchIndex,
+      incarnation: context.incarnation,
+    });
   const leaderPatch = { leaderId: request.from };
   const { lastIncludedIndex: index, lastIncludedTerm: term, data } = request;
   if (index <= context.commitIndex) return { patch: leaderPatch, send: [answer(context.commitIndex)] };
@@ -407,7 +449,12 @@ const requestVotes = (context: RaftContext, term: number, preVote: boolean): Req
 
 /** PreVote: ask whether we could win at currentTerm + 1 without changing any state (§9.6). */
 export const startPreVote = (context: RaftContext): Outcome => ({
-  patch: { leaderId: null, votes: { [context.id]: true }, ...drawElectionTimeout(context) },
+  patch: {
+    leaderId: null,
+    votes: { [context.id]: true },
+    voteIncarnations: { [context.id]: context.incarnation },
+    ...drawElectionTimeout(context),
+  },
   send: requestVotes(context, context.currentTerm + 1, true),
 });
 
@@ -420,6 +467,7 @@ export const startElection = (context: RaftContext): Outcome => {
       votedFor: context.id,
       leaderId: null,
       votes: { [context.id]: true },
+      voteIncarnations: { [context.id]: context.incarnation },
       ...drawElectionTimeout(context),
     },
     send: requestVotes(context, term, false),
@@ -433,9 +481,26 @@ export const isAnswerToOurPreVote = (context: RaftContext, response: RequestVote
 export const isAnswerToOurElection = (context: RaftContext, response: RequestVoteResponse): boolean =>
   !response.preVote && response.term === context.currentTerm;
 
-export const recordVote = (context: RaftContext, response: RequestVoteResponse): Outcome => ({
-  patch: { votes: { ...context.votes, [response.from]: response.voteGranted } },
-});
+/**
+ * Records a vote answer, after its crash vector (rule 1 of docs/design/recovery.md): votes from
+ * voters known to have restarted since they voted are dropped, and so is this answer when its
+ * voter has restarted since it was sent (a delayed or duplicated pre-crash vote).
+ */
+export const recordVote = (context: RaftContext, response: RequestVoteResponse): Outcome => {
+  const raised = raiseCrashVector(context, response.crashVector);
+  const seen = after(context, raised);
+  const incarnation = response.incarnation ?? 0;
+  if (incarnation < (seen.crashVector[response.from] ?? 0)) {
+    context.recoveryCounters.staleVotesDropped += 1;
+    return raised;
+  }
+  return merge(raised, {
+    patch: {
+      votes: { ...seen.votes, [response.from]: response.voteGranted },
+      voteIncarnations: { ...seen.voteIncarnations, [response.from]: incarnation },
+    },
+  });
+};
 
 const countVotes = (context: RaftContext, granted: boolean): number =>
   context.voters.filter((voter) => context.votes[voter] === granted).length;
@@ -545,7 +610,8 @@ const advanceCommit = (context: RaftContext): Outcome => {
 export const becomeLeader = (context: RaftContext): Outcome => {
   const last = lastIndex(context.log);
   const progress: Record<NodeId, ReturnType<typeof createProgress>> = {};
-  for (const peer of peersOf(context)) progress[peer] = createProgress(last);
+  // Answers from incarnations older than the crash vector knows were sent before a restart (rule 1).
+  for (const peer of peersOf(context)) progress[peer] = createProgress(last, context.crashVector[peer] ?? 0);
   const noop: Entry = { term: context.currentTerm, kind: 'noop', data: null };
   append(context.log, [noop]);
   const leading = after(context, {
@@ -590,12 +656,15 @@ const checkIncarnation = (
   context: RaftContext,
   response: AppendEntriesResponse | HeartbeatResponse | InstallSnapshotResponse,
 ) => {
+  const progress = progressOf(context, response.from);
   const verdict = admitIncarnation(
-    progressOf(context, response.from),
+    progress,
     response.incarnation,
     lastIndex(context.log),
+    response.recovering,
   );
   if (verdict === 'stale') context.incarnationCounters.staleIgnored += 1;
+  else if (progress.recovering) context.recoveryCounters.recoveringAnswers += 1;
   if (verdict === 'restarted') context.incarnationCounters.resets += 1;
   return verdict;
 };
@@ -630,7 +699,7 @@ export const handleAppendResponse = (context: RaftContext, response: AppendEntri
 
 const appendResponse = (context: RaftContext, response: AppendEntriesResponse): Outcome => {
   const progress = progressOf(context, response.from);
-  progress.recentActive = true;
+  if (!progress.recovering) progress.recentActive = true;
   if (response.success) {
     assert(response.matchIndex <= lastIndex(context.log), 'a follower matched past the leader log');
     const advanced = onAppendAccepted(progress, response.matchIndex);
@@ -647,7 +716,7 @@ export const handleSnapshotResponse = (context: RaftContext, response: InstallSn
   const verdict = checkIncarnation(context, response);
   if (verdict === 'stale') return {};
   const progress = progressOf(context, response.from);
-  progress.recentActive = true;
+  if (!progress.recovering) progress.recentActive = true;
   assert(response.matchIndex <= lastIndex(context.log), 'a follower matched past the leader log');
   const advanced = onSnapshotAnswered(progress, response.matchIndex);
   const commit = advanced ? advanceCommit(context) : {};
@@ -690,8 +759,9 @@ export const handleHeartbeatResponse = (context: RaftContext, response: Heartbea
   if (checkIncarnation(context, response) === 'stale') return {};
   const progress = progressOf(context, response.from);
   onHeartbeatAnswered(progress, context.maxInflight);
+  // A recovering follower confirms no leadership (rule 3): its answer only keeps replication going.
   const rounds = context.readRounds.map((round) =>
-    round.seq <= response.seq && !round.acks.includes(response.from)
+    !progress.recovering && round.seq <= response.seq && !round.acks.includes(response.from)
       ? { ...round, acks: [...round.acks, response.from] }
       : round,
   );
@@ -755,4 +825,220 @@ export const abandonLeadership = (context: RaftContext): Outcome => {
     { patch: { progress: {}, readRounds: [], pendingReadIds: [], leaderId: null } },
     ids.length > 0 ? { emitted: [{ type: 'readsRejected', ids, leaderId: null }] } : {},
   );
+};
+
+// ---------------------------------------------------------------------------------------------
+// Recovery of a server that started without its earlier state (docs/design/recovery.md; Viewstamped
+// Replication Revisited §4.3; crash vectors after Michael, Ports et al., DISC 2017)
+
+/**
+ * Rule 1, crash vectors first: raise ours with what a message carries. A vote recorded from an
+ * incarnation the vector now knows to be older is dropped; a leader resets the progress of a
+ * follower known to have restarted (its matches were an earlier incarnation's) and counts it again
+ * only once it answers from the new one.
+ */
+export const raiseCrashVector = (context: RaftContext, vector: CrashVector | undefined): Outcome => {
+  if (vector === undefined) return {};
+  let crashVector: CrashVector | null = null;
+  let votes: Record<NodeId, boolean> | null = null;
+  for (const [member, incarnation] of Object.entries(vector)) {
+    if (!context.voters.includes(member) || incarnation <= (context.crashVector[member] ?? 0)) continue;
+    crashVector ??= { ...context.crashVector };
+    crashVector[member] = incarnation;
+    if (member in context.votes && (context.voteIncarnations[member] ?? 0) < incarnation) {
+      votes ??= { ...context.votes };
+      delete votes[member];
+      context.recoveryCounters.staleVotesDropped += 1;
+    }
+    const progress = context.progress[member];
+    if (progress !== undefined && progress.incarnation < incarnation) {
+      Object.assign(progress, createProgress(lastIndex(context.log), incarnation));
+      context.incarnationCounters.resets += 1;
+    }
+  }
+  if (crashVector === null) return {};
+  return { patch: votes === null ? { crashVector } : { crashVector, votes } };
+};
+
+/** Holds no state at all: term 0, an empty log (what bootstrap asks of a majority). */
+const isBlank = (context: RaftContext): boolean => context.currentTerm === 0 && lastIndex(context.log) === 0;
+
+/**
+ * Every server answers a RecoveryRequest, whatever its role or term (the request is outside the
+ * term rules): its term, whether it leads (and its last index then), whether it recovers itself, and
+ * its crash vector, after raising it with the asker's new incarnation. A request from an incarnation
+ * older than one already heard of was sent before a restart and gets no answer.
+ */
+export const answerRecovery = (context: RaftContext, request: RecoveryRequest): Outcome => {
+  if (request.incarnation < (context.crashVector[request.from] ?? 0)) return {};
+  const raised = raiseCrashVector(context, { [request.from]: request.incarnation });
+  const seen = after(context, raised);
+  const leads = context.leaderId === context.id && context.progress[request.from] !== undefined;
+  const response: RecoveryResponse = {
+    type: 'RecoveryResponse',
+    from: context.id,
+    to: request.from,
+    term: context.currentTerm,
+    incarnation: request.incarnation,
+    round: request.round,
+    recovering: context.recovering,
+    blank: isBlank(context),
+    leaderLastIndex: leads ? lastIndex(context.log) : -1,
+    crashVector: seen.crashVector,
+  };
+  // A leader that just reset the asker's progress probes it at once, so recovery need not wait.
+  const probe = leads ? appendsFor(seen, request.from, true) : [];
+  return merge(raised, { send: [response, ...probe] });
+};
+
+/** A new round: a new nonce, no answers yet, RecoveryRequests to every member, the retry timer. */
+export const startRecoveryRound = (context: RaftContext): Outcome => {
+  const round = context.recovery.round + 1;
+  context.recoveryCounters.rounds += 1;
+  if (context.recovery.target !== null) context.recoveryCounters.restartedByTerm += 1;
+  const requests: RecoveryRequest[] = peersOf(context).map((peer) => ({
+    type: 'RecoveryRequest',
+    from: context.id,
+    to: peer,
+    term: context.currentTerm,
+    incarnation: context.incarnation,
+    round,
+  }));
+  const timing = drawElectionTimeout(context);
+  const started: Outcome = {
+    patch: { recovery: { round, answers: {}, target: null, heardTarget: false }, ...timing },
+    send: requests,
+    emitted: [{ type: 'electionTimerReset', timeoutMs: timing.randomizedElectionTimeoutMs }],
+  };
+  // A single-server cluster has no one to ask: it decides at once.
+  return context.voters.length === 1 ? merge(started, decideRecovery(after(context, started))) : started;
+};
+
+/**
+ * Entering the recovering state: at the start, and again on every new term. A round that already
+ * follows a leader starts over (that leader may be gone, and its term is over); a round still
+ * collecting answers keeps them (the highest term and its leader are judged against the new term).
+ */
+export const enterRecovering = (context: RaftContext): Outcome => {
+  if (context.recovery.round > 0) context.recoveryCounters.termChanges += 1;
+  return context.recovery.round === 0 || context.recovery.target !== null
+    ? startRecoveryRound(context)
+    : { emitted: [{ type: 'electionTimerReset', timeoutMs: context.randomizedElectionTimeoutMs }] };
+};
+
+/**
+ * The retry timer of a recovering server fired: a round that is copying from a leader that still
+ * sends goes on; any other round starts over with a new nonce (lost answers, a leader that died).
+ */
+export const retryRecovery = (context: RaftContext): Outcome => {
+  if (context.recovery.target !== null && context.recovery.heardTarget) {
+    return {
+      patch: { recovery: { ...context.recovery, heardTarget: false } },
+      emitted: [{ type: 'electionTimerReset', timeoutMs: context.randomizedElectionTimeoutMs }],
+    };
+  }
+  return startRecoveryRound(context);
+};
+
+/** Recovery is over: from now on the server's answers count and it may vote. */
+const recovered = (context: RaftContext, counter: 'recovered' | 'bootstrapped' | 'forced'): Outcome => {
+  context.recoveryCounters[counter] += 1;
+  return {
+    patch: { recovering: false, recovery: { ...context.recovery, target: null, heardTarget: false } },
+  };
+};
+
+/**
+ * Rule 2, step 1: with answers of the current nonce from a majority of the other members that are
+ * not recovering, one from the leader of the highest term T among them, adopt T and treat the vote
+ * of T as cast (votedFor = self: it votes in no term up to T), and copy that leader's log up to the
+ * last index it reported. Bootstrap instead when a majority of all members, this one included,
+ * holds no state and no answer has any (unless `join`); `forceRecovery` completes from whatever
+ * non-recovering members with state answered.
+ */
+export const recordRecoveryAnswer = (context: RaftContext, response: RecoveryResponse): Outcome => {
+  const raised = raiseCrashVector(context, response.crashVector);
+  const current =
+    context.recovering &&
+    context.recovery.target === null &&
+    response.incarnation === context.incarnation &&
+    response.round === context.recovery.round;
+  if (!current) return raised;
+  const answers = { ...context.recovery.answers, [response.from]: response };
+  const seen = after(context, raised);
+  const withAnswer = after(seen, { patch: { recovery: { ...context.recovery, answers } } });
+  return merge(raised, { patch: { recovery: withAnswer.recovery } }, decideRecovery(withAnswer));
+};
+
+const decideRecovery = (context: RaftContext): Outcome => {
+  const answers = Object.values(context.recovery.answers);
+  const blankAnswers = answers.filter((answer) => answer.blank).length;
+  if (
+    !context.join &&
+    isBlank(context) &&
+    blankAnswers === answers.length &&
+    isMajority(blankAnswers + 1, context.voters.length)
+  ) {
+    return recovered(context, 'bootstrapped');
+  }
+  const ready = answers.filter((answer) => !answer.recovering);
+  const term = Math.max(context.currentTerm, ...ready.map((answer) => answer.term));
+  const leader = ready.find((answer) => answer.leaderLastIndex >= 0 && answer.term === term);
+  if (leader !== undefined && ready.length >= majorityOf(context.voters.length - 1)) {
+    return followTarget(context, { leaderId: leader.from, term, lastIndex: leader.leaderLastIndex });
+  }
+  if (context.forceRecovery && ready.some((answer) => !answer.blank)) {
+    return merge(adoptRecoveredTerm(context, term), recovered(context, 'forced'));
+  }
+  return {};
+};
+
+/** Adopts `term` as one already voted in (votedFor = self), so no vote of a forgotten term repeats. */
+const adoptRecoveredTerm = (context: RaftContext, term: number): Outcome => ({
+  patch: { currentTerm: term, votedFor: context.id },
+  emitted: [persistHardState(term, context.id)],
+});
+
+const followTarget = (context: RaftContext, target: RecoveryTarget): Outcome =>
+  merge(adoptRecoveredTerm(context, target.term), {
+    patch: { leaderId: target.leaderId, recovery: { ...context.recovery, target, heardTarget: false } },
+  });
+
+/**
+ * Rule 2, step 2: the recovery completes once the log matches the target leader's up to the last
+ * index it reported, shown by that leader in its term (an accepted AppendEntries or snapshot).
+ */
+const completesRecovery = (context: RaftContext, from: NodeId, term: number, matchIndex: number): boolean => {
+  const target = context.recovery.target;
+  return (
+    target !== null && target.leaderId === from && target.term === term && matchIndex >= target.lastIndex
+  );
+};
+
+const fromTarget = (context: RaftContext, from: NodeId): Outcome =>
+  context.recovery.target?.leaderId === from && !context.recovery.heardTarget
+    ? { patch: { recovery: { ...context.recovery, heardTarget: true } } }
+    : {};
+
+/** AppendEntries while recovering: as any follower (answers marked), then the completion check. */
+export const appendWhileRecovering = (context: RaftContext, request: AppendEntries): Outcome => {
+  const appended = appendFromLeader(context, request);
+  const answer = appended.send?.[0];
+  const heard = merge(appended, fromTarget(context, request.from));
+  const done =
+    answer?.type === 'AppendEntriesResponse' &&
+    answer.success &&
+    completesRecovery(context, request.from, request.term, answer.matchIndex);
+  return done ? merge(heard, recovered(after(context, heard), 'recovered')) : heard;
+};
+
+/** InstallSnapshot while recovering: as any follower, then the completion check. */
+export const installWhileRecovering = (context: RaftContext, request: InstallSnapshot): Outcome => {
+  const installed = installSnapshot(context, request);
+  const answer = installed.send?.[0];
+  const heard = merge(installed, fromTarget(context, request.from));
+  const done =
+    answer?.type === 'InstallSnapshotResponse' &&
+    completesRecovery(context, request.from, request.term, answer.matchIndex);
+  return done ? merge(heard, recovered(after(context, heard), 'recovered')) : heard;
 };

@@ -4,7 +4,7 @@
  * emitted outputs that the node's actors carry out.
  */
 import type { RaftLog } from './log.js';
-import type { Entry, NodeId, RaftMessage } from './messages.js';
+import type { CrashVector, Entry, NodeId, RaftMessage, RecoveryResponse } from './messages.js';
 import type { Progress } from './progress.js';
 import type { RngState } from './rng.js';
 
@@ -50,6 +50,43 @@ export type RaftInput = RaftTimings & {
    * (dissertation §10.2.1). Without it, the log is durable as soon as it is written.
    */
   durable?: boolean;
+  /**
+   * The server starts without its earlier state (a memory log, an empty dir): it is `recovering`
+   * and takes part in no majority until it has recovered (docs/design/recovery.md).
+   */
+  recovering?: boolean;
+  /** Never bootstrap a new cluster: recover from members that hold state, or wait (the `join` option). */
+  join?: boolean;
+  /** Operator: complete recovery from the members that still hold state even without a majority. */
+  forceRecovery?: boolean;
+};
+
+/** The leader a recovering server copies its log from: up to `lastIndex`, in `term`. */
+export type RecoveryTarget = { leaderId: NodeId; term: number; lastIndex: number };
+
+/** One round of recovery: the answers to the RecoveryRequests of nonce (incarnation, round). */
+export type RecoveryState = {
+  round: number;
+  answers: Record<NodeId, RecoveryResponse>;
+  target: RecoveryTarget | null;
+  /** The target leader sent entries since the last retry timeout (the round is not stuck). */
+  heardTarget: boolean;
+};
+
+/** Counted in place, for tests and metrics: the hard cases of recovery that happened. */
+export type RecoveryCounters = {
+  rounds: number;
+  recovered: number;
+  bootstrapped: number;
+  forced: number;
+  /** A vote dropped because its voter was known to have restarted since (crash vector). */
+  staleVotesDropped: number;
+  /** Answers a leader got marked `recovering` and did not count. */
+  recoveringAnswers: number;
+  /** Rounds restarted because the term moved on (a leader died or was replaced mid-recovery). */
+  restartedByTerm: number;
+  /** Recovery rounds that met a new term (a recovery racing an election). */
+  termChanges: number;
 };
 
 export type RaftContext = {
@@ -67,6 +104,16 @@ export type RaftContext = {
    * reset, and answers ignored because they came from an earlier incarnation (tests and metrics).
    */
   readonly incarnationCounters: { resets: number; staleIgnored: number };
+  readonly join: boolean;
+  readonly forceRecovery: boolean;
+  /** True from an amnesiac start until recovery completes (docs/design/recovery.md). */
+  recovering: boolean;
+  recovery: RecoveryState;
+  readonly recoveryCounters: RecoveryCounters;
+  /** The largest incarnation heard of each member (copied on change, which is rare). */
+  crashVector: CrashVector;
+  /** The incarnation of each voter whose answer `votes` holds. */
+  voteIncarnations: Record<NodeId, number>;
   // Persistent state on all servers (Figure 2).
   currentTerm: number;
   votedFor: NodeId | null;
@@ -107,6 +154,8 @@ export type RaftEvent =
   | { type: 'Heartbeat'; message: Extract<RaftMessage, { type: 'Heartbeat' }> }
   | { type: 'HeartbeatResponse'; message: Extract<RaftMessage, { type: 'HeartbeatResponse' }> }
   | { type: 'InstallSnapshot'; message: Extract<RaftMessage, { type: 'InstallSnapshot' }> }
+  | { type: 'RecoveryRequest'; message: Extract<RaftMessage, { type: 'RecoveryRequest' }> }
+  | { type: 'RecoveryResponse'; message: Extract<RaftMessage, { type: 'RecoveryResponse' }> }
   | {
       type: 'InstallSnapshotResponse';
       message: Extract<RaftMessage, { type: 'InstallSnapshotResponse' }>;

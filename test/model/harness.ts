@@ -295,6 +295,10 @@ export const describeMessage = (m: RaftMessage): string => {
       return `InstallSnapshot ${m.from}→${m.to} t${m.term} last=${m.lastIncludedIndex}@${m.lastIncludedTerm}`;
     case 'InstallSnapshotResponse':
       return `InstallSnapshotResponse ${m.from}→${m.to} t${m.term} match=${m.matchIndex}`;
+    case 'RecoveryRequest':
+      return `RecoveryRequest ${m.from}→${m.to} t${m.term} nonce=${m.incarnation}/${m.round}`;
+    case 'RecoveryResponse':
+      return `RecoveryResponse ${m.from}→${m.to} t${m.term} nonce=${m.incarnation}/${m.round} ${m.recovering ? 'recovering' : 'ready'}${m.blank ? ' blank' : ''} leaderLast=${m.leaderLastIndex}`;
   }
 };
 
@@ -408,7 +412,7 @@ const countIncarnations = (
 ) => {
   if (before.role !== 'leader' || after.role !== 'leader' || event.type !== 'message') return;
   const m = event.message;
-  if (!('incarnation' in m) || m.term !== after.currentTerm) return;
+  if (!('incarnation' in m) || m.incarnation === undefined || m.term !== after.currentTerm) return;
   const known = before.incarnationOf[m.from];
   if (known !== undefined && m.incarnation > known) world.stats.incarnationResets += 1;
   if (known !== undefined && m.incarnation < known) world.stats.staleIncarnations += 1;

@@ -542,5 +542,8 @@ export const receive = (s: SpecServer, m: RaftMessage): SpecStep => {
     case 'InstallSnapshotResponse':
       // The model test never compacts a log, so no snapshot is ever sent; the simulation covers them.
       throw new Error(`the spec has no snapshots, got ${m.type}`);
+    case 'RecoveryRequest':
+    case 'RecoveryResponse':
+      throw new Error(`unexpected ${m.type}`);
   }
 };

@@ -65,7 +65,11 @@ const assertSameLeader = (sim: Simulation, leader: { id: string; term: number })
   }
 };
 
-/** Runs until `follower` applied everything the leader committed (at least `atLeast`). */
+/**
+ * Runs until `follower` applied everything the leader committed (at least `atLeast`) and, after an
+ * amnesiac restart, completed its recovery (docs/design/recovery.md): only then does it count again,
+ * so only then may another member restart without a majority of the cluster lacking its state.
+ */
 const awaitCaughtUp = async (sim: Simulation, leader: string, follower: string, atLeast: number) =>
   sim.runUntil(
     () => {
@@ -76,7 +80,8 @@ const awaitCaughtUp = async (sim: Simulation, leader: string, follower: string, 
         status !== null &&
         lead.commitIndex >= atLeast &&
         status.appliedIndex === lead.commitIndex &&
-        status.commitIndex === lead.commitIndex
+        status.commitIndex === lead.commitIndex &&
+        sim.node(follower)?.metrics().recovering === false
       );
     },
     CATCH_UP_BOUND_MS,

@@ -80,6 +80,18 @@ export type SimOptions = {
   checkDurability?: boolean;
   /** Passed to every raft node (test hook for broken variants, see raft-node.ts). */
   sendsBeforeFlush?: RaftNodeOptions['sendsBeforeFlush'];
+  /**
+   * The first start of every server: 'bootstrapped' (default) starts them as members of a cluster
+   * already formed, so scenarios time their first election from 0; 'blank' starts them as a new
+   * cluster really starts (recovering, then bootstrap; docs/design/recovery.md). An amnesiac restart
+   * always recovers.
+   */
+  firstStart?: 'bootstrapped' | 'blank';
+  /**
+   * Broken variant only (test/sim/amnesia.test.ts): false starts an amnesiac server as an ordinary
+   * member that votes at once, as diskeyval did before recovery existed.
+   */
+  amnesiacRecovers?: boolean;
 };
 
 /** Durable-disk runs: the proof that the hard cases happened, summed over the servers. */
@@ -266,6 +278,9 @@ export const createSimulation = (options: SimOptions) => {
       seed: rng.int(1, 2 ** 31),
       session: rng.int(1, 2 ** 31),
       incarnation: server.incarnation,
+      ...((server.incarnation === 1 && options.firstStart !== 'blank') || options.amnesiacRecovers === false
+        ? { recovering: false }
+        : {}),
       log: server.log,
       clock: clockFor(server),
       nowMs: () => nowMs,
@@ -527,8 +542,8 @@ export const createSimulation = (options: SimOptions) => {
 
   /**
    * Restarts a server. `loss` is what its disk lost in the crash: 'amnesia' (a memory-only node:
-   * term, vote and log all gone; safe only while no election can happen) or the number of log
-   * entries kept after the snapshot point (a tail cut).
+   * term, vote and log all gone; it recovers before it takes part, docs/design/recovery.md) or the
+   * number of log entries kept after the snapshot point (a tail cut).
    */
   const restart = (id: string, loss?: 'amnesia' | { keptEntries: number }): void => {
     crash(id);
