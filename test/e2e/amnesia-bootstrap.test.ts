@@ -15,6 +15,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   type Cluster,
+  describeTimeline,
   formatRoleTimeline,
   nowMs,
   outcomeOf,
@@ -30,7 +31,8 @@ const RECOVERY_BOUND_MS = 15_000;
 const BLOCKED_BOUND_MS = 15_000;
 
 let cluster: Cluster | null = null;
-afterEach(async () => {
+afterEach(async (context) => {
+  if (context.task.result?.state === 'fail' && cluster) console.log(describeTimeline(cluster));
   await cluster?.stop();
   cluster = null;
 });

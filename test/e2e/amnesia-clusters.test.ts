@@ -19,6 +19,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   type Cluster,
+  describeTimeline,
   formatRoleTimeline,
   nowMs,
   outcomeOf,
@@ -33,7 +34,8 @@ const MISMATCH_BOUND_MS = 10_000;
 const clusters: Cluster[] = [];
 const dirs: string[] = [];
 
-afterEach(async () => {
+afterEach(async (context) => {
+  if (context.task.result?.state === 'fail') for (const c of clusters) console.log(describeTimeline(c));
   for (const c of clusters.splice(0)) await c.stop();
   for (const dir of dirs.splice(0)) await rm(dir, { recursive: true, force: true });
 });

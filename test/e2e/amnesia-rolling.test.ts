@@ -21,6 +21,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createRng } from '../../src/machines/rng.js';
 import {
   type Cluster,
+  describeTimeline,
   formatRoleTimeline,
   nowMs,
   outcomeOf,
@@ -168,7 +169,8 @@ const longestGapMs = (ackTimes: readonly number[], fromMs: number, toMs: number)
 };
 
 let cluster: Cluster | null = null;
-afterEach(async () => {
+afterEach(async (context) => {
+  if (context.task.result?.state === 'fail' && cluster) console.log(describeTimeline(cluster));
   await cluster?.stop();
   cluster = null;
 });

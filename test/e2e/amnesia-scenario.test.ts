@@ -16,6 +16,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   type Cluster,
+  describeTimeline,
   formatRoleTimeline,
   freePorts,
   nowMs,
@@ -42,7 +43,8 @@ const W = 'acknowledged-W';
 let cluster: Cluster | null = null;
 let mesh: ProxyMesh | null = null;
 
-afterEach(async () => {
+afterEach(async (context) => {
+  if (context.task.result?.state === 'fail' && cluster) console.log(describeTimeline(cluster));
   await cluster?.stop();
   await mesh?.close();
   cluster = null;

@@ -118,23 +118,26 @@ describe('amnesiac restarts with concurrent clients', () => {
   it.each([
     [3, 30, 601],
     [5, 30, 602],
-  ])('%i servers: amnesiac restarts up to a minority at once, unreliable network, linearizable', async (nodes, count, salt) => {
-    for (const seed of seedsFor(count, salt)) {
-      const result = await clientRun(
-        seed,
-        { nodes, network: UNRELIABLE, clients: { maxOps: 40, keys: 4, thinkMs: [0, 40] } },
-        async (sim, clients) => {
-          for (const id of sim.ids) clients.add(id);
-          clients.start();
-          await amnesiaRounds(sim, clients, 4);
-          await clients.drive(300);
-        },
-        stats,
-      );
-      for (const id of result.sim.ids) harvest(result.sim, id);
-      runs += 1;
-    }
-  });
+  ])(
+    '%i servers: amnesiac restarts up to a minority at once, unreliable network, linearizable',
+    async (nodes, count, salt) => {
+      for (const seed of seedsFor(count, salt)) {
+        const result = await clientRun(
+          seed,
+          { nodes, network: UNRELIABLE, clients: { maxOps: 40, keys: 4, thinkMs: [0, 40] } },
+          async (sim, clients) => {
+            for (const id of sim.ids) clients.add(id);
+            clients.start();
+            await amnesiaRounds(sim, clients, 4);
+            await clients.drive(300);
+          },
+          stats,
+        );
+        for (const id of result.sim.ids) harvest(result.sim, id);
+        runs += 1;
+      }
+    },
+  );
 
   it('the hard cases happened', () => {
     // Runs after the suites above in this file (vitest runs a file's tests in order).

@@ -52,7 +52,13 @@ export type Cluster = {
   stop(): Promise<void>;
   isLive(id: string): boolean;
   liveIds(): string[];
-  state(id: string): { alive: boolean; ready: boolean; role?: string; term?: number; leaderId: string | null };
+  state(id: string): {
+    alive: boolean;
+    ready: boolean;
+    role?: string;
+    term?: number;
+    leaderId: string | null;
+  };
   output(id: string): string;
 };
 type ClusterModule = {
@@ -219,4 +225,30 @@ export const summarizeOutcomes = (outcomes: ReadonlyArray<{ node: string; outcom
     .sort()
     .map(([k, n]) => `${k} x${n}`)
     .join(', ');
+};
+
+/**
+ * The timeline as text for a failed test: roles (formatRoleTimeline), plus every warning and
+ * metrics event, kill and restart, in time order, ms since the cluster started.
+ */
+export const describeTimeline = (cluster: Cluster): string => {
+  const shown = new Set(['role', 'warning', 'metrics', 'kill', 'restart', 'exit', 'fatal']);
+  return cluster.timeline
+    .filter((e) => shown.has(e.event))
+    .map((e) => {
+      const at = `${String(Math.round(e.atMs - cluster.t0)).padStart(6)} ms  ${String(e.node).padEnd(8)}`;
+      switch (e.event) {
+        case 'role':
+          return `${at} ${String(e.role).padEnd(9)} term ${e.term} leader ${e.leaderId ?? '-'} (pid ${e.pid ?? '?'})`;
+        case 'warning':
+          return `${at} warning ${e.code}: ${e.message}`;
+        case 'metrics':
+          return `${at} metrics recovering ${e.recovering} clusterId ${e.clusterId} mismatches ${e.clusterMismatches}`;
+        case 'fatal':
+          return `${at} FATAL ${JSON.stringify(e.error)}`;
+        default:
+          return `${at} *** ${e.event}${e.signal ? ` ${e.signal}` : ''}${e.overrides ? ` with ${JSON.stringify(e.overrides)}` : ''} ***`;
+      }
+    })
+    .join('\n');
 };
