@@ -12,7 +12,7 @@ import { createRaftNode } from './actors/raft-node.js';
 import { createReachability } from './actors/reachability.js';
 import type { Change } from './actors/store.js';
 import { createWalLog, type WalLog } from './actors/wal-log.js';
-import { diskeyvalError, isStopped } from './errors.js';
+import { diskeyvalError, isQuorumUnavailable, isStopped } from './errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from './io/codec.js';
 import {
   createTlsTransport,
@@ -86,6 +86,17 @@ export type DiskeyvalOptions = {
   compactEvery?: number;
   /** Restart state for tests (what the node persisted before, in memory); not with `persistence`. */
   log?: MemoryLog;
+  /**
+   * Never bootstrap a new cluster (etcd's initial-cluster-state=existing): a node that starts without
+   * state waits until a member that holds the cluster's state answers, and recovers from it.
+   */
+  join?: boolean;
+  /**
+   * Operator: complete recovery from the members that still hold state even when a majority of the
+   * cluster lost its own. May lose writes acknowledged only by the members that forgot them (README,
+   * "Restarts, recovery and bootstrap").
+   */
+  forceRecovery?: boolean;
 };
 
 export type ChangeEvent = { key: string; value: unknown; deleted: boolean; index: number };
@@ -96,7 +107,13 @@ export type LeaderEvent = { nodeId: string | null; term: number };
  * start, an entry that could not be decoded, peers that stay unreachable. `code` says which.
  */
 export type WarningEvent = { code: WarningCode; message: string; [detail: string]: unknown };
-export type WarningCode = 'LISTENER_ERROR' | 'WAL_TAIL_CUT' | 'ENTRY_UNDECODABLE' | 'PEERS_UNREACHABLE';
+export type WarningCode =
+  | 'LISTENER_ERROR'
+  | 'WAL_TAIL_CUT'
+  | 'ENTRY_UNDECODABLE'
+  | 'PEERS_UNREACHABLE'
+  | 'RECOVERY_BLOCKED'
+  | 'CLUSTER_MISMATCH';
 
 /** The node stopped itself (fail-stop); fired once. Every call rejects with `code` from then on. */
 export type FailedEvent = { code: 'DISK_FAILED'; message: string; error: Error };
@@ -152,6 +169,16 @@ export type RaftMetrics = {
   listenerErrors: number;
   /** Committed entries that did not decode, applied as no-ops (each one an ENTRY_UNDECODABLE warning). */
   undecodableEntries: number;
+  /**
+   * The node started without its earlier state (memory mode, an empty persistence dir) and has not
+   * recovered yet: it votes in no election and counts toward no majority (README, "Restarts,
+   * recovery and bootstrap").
+   */
+  recovering: boolean;
+  /** The cluster id once known; null until then. */
+  clusterId: string | null;
+  /** Messages dropped because they came from a node of another cluster. */
+  clusterMismatches: number;
 };
 
 /** Per-call options. `forward: false` refuses with NOT_LEADER instead of forwarding to the leader. */
@@ -207,6 +234,8 @@ const createSafeEmitter = (counters: { listenerErrors: number }) => {
 
 /** A node that has reached no peer for this long (or half of proposalTimeoutMs, if less) says so. */
 const PEERS_UNREACHABLE_AFTER_MS = 2000;
+/** How long a node may stay recovering before it warns (RECOVERY_BLOCKED). */
+const RECOVERY_BLOCKED_AFTER_MS = 3000;
 
 const peerIdOf = (peer: string | ClusterPeer): string => (typeof peer === 'string' ? peer : peer.nodeId);
 
@@ -354,8 +383,13 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
   /** Set once, when the node stopped itself on a disk error: every call rejects with DISK_FAILED. */
   let diskFailure: string | null = null;
   /** A STOPPED rejection of a call that the disk failure ended becomes DISK_FAILED. */
-  const failedCall = (error: unknown): unknown =>
-    diskFailure !== null && isStopped(error) ? diskeyvalError('DISK_FAILED', diskFailure) : error;
+  const failedCall = (error: unknown): unknown => {
+    if (diskFailure !== null && isStopped(error)) return diskeyvalError('DISK_FAILED', diskFailure);
+    // A node that has not recovered cannot help a majority form: say so on the error.
+    if (isQuorumUnavailable(error) && node.metrics().recovering)
+      Object.assign(error as object, { recovering: true });
+    return error;
+  };
   const node = createRaftNode({
     id: options.nodeId,
     voters: [options.nodeId, ...options.peers.map(peerIdOf)],
@@ -366,6 +400,8 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     unreachablePeers: reachability.unreachable,
     ...(options.rpcTimeoutMs ? { rpcTimeoutMs: options.rpcTimeoutMs } : {}),
     seed: options.seed ?? randomInt(2 ** 31),
+    ...(options.join ? { join: true } : {}),
+    ...(options.forceRecovery ? { forceRecovery: true } : {}),
     session: randomInt(2 ** 47),
     maxAppendBytes: sizes.maxAppendBytes,
     snapshotChunkBytes: sizes.snapshotChunkBytes,
@@ -416,6 +452,37 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     };
   };
 
+  /**
+   * RECOVERY_BLOCKED: a node still recovering after RECOVERY_BLOCKED_AFTER_MS says so once, naming
+   * the members it waits for; again if it recovers and is blocked anew. A check per second, unref'd.
+   */
+  let recoveryWatch: ReturnType<typeof setInterval> | null = null;
+  const watchRecovery = (): void => {
+    let since: number | null = null;
+    let reported = false;
+    recoveryWatch = setInterval(() => {
+      if (ended) {
+        if (recoveryWatch) clearInterval(recoveryWatch);
+        return;
+      }
+      const waitingFor = node.recoveryWaitingFor();
+      if (!node.metrics().recovering) {
+        since = null;
+        reported = false;
+        return;
+      }
+      since ??= performance.now();
+      if (reported || performance.now() - since < RECOVERY_BLOCKED_AFTER_MS) return;
+      reported = true;
+      emit('warning', {
+        code: 'RECOVERY_BLOCKED',
+        message: `${options.nodeId} started without its earlier state and cannot recover yet: it needs answers from a majority of the other members that hold state, the leader among them; waiting for ${waitingFor.join(', ') || 'a leader'} (see README "Restarts, recovery and bootstrap"; forceRecovery recovers from the members that still hold state)`,
+        waitingFor,
+      } satisfies WarningEvent);
+    }, 1000);
+    recoveryWatch.unref?.();
+  };
+
   const running = (): void => {
     if (diskFailure !== null) throw diskeyvalError('DISK_FAILED', diskFailure);
     if (!started || ended)
@@ -435,6 +502,7 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
         ended = true;
         throw error;
       }
+      watchRecovery();
       const recovery = walRecovery();
       if (recovery) {
         // After start() resolves, so that a listener added right after `await start()` hears it too.
@@ -490,6 +558,7 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     getPeers: () => [...options.peers] as ClusterPeer[] | string[],
     async end() {
       ended = true;
+      if (recoveryWatch) clearInterval(recoveryWatch);
       // Idempotent; also waits for a stop the node began itself (a failed WAL write).
       if (started) await node.stop();
     },
@@ -531,6 +600,9 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
         walRecovery: walRecovery(),
         listenerErrors: counters.listenerErrors,
         undecodableEntries: metrics.undecodableEntries,
+        recovering: started && !ended ? metrics.recovering : false,
+        clusterId: null,
+        clusterMismatches: 0,
       };
     },
     on(event: NodeEventName, listener: (arg: never) => void) {

@@ -149,6 +149,12 @@ export type LogActor = {
   readonly durable?: true;
   /** This start's incarnation, when the log records them (the WAL: above every earlier start's). */
   readonly incarnation?: number;
+  /**
+   * Durable logs: the storage was created by this start (a new or emptied dir). A durable log that
+   * existed before and holds nothing never acknowledged anything (nothing is before its fsync), so
+   * only a fresh one makes its node recover (docs/design/recovery.md).
+   */
+  readonly fresh?: boolean;
   flush?(): Promise<void>;
   close?(): Promise<void>;
 };

@@ -67,8 +67,9 @@ export type RaftNodeOptions = {
    */
   incarnation?: number;
   /**
-   * Whether the node starts `recovering` (docs/design/recovery.md): by default exactly when its log
-   * holds no state at all (no term, no entry, no snapshot: a memory log, an empty dir).
+   * Whether the node starts `recovering` (docs/design/recovery.md): by default when its log holds no
+   * state at all (no term, no entry, no snapshot) and could have forgotten some: a memory log, or a
+   * durable log whose storage this start created (a new or emptied dir).
    */
   recovering?: boolean;
   /** Never bootstrap a new cluster (the `join` option). */
@@ -967,7 +968,8 @@ export const createRaftNode = (options: RaftNodeOptions) => {
         entries: persisted.entries,
         durable: log.durable === true,
         incarnation,
-        recovering: options.recovering ?? isBlankStart(persisted),
+        recovering:
+          options.recovering ?? (isBlankStart(persisted) && (log.durable !== true || log.fresh === true)),
         join: options.join === true,
         forceRecovery: options.forceRecovery === true,
         ...(options.maxAppendBytes ? { maxAppendBytes: options.maxAppendBytes } : {}),
@@ -1011,6 +1013,21 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     }
   };
 
+  /**
+   * While recovering: the members whose answer (from a member that is not recovering itself) the
+   * current round still lacks, and whether it lacks a leader's; empty once recovered.
+   */
+  const recoveryWaitingFor = (): NodeId[] => {
+    const context = actor?.getSnapshot().context;
+    if (!context?.recovering) return [];
+    const ready = new Set(
+      Object.values(context.recovery.answers)
+        .filter((answer) => !answer.recovering)
+        .map((answer) => answer.from),
+    );
+    return options.voters.filter((voter) => voter !== options.id && !ready.has(voter));
+  };
+
   /** Recovery (docs/design/recovery.md): whether this node still recovers, and its counters. */
   const recoveryMetrics = () => {
     const context = actor?.getSnapshot().context;
@@ -1047,6 +1064,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       assert(actor !== null, 'snapshot before start');
       return actor.getSnapshot();
     },
+    recoveryWaitingFor,
     /** Sends a timer event by hand (tests and tools: `electionTimeout`, `checkQuorum`, ...). */
     fire: (event: { type: 'electionTimeout' | 'heartbeatTimeout' | 'checkQuorum' }) => actor?.send(event),
     isStopped: () => stopped,

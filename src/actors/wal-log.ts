@@ -189,6 +189,7 @@ export const createWalLog = async (dir: string, nodeId: string, options: OpenWal
      * every sync marker written from now on carries it.
      */
     incarnation: wal.info.incarnation,
+    fresh: wal.info.created,
   };
 };
 

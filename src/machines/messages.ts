@@ -9,6 +9,13 @@
 export type NodeId = string;
 
 /**
+ * The vote a recovering server persists (docs/design/recovery.md): no vote at all, and a mark that
+ * survives a crash in the middle of recovery, so that the server recovers again after it (a node id
+ * is never empty).
+ */
+export const RECOVERING_VOTE: NodeId = '';
+
+/**
  * Every start of a server gets a new, larger incarnation number, and every answer a follower sends
  * its leader carries it (AppendEntriesResponse, HeartbeatResponse, InstallSnapshotResponse). A log
  * may get shorter only across a restart (a memory log is empty again, a torn WAL tail is cut), so

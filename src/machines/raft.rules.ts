@@ -38,6 +38,7 @@ import type {
   RequestVote,
   RequestVoteResponse,
 } from './messages.js';
+import { RECOVERING_VOTE } from './messages.js';
 import {
   admitIncarnation,
   createProgress,
@@ -102,7 +103,7 @@ export const initialContext = (input: RaftInput): RaftContext => {
     incarnationCounters: { resets: 0, staleIgnored: 0 },
     join: input.join === true,
     forceRecovery: input.forceRecovery === true,
-    recovering: input.recovering === true,
+    recovering: input.recovering === true || input.hardState?.votedFor === RECOVERING_VOTE,
     recovery: { round: 0, answers: {}, target: null, heardTarget: false },
     recoveryCounters: {
       rounds: 0,
@@ -142,15 +143,17 @@ export const adoptHigherTerm = (context: RaftContext, message: RaftMessage): Out
   assert(message.term > context.currentTerm, 'adoptHigherTerm needs a higher term');
   const fromLeader =
     message.type === 'AppendEntries' || message.type === 'Heartbeat' || message.type === 'InstallSnapshot';
+  // A recovering server keeps its mark: a crash now must not let it vote in this term after a restart.
+  const votedFor = context.recovering ? RECOVERING_VOTE : null;
   return {
     patch: {
       currentTerm: message.term,
-      votedFor: null,
+      votedFor,
       leaderId: fromLeader ? message.from : null,
       votes: {},
       ...drawElectionTimeout(context),
     },
-    emitted: [persistHardState(message.term, null)],
+    emitted: [persistHardState(message.term, votedFor)],
   };
 };
 
@@ -691,19 +694,26 @@ const nextIndexFromHint = (context: RaftContext, response: AppendEntriesResponse
  * log inconsistency: decrement nextIndex and retry" — by a whole term at a time, with the hint.
  */
 export const handleAppendResponse = (context: RaftContext, response: AppendEntriesResponse): Outcome => {
+  const wasRecovering = progressOf(context, response.from).recovering;
   const verdict = checkIncarnation(context, response);
   if (verdict === 'stale') return {};
-  const outcome = appendResponse(context, response);
+  const outcome = appendResponse(context, response, wasRecovering);
   return verdict === 'restarted' ? probeAfterRestart(context, response.from, outcome) : outcome;
 };
 
-const appendResponse = (context: RaftContext, response: AppendEntriesResponse): Outcome => {
+const appendResponse = (
+  context: RaftContext,
+  response: AppendEntriesResponse,
+  wasRecovering: boolean,
+): Outcome => {
   const progress = progressOf(context, response.from);
   if (!progress.recovering) progress.recentActive = true;
   if (response.success) {
     assert(response.matchIndex <= lastIndex(context.log), 'a follower matched past the leader log');
     const advanced = onAppendAccepted(progress, response.matchIndex);
-    const commit = advanced ? advanceCommit(context) : {};
+    // A follower that just finished recovering counts from now on: its match may commit more.
+    const counted = wasRecovering && !progress.recovering;
+    const commit = advanced || counted ? advanceCommit(context) : {};
     const committed = after(context, commit);
     return merge(commit, { send: appendsFor(committed, response.from, false) });
   }
@@ -756,8 +766,14 @@ const releaseConfirmedReads = (context: RaftContext, rounds: ReadRound[]): Outco
 };
 
 export const handleHeartbeatResponse = (context: RaftContext, response: HeartbeatResponse): Outcome => {
+  const wasRecovering = progressOf(context, response.from).recovering;
   if (checkIncarnation(context, response) === 'stale') return {};
   const progress = progressOf(context, response.from);
+  // A follower that just finished recovering counts from now on: its match may commit more.
+  if (wasRecovering && !progress.recovering) {
+    const commit = advanceCommit(context);
+    return merge(commit, handleHeartbeatResponse(after(context, commit), response));
+  }
   onHeartbeatAnswered(progress, context.maxInflight);
   // A recovering follower confirms no leadership (rule 3): its answer only keeps replication going.
   const rounds = context.readRounds.map((round) =>
@@ -905,11 +921,19 @@ export const startRecoveryRound = (context: RaftContext): Outcome => {
     round,
   }));
   const timing = drawElectionTimeout(context);
-  const started: Outcome = {
+  // The mark goes to the disk first, so that a crash during recovery leads to recovery again.
+  const mark: Outcome =
+    context.votedFor === RECOVERING_VOTE
+      ? {}
+      : {
+          patch: { votedFor: RECOVERING_VOTE },
+          emitted: [persistHardState(context.currentTerm, RECOVERING_VOTE)],
+        };
+  const started = merge(mark, {
     patch: { recovery: { round, answers: {}, target: null, heardTarget: false }, ...timing },
     send: requests,
     emitted: [{ type: 'electionTimerReset', timeoutMs: timing.randomizedElectionTimeoutMs }],
-  };
+  });
   // A single-server cluster has no one to ask: it decides at once.
   return context.voters.length === 1 ? merge(started, decideRecovery(after(context, started))) : started;
 };
@@ -943,9 +967,13 @@ export const retryRecovery = (context: RaftContext): Outcome => {
 /** Recovery is over: from now on the server's answers count and it may vote. */
 const recovered = (context: RaftContext, counter: 'recovered' | 'bootstrapped' | 'forced'): Outcome => {
   context.recoveryCounters[counter] += 1;
-  return {
+  const done: Outcome = {
     patch: { recovering: false, recovery: { ...context.recovery, target: null, heardTarget: false } },
   };
+  // The mark gives way: a recovered server has cast its vote of the term it adopted (itself: it
+  // votes in no term up to it); a bootstrapped one is a new member at term 0, with no vote at all.
+  const votedFor = counter === 'bootstrapped' ? null : context.id;
+  return merge(done, { patch: { votedFor }, emitted: [persistHardState(context.currentTerm, votedFor)] });
 };
 
 /**
@@ -988,19 +1016,24 @@ const decideRecovery = (context: RaftContext): Outcome => {
     return followTarget(context, { leaderId: leader.from, term, lastIndex: leader.leaderLastIndex });
   }
   if (context.forceRecovery && ready.some((answer) => !answer.blank)) {
-    return merge(adoptRecoveredTerm(context, term), recovered(context, 'forced'));
+    const adopted = adoptRecoveredTerm(term);
+    return merge(adopted, recovered(after(context, adopted), 'forced'));
   }
   return {};
 };
 
-/** Adopts `term` as one already voted in (votedFor = self), so no vote of a forgotten term repeats. */
-const adoptRecoveredTerm = (context: RaftContext, term: number): Outcome => ({
-  patch: { currentTerm: term, votedFor: context.id },
-  emitted: [persistHardState(term, context.id)],
+/**
+ * Adopts `term`, still marked recovering (a crash while copying the log means recovering again);
+ * once recovered the server counts as having voted in it (votedFor = self), so no vote of a
+ * forgotten term repeats.
+ */
+const adoptRecoveredTerm = (term: number): Outcome => ({
+  patch: { currentTerm: term, votedFor: RECOVERING_VOTE },
+  emitted: [persistHardState(term, RECOVERING_VOTE)],
 });
 
 const followTarget = (context: RaftContext, target: RecoveryTarget): Outcome =>
-  merge(adoptRecoveredTerm(context, target.term), {
+  merge(adoptRecoveredTerm(target.term), {
     patch: { leaderId: target.leaderId, recovery: { ...context.recovery, target, heardTarget: false } },
   });
 

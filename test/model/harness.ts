@@ -22,7 +22,7 @@ import { type Actor, createActor } from 'xstate';
 import type { Entry, NodeId, RaftMessage } from '../../src/machines/messages.js';
 import { type RaftMachine, raftMachine, roleOf } from '../../src/machines/raft.machine.js';
 import type { HardState, RaftContext, RaftEmitted, RaftEvent } from '../../src/machines/raft.types.js';
-import { checkSafety, createHistory, type History, onRestart } from './invariants.js';
+import { checkSafety, createHistory, type History, onAmnesia, onRestart } from './invariants.js';
 import * as spec from './spec.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -47,7 +47,7 @@ export type Cmd =
   | { kind: 'propose'; server: Target; count: number }
   | { kind: 'read'; server: Target }
   /** With `loseTail`, the log keeps only what the server ever acknowledged (a torn tail cut). */
-  | { kind: 'restart'; server: Target; loseTail?: boolean }
+  | { kind: 'restart'; server: Target; loseTail?: boolean; amnesia?: boolean }
   /** Deliver / drop / duplicate the in-flight message at `pick` modulo the bag's size. */
   | { kind: 'deliver'; pick: number }
   | { kind: 'drop'; pick: number }
@@ -79,7 +79,7 @@ export const showCmd = (c: Cmd): string => {
     case 'read':
       return `ReadIndex(${showTarget(c.server)})`;
     case 'restart':
-      return `Restart(${showTarget(c.server)}${c.loseTail ? ', losing its tail' : ''})`;
+      return `Restart(${showTarget(c.server)}${c.loseTail ? ', losing its tail' : ''}${c.amnesia ? ', amnesiac' : ''})`;
     case 'deliver':
       return `Deliver(${c.pick})`;
     case 'drop':
@@ -125,6 +125,10 @@ export type Stats = {
   stepDowns: number;
   preVoteRejections: number;
   restarts: number;
+  /** Restarts that lost everything (memory mode): the server recovered before taking part. */
+  amnesiacRestarts: number;
+  /** Amnesiac servers that completed recovery. */
+  recoveries: number;
   /** Restarts that cut entries off a log (never acknowledged ones). */
   tailsLost: number;
   /** A leader heard a higher incarnation (reset its match) / a lower one (ignored the answer). */
@@ -153,6 +157,8 @@ export const emptyStats = (): Stats => ({
   stepDowns: 0,
   preVoteRejections: 0,
   restarts: 0,
+  amnesiacRestarts: 0,
+  recoveries: 0,
   tailsLost: 0,
   incarnationResets: 0,
   staleIncarnations: 0,
@@ -191,7 +197,12 @@ export type World = {
 /** A clock whose timers never fire: only explicit events move time. */
 const frozenClock = { setTimeout: () => 0, clearTimeout: () => {} };
 
-const startActor = (world: World, id: NodeId, store: ImplNode['store']): Actor<RaftMachine> => {
+const startActor = (
+  world: World,
+  id: NodeId,
+  store: ImplNode['store'],
+  recovering = false,
+): Actor<RaftMachine> => {
   const actor = createActor(raftMachine, {
     input: {
       id,
@@ -204,6 +215,7 @@ const startActor = (world: World, id: NodeId, store: ImplNode['store']): Actor<R
       entries: [...store.log],
       maxInflight: world.config.maxInflight,
       maxEntriesPerAppend: world.config.maxEntriesPerAppend,
+      recovering,
     },
     clock: frozenClock,
   });
@@ -308,7 +320,10 @@ const canonical = (m: RaftMessage): string =>
     .sort()
     .map((key) => {
       const value = (m as Record<string, unknown>)[key];
-      return `${key}=${Array.isArray(value) ? describeLog(value as Entry[]) : String(value)}`;
+      if (Array.isArray(value)) return `${key}=${describeLog(value as Entry[])}`;
+      if (typeof value === 'object' && value !== null)
+        return `${key}=${JSON.stringify(Object.entries(value).sort(([a], [b]) => (a < b ? -1 : 1)))}`;
+      return `${key}=${String(value)}`;
     })
     .join(',');
 
@@ -342,6 +357,9 @@ export const compareWithSpec = (s: spec.SpecServer, value: unknown, context: Raf
   field('votedFor', s.votedFor, context.votedFor);
   field('commitIndex', s.commitIndex, context.commitIndex);
   field('leaderId', s.leaderId, context.leaderId);
+  field('recovering', s.recovering, context.recovering);
+  field('recovery round', s.recovery.round, context.recovery.round);
+  field('recovery target', JSON.stringify(s.recovery.target), JSON.stringify(context.recovery.target));
   const at = sameLog(s.log, context.log.entries);
   if (at !== 0)
     diffs.push(
@@ -352,6 +370,7 @@ export const compareWithSpec = (s: spec.SpecServer, value: unknown, context: Raf
       const progress = context.progress[peer];
       field(`matchIndex[${peer}]`, s.matchIndex[peer], progress?.matchIndex);
       field(`recentActive[${peer}]`, s.recentActive[peer], progress?.recentActive);
+      field(`recovering[${peer}]`, s.recoveringOf[peer], progress?.recovering);
     }
   }
   return diffs;
@@ -552,6 +571,7 @@ const exchange = (world: World, id: NodeId, event: RaftEvent, action: SpecAction
   world.network.push(...sent);
 
   // Counters.
+  if (before.recovering && !after.recovering) world.stats.recoveries += 1;
   if (before.role !== 'leader' && after.role === 'leader') world.stats.leadersElected += 1;
   if (before.role === 'leader' && after.role !== 'leader' && after.currentTerm === before.currentTerm)
     world.stats.stepDowns += 1;
@@ -617,7 +637,67 @@ const keptEntries = (world: World, id: NodeId, loseTail: boolean): number => {
   return Math.min(length, Math.max(world.acked[id] ?? 0, world.history.maxCommitted));
 };
 
-const restartServer = (world: World, id: NodeId, loseTail = false): void => {
+/**
+ * An amnesiac restart is run only while the servers that lack the state (recovering, or blank:
+ * term 0 and an empty log) stay a minority with it: what the memory mode is stated to survive
+ * (docs/design/recovery.md); otherwise the restart keeps the log.
+ */
+const mayForget = (world: World, id: NodeId): boolean => {
+  const lacking = world.ids.filter((other) => {
+    const s = world.spec[other]!;
+    return other !== id && (s.recovering || (s.currentTerm === 0 && s.log.length === 0));
+  }).length;
+  return lacking + 1 <= Math.floor((world.ids.length - 1) / 2);
+};
+
+/** A restart that lost everything: the server recovers (its first RecoveryRequests go out at once). */
+const forgetServer = (world: World, id: NodeId): void => {
+  world.trace.push(`Restart(${id}, amnesiac)`);
+  world.stats.restarts += 1;
+  world.stats.amnesiacRestarts += 1;
+  world.counters.restarts += 1;
+  world.incarnation[id] = world.counters.restarts + 1;
+  const node = world.impl[id]!;
+  node.store.hardState = { term: 0, votedFor: null };
+  node.store.log.length = 0;
+  world.acked[id] = 0;
+  node.actor.stop();
+  node.outputs = [];
+  node.applied = 0;
+  node.actor = startActor(world, id, node.store, true);
+  node.actor.start();
+  for (const read of world.reads.values()) if (read.server === id) read.answered = true;
+  const step = spec.amnesiacRestart(world.spec[id]!, world.incarnation[id]!);
+  world.spec[id] = step.server;
+  onAmnesia(world.history, id);
+  startedSends(world, id, step, 'its amnesiac restart');
+  const snapshot = node.actor.getSnapshot();
+  const diffs = compareWithSpec(world.spec[id]!, snapshot.value, snapshot.context);
+  if (diffs.length > 0)
+    fail(world, `spec and implementation disagree after Restart(${id}, amnesiac):\n  ${diffs.join('\n  ')}`);
+};
+
+/** What a server did as it started: persists applied, its sends checked against the spec's and sent. */
+const startedSends = (world: World, id: NodeId, step: spec.SpecStep, label: string): void => {
+  const node = world.impl[id]!;
+  const sent: RaftMessage[] = [];
+  for (const out of node.outputs) {
+    if (out.type === 'persist') applyPersist(world, id, node, out);
+    if (out.type === 'send') sent.push(...out.messages);
+  }
+  node.outputs = [];
+  const exact = sent.map(canonical).sort();
+  const expected = step.send.map(canonical).sort();
+  if (exact.join('\n') !== expected.join('\n'))
+    fail(world, `${id} sent messages the spec does not after ${label}`);
+  world.network.push(...sent);
+};
+
+const restartServer = (world: World, id: NodeId, loseTail = false, amnesia = false): void => {
+  if (amnesia && mayForget(world, id)) {
+    forgetServer(world, id);
+    return;
+  }
   world.trace.push(`Restart(${id}${loseTail ? ', losing its tail' : ''})`);
   world.stats.restarts += 1;
   world.counters.restarts += 1;
@@ -634,8 +714,10 @@ const restartServer = (world: World, id: NodeId, loseTail = false): void => {
   node.actor = startActor(world, id, node.store);
   node.actor.start();
   for (const read of world.reads.values()) if (read.server === id) read.answered = true;
-  world.spec[id] = spec.restart(world.spec[id]!, world.incarnation[id]!, kept);
+  const started = spec.startup(spec.restart(world.spec[id]!, world.incarnation[id]!, kept));
+  world.spec[id] = started.server;
   onRestart(world.history, id);
+  startedSends(world, id, started, `Restart(${id})`);
   const snapshot = node.actor.getSnapshot();
   const diffs = compareWithSpec(world.spec[id]!, snapshot.value, snapshot.context);
   if (diffs.length > 0)
@@ -697,7 +779,7 @@ export const runCmd = (world: World, cmd: Cmd): void => {
       return;
     }
     case 'restart':
-      restartServer(world, resolve(world, cmd.server), cmd.loseTail === true);
+      restartServer(world, resolve(world, cmd.server), cmd.loseTail === true, cmd.amnesia === true);
       return;
     case 'deliver':
       if (world.network.length > 0) deliverAt(world, cmd.pick % world.network.length);
@@ -794,7 +876,9 @@ export const heal = (world: World): number => {
       );
       continue;
     }
-    const best = [...servers].sort(
+    // A recovering server starts no election: the best of the others does.
+    const candidates = servers.filter((s) => !s.recovering);
+    const best = [...(candidates.length > 0 ? candidates : servers)].sort(
       (x, y) => spec.lastTerm(y.log) - spec.lastTerm(x.log) || y.log.length - x.log.length,
     )[0]!;
     for (const s of servers) {
@@ -868,6 +952,14 @@ export const cmdArb = (servers: number): fc.Arbitrary<Cmd> =>
         kind: fc.constant('restart' as const),
         server: targetArb,
         loseTail: fc.boolean(),
+      }),
+    },
+    {
+      weight: 2,
+      arbitrary: fc.record({
+        kind: fc.constant('restart' as const),
+        server: targetArb,
+        amnesia: fc.constant(true),
       }),
     },
   );

@@ -46,6 +46,15 @@ export const onRestart = (history: History, id: NodeId): void => {
   history.leaderLog[id] = null;
 };
 
+/**
+ * An amnesiac restart (memory mode) also forgets the term: it starts again from 0 (and recovers
+ * before it votes, docs/design/recovery.md). One vote per term stays checked across it (`voteOf`).
+ */
+export const onAmnesia = (history: History, id: NodeId): void => {
+  onRestart(history, id);
+  history.lastTerm[id] = 0;
+};
+
 const describeEntry = (e: Entry | undefined): string =>
   e === undefined ? 'none' : `${e.kind}@${e.term}${e.data ? `:${Buffer.from(e.data).toString('hex')}` : ''}`;
 
@@ -101,8 +110,12 @@ export const checkSafety = (servers: readonly SpecServer[], history: History): s
     if (s.currentTerm < lastTerm)
       problems.push(`${s.id}: currentTerm went back from ${lastTerm} to ${s.currentTerm}`);
     history.lastTerm[s.id] = s.currentTerm;
-    // One vote per term.
-    if (s.votedFor !== null) {
+    // One vote per term. A vote for itself outside a campaign of its own is no vote cast: it is how
+    // a recovered server abstains in the term it adopted (docs/design/recovery.md); a candidate's
+    // own vote is recorded while it campaigns.
+    const ownCampaign = s.role === 'leader' || (s.role === 'candidate' && s.phase === 'campaign');
+    // The recovering mark (RECOVERING_VOTE, '') is no vote either.
+    if (s.votedFor !== null && s.votedFor !== '' && !(s.votedFor === s.id && !ownCampaign)) {
       const key = `${s.id}@${s.currentTerm}`;
       const earlier = history.voteOf.get(key);
       if (earlier !== undefined && earlier !== s.votedFor)

@@ -110,6 +110,11 @@ const requestVote = (
   preVote,
 });
 
+/**
+ * A vote answer as the rules build it: it carries the voter's incarnation (1 here) and crash vector
+ * (docs/design/recovery.md); assertions match it with toMatchObject, leaving the vector's content
+ * to the recovery tests.
+ */
 const voteAnswer = (
   from: NodeId,
   to: NodeId,
@@ -123,6 +128,7 @@ const voteAnswer = (
   term,
   voteGranted: granted,
   preVote,
+  incarnation: 1,
 });
 
 const appendEntries = (
@@ -184,34 +190,34 @@ describe('RequestVote', () => {
   it('refuses a stale RequestVote with its own term', () => {
     const b = server('b', ABC, { term: 3, votedFor: null, log: [] });
     const { sent } = b.deliver(requestVote('a', 'b', 2, [5, 2]));
-    expect(sent).toEqual([voteAnswer('b', 'a', 3, false)]);
+    expect(sent).toMatchObject([voteAnswer('b', 'a', 3, false)]);
     expect(b.context().currentTerm).toBe(3);
     expect(b.context().votedFor).toBeNull();
   });
 
   it('votes once per term: refuses a second candidate, grants the same one again', () => {
     const c = server('c', ABC, { term: 1, votedFor: null, log: [] });
-    expect(c.deliver(requestVote('a', 'c', 1, [0, 0])).sent).toEqual([voteAnswer('c', 'a', 1, true)]);
-    expect(c.deliver(requestVote('b', 'c', 1, [0, 0])).sent).toEqual([voteAnswer('c', 'b', 1, false)]);
-    expect(c.deliver(requestVote('a', 'c', 1, [0, 0])).sent).toEqual([voteAnswer('c', 'a', 1, true)]);
+    expect(c.deliver(requestVote('a', 'c', 1, [0, 0])).sent).toMatchObject([voteAnswer('c', 'a', 1, true)]);
+    expect(c.deliver(requestVote('b', 'c', 1, [0, 0])).sent).toMatchObject([voteAnswer('c', 'b', 1, false)]);
+    expect(c.deliver(requestVote('a', 'c', 1, [0, 0])).sent).toMatchObject([voteAnswer('c', 'a', 1, true)]);
     expect(c.context().votedFor).toBe('a');
   });
 
   it('refuses a candidate whose last term is lower, even with a longer log', () => {
     const c = server('c', ABC, { term: 3, votedFor: null, log: [cmd(1), cmd(3)] });
-    expect(c.deliver(requestVote('a', 'c', 4, [9, 2])).sent).toEqual([voteAnswer('c', 'a', 4, false)]);
+    expect(c.deliver(requestVote('a', 'c', 4, [9, 2])).sent).toMatchObject([voteAnswer('c', 'a', 4, false)]);
     expect(c.context().votedFor).toBeNull();
   });
 
   it('refuses the same last term with a shorter log, grants it with an equal one', () => {
     const c = server('c', ABC, { term: 2, votedFor: null, log: [cmd(1), cmd(2), cmd(2)] });
-    expect(c.deliver(requestVote('a', 'c', 3, [2, 2])).sent).toEqual([voteAnswer('c', 'a', 3, false)]);
-    expect(c.deliver(requestVote('b', 'c', 3, [3, 2])).sent).toEqual([voteAnswer('c', 'b', 3, true)]);
+    expect(c.deliver(requestVote('a', 'c', 3, [2, 2])).sent).toMatchObject([voteAnswer('c', 'a', 3, false)]);
+    expect(c.deliver(requestVote('b', 'c', 3, [3, 2])).sent).toMatchObject([voteAnswer('c', 'b', 3, true)]);
   });
 
   it('grants a candidate whose last term is higher, even with a shorter log', () => {
     const c = server('c', ABC, { term: 2, votedFor: null, log: [cmd(1), cmd(1), cmd(2)] });
-    expect(c.deliver(requestVote('a', 'c', 4, [1, 3])).sent).toEqual([voteAnswer('c', 'a', 4, true)]);
+    expect(c.deliver(requestVote('a', 'c', 4, [1, 3])).sent).toMatchObject([voteAnswer('c', 'a', 4, true)]);
   });
 
   it('a higher-term request moves the receiver to that term; the vote is persisted before the grant', () => {
@@ -323,12 +329,12 @@ describe('PreVote', () => {
 
   it('grants a pre-vote with the proposed term and changes nothing; refuses a stale log', () => {
     const b = server('b', ABC, { term: 1, votedFor: 'c', log: [cmd(1)] });
-    expect(b.deliver(requestVote('a', 'b', 2, [1, 1], true)).sent).toEqual([
+    expect(b.deliver(requestVote('a', 'b', 2, [1, 1], true)).sent).toMatchObject([
       voteAnswer('b', 'a', 2, true, true),
     ]);
     expect(b.context().currentTerm).toBe(1);
     expect(b.context().votedFor).toBe('c');
-    expect(b.deliver(requestVote('c', 'b', 2, [0, 0], true)).sent).toEqual([
+    expect(b.deliver(requestVote('c', 'b', 2, [0, 0], true)).sent).toMatchObject([
       voteAnswer('b', 'c', 1, false, true),
     ]);
   });
@@ -336,7 +342,7 @@ describe('PreVote', () => {
   it('refuses a pre-vote while it knows a leader', () => {
     const b = server('b', ABC, { term: 1, votedFor: null, log: [] });
     b.deliver(heartbeat('a', 'b', 1, 0));
-    expect(b.deliver(requestVote('c', 'b', 2, [0, 0], true)).sent).toEqual([
+    expect(b.deliver(requestVote('c', 'b', 2, [0, 0], true)).sent).toMatchObject([
       voteAnswer('b', 'c', 1, false, true),
     ]);
   });

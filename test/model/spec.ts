@@ -15,7 +15,13 @@
  *   min(matchIndex, commitIndex), rejections with a conflict hint, commit = max(commit,
  *   min(leaderCommit, last new index)), stale requests answered with the receiver's term,
  *   incarnations: every start of a server has a larger number, its answers carry it, and a leader
- *   resets its match of a follower whose incarnation went up and ignores answers whose went down.
+ *   resets its match of a follower whose incarnation went up and ignores answers whose went down,
+ *   recovery of an amnesiac server (docs/design/recovery.md): it starts `recovering`, grants no
+ *   vote, marks its answers (a leader counts them toward no commit and no CheckQuorum), asks every
+ *   member with a nonce (incarnation, round), and completes once a majority of the others that are
+ *   not recovering answered, one of them the leader of the highest term, and it holds that leader's
+ *   log up to the last index it reported; crash vectors: vote and recovery answers carry the
+ *   sender's, and a vote from an incarnation known to be older is dropped.
  *
  * Every function is pure: it takes a server's state and returns the next one plus the replies
  * the server must send. Two kinds of messages are *not* predicted exactly: a leader's
@@ -31,9 +37,20 @@ import type {
   Heartbeat,
   NodeId,
   RaftMessage,
+  RecoveryRequest,
+  RecoveryResponse,
   RequestVote,
   RequestVoteResponse,
 } from '../../src/machines/messages.js';
+import { RECOVERING_VOTE } from '../../src/machines/messages.js';
+
+/** A recovering server's round: its answers, and the leader it copies from once it has one. */
+export type SpecRecovery = {
+  readonly round: number;
+  readonly answers: Readonly<Record<NodeId, RecoveryResponse>>;
+  readonly target: { leaderId: NodeId; term: number; lastIndex: number } | null;
+  readonly heardTarget: boolean;
+};
 
 export type SpecRole = 'follower' | 'candidate' | 'leader';
 /** A candidate first polls (PreVote, dissertation §9.6), then campaigns for real. */
@@ -63,6 +80,15 @@ export type SpecServer = {
   readonly incarnation: number;
   /** Leaders: the highest incarnation each peer's answers named (absent: none heard). */
   readonly incarnationOf: Readonly<Record<NodeId, number>>;
+  /** Leaders: peers whose answers in their current incarnation are marked recovering (or unheard). */
+  readonly recoveringOf: Readonly<Record<NodeId, boolean>>;
+  /** Started without its state and not yet recovered. */
+  readonly recovering: boolean;
+  readonly recovery: SpecRecovery;
+  /** The largest incarnation heard of each member. */
+  readonly crashVector: Readonly<Record<NodeId, number>>;
+  /** Candidates: the incarnation of each voter whose answer `votes` holds. */
+  readonly voteIncarnations: Readonly<Record<NodeId, number>>;
 };
 
 /** What a step of the spec produces: the next state and the messages it must send. */
@@ -114,6 +140,7 @@ export const initServer = (
   voters: readonly NodeId[],
   persistent?: Persistent,
   incarnation = 1,
+  recovering = false,
 ): SpecServer => ({
   id,
   voters: [...voters].sort(),
@@ -129,6 +156,12 @@ export const initServer = (
   recentActive: {},
   incarnation,
   incarnationOf: {},
+  recoveringOf: {},
+  // A crash in the middle of recovery leaves the mark on the disk: the server recovers again.
+  recovering: recovering || persistent?.votedFor === RECOVERING_VOTE,
+  recovery: { round: 0, answers: {}, target: null, heardTarget: false },
+  crashVector: { [id]: incarnation },
+  voteIncarnations: {},
 });
 
 export const persistentOf = (s: SpecServer): Persistent => ({
@@ -153,6 +186,18 @@ export const restart = (s: SpecServer, incarnation: number, keptEntries = s.log.
   );
 };
 
+/**
+ * Amnesia: the server lost everything (a memory node's restart) and starts as a new incarnation,
+ * recovering: its first round of RecoveryRequests goes out at once.
+ */
+/** What a server does as it starts: a recovering one sends its first round of RecoveryRequests. */
+export const startup = (s: SpecServer): SpecStep => (s.recovering ? startRecoveryRound(s) : unchanged(s));
+
+export const amnesiacRestart = (s: SpecServer, incarnation: number): SpecStep => {
+  if (incarnation <= s.incarnation) throw new Error(`spec: incarnation ${incarnation} <= ${s.incarnation}`);
+  return startRecoveryRound(initServer(s.id, s.voters, undefined, incarnation, true));
+};
+
 // ---------------------------------------------------------------------------------------------
 // Becoming follower, candidate, leader
 
@@ -166,6 +211,7 @@ const becomeFollower = (s: SpecServer): SpecServer =>
         matchIndex: {},
         recentActive: {},
         incarnationOf: {},
+        recoveringOf: {},
         leaderId: s.role === 'leader' ? null : s.leaderId,
       };
 
@@ -186,12 +232,14 @@ const requestVotes = (s: SpecServer, term: number, preVote: boolean): RequestVot
  */
 export const timeout = (s: SpecServer): SpecStep => {
   if (s.role === 'leader') return unchanged(s);
+  if (s.recovering) return retryRecovery(s);
   const polling: SpecServer = {
     ...s,
     role: 'candidate',
     phase: 'preVote',
     leaderId: null,
     votes: { [s.id]: true },
+    voteIncarnations: { [s.id]: s.incarnation },
   };
   return tally({ server: polling, send: requestVotes(polling, s.currentTerm + 1, true) });
 };
@@ -207,6 +255,7 @@ const campaign = (s: SpecServer): SpecStep => {
     votedFor: s.id,
     leaderId: null,
     votes: { [s.id]: true },
+    voteIncarnations: { [s.id]: s.incarnation },
   };
   return tally({ server: candidate, send: requestVotes(candidate, term, false) });
 };
@@ -215,9 +264,14 @@ const campaign = (s: SpecServer): SpecStep => {
 const becomeLeader = (s: SpecServer): SpecServer => {
   const matchIndex: Record<NodeId, number> = {};
   const recentActive: Record<NodeId, boolean> = {};
+  const incarnationOf: Record<NodeId, number> = {};
+  const recoveringOf: Record<NodeId, boolean> = {};
   for (const p of peers(s)) {
     matchIndex[p] = 0;
     recentActive[p] = true;
+    // Unheard peers count for nothing yet; their known incarnation (crash vector) rules out older answers.
+    recoveringOf[p] = true;
+    if (s.crashVector[p] !== undefined) incarnationOf[p] = s.crashVector[p]!;
   }
   return advanceCommitIndex({
     ...s,
@@ -227,7 +281,8 @@ const becomeLeader = (s: SpecServer): SpecServer => {
     log: [...s.log, { term: s.currentTerm, kind: 'noop', data: null }],
     matchIndex,
     recentActive,
-    incarnationOf: {},
+    incarnationOf,
+    recoveringOf,
   });
 };
 
@@ -270,7 +325,7 @@ export const advanceCommitIndex = (s: SpecServer): SpecServer => {
   if (s.role !== 'leader') return s;
   for (let n = s.log.length; n > s.commitIndex; n -= 1) {
     if (termAt(s.log, n) !== s.currentTerm) break;
-    const replicas = 1 + peers(s).filter((p) => (s.matchIndex[p] ?? 0) >= n).length;
+    const replicas = 1 + peers(s).filter((p) => !s.recoveringOf[p] && (s.matchIndex[p] ?? 0) >= n).length;
     if (replicas >= majority(s.voters)) return { ...s, commitIndex: n };
   }
   return s;
@@ -352,6 +407,7 @@ const rejectAppend = (s: SpecServer, m: AppendEntries): AppendEntriesResponse =>
   rejectedIndex: m.prevLogIndex,
   ...conflictHint(s.log, m.prevLogIndex),
   incarnation: s.incarnation,
+  ...marked(s),
 });
 
 const voteResponse = (
@@ -367,7 +423,12 @@ const voteResponse = (
   term,
   voteGranted: granted,
   preVote,
+  incarnation: s.incarnation,
+  crashVector: s.crashVector,
 });
+
+/** A recovering server's answers say so. */
+const marked = (s: SpecServer): { recovering?: true } => (s.recovering ? { recovering: true } : {});
 
 const heartbeatResponse = (s: SpecServer, m: Heartbeat): RaftMessage => ({
   type: 'HeartbeatResponse',
@@ -376,6 +437,7 @@ const heartbeatResponse = (s: SpecServer, m: Heartbeat): RaftMessage => ({
   term: s.currentTerm,
   seq: m.seq,
   incarnation: s.incarnation,
+  ...marked(s),
 });
 
 /** A request of an older term is refused with our term; a stale response is dropped. */
@@ -401,14 +463,19 @@ const answerStale = (s: SpecServer, m: RaftMessage): SpecStep => {
  */
 const handlePreVoteRequest = (s: SpecServer, m: RequestVote): SpecStep => {
   const granted =
-    m.term > s.currentTerm && s.leaderId === null && logIsUpToDate(s.log, m.lastLogIndex, m.lastLogTerm);
+    !s.recovering &&
+    m.term > s.currentTerm &&
+    s.leaderId === null &&
+    logIsUpToDate(s.log, m.lastLogIndex, m.lastLogTerm);
   return { server: s, send: [voteResponse(s, m.from, granted ? m.term : s.currentTerm, granted, true)] };
 };
 
 /** HandleRequestVoteRequest (m.term = currentTerm): one vote per term, for an up-to-date log. */
 const handleRequestVoteRequest = (s: SpecServer, m: RequestVote): SpecStep => {
   const granted =
-    (s.votedFor === null || s.votedFor === m.from) && logIsUpToDate(s.log, m.lastLogIndex, m.lastLogTerm);
+    !s.recovering &&
+    (s.votedFor === null || s.votedFor === m.from) &&
+    logIsUpToDate(s.log, m.lastLogIndex, m.lastLogTerm);
   const next = granted ? { ...becomeFollower(s), votedFor: m.from } : s;
   return { server: next, send: [voteResponse(next, m.from, s.currentTerm, granted, false)] };
 };
@@ -419,7 +486,17 @@ const handleRequestVoteResponse = (s: SpecServer, m: RequestVoteResponse): SpecS
   const answersPoll = s.phase === 'preVote' && m.preVote && (!m.voteGranted || m.term === s.currentTerm + 1);
   const answersElection = s.phase === 'campaign' && !m.preVote && m.term === s.currentTerm;
   if (!answersPoll && !answersElection) return unchanged(s);
-  return tally(unchanged({ ...s, votes: { ...s.votes, [m.from]: m.voteGranted } }));
+  const raised = raiseCrashVector(s, m.crashVector);
+  const incarnation = m.incarnation ?? 0;
+  // A vote sent before its voter restarted (the crash vector knows a later incarnation) is dropped.
+  if (incarnation < (raised.crashVector[m.from] ?? 0)) return tally(unchanged(raised));
+  return tally(
+    unchanged({
+      ...raised,
+      votes: { ...raised.votes, [m.from]: m.voteGranted },
+      voteIncarnations: { ...raised.voteIncarnations, [m.from]: incarnation },
+    }),
+  );
 };
 
 /**
@@ -457,6 +534,7 @@ const handleAppendEntriesRequest = (s: SpecServer, m: AppendEntries): SpecStep =
     conflictIndex: 0,
     conflictTerm: 0,
     incarnation: s.incarnation,
+    ...marked(s),
   };
   return { server: { ...follower, log, commitIndex }, send: [response] };
 };
@@ -481,14 +559,36 @@ const handleHeartbeat = (s: SpecServer, m: Heartbeat): SpecStep => {
  * already heard is ignored (null); one from a later start forgets the follower's match (its log may
  * be shorter now), and the answer is then handled. The first answer only records it.
  */
-const admitIncarnation = (s: SpecServer, from: NodeId, incarnation: number): SpecServer | null => {
+const admitIncarnation = (
+  s: SpecServer,
+  from: NodeId,
+  incarnation: number,
+  recovering: boolean,
+): SpecServer | null => {
   const known = s.incarnationOf[from];
   if (known !== undefined && incarnation < known) return null;
-  if (known === incarnation) return s;
+  // Within one incarnation, recovery only completes.
+  if (known === incarnation)
+    return {
+      ...s,
+      recoveringOf: { ...s.recoveringOf, [from]: (s.recoveringOf[from] ?? true) && recovering },
+    };
   const incarnationOf = { ...s.incarnationOf, [from]: incarnation };
-  if (known === undefined) return { ...s, incarnationOf };
-  return { ...s, incarnationOf, matchIndex: { ...s.matchIndex, [from]: 0 } };
+  const recoveringOf = { ...s.recoveringOf, [from]: recovering };
+  if (known === undefined) return { ...s, incarnationOf, recoveringOf };
+  // A new start: its match starts over, and it counts as heard from (a new progress).
+  return {
+    ...s,
+    incarnationOf,
+    recoveringOf,
+    matchIndex: { ...s.matchIndex, [from]: 0 },
+    recentActive: { ...s.recentActive, [from]: true },
+  };
 };
+
+/** An answer marks its sender active for CheckQuorum unless it recovers (rule 3). */
+const heardFrom = (s: SpecServer, from: NodeId): SpecServer =>
+  s.recoveringOf[from] ? s : { ...s, recentActive: { ...s.recentActive, [from]: true } };
 
 /**
  * HandleAppendEntriesResponse: within one incarnation of the follower, match only moves forward
@@ -496,9 +596,9 @@ const admitIncarnation = (s: SpecServer, from: NodeId, incarnation: number): Spe
  */
 const handleAppendEntriesResponse = (s: SpecServer, m: AppendEntriesResponse): SpecStep => {
   if (s.role !== 'leader') return unchanged(s);
-  const admitted = admitIncarnation(s, m.from, m.incarnation);
+  const admitted = admitIncarnation(s, m.from, m.incarnation, m.recovering === true);
   if (admitted === null) return unchanged(s);
-  const heard = { ...admitted, recentActive: { ...s.recentActive, [m.from]: true } };
+  const heard = heardFrom(admitted, m.from);
   if (!m.success) return unchanged(heard);
   const matchIndex = { ...heard.matchIndex, [m.from]: Math.max(heard.matchIndex[m.from] ?? 0, m.matchIndex) };
   return unchanged(advanceCommitIndex({ ...heard, matchIndex }));
@@ -510,9 +610,156 @@ const handleHeartbeatResponse = (
   m: Extract<RaftMessage, { type: 'HeartbeatResponse' }>,
 ): SpecStep => {
   if (s.role !== 'leader') return unchanged(s);
-  const admitted = admitIncarnation(s, m.from, m.incarnation);
+  const admitted = admitIncarnation(s, m.from, m.incarnation, m.recovering === true);
   if (admitted === null) return unchanged(s);
-  return unchanged({ ...admitted, recentActive: { ...s.recentActive, [m.from]: true } });
+  // A follower that just finished recovering counts from now on: its match may commit more.
+  return unchanged(advanceCommitIndex(heardFrom(admitted, m.from)));
+};
+
+// ---------------------------------------------------------------------------------------------
+// Recovery (docs/design/recovery.md)
+
+/** Rule 1: raise the crash vector; drop votes of older incarnations; a leader resets their match. */
+const raiseCrashVector = (
+  s: SpecServer,
+  vector: Readonly<Record<NodeId, number>> | undefined,
+): SpecServer => {
+  if (vector === undefined) return s;
+  let next = s;
+  for (const [member, incarnation] of Object.entries(vector)) {
+    if (!s.voters.includes(member) || incarnation <= (next.crashVector[member] ?? 0)) continue;
+    next = { ...next, crashVector: { ...next.crashVector, [member]: incarnation } };
+    if (member in next.votes && (next.voteIncarnations[member] ?? 0) < incarnation) {
+      const votes = { ...next.votes };
+      delete votes[member];
+      next = { ...next, votes };
+    }
+    if (next.role === 'leader' && member !== s.id && (next.incarnationOf[member] ?? 0) < incarnation) {
+      next = {
+        ...next,
+        incarnationOf: { ...next.incarnationOf, [member]: incarnation },
+        recoveringOf: { ...next.recoveringOf, [member]: true },
+        matchIndex: { ...next.matchIndex, [member]: 0 },
+        recentActive: { ...next.recentActive, [member]: true },
+      };
+    }
+  }
+  return next;
+};
+
+const isBlank = (s: SpecServer): boolean => s.currentTerm === 0 && s.log.length === 0;
+
+/** A new round: new nonce, no answers, a RecoveryRequest to every peer. */
+const startRecoveryRound = (s: SpecServer): SpecStep => {
+  const round = s.recovery.round + 1;
+  const next: SpecServer = {
+    ...s,
+    votedFor: RECOVERING_VOTE,
+    recovery: { round, answers: {}, target: null, heardTarget: false },
+  };
+  const send: RecoveryRequest[] = peers(s).map((to) => ({
+    type: 'RecoveryRequest',
+    from: s.id,
+    to,
+    term: s.currentTerm,
+    incarnation: s.incarnation,
+    round,
+  }));
+  return { server: next, send };
+};
+
+/** The retry timer: a round copying from a leader that still sends goes on; any other starts over. */
+const retryRecovery = (s: SpecServer): SpecStep =>
+  s.recovery.target !== null && s.recovery.heardTarget
+    ? unchanged({ ...s, recovery: { ...s.recovery, heardTarget: false } })
+    : startRecoveryRound(s);
+
+/** A new term while recovering: a round that followed a leader starts over; one collecting goes on. */
+const enterRecovering = (s: SpecServer): SpecStep =>
+  s.recovery.round === 0 || s.recovery.target !== null
+    ? startRecoveryRound(s)
+    : unchanged({ ...s, votedFor: RECOVERING_VOTE });
+
+/** Every server answers a RecoveryRequest (outside the term rules), after raising its crash vector. */
+const handleRecoveryRequest = (s: SpecServer, m: RecoveryRequest): SpecStep => {
+  if (m.incarnation < (s.crashVector[m.from] ?? 0)) return unchanged(s);
+  const raised = raiseCrashVector(s, { [m.from]: m.incarnation });
+  const response: RecoveryResponse = {
+    type: 'RecoveryResponse',
+    from: s.id,
+    to: m.from,
+    term: s.currentTerm,
+    incarnation: m.incarnation,
+    round: m.round,
+    recovering: s.recovering,
+    blank: isBlank(s),
+    leaderLastIndex: s.role === 'leader' ? s.log.length : -1,
+    crashVector: raised.crashVector,
+  };
+  return { server: raised, send: [response] };
+};
+
+/**
+ * An answer of the current nonce: bootstrap when a majority (this server included) is blank and
+ * every answer is; else, with a majority of the others not recovering and the leader of the highest
+ * term among them, adopt that term as voted in and copy that leader's log up to its last index.
+ */
+const handleRecoveryResponse = (s: SpecServer, m: RecoveryResponse): SpecStep => {
+  const raised = raiseCrashVector(s, m.crashVector);
+  const current =
+    s.recovering &&
+    s.recovery.target === null &&
+    m.incarnation === s.incarnation &&
+    m.round === s.recovery.round;
+  if (!current) return unchanged(raised);
+  const answersBy = { ...s.recovery.answers, [m.from]: m };
+  const withAnswer: SpecServer = { ...raised, recovery: { ...s.recovery, answers: answersBy } };
+  const answers = Object.values(answersBy);
+  const blank = answers.filter((a) => a.blank).length;
+  if (isBlank(withAnswer) && blank === answers.length && blank + 1 >= majority(s.voters))
+    return unchanged({ ...withAnswer, recovering: false, votedFor: null });
+  const ready = answers.filter((a) => !a.recovering);
+  const term = Math.max(withAnswer.currentTerm, ...ready.map((a) => a.term));
+  const leader = ready.find((a) => a.leaderLastIndex >= 0 && a.term === term);
+  const othersMajority = Math.floor((s.voters.length - 1) / 2) + 1;
+  if (leader === undefined || ready.length < othersMajority) return unchanged(withAnswer);
+  return unchanged({
+    ...withAnswer,
+    currentTerm: term,
+    votedFor: RECOVERING_VOTE,
+    leaderId: leader.from,
+    recovery: {
+      ...withAnswer.recovery,
+      target: { leaderId: leader.from, term, lastIndex: leader.leaderLastIndex },
+      heardTarget: false,
+    },
+  });
+};
+
+/** AppendEntries while recovering: as any follower, then: does it complete the recovery? */
+const appendWhileRecovering = (s: SpecServer, m: AppendEntries): SpecStep => {
+  const step = handleAppendEntriesRequest(s, m);
+  const target = s.recovery.target;
+  let server = step.server;
+  if (target?.leaderId === m.from && !s.recovery.heardTarget)
+    server = { ...server, recovery: { ...server.recovery, heardTarget: true } };
+  const answer = step.send[0];
+  const done =
+    answer?.type === 'AppendEntriesResponse' &&
+    answer.success &&
+    target !== null &&
+    target.leaderId === m.from &&
+    target.term === m.term &&
+    answer.matchIndex >= target.lastIndex;
+  // Recovered: it counts as having voted (for itself) in the term it adopted.
+  if (done)
+    server = {
+      ...server,
+      recovering: false,
+      votedFor: s.id,
+      recovery: { ...server.recovery, target: null, heardTarget: false },
+    };
+  return { server, send: step.send };
 };
 
 /**
@@ -521,10 +768,18 @@ const handleHeartbeatResponse = (
  * the handler of the message's type.
  */
 export const receive = (s: SpecServer, m: RaftMessage): SpecStep => {
+  if (m.type === 'RecoveryRequest') return handleRecoveryRequest(s, m);
+  if (m.type === 'RecoveryResponse') return handleRecoveryResponse(s, m);
   if (m.term < s.currentTerm) return answerStale(s, m);
   if (m.type === 'RequestVote' && m.preVote) return handlePreVoteRequest(s, m);
   if (m.type === 'RequestVoteResponse' && m.preVote && m.voteGranted) return handleRequestVoteResponse(s, m);
+  if (m.term > s.currentTerm && s.recovering) {
+    const entered = enterRecovering(updateTerm(s, m));
+    const handled = receive(entered.server, m);
+    return { ...handled, send: [...entered.send, ...handled.send] };
+  }
   const current = m.term > s.currentTerm ? updateTerm(s, m) : s;
+  if (current.recovering && m.type === 'AppendEntries') return appendWhileRecovering(current, m);
   switch (m.type) {
     case 'RequestVote':
       return handleRequestVoteRequest(current, m);
@@ -542,8 +797,5 @@ export const receive = (s: SpecServer, m: RaftMessage): SpecStep => {
     case 'InstallSnapshotResponse':
       // The model test never compacts a log, so no snapshot is ever sent; the simulation covers them.
       throw new Error(`the spec has no snapshots, got ${m.type}`);
-    case 'RecoveryRequest':
-    case 'RecoveryResponse':
-      throw new Error(`unexpected ${m.type}`);
   }
 };

@@ -13,9 +13,13 @@ vi.mock('../../src/machines/progress.js', async (importOriginal) => {
   const original = await importOriginal<typeof import('../../src/machines/progress.js')>();
   return {
     ...original,
-    // The bug: every answer counts as the incarnation the leader already knew.
-    admitIncarnation: (...args: Parameters<typeof original.admitIncarnation>) =>
-      broken.ignoreIncarnations ? 'current' : original.admitIncarnation(...args),
+    // The bug: every answer counts as the incarnation the leader already knew (and, as before
+    // recovery existed, every answer counts: none is marked recovering in these runs' old rule).
+    admitIncarnation: (...args: Parameters<typeof original.admitIncarnation>) => {
+      if (!broken.ignoreIncarnations) return original.admitIncarnation(...args);
+      args[0].recovering = false;
+      return 'current';
+    },
   };
 });
 
