@@ -81,6 +81,26 @@ const restartEmpty = async (c: Cluster, id: string, overrides?: Record<string, u
 
 const diagnostics = (c: Cluster): string => `\n${formatRoleTimeline(c.timeline, { t0: c.t0 })}`;
 
+/**
+ * When a later step fails (a wait timed out), a wrong answer already seen is the finding that
+ * matters: report it first, with the step's error after it.
+ */
+const safetyFirst = async (
+  probe: ReturnType<typeof startProbe>,
+  c: Cluster,
+  error: unknown,
+): Promise<never> => {
+  await probe.stop();
+  const wrong = wrongAnswers(probe.outcomes, W);
+  if (wrong.length > 0) {
+    throw new Error(
+      `wrong answers to get('W'): ${wrong.slice(0, 6).join(', ')} (${summarizeOutcomes(probe.outcomes)}); ` +
+        `then: ${(error as Error).message}${diagnostics(c)}`,
+    );
+  }
+  throw error;
+};
+
 describe('amnesia: the scenario of issue 11, real processes behind link proxies', () => {
   it('a forgotten acknowledgement is never answered away: the cluster waits and says why', async () => {
     const { c, m, a, b, cId } = await startMeshCluster();
@@ -111,6 +131,8 @@ describe('amnesia: the scenario of issue 11, real processes behind link proxies'
       await waitForWarning(c, a, 'RECOVERY_BLOCKED', { sinceMs: aRestartedAt, timeoutMs: BLOCKED_BOUND_MS });
       await probe.moreRounds(2, 2 * (PROPOSAL_TIMEOUT_MS + 5000));
       expect((await c.metrics(a)).recovering, 'A after its empty restart').toBe(true);
+    } catch (error) {
+      await safetyFirst(probe, c, error);
     } finally {
       await probe.stop();
     }
@@ -181,6 +203,8 @@ describe('amnesia: the scenario of issue 11, real processes behind link proxies'
       await waitForWarning(c, a, 'RECOVERY_BLOCKED', { sinceMs: aRestartedAt, timeoutMs: BLOCKED_BOUND_MS });
       await waitForWarning(c, b, 'RECOVERY_BLOCKED', { sinceMs: bRestartedAt, timeoutMs: BLOCKED_BOUND_MS });
       await probe.moreRounds(2, 2 * (PROPOSAL_TIMEOUT_MS + 5000));
+    } catch (error) {
+      await safetyFirst(probe, c, error);
     } finally {
       await probe.stop();
     }
