@@ -347,11 +347,13 @@ const main = async () => {
 
   let lastRole = null;
   let lastTerm = -1;
-  const reportRole = (role, term, leaderId) => {
-    if (role === lastRole && term === lastTerm) return;
+  let lastRecovering;
+  const reportRole = (role, term, leaderId, recovering = false) => {
+    if (role === lastRole && term === lastTerm && recovering === lastRecovering) return;
     lastRole = role;
     lastTerm = term;
-    send({ event: 'role', role, term, leaderId });
+    lastRecovering = recovering;
+    send({ event: 'role', role, term, leaderId, recovering });
   };
   const roleOf = (value) => (typeof value === 'string' ? value : Object.keys(value ?? {})[0]);
 
@@ -397,7 +399,7 @@ const main = async () => {
       const role = roleOf(snapshot?.value);
       const term = snapshot?.context?.currentTerm;
       if ((role === 'follower' || role === 'candidate' || role === 'leader') && typeof term === 'number') {
-        reportRole(role, term, snapshot.context.leaderId ?? null);
+        reportRole(role, term, snapshot.context.leaderId ?? null, snapshot.context.recovering === true);
       }
     };
   }

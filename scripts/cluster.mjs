@@ -265,6 +265,7 @@ export const startCluster = async (options = {}) => {
         n.role = message.role;
         n.term = message.term;
         n.leaderId = message.leaderId;
+        n.recovering = message.recovering === true;
         if (message.role === 'leader') n.leaderSinceMs = message.atMs;
         break;
       case 'leader':
@@ -386,6 +387,8 @@ export const startCluster = async (options = {}) => {
   };
 
   const isLive = (id) => nodes.get(id)?.alive === true;
+  /** A live node that started without its state and has not recovered yet (reported with its role). */
+  const isRecovering = (id) => nodes.get(id)?.alive === true && nodes.get(id)?.recovering === true;
 
   /** The leader as the live nodes report it now, or null: a live node in role leader whose term no live node exceeds. */
   const currentLeader = ({ exclude = [], minTerm = 0, agreed = false } = {}) => {
@@ -519,6 +522,7 @@ export const startCluster = async (options = {}) => {
     restart,
     stop,
     isLive,
+    isRecovering,
     liveIds: () => ids.filter(isLive),
     /** What the parent last heard from a node: { alive, ready, pid, role, term, leaderId }. */
     state: (id) => {

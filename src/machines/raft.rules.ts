@@ -935,7 +935,9 @@ export const startRecoveryRound = (context: RaftContext): Outcome => {
     emitted: [{ type: 'electionTimerReset', timeoutMs: timing.randomizedElectionTimeoutMs }],
   });
   // A single-server cluster has no one to ask: it decides at once.
-  return context.voters.length === 1 ? merge(started, decideRecovery(after(context, started))) : started;
+  if (context.voters.length > 1) return started;
+  const asked = after(context, started);
+  return canBootstrap(asked) ? merge(started, recovered(asked, 'bootstrapped')) : started;
 };
 
 /**
@@ -955,6 +957,7 @@ export const enterRecovering = (context: RaftContext): Outcome => {
  * sends goes on; any other round starts over with a new nonce (lost answers, a leader that died).
  */
 export const retryRecovery = (context: RaftContext): Outcome => {
+  if (canBootstrap(context)) return recovered(context, 'bootstrapped');
   if (context.recovery.target !== null && context.recovery.heardTarget) {
     return {
       patch: { recovery: { ...context.recovery, heardTarget: false } },
@@ -998,17 +1001,20 @@ export const recordRecoveryAnswer = (context: RaftContext, response: RecoveryRes
   return merge(raised, { patch: { recovery: withAnswer.recovery } }, decideRecovery(withAnswer));
 };
 
+/**
+ * Bootstrap, judged when a round ends (its retry timer), so that every reachable member had a whole
+ * round to answer: this server and the answers of a majority hold no state at all, and no answer
+ * holds any (a member that does would have answered within the round). Never with `join`.
+ */
+const canBootstrap = (context: RaftContext): boolean => {
+  if (context.join || !context.recovering || context.recovery.target !== null || !isBlank(context))
+    return false;
+  const answers = Object.values(context.recovery.answers);
+  return answers.every((answer) => answer.blank) && isMajority(answers.length + 1, context.voters.length);
+};
+
 const decideRecovery = (context: RaftContext): Outcome => {
   const answers = Object.values(context.recovery.answers);
-  const blankAnswers = answers.filter((answer) => answer.blank).length;
-  if (
-    !context.join &&
-    isBlank(context) &&
-    blankAnswers === answers.length &&
-    isMajority(blankAnswers + 1, context.voters.length)
-  ) {
-    return recovered(context, 'bootstrapped');
-  }
   const ready = answers.filter((answer) => !answer.recovering);
   const term = Math.max(context.currentTerm, ...ready.map((answer) => answer.term));
   const leader = ready.find((answer) => answer.leaderLastIndex >= 0 && answer.term === term);

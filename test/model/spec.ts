@@ -669,10 +669,22 @@ const startRecoveryRound = (s: SpecServer): SpecStep => {
 };
 
 /** The retry timer: a round copying from a leader that still sends goes on; any other starts over. */
-const retryRecovery = (s: SpecServer): SpecStep =>
-  s.recovery.target !== null && s.recovery.heardTarget
+const retryRecovery = (s: SpecServer): SpecStep => {
+  if (canBootstrap(s)) return unchanged({ ...s, recovering: false, votedFor: null });
+  return s.recovery.target !== null && s.recovery.heardTarget
     ? unchanged({ ...s, recovery: { ...s.recovery, heardTarget: false } })
     : startRecoveryRound(s);
+};
+
+/**
+ * Bootstrap, when a round ends: this server and the answers of a majority hold nothing, and no
+ * answer of the round holds anything.
+ */
+const canBootstrap = (s: SpecServer): boolean => {
+  if (!s.recovering || s.recovery.target !== null || !isBlank(s)) return false;
+  const answers = Object.values(s.recovery.answers);
+  return answers.every((a) => a.blank) && answers.length + 1 >= majority(s.voters);
+};
 
 /** A new term while recovering: a round that followed a leader starts over; one collecting goes on. */
 const enterRecovering = (s: SpecServer): SpecStep =>
@@ -700,8 +712,7 @@ const handleRecoveryRequest = (s: SpecServer, m: RecoveryRequest): SpecStep => {
 };
 
 /**
- * An answer of the current nonce: bootstrap when a majority (this server included) is blank and
- * every answer is; else, with a majority of the others not recovering and the leader of the highest
+ * An answer of the current nonce: with a majority of the others not recovering and the leader of the highest
  * term among them, adopt that term as voted in and copy that leader's log up to its last index.
  */
 const handleRecoveryResponse = (s: SpecServer, m: RecoveryResponse): SpecStep => {
@@ -715,9 +726,6 @@ const handleRecoveryResponse = (s: SpecServer, m: RecoveryResponse): SpecStep =>
   const answersBy = { ...s.recovery.answers, [m.from]: m };
   const withAnswer: SpecServer = { ...raised, recovery: { ...s.recovery, answers: answersBy } };
   const answers = Object.values(answersBy);
-  const blank = answers.filter((a) => a.blank).length;
-  if (isBlank(withAnswer) && blank === answers.length && blank + 1 >= majority(s.voters))
-    return unchanged({ ...withAnswer, recovering: false, votedFor: null });
   const ready = answers.filter((a) => !a.recovering);
   const term = Math.max(withAnswer.currentTerm, ...ready.map((a) => a.term));
   const leader = ready.find((a) => a.leaderLastIndex >= 0 && a.term === term);

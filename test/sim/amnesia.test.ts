@@ -147,7 +147,32 @@ describe('amnesiac restarts with concurrent clients', () => {
     expect(totals.termChanges).toBeGreaterThan(0);
     expect(totals.leaderDiedMidRecovery).toBeGreaterThan(0);
     expect(totals.recoveringAnswers).toBeGreaterThan(0);
+    expect(totals.staleVotesDropped).toBeGreaterThan(0);
   });
+});
+
+describe('bootstrap of a new cluster', () => {
+  it.each([3, 5])(
+    '%i servers that all start empty form one cluster: one leader, no one left recovering',
+    async (nodes) => {
+      for (const seed of seedsFor(10, 605 + nodes)) {
+        const sim = createSimulation({ seed, nodes, firstStart: 'blank', network: UNRELIABLE });
+        expect(sim.ids.every((id) => isRecovering(sim, id))).toBe(true);
+        await sim.runUntil(
+          () => recoveringCount(sim) === 0 && sim.stableLeader() !== null,
+          10_000,
+          'a bootstrapped cluster with a stable leader',
+        );
+        const write = sim.propose(sim.stableLeader()!, 'first', 'k');
+        await sim.runUntil(() => write.state !== 'pending', 5_000, 'the first write');
+        expect(write.state).toBe('ok');
+        totals.bootstrapped += sim.ids.reduce(
+          (sum, id) => sum + sim.node(id)!.metrics().recovery.bootstrapped,
+          0,
+        );
+      }
+    },
+  );
 });
 
 /**
