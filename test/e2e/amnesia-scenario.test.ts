@@ -71,6 +71,20 @@ const startMeshCluster = async () => {
   return { c, m: mesh, a: leaderId, b, cId: cc };
 };
 
+/**
+ * set('W') through `id` until acknowledged (at most 3 attempts of up to 5 s: a cluster that just
+ * formed may still settle its first leader). Retrying the same value is safe: W is acknowledged by
+ * the members that are connected now, whichever of them leads.
+ */
+const acknowledge = async (c: Cluster, id: string): Promise<void> => {
+  let last: Outcome | null = null;
+  for (let attempt = 0; attempt < 3; attempt += 1) {
+    last = await outcomeOf(c.set(id, 'W', W, { timeoutMs: 5000 }));
+    if (last.ok) return;
+  }
+  throw new Error(`set('W') through ${id} was never acknowledged: ${JSON.stringify(last)}${diagnostics(c)}`);
+};
+
 /** Kills `id` and starts it again with empty memory; resolves with the restart time. */
 const restartEmpty = async (c: Cluster, id: string, overrides?: Record<string, unknown>): Promise<number> => {
   await c.kill(id, 'SIGKILL');
@@ -105,7 +119,7 @@ describe('amnesia: the scenario of issue 11, real processes behind link proxies'
   it('a forgotten acknowledgement is never answered away: the cluster waits and says why', async () => {
     const { c, m, a, b, cId } = await startMeshCluster();
     m.isolate(cId);
-    await c.set(a, 'W', W);
+    await acknowledge(c, a);
 
     const bRestartedAt = await restartEmpty(c, b);
     const aKilledAt = (await c.kill(a, 'SIGKILL')).atMs;
@@ -168,7 +182,7 @@ describe('amnesia: the scenario of issue 11, real processes behind link proxies'
     // but A stays up and C's links heal, so A leads a majority again (A and C: a recovering B
     // counts for nothing) and B can recover from it. C gets W from A as it catches up.
     m.isolate(cId);
-    await c.set(a, 'W', W);
+    await acknowledge(c, a);
 
     const bRestartedAt = await restartEmpty(c, b);
     m.rejoin(cId);
@@ -198,7 +212,7 @@ describe('amnesia: the scenario of issue 11, real processes behind link proxies'
   it('operator path: a majority forgot W, C still holds it; forceRecovery on A brings W back everywhere', async () => {
     const { c, m, a, b, cId } = await startMeshCluster();
     m.isolate(b);
-    await c.set(a, 'W', W); // A and C hold W
+    await acknowledge(c, a); // A and C hold W
     const aRestartedAt = await restartEmpty(c, a);
     const bRestartedAt = await restartEmpty(c, b);
     m.rejoin(b);
