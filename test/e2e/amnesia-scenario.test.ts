@@ -81,6 +81,7 @@ const acknowledge = async (c: Cluster, id: string): Promise<void> => {
   for (let attempt = 0; attempt < 3; attempt += 1) {
     last = await outcomeOf(c.set(id, 'W', W, { timeoutMs: 5000 }));
     if (last.ok) return;
+    console.log(`set('W') through ${id}, attempt ${attempt + 1}: ${last.code} ${last.message}`);
   }
   throw new Error(`set('W') through ${id} was never acknowledged: ${JSON.stringify(last)}${diagnostics(c)}`);
 };
