@@ -136,7 +136,12 @@ describe('amnesia: the scenario of issue 11, real processes behind link proxies'
         wrongAnswers(probe.outcomes, W),
         `${summarizeOutcomes(probe.outcomes)}${diagnostics(c)}`,
       ).toEqual([]);
-      await waitForWarning(c, b, 'RECOVERY_BLOCKED', { sinceMs: bRestartedAt, timeoutMs: BLOCKED_BOUND_MS });
+      const blocked = await waitForWarning(c, b, 'RECOVERY_BLOCKED', {
+        sinceMs: bRestartedAt,
+        timeoutMs: BLOCKED_BOUND_MS,
+      });
+      expect(blocked.waitingFor, 'RECOVERY_BLOCKED names what B waits for').toBeInstanceOf(Array);
+      expect(typeof blocked.message === 'string' && blocked.message.length > 0).toBe(true);
       expect((await c.metrics(b)).recovering, 'B after its empty restart, A dead').toBe(true);
       onB = await outcomeOf(c.get(b, 'W'));
 
