@@ -360,7 +360,8 @@ export const createRequests = (deps: RequestsDeps) => {
 
   /**
    * The leader refused (it no longer leads): the calls wait for the next leader change, or go
-   * again at once when the refusal names another leader, so a stale view never spins.
+   * again at once when the refusal names another leader or this node already knows another one,
+   * so a stale view never spins.
    */
   const park = <C extends Call>(
     open: Map<number, C>,
@@ -374,7 +375,13 @@ export const createRequests = (deps: RequestsDeps) => {
         keep(call);
       }
     }
-    if (refusal.leaderId !== null && refusal.leaderId !== refusal.from) scheduleFlush();
+    // A late refusal from an old leader, after this node learned of a new one (the call may already
+    // have gone to it, and that copy been lost): go again to the one it knows, not wait for a change.
+    const known = deps.leader().leaderId;
+    const elsewhere =
+      (refusal.leaderId !== null && refusal.leaderId !== refusal.from) ||
+      (known !== null && known !== refusal.from);
+    if (elsewhere) scheduleFlush();
   };
 
   const onProposeResult = (message: ClientProposeResult): void => {
