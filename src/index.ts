@@ -509,7 +509,7 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
         setImmediate(() =>
           emit('warning', {
             code: 'WAL_TAIL_CUT',
-            message: `${options.nodeId}: cut a torn tail of ${recovery.cutBytes} bytes (${recovery.cutRecords} records, ${recovery.reason}) at byte ${recovery.cutAt} of ${wal?.path}: written after the last completed fsync, so never acknowledged`,
+            message: `${options.nodeId}: cut a torn tail of ${recovery.cutBytes} bytes (${recovery.cutRecords} records, ${recovery.reason}) at byte ${recovery.cutAt} of ${wal?.path}: past the last sync marker: a write a crash tore (never acknowledged), or damage to the last group written (see README, Persistence and recovery)`,
             ...recovery,
           } satisfies WarningEvent),
         );

@@ -144,15 +144,20 @@ export const encodeCheckedValue = (value: unknown, maxValueBytes: number): Uint8
   let decoded: unknown;
   try {
     bytes = encodeValue(value);
-    decoded = decodeValue(bytes);
   } catch (error) {
     throw diskeyvalError('INVALID_ARGUMENT', `value does not survive msgpack: ${(error as Error).message}`);
   }
+  // The size first: a value refused for its size is not decoded again.
   if (bytes.byteLength > maxValueBytes) {
     throw diskeyvalError(
       'INVALID_ARGUMENT',
       `value encodes to ${bytes.byteLength} bytes, above ${maxValueBytes}`,
     );
+  }
+  try {
+    decoded = decodeValue(bytes);
+  } catch (error) {
+    throw diskeyvalError('INVALID_ARGUMENT', `value does not survive msgpack: ${(error as Error).message}`);
   }
   const difference = firstDifference(value, decoded);
   if (difference !== null) {

@@ -458,6 +458,17 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     assert(snapshot.data.byteLength > 0, 'an empty store snapshot');
     for (const request of requests) {
       assert(snapshot.index >= request.lastIncludedIndex, 'the store is behind the log snapshot point');
+      // The machine asks again once its patience ran out (progress.ts). A transfer to that follower
+      // that still covers what it needs and is moving (acks within the stall bound) goes on: starting
+      // over would discard the follower's chunks, and a large store could then never get across.
+      const current = transfers.get(request.to);
+      if (
+        current !== undefined &&
+        current.request.term === request.term &&
+        current.request.lastIncludedIndex >= request.lastIncludedIndex &&
+        current.heartbeatsSinceAck < SNAPSHOT_STALL_HEARTBEATS
+      )
+        continue;
       metrics.snapshotsSent += 1;
       const transfer: Transfer = {
         request: { ...request, lastIncludedIndex: snapshot.index, lastIncludedTerm: snapshot.term },
@@ -490,9 +501,22 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     if (ack.receivedBytes > transfer.ackedBytes) {
       transfer.ackedBytes = Math.min(ack.receivedBytes, data.byteLength);
       transfer.heartbeatsSinceAck = 0;
+    } else if (ack.receivedBytes < transfer.ackedBytes) {
+      // The follower no longer holds what it acknowledged (it restarted, or it had finished this
+      // snapshot and took a resent tail for a new one): send again from what it holds.
+      transfer.ackedBytes = ack.receivedBytes;
+      transfer.nextOffset = ack.receivedBytes;
     }
     if (transfer.ackedBytes >= data.byteLength) transfers.delete(ack.from);
     else pumpTransfer(transfer);
+  };
+
+  /** The follower answered an InstallSnapshot at or past the transfer's point: nothing more to send. */
+  const endTransferAnswered = (response: RaftMessage): void => {
+    if (response.type !== 'InstallSnapshotResponse') return;
+    const transfer = transfers.get(response.from);
+    if (transfer && response.matchIndex >= transfer.request.lastIncludedIndex)
+      transfers.delete(response.from);
   };
 
   /** InstallSnapshot rule 8: the store takes the snapshot's state; calls it covers are done. */
@@ -726,6 +750,8 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       return;
     lastStatus = now;
     if (now.role === 'leader' && before?.role !== 'leader') metrics.elections += 1;
+    // A snapshot transfer (the whole store's bytes) does not outlive the leadership that began it.
+    if (now.role !== 'leader' || now.term !== before?.term) transfers.clear();
     if (before?.leaderId !== now.leaderId || before?.role !== now.role) requests.leaderChanged();
     options.onRole?.(now);
   };
@@ -854,7 +880,15 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       metrics.malformedMessages += 1;
       return null;
     }
-    if (chunkOffset === 0 && data.byteLength === totalBytes) return message;
+    // One chunk, or a snapshot this server already holds all of (its commit index is at or past the
+    // snapshot's point, e.g. a resent tail after it installed it): acknowledged whole, so the
+    // leader's transfer ends, and handed on (the machine answers the latter without its data).
+    const oneChunk = chunkOffset === 0 && data.byteLength === totalBytes;
+    if (oneChunk || message.lastIncludedIndex <= status().commitIndex) {
+      acknowledgeChunk(message, totalBytes);
+      assemblies.delete(message.from);
+      return message;
+    }
     const key = `${message.term}/${message.lastIncludedIndex}/${message.lastIncludedTerm}/${totalBytes}`;
     let assembly = assemblies.get(message.from);
     if (!assembly || assembly.key !== key) {
@@ -918,6 +952,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       if (isChunkAck(message)) onChunkAck(message);
       else metrics.malformedMessages += 1;
     } else if (RAFT_TYPES.has(message.type)) {
+      if (transfers.size > 0) endTransferAnswered(message as unknown as RaftMessage);
       actor.send({ type: 'message', message: message as unknown as RaftMessage });
     } else {
       receiveClientMessage(message as unknown as ClientMessage);
@@ -935,18 +970,20 @@ export const createRaftNode = (options: RaftNodeOptions) => {
         throw error;
       }
     }
-    const persisted = log.persisted();
-    // A WAL log defines `incarnation` (larger than any it recorded); a memory log does not.
-    incarnation = log.incarnation ?? options.incarnation ?? Date.now();
-    assert(Number.isSafeInteger(incarnation) && incarnation > 0, `bad incarnation ${incarnation}`);
-    if (persisted.snapshot) store.restore(persisted.snapshot.data);
-    compactedTo = persisted.snapshot?.index ?? 0;
-    durableLastIndex = log.lastIndex();
-    // Synchronous when the transport connects synchronously (in-process and simulated ones).
-    const connected = options.transport.connect(options.id, deliver);
+    let persisted: ReturnType<LogActor['persisted']>;
     try {
+      persisted = log.persisted();
+      // A WAL log defines `incarnation` (larger than any it recorded); a memory log does not.
+      incarnation = log.incarnation ?? options.incarnation ?? Date.now();
+      assert(Number.isSafeInteger(incarnation) && incarnation > 0, `bad incarnation ${incarnation}`);
+      if (persisted.snapshot) store.restore(persisted.snapshot.data);
+      compactedTo = persisted.snapshot?.index ?? 0;
+      durableLastIndex = log.lastIndex();
+      // Synchronous when the transport connects synchronously (in-process and simulated ones).
+      const connected = options.transport.connect(options.id, deliver);
       endpoint = connected instanceof Promise ? await connected : connected;
     } catch (error) {
+      // Nothing runs: the WAL's file handle and the dir lock are released for the next start.
       await log.close?.();
       throw error;
     }

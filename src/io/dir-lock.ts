@@ -65,6 +65,9 @@ const holderServer = (answer: string): Server => {
     socket.on('error', () => undefined);
     socket.end(answer);
   });
+  // An accept error (EMFILE: the process is out of descriptors) must not end the process: the
+  // lock is held by the listening socket, not by the connections it answers.
+  server.on('error', () => undefined);
   server.unref();
   return server;
 };
@@ -109,7 +112,7 @@ const lockedError = (dir: string, holder: Holder) => {
   ].filter((part) => part !== null);
   return diskeyvalError(
     'DIR_LOCKED',
-    `persistence dir ${dir} is in use by another process${who.length > 0 ? ` (${who.join(', ')})` : ''}; a dir is one node's alone`,
+    `DIR_LOCKED: persistence dir ${dir} is in use by another process${who.length > 0 ? ` (${who.join(', ')})` : ''}; a dir is one node's alone`,
   );
 };
 
@@ -141,10 +144,8 @@ export const acquireDirLock = async (dirPath: string, nodeId: string): Promise<D
     if (released) return;
     released = true;
     // The path socket first: while the abstract one is held, nobody in this namespace binds it.
-    if (pathServer) {
-      await closeServer(pathServer);
-      await rm(lockPath, { force: true });
-    }
+    // Closing unlinks the socket file (libuv); removing it again could remove a new holder's.
+    if (pathServer) await closeServer(pathServer);
     if (abstractServer) await closeServer(abstractServer);
   };
   try {

@@ -161,8 +161,9 @@ export type Wal = {
 
 export type WalErrorCode = 'WAL_CORRUPT' | 'WAL_CLOSED';
 
+/** The message starts with the code (as Node's `ENOENT: ...` do), so a log line alone says which refusal it was. */
 export const walError = (code: WalErrorCode, message: string): Error & { code: WalErrorCode } =>
-  Object.assign(new Error(message), { code });
+  Object.assign(new Error(`${code}: ${message}`), { code });
 
 // ---- encoding ---------------------------------------------------------------------------------
 

@@ -198,7 +198,7 @@ const checkAppendBound = (sim: Simulation, maxAppendBytes: number) => (message: 
 
 export const farBehindRun = async (
   options: FarBehindOptions,
-): Promise<CatchUpResult & { entries: number }> => {
+): Promise<CatchUpResult & { entries: number; snapshotMessagesAfterCatchUp: number }> => {
   const maxAppendBytes = options.maxAppendBytes ?? 1024 * 1024;
   const sim = createSimulation({
     seed: options.seed,
@@ -232,8 +232,16 @@ export const farBehindRun = async (
   const catchUpMs = await awaitCaughtUp(sim, leader.id, follower, target);
   assertSameLeader(sim, leader);
   expect(sim.node(follower)!.get('k0')).toEqual(sim.node(leader.id)!.get('k0'));
+  // Once caught up, a snapshot transfer is over: after a second for what was already in flight,
+  // nothing more goes for 10 s (no resend loop).
+  await sim.runFor(1000);
+  const snapshotMessagesBefore = sim.sentByType().InstallSnapshot ?? 0;
+  await sim.runFor(10_000);
+  const snapshotMessagesAfterCatchUp = (sim.sentByType().InstallSnapshot ?? 0) - snapshotMessagesBefore;
+  assertSameLeader(sim, leader);
   const metrics = sim.node(leader.id)!.metrics();
   return {
+    snapshotMessagesAfterCatchUp,
     entries: target,
     resets: metrics.incarnationResets,
     staleIgnored: metrics.staleIncarnationAnswers,
