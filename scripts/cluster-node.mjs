@@ -14,11 +14,15 @@ import { performance } from 'node:perf_hooks';
  *     certDir: '/tmp/x',            // holds ca.pem, <nodeId>.pem, <nodeId>.key (`diskeyval certs`)
  *     electionTimeoutMs?, heartbeatMs?, proposalTimeoutMs?, rpcTimeoutMs?, maxValueBytes?, seed?,
  *     persistence?: { dir, compactEvery? },  // the library option: a WAL in dir, replayed on start
+ *     join?, forceRecovery?,        // the library options: never bootstrap / force recovery
  *     traceRoles?: true,            // report every role/term change via XState inspection (default
  *                                   //   true; the benchmark may turn it off: inspection costs CPU)
  *     changeEvents?: false,         // forward every applied change to the parent
  *     transportEvents?: 'rejected'  // 'none' | 'rejected' | 'all': which transport events to forward
  *     warningEvents?: false,        // forward the node's `warning` events
+ *     watchMetrics?: 0,             // every that many ms, report { event: 'metrics', recovering,
+ *                                   //   clusterId, clusterMismatches } when one of them changed
+ *                                   //   (0: never); turns the amnesia contract's metrics into events
  *     throwingListeners?: false,    // add `change` and `leader` listeners that always throw (tests)
  *     keepRunningOnUncaught?: false // an application-wide uncaughtException handler that reports
  *                                   //   { event: 'uncaught' } and keeps the process running
@@ -82,6 +86,8 @@ const send = (message) =>
 const errorOf = (error) => ({
   code: typeof error?.code === 'string' ? error.code : 'ERROR',
   message: error instanceof Error ? error.message : String(error),
+  // QUORUM_UNAVAILABLE from a node that is itself recovering says so (amnesia contract).
+  ...(typeof error?.recovering === 'boolean' ? { recovering: error.recovering } : {}),
 });
 
 const readConfig = () => {
@@ -431,6 +437,31 @@ const main = async () => {
   process.on('message', onMessage);
   await node.start();
   send({ event: 'ready', pid: process.pid });
+  if (config.watchMetrics > 0) watchMetrics(config.watchMetrics);
+};
+
+/**
+ * Reports the amnesia contract's metrics (recovering, clusterId, clusterMismatches) as an event
+ * whenever one of them changed, checked every `everyMs` (the process's own timer, unref'd; the
+ * parent then waits on events, never polls). Absent fields (older builds) are reported as null.
+ */
+const watchMetrics = (everyMs) => {
+  let last = '';
+  const check = () => {
+    if (ending) return;
+    const metrics = node.getMetrics();
+    const watched = {
+      recovering: typeof metrics.recovering === 'boolean' ? metrics.recovering : null,
+      clusterId: metrics.clusterId ?? null,
+      clusterMismatches: typeof metrics.clusterMismatches === 'number' ? metrics.clusterMismatches : null,
+    };
+    const text = JSON.stringify(watched);
+    if (text === last) return;
+    last = text;
+    send({ event: 'metrics', ...watched });
+  };
+  check();
+  setInterval(check, everyMs).unref();
 };
 
 main().catch(fatal);

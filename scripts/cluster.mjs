@@ -76,6 +76,9 @@ export const nodeIds = (n) => Array.from({ length: n }, (_, i) => `node-${i + 1}
  * @param {string[]} [options.ids]              node ids (default node-1 ... node-n)
  * @param {string} [options.host='127.0.0.1']
  * @param {number} [options.basePort]           ports basePort, basePort+1, ... (default: free ports)
+ * @param {number[]} [options.ports]            the port of each node, in the order of `ids` (wins
+ *                                              over basePort; e.g. picked with freePorts() first so
+ *                                              proxies can stand in front of the nodes)
  * @param {string} [options.dir]                where to write certificates (default: a fresh temp
  *                                              dir, removed by stop())
  * @param {boolean} [options.existingCerts=false] use the ca.pem, <id>.pem and <id>.key already in
@@ -85,12 +88,20 @@ export const nodeIds = (n) => Array.from({ length: n }, (_, i) => `node-${i + 1}
  * @param {number} [options.proposalTimeoutMs]
  * @param {number} [options.rpcTimeoutMs]
  * @param {number} [options.maxValueBytes]
+ * @param {boolean} [options.join]              node options (the amnesia/bootstrap contract):
+ * @param {boolean} [options.forceRecovery]     never bootstrap / force recovery (per node: perNode)
+ * @param {boolean} [options.warningEvents=false] forward every node's `warning` events to the timeline
+ * @param {number} [options.watchMetrics=0]    report recovering / clusterId / clusterMismatches as
+ *                                              `metrics` timeline events when they change (checked
+ *                                              in the node every that many ms)
  * @param {boolean | { compactEvery?: number }} [options.persistence=false] a WAL per node in
  *                                              `<dir>/data/<nodeId>`, kept across restarts
  * @param {boolean} [options.traceRoles=true]   exact role/term transitions (XState inspection)
  * @param {boolean} [options.changeEvents=false] forward every applied change to the parent
  * @param {'none'|'rejected'|'all'} [options.transportEvents='rejected']
  * @param {Record<string, object>} [options.perNode] extra config for one node id
+ * @param {string[]} [options.deferred]        ids not started now (listed members that are down
+ *                                              from the beginning); start one later with restart(id)
  * @param {number} [options.startTimeoutMs=15000] bound for all nodes to start
  * @param {number} [options.callTimeoutMs=15000] default bound of call()
  * @param {(line: string) => void} [options.onOutput] each line a node prints (stdout/stderr)
@@ -125,10 +136,16 @@ export const startCluster = async (options = {}) => {
   let ports;
   try {
     if (!(options.existingCerts && options.dir !== undefined)) await writeClusterCertificates(dir, ids);
+    if (options.ports !== undefined && options.ports.length !== ids.length)
+      throw codedError(
+        'INVALID_ARGUMENT',
+        `options.ports needs ${ids.length} ports, got ${options.ports.length}`,
+      );
     ports =
-      options.basePort === undefined
+      options.ports ??
+      (options.basePort === undefined
         ? await freePorts(ids.length, host)
-        : ids.map((_, i) => options.basePort + i);
+        : ids.map((_, i) => options.basePort + i));
   } catch (error) {
     await cleanup();
     throw error;
@@ -137,7 +154,7 @@ export const startCluster = async (options = {}) => {
   /** Where node `id` keeps its WAL when `persistence` is on (kept across restarts). */
   const dataDirOf = (id) => join(dir, 'data', id);
 
-  const configOf = (id) => {
+  const configOf = (id, overrides = {}) => {
     const index = ids.indexOf(id);
     const config = {
       nodeId: id,
@@ -157,6 +174,10 @@ export const startCluster = async (options = {}) => {
       'proposalTimeoutMs',
       'rpcTimeoutMs',
       'maxValueBytes',
+      'join',
+      'forceRecovery',
+      'warningEvents',
+      'watchMetrics',
     ]) {
       if (options[key] !== undefined) config[key] = options[key];
     }
@@ -166,7 +187,7 @@ export const startCluster = async (options = {}) => {
         ...(typeof options.persistence === 'object' ? options.persistence : {}),
       };
     }
-    return { ...config, ...(options.perNode?.[id] ?? {}) };
+    return { ...config, ...(options.perNode?.[id] ?? {}), ...overrides };
   };
 
   const describeNodes = () =>
@@ -229,6 +250,9 @@ export const startCluster = async (options = {}) => {
           codedError(message.error?.code ?? 'ERROR', `${n.id} ${pending.cmd}: ${message.error?.message}`, {
             nodeId: n.id,
             cmd: pending.cmd,
+            ...(typeof message.error?.recovering === 'boolean'
+              ? { recovering: message.error.recovering }
+              : {}),
           }),
         );
       return;
@@ -256,7 +280,8 @@ export const startCluster = async (options = {}) => {
         break;
     }
     const { from, ...rest } = message;
-    record({ ...rest, node: from ?? n.id });
+    // pid tells one incarnation of a node from the next (a restarted memory node forgot everything).
+    record({ pid: n.pid, ...rest, node: from ?? n.id });
   };
 
   const keepTail = (n, chunk) => {
@@ -268,8 +293,8 @@ export const startCluster = async (options = {}) => {
   };
 
   /** Forks the process of `id`; resolves when it reports ready. */
-  const spawnNode = (id, extra = {}) => {
-    const child = fork(NODE_SCRIPT, [JSON.stringify({ ...configOf(id), ...extra })], {
+  const spawnNode = (id, overrides) => {
+    const child = fork(NODE_SCRIPT, [JSON.stringify(configOf(id, overrides))], {
       execArgv: [],
       serialization: 'advanced',
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
@@ -415,13 +440,14 @@ export const startCluster = async (options = {}) => {
   /**
    * Starts a stopped or killed node again: with `persistence` it replays its WAL (term, vote, log)
    * and catches up from there; without, it starts with empty memory and catches up from the leader.
+   * `overrides` replace parts of the node's config for this start only (e.g. `{ forceRecovery: true }`
+   * or other `peers`); a later restart without them goes back to the node's usual config.
    */
-  /** Starts a killed node again; `extra` adds node options for this start only (e.g. { forceRecovery: true }). */
-  const restart = async (id, extra = {}) => {
-    const n = nodeOf(id);
+  const restart = async (id, overrides) => {
+    const n = nodes.get(id) ?? (options.deferred?.includes(id) ? { alive: false } : nodeOf(id));
     if (n.alive) throw codedError('INVALID_ARGUMENT', `${id} is still running; kill it first`);
-    record({ event: 'restart', node: id });
-    await spawnNode(id, extra);
+    record({ event: 'restart', node: id, ...(overrides ? { overrides: Object.keys(overrides) } : {}) });
+    await spawnNode(id, overrides);
   };
 
   /** Ends every node (politely, then SIGKILL after the bound) and removes the temp dir. Idempotent. */
@@ -464,7 +490,7 @@ export const startCluster = async (options = {}) => {
   process.on('exit', killAllNow);
 
   try {
-    await Promise.all(ids.map((id) => spawnNode(id)));
+    await Promise.all(ids.filter((id) => !options.deferred?.includes(id)).map((id) => spawnNode(id)));
   } catch (error) {
     await stop();
     throw error;
