@@ -202,17 +202,12 @@ describe('amnesia: the scenario of issue 11, real processes behind link proxies'
     );
     const states = recovery.map((e) => e.recovering).filter((x, i, all) => i === 0 || x !== all[i - 1]);
     expect(states, 'B starts recovering, then recovers').toEqual([true, false]);
-    const bClusterId = (await c.metrics(b)).clusterId;
-    const aClusterId = (await c.metrics(a)).clusterId;
 
     await c.kill(a, 'SIGKILL');
     const leader = await c.waitForLeader(LEADER_BOUND_MS, { exclude: [a], agreed: true });
     expect([b, cId]).toContain(leader.leaderId);
     for (const id of [b, cId]) expect(await c.get(id, 'W'), `get('W') on ${id}`).toBe(W);
     expect(twoLeadersInATerm(c.timeline), diagnostics(c)).toEqual([]);
-    // Last, so that the recovery itself is judged first: B learned the cluster id it recovered into.
-    expect(bClusterId, "B's cluster id after recovery").toBeTypeOf('string');
-    expect(bClusterId).toBe(aClusterId);
   }, 60_000);
 
   it('operator path: a majority forgot W, C still holds it; forceRecovery on A brings W back everywhere', async () => {
