@@ -118,10 +118,9 @@ const catchUpCase = async (heal: Heal, valueBytes: number): Promise<void> => {
 const catchUp = async (cluster: Cluster, heal: Heal, valueBytes: number): Promise<void> => {
   // A new cluster bootstraps after one round of asking (an election timeout), then elects (one or
   // two more): with the CI timing of 3 s that is up to about 12 s.
-  const leader = await cluster.waitForLeader(
-    Math.max(10_000, 8 * (TIMING.electionTimeoutMs ?? 300)),
-    { agreed: true },
-  );
+  const leader = await cluster.waitForLeader(Math.max(10_000, 8 * (TIMING.electionTimeoutMs ?? 300)), {
+    agreed: true,
+  });
   const follower = cluster.ids.find((id) => id !== leader.leaderId)!;
   const followerPid = (await cluster.status(follower)).pid;
   const sampler = sampleLeader(cluster, leader.leaderId);
