@@ -25,7 +25,8 @@ import { assert, isCount } from '../machines/assert.js';
 import type { InstallSnapshot, NodeId, RaftMessage, SnapshotChunkAck } from '../machines/messages.js';
 import { isChunkAck, RAFT_MESSAGE_TYPES } from '../machines/messages.js';
 import { type RaftMachine, raftMachine, roleOf } from '../machines/raft.machine.js';
-import type { RaftEmitted, RecoveryCounters, Role } from '../machines/raft.types.js';
+import { emptyRecoveryCounters } from '../machines/raft.rules.js';
+import type { RaftEmitted, Role } from '../machines/raft.types.js';
 import type { ClientMessage, ClientPropose, ClientRead } from './client-messages.js';
 import { isWellFormedClientMessage } from './client-messages.js';
 import { type Clock, createDeadlines } from './deadlines.js';
@@ -121,17 +122,6 @@ type BatchPart = { from: NodeId | null; seqs: number[] };
 /** A start with no state at all: no term, no entry, no snapshot (a memory log, an empty dir). */
 const isBlankStart = (persisted: ReturnType<LogActor['persisted']>): boolean =>
   (persisted.hardState?.term ?? 0) === 0 && persisted.entries.length === 0 && !persisted.snapshot;
-
-const EMPTY_RECOVERY_COUNTERS: RecoveryCounters = {
-  rounds: 0,
-  recovered: 0,
-  bootstrapped: 0,
-  forced: 0,
-  staleVotesDropped: 0,
-  recoveringAnswers: 0,
-  restartedByTerm: 0,
-  termChanges: 0,
-};
 
 const realClock: Clock = {
   setTimeout: (fn, ms) => setTimeout(fn, ms),
@@ -1070,7 +1060,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     const context = actor?.getSnapshot().context;
     return {
       recovering: context?.recovering ?? false,
-      recovery: { ...(context?.recoveryCounters ?? EMPTY_RECOVERY_COUNTERS) },
+      recovery: { ...(context?.recoveryCounters ?? emptyRecoveryCounters()) },
     };
   };
 

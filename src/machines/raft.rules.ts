@@ -59,6 +59,7 @@ import type {
   RaftEmitted,
   RaftInput,
   ReadRound,
+  RecoveryCounters,
   RecoveryTarget,
 } from './raft.types.js';
 import { nextInt } from './rng.js';
@@ -86,6 +87,18 @@ export const drawElectionTimeout = (context: Pick<RaftContext, 'rng' | 'election
   return { randomizedElectionTimeoutMs: timeoutMs, rng };
 };
 
+/** The recovery counters of a machine that has done nothing yet (tests and metrics). */
+export const emptyRecoveryCounters = (): RecoveryCounters => ({
+  rounds: 0,
+  recovered: 0,
+  bootstrapped: 0,
+  forced: 0,
+  staleVotesDropped: 0,
+  recoveringAnswers: 0,
+  restartedByTerm: 0,
+  termChanges: 0,
+});
+
 export const initialContext = (input: RaftInput): RaftContext => {
   assert(input.voters.includes(input.id), `voters must include the local server ${input.id}`);
   assert(input.electionTimeoutMs > input.heartbeatMs, 'election timeout must exceed the heartbeat interval');
@@ -105,16 +118,7 @@ export const initialContext = (input: RaftInput): RaftContext => {
     forceRecovery: input.forceRecovery === true,
     recovering: input.recovering === true || input.hardState?.votedFor === RECOVERING_VOTE,
     recovery: { round: 0, answers: {}, target: null, heardTarget: false },
-    recoveryCounters: {
-      rounds: 0,
-      recovered: 0,
-      bootstrapped: 0,
-      forced: 0,
-      staleVotesDropped: 0,
-      recoveringAnswers: 0,
-      restartedByTerm: 0,
-      termChanges: 0,
-    },
+    recoveryCounters: emptyRecoveryCounters(),
     crashVector: { [input.id]: input.incarnation ?? 0 },
     voteIncarnations: {},
     currentTerm: input.hardState?.term ?? 0,
