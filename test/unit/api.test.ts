@@ -25,6 +25,7 @@ import {
   type MemoryTransport,
 } from '../../src/index.js';
 import type { TransportEndpoint } from '../../src/io/transport.js';
+import { within as withinBound } from '../support/within.js';
 
 const IDS = ['n1', 'n2', 'n3'] as const;
 const BOUND_MS = 5_000;
@@ -48,14 +49,9 @@ afterEach(async () => {
   await Promise.all(open.splice(0).map((node) => node.end()));
 });
 
-/** Rejects with `what` when `promise` has not settled within `boundMs`. */
-const within = <T>(promise: Promise<T>, what: string, boundMs = BOUND_MS): Promise<T> => {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const bound = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${boundMs} ms waiting for ${what}`)), boundMs);
-  });
-  return Promise.race([promise, bound]).finally(() => clearTimeout(timer));
-};
+/** Rejects with `what` when `promise` has not settled within `boundMs` (this file's bound by default). */
+const within = <T>(promise: Promise<T>, what: string, boundMs = BOUND_MS): Promise<T> =>
+  withinBound(promise, what, boundMs);
 
 /** Resolves once `holds()` is true, checked now and on every `event` of any of `nodes`. */
 const whenEvent = (

@@ -18,6 +18,7 @@ import {
   type MemoryTransport,
   type WarningEvent,
 } from '../../src/index.js';
+import { within as withinBound } from '../support/within.js';
 
 const IDS = ['a', 'b', 'c'] as const;
 const BOUND_MS = 8_000;
@@ -27,14 +28,8 @@ afterEach(async () => {
   await Promise.all(open.splice(0).map((node) => node.end()));
 });
 
-/** Rejects with `what` when `promise` has not settled within `boundMs`. */
-const within = <T>(promise: Promise<T>, what: string, boundMs = BOUND_MS): Promise<T> => {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const bound = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${boundMs} ms waiting for ${what}`)), boundMs);
-  });
-  return Promise.race([promise, bound]).finally(() => clearTimeout(timer));
-};
+const within = <T>(promise: Promise<T>, what: string, boundMs = BOUND_MS): Promise<T> =>
+  withinBound(promise, what, boundMs);
 
 const start = async (
   transport: MemoryTransport,

@@ -24,6 +24,7 @@ import {
 import { encodeCommand } from '../../src/io/command.js';
 import type { TransportMessage } from '../../src/io/transport.js';
 import type { Entry } from '../../src/machines/messages.js';
+import { within as withinBound } from '../support/within.js';
 
 const IDS = ['n1', 'n2', 'n3'] as const;
 const BOUND_MS = 5_000;
@@ -33,17 +34,8 @@ afterEach(async () => {
   await Promise.all(open.splice(0).map((node) => node.end()));
 });
 
-/** Rejects with `what` when `promise` has not settled within BOUND_MS. */
-const within = <T>(promise: Promise<T>, what: string): Promise<T> => {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const bound = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`timed out after ${BOUND_MS} ms waiting for ${what}`)),
-      BOUND_MS,
-    );
-  });
-  return Promise.race([promise, bound]).finally(() => clearTimeout(timer));
-};
+const within = <T>(promise: Promise<T>, what: string, boundMs = BOUND_MS): Promise<T> =>
+  withinBound(promise, what, boundMs);
 
 /** A set command as a proposer that skipped the value checks would encode it. */
 const rawSet = (key: string, valueBytes: Uint8Array, seq: number): Uint8Array =>
