@@ -67,6 +67,15 @@ const startMeshCluster = async () => {
   });
   cluster = c;
   const { leaderId } = await c.waitForLeader(LEADER_BOUND_MS, { agreed: true });
+  // A node that started late (a loaded machine) may still be finishing its first recovery, and a
+  // recovering member counts toward no write: the scenarios begin once every member counts.
+  for (const id of IDS) {
+    await waitForMetrics(c, id, (x) => x.recovering === false, {
+      sinceMs: c.t0,
+      timeoutMs: RECOVERY_BOUND_MS,
+      label: 'took part in the new cluster',
+    });
+  }
   const [b, cc] = IDS.filter((id) => id !== leaderId) as [string, string];
   return { c, m: mesh, a: leaderId, b, cId: cc };
 };
