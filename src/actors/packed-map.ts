@@ -130,7 +130,87 @@ const hashBytes = (bytes: Uint8Array, start: number, length: number): number => 
 
 const isPowerOfTwo = (n: number): boolean => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
 
-export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
+/** Set by readVarint: the offset after the varint just read. */
+let varintEnd = 0;
+/**
+ * Reads the LEB128 varint at `at` and sets varintEnd. Module-wide out-variables (here and in
+ * readRecord) keep the hot path allocation-free; every map reads them right after the call that
+ * set them, with no other map's call in between (all of it is synchronous).
+ */
+const readVarint = (buffer: Uint8Array, at: number): number => {
+  let byte = buffer[at]!;
+  if (byte < 0x80) {
+    varintEnd = at + 1;
+    return byte;
+  }
+  let n = byte & 0x7f;
+  let scale = 0x80;
+  let from = at + 1;
+  for (;;) {
+    byte = buffer[from]!;
+    from += 1;
+    n += (byte & 0x7f) * scale;
+    if (byte < 0x80) break;
+    scale *= 0x80;
+  }
+  varintEnd = from;
+  return n;
+};
+
+// The record read last by readRecord.
+let recordDead = false;
+let recordKeyAt = 0;
+let recordKeyBytes = 0;
+let recordValueAt = 0;
+let recordValueBytes = 0;
+/** Reads the header of the record at `at` into the record* variables. */
+const readRecord = (buffer: Uint8Array, at: number): void => {
+  const keyHeader = readVarint(buffer, at);
+  recordDead = keyHeader % 2 === 1;
+  recordKeyBytes = Math.floor(keyHeader / 2);
+  recordKeyAt = varintEnd;
+  recordValueBytes = readVarint(buffer, recordKeyAt + recordKeyBytes);
+  recordValueAt = varintEnd;
+};
+
+/**
+ * Everything one map holds. One object of one shape (every field set by createState), so the
+ * functions below, which take it first, see monomorphic property loads on the hot path.
+ */
+type MapState = {
+  chunkSizeBytes: number;
+  /** A sealed chunk with fewer live bytes than this is queued for reclamation. */
+  reclaimBelowLiveBytes: number;
+  /** A record larger than this gets a chunk of its own. */
+  largeRecordBytes: number;
+  initialSlots: number;
+  /** A location is chunkNumber * 2^offsetBits + offset / 4: 32 bits in all. */
+  offsetBits: number;
+  offsetMask: number;
+  maxChunks: number;
+  /** The index: a record's location + 1 per slot, 0 = empty. */
+  slots: Uint32Array;
+  mask: number;
+  count: number;
+  chunks: (Chunk | null)[];
+  freeChunkNumbers: number[];
+  /** The chunk records are appended to, -1 before the first. */
+  active: number;
+  /** A freed standard chunk kept for the next one. */
+  spare: Buffer | null;
+  reclaimQueue: number[];
+  reclaimedChunks: number;
+  movedBytes: number;
+  /** Bumped by every mutation, so an iterator can tell it went stale. */
+  version: number;
+  scratch: Buffer;
+  /** The key of the current call: keyBuffer[0, keyLength) (see encodeKey). */
+  keyBuffer: Uint8Array;
+  keyLength: number;
+};
+
+/** A new, empty map's state; asserts the options. */
+const createState = (options: PackedMapOptions): MapState => {
   const chunkSizeBytes = options.chunkSizeBytes ?? DEFAULT_CHUNK_SIZE_BYTES;
   assert(
     isPowerOfTwo(chunkSizeBytes) && chunkSizeBytes >= 64 && chunkSizeBytes <= 2 ** 30,
@@ -141,425 +221,406 @@ export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
     reclaimBelowLiveFraction > 0 && reclaimBelowLiveFraction <= 0.9,
     `reclaimBelowLiveFraction must be in (0, 0.9], not ${reclaimBelowLiveFraction}`,
   );
-  const reclaimBelowLiveBytes = Math.floor(chunkSizeBytes * reclaimBelowLiveFraction);
-  // Records above (1 - f) of a chunk (at most half) get a chunk of their own: then a chunk sealed
-  // for want of room is at least f full, so sealing alone never makes a chunk due for reclamation.
-  const largeRecordBytes = Math.floor(chunkSizeBytes * Math.min(0.5, 1 - reclaimBelowLiveFraction));
   let initialSlots = 16;
   while (initialSlots < (options.initialIndexSlots ?? 16)) initialSlots *= 2;
-
-  // A location is chunkNumber * 2^offsetBits + offset / 4: 32 bits in all.
   const offsetBits = Math.log2(chunkSizeBytes) - 2;
-  const offsetMask = 2 ** offsetBits - 1;
-  // One location is left over, so that location + 1 (what a slot holds) fits in 32 bits.
-  const maxChunks = 2 ** (32 - offsetBits) - 1;
-  const locationOf = (chunkNumber: number, offsetBytes: number): number =>
-    chunkNumber * 2 ** offsetBits + offsetBytes / RECORD_ALIGN_BYTES;
-  const chunkNumberOf = (location: number): number => location >>> offsetBits;
-  const offsetOf = (location: number): number => (location & offsetMask) * RECORD_ALIGN_BYTES;
-
-  let slots = new Uint32Array(initialSlots);
-  let mask = initialSlots - 1;
-  const locationIn = (slot: number): number => slots[slot]! - 1;
-  let count = 0;
-
-  const chunks: (Chunk | null)[] = [];
-  const freeChunkNumbers: number[] = [];
-  let active = -1;
-  let spare: Buffer | null = null;
-  const reclaimQueue: number[] = [];
-  let reclaimedChunks = 0;
-  let movedBytes = 0;
-  /** Bumped by every mutation, so an iterator can tell it went stale. */
-  let version = 0;
-
-  /** Set by readVarint: the offset after the varint just read. */
-  let varintEnd = 0;
-  const readVarint = (buffer: Uint8Array, at: number): number => {
-    let byte = buffer[at]!;
-    if (byte < 0x80) {
-      varintEnd = at + 1;
-      return byte;
-    }
-    let n = byte & 0x7f;
-    let scale = 0x80;
-    let from = at + 1;
-    for (;;) {
-      byte = buffer[from]!;
-      from += 1;
-      n += (byte & 0x7f) * scale;
-      if (byte < 0x80) break;
-      scale *= 0x80;
-    }
-    varintEnd = from;
-    return n;
-  };
-
-  // The record read last by readRecord.
-  let recordDead = false;
-  let recordKeyAt = 0;
-  let recordKeyBytes = 0;
-  let recordValueAt = 0;
-  let recordValueBytes = 0;
-  /** Reads the header of the record at `at` into the record* variables. */
-  const readRecord = (buffer: Uint8Array, at: number): void => {
-    const keyHeader = readVarint(buffer, at);
-    recordDead = keyHeader % 2 === 1;
-    recordKeyBytes = Math.floor(keyHeader / 2);
-    recordKeyAt = varintEnd;
-    recordValueBytes = readVarint(buffer, recordKeyAt + recordKeyBytes);
-    recordValueAt = varintEnd;
-  };
-
   const scratch = Buffer.allocUnsafeSlow(SCRATCH_BYTES);
-  let keyBuffer: Uint8Array = scratch;
-  let keyLength = 0;
+  return {
+    chunkSizeBytes,
+    reclaimBelowLiveBytes: Math.floor(chunkSizeBytes * reclaimBelowLiveFraction),
+    // Records above (1 - f) of a chunk (at most half) get a chunk of their own: then a chunk sealed
+    // for want of room is at least f full, so sealing alone never makes a chunk due for reclamation.
+    largeRecordBytes: Math.floor(chunkSizeBytes * Math.min(0.5, 1 - reclaimBelowLiveFraction)),
+    initialSlots,
+    offsetBits,
+    offsetMask: 2 ** offsetBits - 1,
+    // One location is left over, so that location + 1 (what a slot holds) fits in 32 bits.
+    maxChunks: 2 ** (32 - offsetBits) - 1,
+    slots: new Uint32Array(initialSlots),
+    mask: initialSlots - 1,
+    count: 0,
+    chunks: [],
+    freeChunkNumbers: [],
+    active: -1,
+    spare: null,
+    reclaimQueue: [],
+    reclaimedChunks: 0,
+    movedBytes: 0,
+    version: 0,
+    scratch,
+    keyBuffer: scratch,
+    keyLength: 0,
+  };
+};
 
-  /** Puts the key's UTF-8 bytes in keyBuffer[0, keyLength). */
-  const encodeKey = (key: string): void => {
-    const n = key.length;
-    if (n <= 64) {
-      let ascii = true;
-      for (let i = 0; i < n; i += 1) {
-        const c = key.charCodeAt(i);
-        if (c >= 0x80) {
-          ascii = false;
-          break;
-        }
-        scratch[i] = c;
+const locationOf = (s: MapState, chunkNumber: number, offsetBytes: number): number =>
+  chunkNumber * 2 ** s.offsetBits + offsetBytes / RECORD_ALIGN_BYTES;
+const chunkNumberOf = (s: MapState, location: number): number => location >>> s.offsetBits;
+const offsetOf = (s: MapState, location: number): number => (location & s.offsetMask) * RECORD_ALIGN_BYTES;
+const locationIn = (s: MapState, slot: number): number => s.slots[slot]! - 1;
+
+const chunkAt = (s: MapState, chunkNumber: number): Chunk => {
+  const chunk = s.chunks[chunkNumber];
+  assert(chunk, `location names freed chunk ${chunkNumber}`);
+  return chunk;
+};
+
+/** Puts the key's UTF-8 bytes in s.keyBuffer[0, s.keyLength). */
+const encodeKey = (s: MapState, key: string): void => {
+  const n = key.length;
+  const scratch = s.scratch;
+  if (n <= 64) {
+    let ascii = true;
+    for (let i = 0; i < n; i += 1) {
+      const c = key.charCodeAt(i);
+      if (c >= 0x80) {
+        ascii = false;
+        break;
       }
-      if (ascii) {
-        keyBuffer = scratch;
-        keyLength = n;
-        return;
-      }
+      scratch[i] = c;
     }
-    if (n * 3 <= SCRATCH_BYTES) {
-      keyBuffer = scratch;
-      keyLength = scratch.write(key, 0, 'utf8');
+    if (ascii) {
+      s.keyBuffer = scratch;
+      s.keyLength = n;
       return;
     }
-    const encoded = Buffer.from(key, 'utf8');
-    keyBuffer = encoded;
-    keyLength = encoded.byteLength;
-  };
+  }
+  if (n * 3 <= SCRATCH_BYTES) {
+    s.keyBuffer = scratch;
+    s.keyLength = scratch.write(key, 0, 'utf8');
+    return;
+  }
+  const encoded = Buffer.from(key, 'utf8');
+  s.keyBuffer = encoded;
+  s.keyLength = encoded.byteLength;
+};
 
-  const chunkAt = (chunkNumber: number): Chunk => {
-    const chunk = chunks[chunkNumber];
-    assert(chunk, `location names freed chunk ${chunkNumber}`);
-    return chunk;
-  };
+// The index: open addressing, linear probing, no stored hashes (see the module comment).
 
-  /** The hash of the key of the record at `location`. */
-  const keyHashAt = (location: number): number => {
-    const buffer = chunkAt(chunkNumberOf(location)).buffer;
-    const keyHeader = readVarint(buffer, offsetOf(location));
-    return hashBytes(buffer, varintEnd, Math.floor(keyHeader / 2));
-  };
+/** The hash of the key of the record at `location`. */
+const keyHashAt = (s: MapState, location: number): number => {
+  const buffer = chunkAt(s, chunkNumberOf(s, location)).buffer;
+  const keyHeader = readVarint(buffer, offsetOf(s, location));
+  return hashBytes(buffer, varintEnd, Math.floor(keyHeader / 2));
+};
 
-  /** The slot holding keyBuffer[0, keyLength) with hash h, or -1. */
-  const findSlot = (h: number): number => {
-    for (let slot = h & mask; ; slot = (slot + 1) & mask) {
-      if (slots[slot] === 0) return -1;
-      const location = locationIn(slot);
-      const buffer = chunkAt(chunkNumberOf(location)).buffer;
-      const keyHeader = readVarint(buffer, offsetOf(location));
-      if (keyHeader !== keyLength * 2) continue;
-      let same = true;
-      for (let i = 0, k = varintEnd; i < keyLength; i += 1, k += 1) {
-        if (buffer[k] !== keyBuffer[i]) {
-          same = false;
-          break;
-        }
-      }
-      if (same) return slot;
-    }
-  };
-
-  /** The slot whose location is `location` (the record's key hashes to h), or -1. */
-  const findSlotOfLocation = (h: number, location: number): number => {
-    for (let slot = h & mask; ; slot = (slot + 1) & mask) {
-      if (slots[slot] === 0) return -1;
-      if (slots[slot] === location + 1) return slot;
-    }
-  };
-
-  /** Twice the slots; every key is hashed again to find its new home. */
-  const grow = (): void => {
-    const old = slots;
-    slots = new Uint32Array(old.length * 2);
-    mask = slots.length - 1;
-    for (let i = 0; i < old.length; i += 1) {
-      if (old[i] === 0) continue;
-      let slot = keyHashAt(old[i]! - 1) & mask;
-      while (slots[slot] !== 0) slot = (slot + 1) & mask;
-      slots[slot] = old[i]!;
-    }
-  };
-
-  /** Empties `slot` and shifts the entries after it back, so no probe sequence is broken. */
-  const removeSlot = (slot: number): void => {
-    let hole = slot;
-    for (let next = (hole + 1) & mask; slots[next] !== 0; next = (next + 1) & mask) {
-      const home = keyHashAt(locationIn(next)) & mask;
-      // The entry at `next` may fill the hole if the hole lies on its probe path (home .. next).
-      if (((next - home) & mask) >= ((next - hole) & mask)) {
-        slots[hole] = slots[next]!;
-        hole = next;
+/** The slot holding s.keyBuffer[0, s.keyLength) with hash h, or -1. */
+const findSlot = (s: MapState, h: number): number => {
+  const slots = s.slots;
+  const mask = s.mask;
+  const keyBuffer = s.keyBuffer;
+  const keyLength = s.keyLength;
+  for (let slot = h & mask; ; slot = (slot + 1) & mask) {
+    if (slots[slot] === 0) return -1;
+    const location = slots[slot]! - 1;
+    const buffer = chunkAt(s, chunkNumberOf(s, location)).buffer;
+    const keyHeader = readVarint(buffer, offsetOf(s, location));
+    if (keyHeader !== keyLength * 2) continue;
+    let same = true;
+    for (let i = 0, k = varintEnd; i < keyLength; i += 1, k += 1) {
+      if (buffer[k] !== keyBuffer[i]) {
+        same = false;
+        break;
       }
     }
-    slots[hole] = 0;
-  };
+    if (same) return slot;
+  }
+};
 
-  const newChunkNumber = (chunk: Chunk): number => {
-    const reused = freeChunkNumbers.pop();
-    if (reused !== undefined) {
-      chunks[reused] = chunk;
-      return reused;
-    }
-    if (chunks.length >= maxChunks) {
-      throw new Error(`packed map arena is full: ${maxChunks} chunks of ${chunkSizeBytes} bytes`);
-    }
-    chunks.push(chunk);
-    return chunks.length - 1;
-  };
+/** The slot whose location is `location` (the record's key hashes to h), or -1. */
+const findSlotOfLocation = (s: MapState, h: number, location: number): number => {
+  const slots = s.slots;
+  for (let slot = h & s.mask; ; slot = (slot + 1) & s.mask) {
+    if (slots[slot] === 0) return -1;
+    if (slots[slot] === location + 1) return slot;
+  }
+};
 
-  const maybeQueue = (chunkNumber: number): void => {
-    const chunk = chunkAt(chunkNumber);
-    if (chunkNumber !== active && !chunk.queued && chunk.liveBytes < reclaimBelowLiveBytes) {
-      chunk.queued = true;
-      reclaimQueue.push(chunkNumber);
-    }
-  };
+/** Puts `location` in the first free slot from h's home (the key is not in the index yet). */
+const insertSlot = (s: MapState, h: number, location: number): void => {
+  let free = h & s.mask;
+  while (s.slots[free] !== 0) free = (free + 1) & s.mask;
+  s.slots[free] = location + 1;
+};
 
-  /** Room for a record of `size` bytes: the chunk number and offset to write it at, chunk's usedBytes bumped. */
-  const allocate = (size: number): number => {
-    if (size > largeRecordBytes) {
-      const chunkNumber = newChunkNumber({
-        buffer: Buffer.allocUnsafeSlow(size),
-        usedBytes: size,
-        liveBytes: 0,
-        queued: false,
-      });
-      return locationOf(chunkNumber, 0);
-    }
-    let chunk = active >= 0 ? chunkAt(active) : null;
-    if (chunk === null || chunk.usedBytes + size > chunkSizeBytes) {
-      const sealed = active;
-      const buffer = spare ?? Buffer.allocUnsafeSlow(chunkSizeBytes);
-      spare = null;
-      chunk = { buffer, usedBytes: 0, liveBytes: 0, queued: false };
-      active = newChunkNumber(chunk);
-      if (sealed >= 0) maybeQueue(sealed);
-    }
-    const offset = chunk.usedBytes;
-    chunk.usedBytes += size;
-    return locationOf(active, offset);
-  };
+/** Twice the slots; every key is hashed again to find its new home. */
+const grow = (s: MapState): void => {
+  const old = s.slots;
+  s.slots = new Uint32Array(old.length * 2);
+  s.mask = s.slots.length - 1;
+  for (let i = 0; i < old.length; i += 1) {
+    if (old[i] === 0) continue;
+    insertSlot(s, keyHashAt(s, old[i]! - 1), old[i]! - 1);
+  }
+};
 
-  /** Appends a record and returns its location; its chunk counts it live. */
-  const appendRecord = (key: Uint8Array, keyBytes: number, value: Uint8Array): number => {
-    assert(keyBytes <= MAX_KEY_BYTES, `key of ${keyBytes} bytes is too long`);
-    const size = recordBytes(keyBytes, value.byteLength);
-    const location = allocate(size);
-    const chunk = chunkAt(chunkNumberOf(location));
-    const buffer = chunk.buffer;
-    let at = writeVarint(buffer, offsetOf(location), keyBytes * 2);
-    buffer.set(key.subarray(0, keyBytes), at);
-    at = writeVarint(buffer, at + keyBytes, value.byteLength);
-    buffer.set(value, at);
-    chunk.liveBytes += size;
-    return location;
-  };
-
-  /** Marks the record at `location` dead; its chunk may become due for reclamation. */
-  const killRecord = (location: number): void => {
-    const chunkNumber = chunkNumberOf(location);
-    const chunk = chunkAt(chunkNumber);
-    const at = offsetOf(location);
-    readRecord(chunk.buffer, at);
-    assert(!recordDead, `record at ${location} is already dead`);
-    chunk.buffer[at]! |= 1;
-    chunk.liveBytes -= recordBytes(recordKeyBytes, recordValueBytes);
-    assert(chunk.liveBytes >= 0, `chunk ${chunkNumber} counts negative live bytes`);
-    maybeQueue(chunkNumber);
-  };
-
-  const freeChunk = (chunkNumber: number): void => {
-    const chunk = chunkAt(chunkNumber);
-    if (spare === null && chunk.buffer.byteLength === chunkSizeBytes) spare = chunk.buffer;
-    chunks[chunkNumber] = null;
-    freeChunkNumbers.push(chunkNumber);
-  };
-
-  /** Moves the live records of one queued chunk to the active chunk and frees it. */
-  const reclaimOne = (): void => {
-    const chunkNumber = reclaimQueue.shift();
-    if (chunkNumber === undefined) return;
-    const chunk = chunkAt(chunkNumber);
-    assert(chunk.queued && chunkNumber !== active, `chunk ${chunkNumber} is not due for reclamation`);
-    const buffer = chunk.buffer;
-    let liveSeen = 0;
-    for (let at = 0; at < chunk.usedBytes; ) {
-      readRecord(buffer, at);
-      const size = recordBytes(recordKeyBytes, recordValueBytes);
-      if (!recordDead) {
-        const slot = findSlotOfLocation(
-          hashBytes(buffer, recordKeyAt, recordKeyBytes),
-          locationOf(chunkNumber, at),
-        );
-        assert(slot >= 0, `live record at ${at} of chunk ${chunkNumber} is not in the index`);
-        const to = allocate(size);
-        const target = chunkAt(chunkNumberOf(to));
-        buffer.copy(target.buffer, offsetOf(to), at, at + size);
-        target.liveBytes += size;
-        slots[slot] = to + 1;
-        liveSeen += size;
-        movedBytes += size;
-      }
-      at += size;
-    }
-    assert(
-      liveSeen === chunk.liveBytes,
-      `chunk ${chunkNumber} held ${liveSeen} live bytes, counted ${chunk.liveBytes}`,
-    );
-    freeChunk(chunkNumber);
-    reclaimedChunks += 1;
-  };
-
-  /** After a mutation: frees every queued chunk that is all dead, and reclaims at most one other. */
-  const afterMutation = (): void => {
-    version += 1;
-    while (reclaimQueue.length > 0 && chunkAt(reclaimQueue[0]!).liveBytes === 0) {
-      freeChunk(reclaimQueue.shift()!);
-      reclaimedChunks += 1;
-    }
-    reclaimOne();
-  };
-
-  /** set() for the key in keyBuffer[0, keyLength). */
-  const setEncoded = (value: Uint8Array): void => {
-    const h = hashBytes(keyBuffer, 0, keyLength);
-    const slot = findSlot(h);
-    if (slot >= 0) {
-      const old = locationIn(slot);
-      const buffer = chunkAt(chunkNumberOf(old)).buffer;
-      readRecord(buffer, offsetOf(old));
-      if (recordValueBytes === value.byteLength) {
-        buffer.set(value, recordValueAt); // Same size: overwrite in place, nothing dies.
-      } else {
-        const location = appendRecord(keyBuffer, keyLength, value);
-        killRecord(old);
-        slots[slot] = location + 1;
-      }
-    } else {
-      if (count + 1 > slots.length * MAX_LOAD) grow();
-      const location = appendRecord(keyBuffer, keyLength, value);
-      let free = h & mask;
-      while (slots[free] !== 0) free = (free + 1) & mask;
-      slots[free] = location + 1;
-      count += 1;
-    }
-    afterMutation();
-  };
-
-  const set = (key: string, value: Uint8Array): void => {
-    encodeKey(key);
-    setEncoded(value);
-  };
-
-  const setBytes = (keyUtf8: Uint8Array, value: Uint8Array): void => {
-    keyBuffer = keyUtf8;
-    keyLength = keyUtf8.byteLength;
-    setEncoded(value);
-  };
-
-  const get = (key: string): Uint8Array | undefined => {
-    encodeKey(key);
-    const slot = findSlot(hashBytes(keyBuffer, 0, keyLength));
-    if (slot < 0) return undefined;
-    const location = locationIn(slot);
-    const buffer = chunkAt(chunkNumberOf(location)).buffer;
-    readRecord(buffer, offsetOf(location));
-    return buffer.subarray(recordValueAt, recordValueAt + recordValueBytes);
-  };
-
-  const has = (key: string): boolean => {
-    encodeKey(key);
-    return findSlot(hashBytes(keyBuffer, 0, keyLength)) >= 0;
-  };
-
-  const del = (key: string): boolean => {
-    encodeKey(key);
-    const slot = findSlot(hashBytes(keyBuffer, 0, keyLength));
-    if (slot < 0) return false;
-    killRecord(locationIn(slot));
-    removeSlot(slot);
-    count -= 1;
-    afterMutation();
-    return true;
-  };
-
-  const clear = (): void => {
-    slots = new Uint32Array(initialSlots);
-    mask = initialSlots - 1;
-    count = 0;
-    chunks.length = 0;
-    freeChunkNumbers.length = 0;
-    reclaimQueue.length = 0;
-    active = -1;
-    spare = null;
-    version += 1;
-  };
-
-  function* entries(): Generator<[Uint8Array, Uint8Array]> {
-    const startVersion = version;
-    for (let slot = 0; slot < slots.length; slot += 1) {
-      if (version !== startVersion) throw new Error('packed map was mutated during entries()');
-      if (slots[slot] === 0) continue;
-      const location = locationIn(slot);
-      const buffer = chunkAt(chunkNumberOf(location)).buffer;
-      readRecord(buffer, offsetOf(location));
-      yield [
-        buffer.subarray(recordKeyAt, recordKeyAt + recordKeyBytes),
-        buffer.subarray(recordValueAt, recordValueAt + recordValueBytes),
-      ];
+/** Empties `slot` and shifts the entries after it back, so no probe sequence is broken. */
+const removeSlot = (s: MapState, slot: number): void => {
+  const slots = s.slots;
+  const mask = s.mask;
+  let hole = slot;
+  for (let next = (hole + 1) & mask; slots[next] !== 0; next = (next + 1) & mask) {
+    const home = keyHashAt(s, locationIn(s, next)) & mask;
+    // The entry at `next` may fill the hole if the hole lies on its probe path (home .. next).
+    if (((next - home) & mask) >= ((next - hole) & mask)) {
+      slots[hole] = slots[next]!;
+      hole = next;
     }
   }
+  slots[hole] = 0;
+};
 
-  const stats = (): PackedMapStats => {
-    let liveBytes = 0;
-    let usedBytes = 0;
-    let arenaBytes = spare?.byteLength ?? 0;
-    let inUse = 0;
-    for (const chunk of chunks) {
-      if (chunk === null) continue;
-      inUse += 1;
-      liveBytes += chunk.liveBytes;
-      usedBytes += chunk.usedBytes;
-      arenaBytes += chunk.buffer.byteLength;
+// The arena: chunks of records, live-byte counts, reclamation (see the module comment).
+
+const newChunkNumber = (s: MapState, chunk: Chunk): number => {
+  const reused = s.freeChunkNumbers.pop();
+  if (reused !== undefined) {
+    s.chunks[reused] = chunk;
+    return reused;
+  }
+  if (s.chunks.length >= s.maxChunks) {
+    throw new Error(`packed map arena is full: ${s.maxChunks} chunks of ${s.chunkSizeBytes} bytes`);
+  }
+  s.chunks.push(chunk);
+  return s.chunks.length - 1;
+};
+
+const maybeQueue = (s: MapState, chunkNumber: number): void => {
+  const chunk = chunkAt(s, chunkNumber);
+  if (chunkNumber !== s.active && !chunk.queued && chunk.liveBytes < s.reclaimBelowLiveBytes) {
+    chunk.queued = true;
+    s.reclaimQueue.push(chunkNumber);
+  }
+};
+
+/** Room for a record of `size` bytes: the location to write it at, its chunk's usedBytes bumped. */
+const allocate = (s: MapState, size: number): number => {
+  if (size > s.largeRecordBytes) {
+    const buffer = Buffer.allocUnsafeSlow(size);
+    return locationOf(s, newChunkNumber(s, { buffer, usedBytes: size, liveBytes: 0, queued: false }), 0);
+  }
+  let chunk = s.active >= 0 ? chunkAt(s, s.active) : null;
+  if (chunk === null || chunk.usedBytes + size > s.chunkSizeBytes) {
+    const sealed = s.active;
+    const buffer = s.spare ?? Buffer.allocUnsafeSlow(s.chunkSizeBytes);
+    s.spare = null;
+    chunk = { buffer, usedBytes: 0, liveBytes: 0, queued: false };
+    s.active = newChunkNumber(s, chunk);
+    if (sealed >= 0) maybeQueue(s, sealed);
+  }
+  const offset = chunk.usedBytes;
+  chunk.usedBytes += size;
+  return locationOf(s, s.active, offset);
+};
+
+/** Appends a record and returns its location; its chunk counts it live. */
+const appendRecord = (s: MapState, key: Uint8Array, keyBytes: number, value: Uint8Array): number => {
+  assert(keyBytes <= MAX_KEY_BYTES, `key of ${keyBytes} bytes is too long`);
+  const size = recordBytes(keyBytes, value.byteLength);
+  const location = allocate(s, size);
+  const chunk = chunkAt(s, chunkNumberOf(s, location));
+  const buffer = chunk.buffer;
+  let at = writeVarint(buffer, offsetOf(s, location), keyBytes * 2);
+  buffer.set(key.subarray(0, keyBytes), at);
+  at = writeVarint(buffer, at + keyBytes, value.byteLength);
+  buffer.set(value, at);
+  chunk.liveBytes += size;
+  return location;
+};
+
+/** Marks the record at `location` dead; its chunk may become due for reclamation. */
+const killRecord = (s: MapState, location: number): void => {
+  const chunkNumber = chunkNumberOf(s, location);
+  const chunk = chunkAt(s, chunkNumber);
+  const at = offsetOf(s, location);
+  readRecord(chunk.buffer, at);
+  assert(!recordDead, `record at ${location} is already dead`);
+  chunk.buffer[at]! |= 1;
+  chunk.liveBytes -= recordBytes(recordKeyBytes, recordValueBytes);
+  assert(chunk.liveBytes >= 0, `chunk ${chunkNumber} counts negative live bytes`);
+  maybeQueue(s, chunkNumber);
+};
+
+const freeChunk = (s: MapState, chunkNumber: number): void => {
+  const chunk = chunkAt(s, chunkNumber);
+  if (s.spare === null && chunk.buffer.byteLength === s.chunkSizeBytes) s.spare = chunk.buffer;
+  s.chunks[chunkNumber] = null;
+  s.freeChunkNumbers.push(chunkNumber);
+};
+
+/** Copies the live record of `size` bytes at `at` of chunk `chunkNumber` to the active chunk. */
+const moveRecord = (s: MapState, chunkNumber: number, at: number, size: number): void => {
+  const buffer = chunkAt(s, chunkNumber).buffer;
+  const slot = findSlotOfLocation(
+    s,
+    hashBytes(buffer, recordKeyAt, recordKeyBytes),
+    locationOf(s, chunkNumber, at),
+  );
+  assert(slot >= 0, `live record at ${at} of chunk ${chunkNumber} is not in the index`);
+  const to = allocate(s, size);
+  const target = chunkAt(s, chunkNumberOf(s, to));
+  buffer.copy(target.buffer, offsetOf(s, to), at, at + size);
+  target.liveBytes += size;
+  s.slots[slot] = to + 1;
+  s.movedBytes += size;
+};
+
+/** Moves the live records of one queued chunk to the active chunk and frees it. */
+const reclaimOne = (s: MapState): void => {
+  const chunkNumber = s.reclaimQueue.shift();
+  if (chunkNumber === undefined) return;
+  const chunk = chunkAt(s, chunkNumber);
+  assert(chunk.queued && chunkNumber !== s.active, `chunk ${chunkNumber} is not due for reclamation`);
+  let liveSeen = 0;
+  for (let at = 0; at < chunk.usedBytes; ) {
+    readRecord(chunk.buffer, at);
+    const size = recordBytes(recordKeyBytes, recordValueBytes);
+    if (!recordDead) {
+      moveRecord(s, chunkNumber, at, size);
+      liveSeen += size;
     }
-    return {
-      liveBytes,
-      deadBytes: usedBytes - liveBytes,
-      arenaBytes,
-      indexBytes: slots.byteLength,
-      chunks: inUse,
-      reclaimedChunks,
-      movedBytes,
-    };
-  };
+    at += size;
+  }
+  assert(
+    liveSeen === chunk.liveBytes,
+    `chunk ${chunkNumber} held ${liveSeen} live bytes, counted ${chunk.liveBytes}`,
+  );
+  freeChunk(s, chunkNumber);
+  s.reclaimedChunks += 1;
+};
 
+/** After a mutation: frees every queued chunk that is all dead, and reclaims at most one other. */
+const afterMutation = (s: MapState): void => {
+  s.version += 1;
+  const queue = s.reclaimQueue;
+  while (queue.length > 0 && chunkAt(s, queue[0]!).liveBytes === 0) {
+    freeChunk(s, queue.shift()!);
+    s.reclaimedChunks += 1;
+  }
+  reclaimOne(s);
+};
+
+// The operations, each for the key in s.keyBuffer[0, s.keyLength) where they take one.
+
+const setEncoded = (s: MapState, value: Uint8Array): void => {
+  const h = hashBytes(s.keyBuffer, 0, s.keyLength);
+  const slot = findSlot(s, h);
+  if (slot >= 0) {
+    const old = locationIn(s, slot);
+    const buffer = chunkAt(s, chunkNumberOf(s, old)).buffer;
+    readRecord(buffer, offsetOf(s, old));
+    if (recordValueBytes === value.byteLength) {
+      buffer.set(value, recordValueAt); // Same size: overwrite in place, nothing dies.
+    } else {
+      const location = appendRecord(s, s.keyBuffer, s.keyLength, value);
+      killRecord(s, old);
+      s.slots[slot] = location + 1;
+    }
+  } else {
+    if (s.count + 1 > s.slots.length * MAX_LOAD) grow(s);
+    insertSlot(s, h, appendRecord(s, s.keyBuffer, s.keyLength, value));
+    s.count += 1;
+  }
+  afterMutation(s);
+};
+
+const getEncoded = (s: MapState): Uint8Array | undefined => {
+  const slot = findSlot(s, hashBytes(s.keyBuffer, 0, s.keyLength));
+  if (slot < 0) return undefined;
+  const location = locationIn(s, slot);
+  const buffer = chunkAt(s, chunkNumberOf(s, location)).buffer;
+  readRecord(buffer, offsetOf(s, location));
+  return buffer.subarray(recordValueAt, recordValueAt + recordValueBytes);
+};
+
+const deleteEncoded = (s: MapState): boolean => {
+  const slot = findSlot(s, hashBytes(s.keyBuffer, 0, s.keyLength));
+  if (slot < 0) return false;
+  killRecord(s, locationIn(s, slot));
+  removeSlot(s, slot);
+  s.count -= 1;
+  afterMutation(s);
+  return true;
+};
+
+const clearState = (s: MapState): void => {
+  s.slots = new Uint32Array(s.initialSlots);
+  s.mask = s.initialSlots - 1;
+  s.count = 0;
+  s.chunks.length = 0;
+  s.freeChunkNumbers.length = 0;
+  s.reclaimQueue.length = 0;
+  s.active = -1;
+  s.spare = null;
+  s.version += 1;
+};
+
+function* entriesOf(s: MapState): Generator<[Uint8Array, Uint8Array]> {
+  const startVersion = s.version;
+  for (let slot = 0; slot < s.slots.length; slot += 1) {
+    if (s.version !== startVersion) throw new Error('packed map was mutated during entries()');
+    if (s.slots[slot] === 0) continue;
+    const location = locationIn(s, slot);
+    const buffer = chunkAt(s, chunkNumberOf(s, location)).buffer;
+    readRecord(buffer, offsetOf(s, location));
+    yield [
+      buffer.subarray(recordKeyAt, recordKeyAt + recordKeyBytes),
+      buffer.subarray(recordValueAt, recordValueAt + recordValueBytes),
+    ];
+  }
+}
+
+const statsOf = (s: MapState): PackedMapStats => {
+  let liveBytes = 0;
+  let usedBytes = 0;
+  let arenaBytes = s.spare?.byteLength ?? 0;
+  let inUse = 0;
+  for (const chunk of s.chunks) {
+    if (chunk === null) continue;
+    inUse += 1;
+    liveBytes += chunk.liveBytes;
+    usedBytes += chunk.usedBytes;
+    arenaBytes += chunk.buffer.byteLength;
+  }
   return {
-    set,
-    setBytes,
-    get,
-    has,
-    delete: del,
-    size: () => count,
-    clear,
-    entries: () => ({ [Symbol.iterator]: entries }),
-    stats,
+    liveBytes,
+    deadBytes: usedBytes - liveBytes,
+    arenaBytes,
+    indexBytes: s.slots.byteLength,
+    chunks: inUse,
+    reclaimedChunks: s.reclaimedChunks,
+    movedBytes: s.movedBytes,
+  };
+};
+
+export const createPackedMap = (options: PackedMapOptions = {}): PackedMap => {
+  const s = createState(options);
+  return {
+    set: (key, value) => {
+      encodeKey(s, key);
+      setEncoded(s, value);
+    },
+    setBytes: (keyUtf8, value) => {
+      s.keyBuffer = keyUtf8;
+      s.keyLength = keyUtf8.byteLength;
+      setEncoded(s, value);
+    },
+    get: (key) => {
+      encodeKey(s, key);
+      return getEncoded(s);
+    },
+    has: (key) => {
+      encodeKey(s, key);
+      return findSlot(s, hashBytes(s.keyBuffer, 0, s.keyLength)) >= 0;
+    },
+    delete: (key) => {
+      encodeKey(s, key);
+      return deleteEncoded(s);
+    },
+    size: () => s.count,
+    clear: () => clearState(s),
+    entries: () => ({ [Symbol.iterator]: () => entriesOf(s) }),
+    stats: () => statsOf(s),
   };
 };
 
