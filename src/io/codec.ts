@@ -264,6 +264,71 @@ const validateMessages = <M extends TransportMessage>(body: unknown): M[] => {
 };
 
 /**
+ * The bytes a decoder has received and not consumed: chunks kept as a list, `head` the first
+ * unconsumed one and `offset` the read position in it, `buffered` the bytes left in all of them.
+ */
+type ChunkQueue = { chunks: Uint8Array[]; head: number; offset: number; buffered: number };
+
+/** Drops fully consumed chunks (by index: no per-chunk shifting of the array). */
+const dropConsumed = (q: ChunkQueue): void => {
+  if (q.offset === q.chunks[q.head]!.byteLength) {
+    q.head++;
+    q.offset = 0;
+  }
+  if (q.head === q.chunks.length) {
+    q.chunks.length = 0;
+    q.head = 0;
+  } else if (q.head > 64) {
+    q.chunks.splice(0, q.head);
+    q.head = 0;
+  }
+};
+
+/** Removes `n` (<= q.buffered) bytes from the front; a view when they lie in one chunk. */
+const takeBytes = (q: ChunkQueue, n: number): Uint8Array => {
+  const first = q.chunks[q.head]!;
+  let out: Uint8Array;
+  if (first.byteLength - q.offset >= n) {
+    out = first.subarray(q.offset, q.offset + n);
+    q.offset += n;
+  } else {
+    out = new Uint8Array(n);
+    let filled = 0;
+    for (;;) {
+      const chunk = q.chunks[q.head]!;
+      const count = Math.min(chunk.byteLength - q.offset, n - filled);
+      out.set(chunk.subarray(q.offset, q.offset + count), filled);
+      filled += count;
+      q.offset += count;
+      if (filled === n) break;
+      q.head++;
+      q.offset = 0;
+    }
+  }
+  dropConsumed(q);
+  q.buffered -= n;
+  return out;
+};
+
+/** The body length a frame header announces, checked against the limit (a handshake's is smaller). */
+const checkedFrameLength = (
+  header: Uint8Array,
+  awaitingHandshake: boolean,
+  maxFrameBytes: number,
+): number => {
+  const length = ((header[0]! << 24) >>> 0) + (header[1]! << 16) + (header[2]! << 8) + header[3]!;
+  const limit = awaitingHandshake ? Math.min(maxFrameBytes, MAX_HANDSHAKE_FRAME_BYTES) : maxFrameBytes;
+  if (length > limit) {
+    throw codecError(
+      'FRAME_TOO_LARGE',
+      `${awaitingHandshake ? 'handshake ' : ''}frame of ${length} bytes exceeds the limit of ${limit}`,
+    );
+  }
+  if (length === 0) throw codecError('MALFORMED_FRAME', 'empty frame');
+  return length;
+};
+
+/**
  * A stream decoder. Chunks are kept as a list and only concatenated when a frame spans several of
  * them; a frame inside one chunk is decoded from a view of that chunk.
  */
@@ -275,56 +340,10 @@ export const createFrameDecoder = <M extends TransportMessage = TransportMessage
   const decoder = new Decoder();
   let awaitingHandshake = options.handshake ?? true;
   let handshake: Handshake | null = null;
-  const chunks: Uint8Array[] = [];
-  /** Index of the first unconsumed chunk, and the read offset into it. */
-  let head = 0;
-  let offset = 0;
-  let buffered = 0;
+  const queue: ChunkQueue = { chunks: [], head: 0, offset: 0, buffered: 0 };
   /** Body length of the frame being read, or -1 while its header is incomplete. */
   let expected = -1;
   let failure: unknown = null;
-
-  /** Removes `n` (<= buffered) bytes from the front; a view when they lie in one chunk. */
-  const take = (n: number): Uint8Array => {
-    const first = chunks[head]!;
-    let out: Uint8Array;
-    if (first.byteLength - offset >= n) {
-      out = first.subarray(offset, offset + n);
-      offset += n;
-    } else {
-      out = new Uint8Array(n);
-      let filled = 0;
-      for (;;) {
-        const chunk = chunks[head]!;
-        const count = Math.min(chunk.byteLength - offset, n - filled);
-        out.set(chunk.subarray(offset, offset + count), filled);
-        filled += count;
-        offset += count;
-        if (filled === n) break;
-        head++;
-        offset = 0;
-      }
-    }
-    // Drop fully consumed chunks (by index: no per-chunk shifting of the array).
-    if (offset === chunks[head]!.byteLength) {
-      head++;
-      offset = 0;
-    }
-    if (head === chunks.length) {
-      chunks.length = 0;
-      head = 0;
-    } else if (head > 64) {
-      chunks.splice(0, head);
-      head = 0;
-    }
-    buffered -= n;
-    return out;
-  };
-
-  const readHeader = (): number => {
-    const h = take(FRAME_HEADER_BYTES);
-    return ((h[0]! << 24) >>> 0) + (h[1]! << 16) + (h[2]! << 8) + h[3]!;
-  };
 
   const decodeBody = (body: Uint8Array): unknown => {
     try {
@@ -342,27 +361,20 @@ export const createFrameDecoder = <M extends TransportMessage = TransportMessage
     if (failure !== null) throw failure;
     const frames: M[][] = [];
     if (chunk.byteLength === 0) return frames;
-    chunks.push(asPlainBytes(chunk));
-    buffered += chunk.byteLength;
+    queue.chunks.push(asPlainBytes(chunk));
+    queue.buffered += chunk.byteLength;
     try {
       for (;;) {
         if (expected < 0) {
-          if (buffered < FRAME_HEADER_BYTES) break;
-          const length = readHeader();
-          const limit = awaitingHandshake
-            ? Math.min(maxFrameBytes, MAX_HANDSHAKE_FRAME_BYTES)
-            : maxFrameBytes;
-          if (length > limit) {
-            throw codecError(
-              'FRAME_TOO_LARGE',
-              `${awaitingHandshake ? 'handshake ' : ''}frame of ${length} bytes exceeds the limit of ${limit}`,
-            );
-          }
-          if (length === 0) throw codecError('MALFORMED_FRAME', 'empty frame');
-          expected = length;
+          if (queue.buffered < FRAME_HEADER_BYTES) break;
+          expected = checkedFrameLength(
+            takeBytes(queue, FRAME_HEADER_BYTES),
+            awaitingHandshake,
+            maxFrameBytes,
+          );
         }
-        if (buffered < expected) break;
-        const body = decodeBody(take(expected));
+        if (queue.buffered < expected) break;
+        const body = decodeBody(takeBytes(queue, expected));
         expected = -1;
         if (awaitingHandshake) {
           handshake = validateHandshake(body);
@@ -374,10 +386,10 @@ export const createFrameDecoder = <M extends TransportMessage = TransportMessage
       }
     } catch (error) {
       failure = error;
-      chunks.length = 0;
-      head = 0;
-      offset = 0;
-      buffered = 0;
+      queue.chunks.length = 0;
+      queue.head = 0;
+      queue.offset = 0;
+      queue.buffered = 0;
       throw error;
     }
     return frames;
@@ -386,8 +398,8 @@ export const createFrameDecoder = <M extends TransportMessage = TransportMessage
   return {
     push,
     handshake: () => handshake,
-    bufferedBytes: () => buffered,
-    partial: () => buffered > 0 || expected >= 0,
+    bufferedBytes: () => queue.buffered,
+    partial: () => queue.buffered > 0 || expected >= 0,
   };
 };
 
