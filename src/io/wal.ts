@@ -681,6 +681,39 @@ export const openWal = async (dir: string, nodeId: string, options: OpenWalOptio
   return walHandle(dir, nodeId, info, scan, await open(path, 'a'));
 };
 
+/** A rewrite's whole new file: header, records, and a marker vouching for all of it. */
+const encodeWholeWal = (nodeId: string, records: readonly WalRecord[], incarnation: number): Buffer => {
+  const header = encodeHeader(nodeId);
+  const group = encodeGroup(records, header.length);
+  group.set(header, 0);
+  // The whole new file is synced before it is renamed into place, so a marker at its end is true.
+  const marker = new Uint8Array(WAL_MARKER_BYTES);
+  writeMarker(marker, 0, group.length, incarnation);
+  return Buffer.concat([group, marker]);
+};
+
+/**
+ * A final marker at the end of the file (stats.bytes), so that the last group is vouched for too;
+ * true when it was written and synced. Best effort: what was appended is durable already; a marker
+ * that fails (a full disk) leaves at most a torn marker, cut at the next open.
+ */
+const appendFinalMarker = async (
+  handle: FileHandle,
+  stats: WalStats,
+  incarnation: number,
+): Promise<boolean> => {
+  const marker = new Uint8Array(WAL_MARKER_BYTES);
+  writeMarker(marker, 0, stats.bytes, incarnation);
+  try {
+    await writeAll(handle, marker);
+    await handle.datasync();
+    stats.bytes += WAL_MARKER_BYTES;
+    return true;
+  } catch {
+    return false;
+  }
+};
+
 /** The append / rewrite / close side of an opened WAL. */
 const walHandle = (dir: string, nodeId: string, info: WalOpenInfo, scan: WalScan, file: FileHandle): Wal => {
   const { path, incarnation } = info;
@@ -717,13 +750,7 @@ const walHandle = (dir: string, nodeId: string, info: WalOpenInfo, scan: WalScan
 
   const rewrite = (records: readonly WalRecord[]): Promise<void> => {
     if (closed) return Promise.reject(walError('WAL_CLOSED', `${path} is closed`));
-    const header = encodeHeader(nodeId);
-    const group = encodeGroup(records, header.length);
-    group.set(header, 0);
-    // The whole new file is synced before it is renamed into place, so a marker at its end is true.
-    const marker = new Uint8Array(WAL_MARKER_BYTES);
-    writeMarker(marker, 0, group.length, incarnation);
-    const whole = Buffer.concat([group, marker]);
+    const whole = encodeWholeWal(nodeId, records, incarnation);
     return enqueue('rewrite', async () => {
       await writeAtomically(dir, path, whole);
       const next = await open(path, 'a');
@@ -756,30 +783,12 @@ const walHandle = (dir: string, nodeId: string, info: WalOpenInfo, scan: WalScan
     });
   };
 
-  /**
-   * A final marker, so that the last group is vouched for too. Best effort: what was appended is
-   * durable already; a marker that fails (a full disk) leaves at most a torn marker, cut at the next
-   * open. None after a failed write (the file's end is unknown).
-   */
-  const writeFinalMarker = async (): Promise<void> => {
-    if (failure || vouched) return;
-    const marker = new Uint8Array(WAL_MARKER_BYTES);
-    writeMarker(marker, 0, stats.bytes, incarnation);
-    try {
-      await writeAll(handle, marker);
-      await handle.datasync();
-      stats.bytes += WAL_MARKER_BYTES;
-      vouched = true;
-    } catch {
-      // see above
-    }
-  };
-
   const close = async (): Promise<void> => {
     if (closed) return;
     closed = true;
     await tail;
-    await writeFinalMarker();
+    // None after a failed write (the file's end is unknown), none when the last marker is at the end.
+    if (!failure && !vouched) vouched = await appendFinalMarker(handle, stats, incarnation);
     await handle.close();
   };
 
