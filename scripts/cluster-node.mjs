@@ -17,6 +17,10 @@ import { performance } from 'node:perf_hooks';
  *     join?, forceRecovery?,        // the library options: never bootstrap / force recovery
  *     traceRoles?: true,            // report every role/term change via XState inspection (default
  *                                   //   true; the benchmark may turn it off: inspection costs CPU)
+ *     inspector?: { kind: 'websocket', url } | { kind: 'callback' },
+ *                                   // attach an inspector to the node (`npm run bench -- --inspect`):
+ *                                   //   @statelyai/inspect's createWebSocketInspector sending to url,
+ *                                   //   or a plain callback that counts the inspection events
  *     changeEvents?: false,         // forward every applied change to the parent
  *     transportEvents?: 'rejected'  // 'none' | 'rejected' | 'all': which transport events to forward
  *     warningEvents?: false,        // forward the node's `warning` events
@@ -54,6 +58,7 @@ import { performance } from 'node:perf_hooks';
  *                                                    diff two answers for a phase); with `gc: true`
  *                                                    after a full garbage collection
  *   { cmd: 'load', ... }                        -> a load report, see runLoad below
+ *   { cmd: 'inspected' }                        -> { events, snapshots } seen by a `callback` inspector
  *   { cmd: 'end' }                              -> undefined; then the node ends and the process exits 0
  * Errors are answered with the error's `code` (QUORUM_UNAVAILABLE, TIMEOUT, STOPPED,
  * INVALID_ARGUMENT, NOT_LEADER, ...; BAD_COMMAND for an unknown command).
@@ -126,7 +131,9 @@ const round3 = (x) => (x === null ? null : Math.round(x * 1000) / 1000);
  * Options (all but kind optional):
  *   kind: 'set' | 'get' | 'getLocal'   set(key, value) | linearizable get | get with consistency local
  *   count = 1000, concurrency = 64, valueBytes = 100 (a Uint8Array of that size), keySpace = count,
- *   warmup = 0, keyPrefix = 'k', timeoutMs (per-call option, default none: the node's proposalTimeoutMs)
+ *   warmup = 0, keyPrefix = 'k', timeoutMs (per-call option, default none: the node's proposalTimeoutMs),
+ *   timeLimitMs (no new call starts after this long in the timed phase; `ok` + errors then count
+ *   the calls made, fewer than `count`)
  * Keys are `${keyPrefix}${i % keySpace}`; op i goes to worker (i mod concurrency) order-free: every
  * worker takes the next op number when its previous call settles.
  */
@@ -153,10 +160,12 @@ const runLoad = async (options) => {
     return kind === 'set' ? node.set(key, value, callOptions) : node.get(key, getOptions);
   };
 
+  const timeLimitMs = options.timeLimitMs ?? Number.POSITIVE_INFINITY;
+  let deadline = Number.POSITIVE_INFINITY;
   const phase = async (total, record) => {
     let next = 0;
     const worker = async () => {
-      while (next < total) {
+      while (next < total && (deadline === Number.POSITIVE_INFINITY || performance.now() < deadline)) {
         const i = next++;
         const started = performance.now();
         try {
@@ -177,6 +186,7 @@ const runLoad = async (options) => {
   const errors = {};
   const cpuBefore = process.cpuUsage();
   const started = performance.now();
+  deadline = started + timeLimitMs;
   await phase(count, {
     ok: (ms) => {
       latencies[ok++] = ms;
@@ -216,6 +226,40 @@ const runLoad = async (options) => {
     rssBytes: process.memoryUsage.rss(),
     peakRssBytes: process.resourceUsage().maxRSS * 1024,
   };
+};
+
+/** Inspection events seen by a `callback` inspector (the `inspector` command reports them). */
+const inspected = { events: 0, snapshots: 0 };
+
+/**
+ * Sets `options.inspect` to the inspector `spec` names, beside the role tracing when that is on.
+ * A websocket inspector is @statelyai/inspect's own, given as README.md shows (`inspector.inspect`,
+ * an Observer); the library's `inspect` option is typed as a function today, which XState's
+ * createActor accepts either way.
+ */
+const attachInspector = async (options, spec) => {
+  let observe;
+  if (spec.kind === 'websocket') {
+    const { createWebSocketInspector } = await import('@statelyai/inspect');
+    const inspector = createWebSocketInspector({ url: spec.url });
+    observe = inspector.inspect;
+  } else if (spec.kind === 'callback') {
+    observe = (event) => {
+      inspected.events += 1;
+      if (event.type === '@xstate.snapshot') inspected.snapshots += 1;
+    };
+  } else {
+    throw new Error(`cluster-node: unknown inspector kind ${spec.kind}`);
+  }
+  const trace = options.inspect;
+  if (trace === undefined) options.inspect = observe;
+  else {
+    const next = typeof observe === 'function' ? observe : (event) => observe.next(event);
+    options.inspect = (event) => {
+      trace(event);
+      next(event);
+    };
+  }
 };
 
 // ---- commands ---------------------------------------------------------------------------------
@@ -275,6 +319,8 @@ const execute = async (message) => {
       return usage(message.gc === true);
     case 'load':
       return runLoad(message);
+    case 'inspected':
+      return { ...inspected };
     default:
       throw Object.assign(new Error(`unknown command ${JSON.stringify(message.cmd)}`), {
         code: 'BAD_COMMAND',
@@ -404,6 +450,7 @@ const main = async () => {
     };
   }
 
+  if (config.inspector) await attachInspector(options, config.inspector);
   node = diskeyval(options);
   node.on('leader', ({ nodeId, term }) => {
     send({ event: 'leader', nodeId, term });

@@ -8,8 +8,9 @@
  * and `status` of every node (term, leader), so a run with errors or an election is flagged.
  */
 import { readdir, stat } from 'node:fs/promises';
-import { join } from 'node:path';
-import { startCluster } from '../../scripts/cluster.mjs';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { startCluster as ownStartCluster } from '../../scripts/cluster.mjs';
 import { machineBusySeconds, round, selfCpuSeconds } from './common.mjs';
 
 export const KEY_PREFIX = 'key-';
@@ -41,6 +42,11 @@ const isCertFile = (path) => /\.(pem|key)$/.test(path) || /\/\.[^/]*\.tmp$/.test
  * `persistence: true`: the library option `persistence: { dir: <cluster dir>/data/<id> }`, on the
  * same file system as etcd's data dir, /tmp). A harness or library without persistence ignores the
  * option, so whether it took effect is checked afterwards with `verifyPersistence`, never assumed.
+ *
+ * `checkout`: the root of another built checkout of diskeyval, whose own scripts/cluster.mjs (and
+ * so its cluster-node.mjs and dist/) runs the nodes: `bench/ab.mjs` measures two versions with
+ * this one benchmark. `perNode`: extra node config per id (e.g. an `inspector`, see
+ * scripts/cluster-node.mjs).
  */
 export const startDiskeyvalCluster = async ({
   nodes = 3,
@@ -48,7 +54,12 @@ export const startDiskeyvalCluster = async ({
   electionTimeoutMs,
   heartbeatMs,
   onOutput,
+  checkout,
+  perNode,
 }) => {
+  const startCluster = checkout
+    ? (await import(pathToFileURL(join(resolve(checkout), 'scripts', 'cluster.mjs')).href)).startCluster
+    : ownStartCluster;
   const ids = Array.from({ length: nodes }, (_, i) => `node-${i + 1}`);
   const options = {
     nodes,
@@ -59,6 +70,7 @@ export const startDiskeyvalCluster = async ({
     ...(electionTimeoutMs ? { electionTimeoutMs } : {}),
     ...(heartbeatMs ? { heartbeatMs } : {}),
     ...(onOutput ? { onOutput } : {}),
+    ...(perNode ? { perNode } : {}),
   };
   const cluster = await startCluster(options);
   try {
@@ -153,16 +165,24 @@ const sumErrors = (errors) => Object.values(errors ?? {}).reduce((a, b) => a + b
  * One workload on node `nodeId`: `warmup` untimed calls, then `ops` timed ones at `concurrency`.
  * kind: 'set' (W1) | 'get' (W2, linearizable) | 'getLocal' (W3, local read).
  * Keys are key-<i mod keySpace>; reads use key-<i mod min(keySpace, ops)>, all written before.
+ * `timeLimitMs` (optional) stops the warm-up and the timed phase from starting calls after that
+ * long: the row then counts the calls made (`made`, `timeLimited: true`), not `ops`.
  */
 export const runDiskeyvalWorkload = async (
   run,
   nodeId,
-  { kind, concurrency, ops, warmup, valueBytes, keySpace, boundMs = 300_000 },
+  { kind, concurrency, ops, warmup, valueBytes, keySpace, boundMs = 300_000, timeLimitMs },
 ) => {
   const readSpace = Math.min(keySpace, ops);
   const space = kind === 'set' ? keySpace : readSpace;
   if (kind !== 'set') await ensureKeys(run, nodeId, readSpace, valueBytes);
-  const base = { concurrency, valueBytes, keySpace: space, keyPrefix: KEY_PREFIX };
+  const base = {
+    concurrency,
+    valueBytes,
+    keySpace: space,
+    keyPrefix: KEY_PREFIX,
+    ...(timeLimitMs ? { timeLimitMs } : {}),
+  };
   const before = await statusAll(run);
   let warmupErrors = {};
   if (warmup > 0) {
@@ -199,7 +219,8 @@ export const runDiskeyvalWorkload = async (
     leaderSet.size !== 1 ||
     before.some((s) => s.error) ||
     after.some((s) => s.error);
-  const lost = ops - r.ok;
+  const made = timeLimitMs ? r.ok + sumErrors(r.errors) : ops;
+  const lost = made - r.ok;
   return {
     system: 'diskeyval',
     kind,
@@ -208,6 +229,8 @@ export const runDiskeyvalWorkload = async (
     warmup,
     valueBytes,
     ok: r.ok,
+    made,
+    timeLimited: made < ops,
     errors,
     errorsByCode: { ...r.errors },
     warmupErrorsByCode: { ...warmupErrors },
@@ -220,7 +243,7 @@ export const runDiskeyvalWorkload = async (
     maxMs: r.latencyMs.max,
     meanMs: r.latencyMs.mean,
     cpuS: round(cpuNodes),
-    cpuSPer1kOps: round((cpuNodes * 1000) / ops, 4),
+    cpuSPer1kOps: round((cpuNodes * 1000) / Math.max(made, 1), 4),
     cpuSPerNode: Object.fromEntries(run.ids.map((id, i) => [id, round(cpuPerNode[i])])),
     runnerCpuS: r.cpuS.total, // the node that ran the load (client calls included)
     otherCpuS: round(otherCpuS),
@@ -231,7 +254,7 @@ export const runDiskeyvalWorkload = async (
     peakRssBytesMax: Math.max(...usage1.map((u) => u.peakRssBytes)),
     // Per timed op, all nodes: frames and bytes sent, WAL fdatasyncs; leader: proposal / read batches.
     perOp: Object.fromEntries(
-      Object.keys(counters0).map((k) => [k, round((counters1[k] - counters0[k]) / ops, 4)]),
+      Object.keys(counters0).map((k) => [k, round((counters1[k] - counters0[k]) / Math.max(made, 1), 4)]),
     ),
     electionsDuring: counters1.elections - counters0.elections,
     termsBefore,
