@@ -13,8 +13,8 @@
  * A-against-A pass), the order rotated every round (A B A', B A' A, A' A B, ...) so drift of the
  * shared machine's load spreads over all three. Per row it prints the median ops/s and p99 of each
  * side over the runs, B/A, and A'/A: how far two run sets of the same code land apart here, the
- * noise floor. Verdict: "within 10%" when B/A >= 0.9; "within noise" when B/A is below that but
- * no further from 1 than A'/A is; else "SLOWER".
+ * noise floor. Verdict: "faster" when B/A > 1.1, "within 10%" when B/A >= 0.9; "within noise"
+ * when B/A is below that but no further from 1 than A'/A is; else "SLOWER".
  *
  * Output: the markdown table (paste it into the closing note) on stdout, the progress on stderr,
  * every run's figures in `<out>/ab-<timestamp>.json`. Exit code 1 on a failed run, 2 when a run
@@ -126,6 +126,7 @@ const collect = (runs) => {
 
 const verdictOf = (ratio, noise) => {
   if (ratio === null) return 'n/a';
+  if (ratio > 1.1) return 'faster (> 10%)';
   if (ratio >= 0.9) return 'within 10%';
   const floor = noise === null ? 0 : Math.abs(1 - noise);
   return Math.abs(1 - ratio) <= floor ? `within noise (${Math.round(floor * 100)}%)` : 'SLOWER';
