@@ -32,6 +32,8 @@ import { fmtInt, fmtMs, markdownTable, round } from './lib/common.mjs';
 
 const RUN_SCRIPT = fileURLToPath(new URL('./run.mjs', import.meta.url));
 const RUN_BOUND_MS = 15 * 60_000;
+/** A timed phase shorter than this is one preemption away from another figure (marked †). */
+const SHORT_PHASE_S = 0.05;
 
 const { values: opt } = parseArgs({
   options: {
@@ -118,7 +120,9 @@ const collect = (runs) => {
       if (r.na) continue;
       const key = rowKey(r);
       if (!byRow.has(key)) byRow.set(key, { key, A: [], B: [], A2: [] });
-      byRow.get(key)[side].push({ opsPerS: r.opsPerS, p99Ms: r.p99Ms, flagged: r.flagged });
+      byRow
+        .get(key)
+        [side].push({ opsPerS: r.opsPerS, p99Ms: r.p99Ms, elapsedS: r.elapsedS, flagged: r.flagged });
     }
   }
   return [...byRow.values()];
@@ -138,6 +142,7 @@ const summarize = (rows, withAA) =>
       ops: median(row[name].map((r) => r.opsPerS)),
       p99: median(row[name].map((r) => r.p99Ms)),
       runs: row[name].length,
+      elapsedS: median(row[name].map((r) => r.elapsedS)),
       flagged: row[name].some((r) => r.flagged),
     });
     const a = side('A');
@@ -145,7 +150,9 @@ const summarize = (rows, withAA) =>
     const a2 = side('A2');
     const ratio = a.ops && b.ops ? b.ops / a.ops : null;
     const noise = withAA && a.ops && a2.ops ? a2.ops / a.ops : null;
-    return { key: row.key, a, b, a2, ratio, noise, p99Ratio: a.p99 && b.p99 ? b.p99 / a.p99 : null };
+    const short = [a, b].some((x) => x.elapsedS !== null && x.elapsedS < SHORT_PHASE_S);
+    const p99Ratio = a.p99 && b.p99 ? b.p99 / a.p99 : null;
+    return { key: row.key, a, b, a2, ratio, noise, p99Ratio, short };
   });
 
 const tableOf = (summary, withAA) => {
@@ -158,7 +165,7 @@ const tableOf = (summary, withAA) => {
     summary.map((s) => {
       const flag = s.a.flagged || s.b.flagged || s.a2.flagged ? ' FLAG' : '';
       const cells = [
-        s.key,
+        `${s.key}${s.short ? ' †' : ''}`,
         fmtInt(s.a.ops),
         fmtInt(s.b.ops),
         fmtRatio(s.ratio),
@@ -227,6 +234,11 @@ const main = async () => {
       `${minutes.toFixed(1)} min.\n`,
   );
   console.log(table);
+  if (summary.some((s) => s.short)) {
+    console.log(
+      `\n†: the median timed phase lasted under ${SHORT_PHASE_S * 1000} ms: raise --ops for this row.`,
+    );
+  }
   await mkdir(resolve(opt.out), { recursive: true });
   const stamp = startedAt.toISOString().replace(/[:.]/g, '-');
   const jsonPath = join(resolve(opt.out), `ab-${stamp}.json`);
