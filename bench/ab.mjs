@@ -19,7 +19,9 @@
  * Output: the markdown table (paste it into the closing note) on stdout, the progress on stderr,
  * every run's figures in `<out>/ab-<timestamp>.json`. Exit code 1 on a failed run, 2 when a run
  * flagged a row (lost or failed calls, an election). One pass with the defaults (3 x 5 runs of 4
- * rows in memory, leader only) takes about 5-10 minutes on 2 shared cores.
+ * rows in memory, leader only) takes about 5-10 minutes on 2 shared cores. A row whose timed phase
+ * lasts under 50 ms is marked †: W3 (local gets) at --ops 2000 does; measure it apart, e.g.
+ * `--rows w3c64,w2c64 --ops 40000` (about 5 minutes).
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
