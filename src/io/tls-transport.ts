@@ -20,6 +20,14 @@
  * - Bounds: while a peer is not connected its queue holds at most `maxQueuedMessages` (more are
  *   dropped; Raft retries); a connected peer whose socket buffer exceeds `maxBufferedBytes` drops
  *   new batches; frames are limited to `maxFrameBytes` both ways.
+ * - Cluster id (machines/cluster-id.ts): with `clusterId`, each handshake carries the sender's id
+ *   (null while it knows none), and a sender that learns its id later announces it on its open
+ *   outbound connections (a `CLUSTER_ID_ANNOUNCE` message at the head of its next frame, not
+ *   delivered). A side that knows its id refuses a handshake whose id differs, and closes a
+ *   connection whose peer's id turns out to differ before delivering any more of its frames:
+ *   counted in `metrics().clusterMismatches` and reported as `rejected` with reason
+ *   `cluster-mismatch`, `ours` and `theirs`. The check happens before an inbound connection
+ *   replaces an older one of the same nodeId, so a foreign node never displaces a member.
  * - Failures: bad input closes that one connection, is counted under `metrics().rejected[reason]`
  *   and reported as `log({ event: 'rejected', reason, remote })`; nothing throws out of a socket
  *   callback.
@@ -27,6 +35,7 @@
 import { X509Certificate } from 'node:crypto';
 import type { Socket } from 'node:net';
 import tls from 'node:tls';
+import { clusterIdVerdict, isClusterId } from '../machines/cluster-id.js';
 import { certificateIdentities, certificateNamesNode } from './certs.js';
 import {
   type CodecErrorCode,
@@ -74,7 +83,9 @@ export type RejectReason =
   /** A message's `from` is not the authenticated nodeId. */
   | 'sender-mismatch'
   /** A message's `to` is not this node. */
-  | 'recipient-mismatch';
+  | 'recipient-mismatch'
+  /** The peer belongs to another cluster: its cluster id differs from ours (machines/cluster-id.ts). */
+  | 'cluster-mismatch';
 
 export type TlsTransportLogEvent =
   | {
@@ -84,6 +95,9 @@ export type TlsTransportLogEvent =
       readonly direction: 'inbound' | 'outbound';
       readonly nodeId?: string;
       readonly detail?: string;
+      /** With `cluster-mismatch`: this node's cluster id and the peer's. */
+      readonly ours?: string;
+      readonly theirs?: string;
     }
   | { readonly event: 'listening'; readonly host: string; readonly port: number }
   | {
@@ -141,6 +155,13 @@ export type TlsTransportOptions = {
   readonly coalesce?: <T extends TransportMessage>(batch: T[]) => T[];
   /** Source of jitter, in [0, 1) (default Math.random). */
   readonly random?: () => number;
+  /**
+   * This node's cluster id now, or null while it knows none (machines/cluster-id.ts); consulted at
+   * each handshake, each received frame and each flush. Without it, handshakes carry null.
+   */
+  readonly clusterId?: () => string | null;
+  /** Tests only (the broken variant): carry cluster ids but never refuse a different one. */
+  readonly skipClusterIdCheck?: boolean;
 };
 
 export type TlsTransportMetrics = {
@@ -161,6 +182,8 @@ export type TlsTransportMetrics = {
   connectionsOpen: number;
   /** Messages waiting in per-peer queues. */
   queued: number;
+  /** Handshakes refused and connections closed because the peer's cluster id differs from ours. */
+  clusterMismatches: number;
 };
 
 export type ListeningAddress = { readonly host: string; readonly port: number };
@@ -193,10 +216,16 @@ const CODEC_REASONS: Record<CodecErrorCode, RejectReason> = {
   PROTOCOL_VERSION: 'protocol-version',
 };
 
-type Rejection = Error & { readonly reason: RejectReason };
+type Rejection = Error & { readonly reason: RejectReason; readonly extra?: RejectExtra };
 
-const rejection = (reason: RejectReason, message: string): Rejection =>
-  Object.assign(new Error(message), { reason });
+/** What a `rejected` event says besides its reason. */
+type RejectExtra = { nodeId?: string; detail?: string; ours?: string; theirs?: string };
+
+const rejection = (reason: RejectReason, message: string, extra?: RejectExtra): Rejection =>
+  Object.assign(new Error(message), { reason, ...(extra ? { extra } : {}) });
+
+/** A transport-level message: the sender's cluster id, learned after the handshake. Never delivered. */
+export const CLUSTER_ID_ANNOUNCE = '$cluster-id';
 
 const reasonOf = (error: unknown): RejectReason => {
   if (isCodecError(error)) return CODEC_REASONS[error.code];
@@ -232,6 +261,10 @@ type Connection = {
   readonly remote: string;
   /** The authenticated peer, once its handshake was accepted. */
   peerId: string | null;
+  /** The peer's cluster id as its handshake or a later announcement said (null: none yet). */
+  peerClusterId: string | null;
+  /** Outbound: the cluster id this side last told the peer (handshake or announcement). */
+  announcedClusterId: string | null;
   closed: boolean;
 };
 
@@ -258,6 +291,7 @@ const emptyMetrics = (): TlsTransportMetrics => ({
   tooLarge: 0,
   connectionsOpen: 0,
   queued: 0,
+  clusterMismatches: 0,
 });
 
 /** Messages a connected peer may accumulate within one turn before `send` starts dropping. */
@@ -328,7 +362,8 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
     const credentials = { cert: options.tls.cert, key: options.tls.key, ca, minVersion: 'TLSv1.3' as const };
     const clientContext = tls.createSecureContext(credentials);
     const encoder = createFrameEncoder();
-    const handshakeFrame = encoder.handshake(nodeId);
+    const ourClusterId = options.clusterId ?? (() => null);
+    const checkClusterId = options.skipClusterIdCheck !== true;
 
     let closed = false;
     const links = new Map<string, PeerLink<M>>();
@@ -343,9 +378,10 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
       reason: RejectReason,
       remote: string,
       direction: 'inbound' | 'outbound',
-      extra: { nodeId?: string; detail?: string } = {},
+      extra: RejectExtra = {},
     ): void => {
       counters.rejected[reason] = (counters.rejected[reason] ?? 0) + 1;
+      if (reason === 'cluster-mismatch') counters.clusterMismatches += 1;
       log({ event: 'rejected', reason, remote, direction, ...extra });
     };
 
@@ -361,14 +397,24 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
       onEstablished: (connection: Connection) => void,
     ): void => {
       const { socket, remote, direction } = connection;
-      const fail = (reason: RejectReason, detail: string): void => {
+      const fail = (reason: RejectReason, detail: string, extra?: RejectExtra): void => {
         if (connection.closed) return;
         connection.closed = true;
         reject(reason, remote, direction, {
           ...(connection.peerId !== null ? { nodeId: connection.peerId } : {}),
           detail,
+          ...extra,
         });
         socket.destroy();
+      };
+      /** The peer's cluster id differs from ours (a rejection to throw), or null. */
+      const clusterMismatch = (peerId: string, theirs: string | null): Rejection | null => {
+        const ours = ourClusterId();
+        if (!checkClusterId || clusterIdVerdict(ours, theirs) === 'accept') return null;
+        return rejection('cluster-mismatch', `${peerId} belongs to cluster ${theirs}, this node to ${ours}`, {
+          ours: ours!,
+          theirs: theirs!,
+        });
       };
       const decoder = createFrameDecoder<M>({
         maxFrameBytes,
@@ -387,6 +433,10 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
           }
           if (!safeIsMember(claimed)) throw rejection('not-member', `${claimed} is not a member`);
           connection.peerId = claimed;
+          connection.peerClusterId = handshake.clusterId;
+          // Before an inbound connection can replace anything: a foreign node never displaces a member.
+          const mismatch = clusterMismatch(claimed, handshake.clusterId);
+          if (mismatch) throw mismatch;
           onEstablished(connection);
         },
       });
@@ -397,7 +447,7 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
         try {
           frames = decoder.push(chunk);
         } catch (error) {
-          fail(reasonOf(error), errorMessage(error));
+          fail(reasonOf(error), errorMessage(error), (error as Rejection).extra);
           return;
         }
         for (const frame of frames) {
@@ -415,11 +465,26 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
               fail('recipient-mismatch', `message to ${message.to} arrived at ${nodeId}`);
               return;
             }
+            if (message.type === CLUSTER_ID_ANNOUNCE) {
+              const announced = (message as unknown as { clusterId?: unknown }).clusterId;
+              if (!isClusterId(announced)) {
+                fail('malformed-frame', `${peerId} announced a malformed cluster id`);
+                return;
+              }
+              connection.peerClusterId = announced;
+            }
+          }
+          // Every frame: either side may have learned its id since the handshake.
+          const mismatch = clusterMismatch(peerId, connection.peerClusterId);
+          if (mismatch) {
+            fail(mismatch.reason, mismatch.message, mismatch.extra);
+            return;
           }
           counters.framesIn += 1;
           counters.messagesIn += frame.length;
           for (const message of frame) {
             if (closed) return;
+            if (message.type === CLUSTER_ID_ANNOUNCE) continue;
             try {
               deliver(message);
             } catch (error) {
@@ -428,12 +493,22 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
           }
         }
       });
+      connection.announcedClusterId = ourClusterId();
+      const handshakeFrame = encoder.handshake(nodeId, undefined, connection.announcedClusterId);
       socket.write(handshakeFrame);
       counters.bytesOut += handshakeFrame.byteLength;
     };
 
     const track = (socket: tls.TLSSocket, direction: 'inbound' | 'outbound', remote: string): Connection => {
-      const connection: Connection = { socket, direction, remote, peerId: null, closed: false };
+      const connection: Connection = {
+        socket,
+        direction,
+        remote,
+        peerId: null,
+        peerClusterId: null,
+        announcedClusterId: null,
+        closed: false,
+      };
       sockets.add(socket);
       socket.setNoDelay(true);
       socket.setKeepAlive(true, 10_000);
@@ -678,13 +753,20 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
     const flushLink = (link: PeerLink<M>): void => {
       const connection = link.connection;
       if (!link.ready || !connection || connection.closed || link.queue.length === 0) return;
-      const batch = coalesce ? coalesce(link.queue) : link.queue;
+      let batch = coalesce ? coalesce(link.queue) : link.queue;
       link.queue = [];
       const { socket } = connection;
       if (socket.writableLength > maxBufferedBytes) {
         dropped(batch.length);
         log({ event: 'dropped', nodeId: link.peer.nodeId, count: batch.length, reason: 'backpressure' });
         return;
+      }
+      const ours = ourClusterId();
+      if (ours !== null && ours !== connection.announcedClusterId) {
+        // Learned since the handshake: the peer checks it from this frame on.
+        const announce = { type: CLUSTER_ID_ANNOUNCE, from: nodeId, to: link.peer.nodeId, clusterId: ours };
+        batch = [announce as unknown as M, ...batch];
+        connection.announcedClusterId = ours;
       }
       const { frames, sent, tooLarge, unencodable } = encodeFrames(encoder, batch, maxFrameBytes);
       // Both are bugs upstream (the raft machine bounds a message's size): counted and reported.
@@ -848,4 +930,37 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
     address: () => active?.address() ?? null,
   };
   return transport satisfies RaftTransport<M>;
+};
+
+/** What a node says, once per remote node, when that node turns out to belong to another cluster. */
+export type ClusterMismatchReport = {
+  readonly peer: string;
+  readonly ours: string;
+  readonly theirs: string;
+  readonly remote: string;
+  readonly direction: 'inbound' | 'outbound';
+};
+
+/**
+ * Filters transport events down to the first `cluster-mismatch` rejection of each remote node
+ * (the transport counts every one; an operator needs one warning per foreign node, not one per
+ * reconnect attempt).
+ */
+export const firstClusterMismatchPerPeer = (
+  report: (mismatch: ClusterMismatchReport) => void,
+): ((event: TlsTransportLogEvent) => void) => {
+  const reported = new Set<string>();
+  return (event) => {
+    if (event.event !== 'rejected' || event.reason !== 'cluster-mismatch') return;
+    const peer = event.nodeId ?? event.remote;
+    if (reported.has(peer) || event.ours === undefined || event.theirs === undefined) return;
+    reported.add(peer);
+    report({
+      peer,
+      ours: event.ours,
+      theirs: event.theirs,
+      remote: event.remote,
+      direction: event.direction,
+    });
+  };
 };
