@@ -405,7 +405,16 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
           detail,
           ...extra,
         });
-        socket.destroy();
+        if (reason !== 'cluster-mismatch') {
+          socket.destroy();
+          return;
+        }
+        // Our handshake may still be unsent: end (not destroy) so that the peer learns our id, refuses
+        // in turn and warns its operator too; destroyed if it does not close within the bound.
+        socket.end();
+        const timer = setTimeout(() => socket.destroy(), handshakeTimeoutMs);
+        timer.unref?.();
+        socket.once('close', () => clearTimeout(timer));
       };
       /** The peer's cluster id differs from ours (a rejection to throw), or null. */
       const clusterMismatch = (peerId: string, theirs: string | null): Rejection | null => {
