@@ -119,7 +119,7 @@ export const initialContext = (input: RaftInput): RaftContext => {
     forceRecovery: input.forceRecovery === true,
     newClusterId: input.newClusterId,
     recovering: input.recovering === true || input.hardState?.votedFor === RECOVERING_VOTE,
-    recovery: { round: 0, answers: {}, target: null, heardTarget: false, heardState: false },
+    recovery: { round: 0, answers: {}, target: null, heardTarget: false },
     recoveryCounters: emptyRecoveryCounters(),
     crashVector: { [input.id]: input.incarnation ?? 0 },
     voteIncarnations: {},
@@ -941,16 +941,7 @@ export const startRecoveryRound = (context: RaftContext): Outcome => {
           emitted: [persistHardState(context.currentTerm, RECOVERING_VOTE)],
         };
   const started = merge(mark, {
-    patch: {
-      recovery: {
-        round,
-        answers: {},
-        target: null,
-        heardTarget: false,
-        heardState: context.recovery.heardState,
-      },
-      ...timing,
-    },
+    patch: { recovery: { round, answers: {}, target: null, heardTarget: false }, ...timing },
     send: requests,
     emitted: [{ type: 'electionTimerReset', timeoutMs: timing.randomizedElectionTimeoutMs }],
   });
@@ -1009,21 +1000,16 @@ const recovered = (context: RaftContext, counter: 'recovered' | 'bootstrapped' |
  */
 export const recordRecoveryAnswer = (context: RaftContext, response: RecoveryResponse): Outcome => {
   const raised = raiseCrashVector(context, response.crashVector);
-  // Sticky across rounds: once a member that holds state answered, this server never bootstraps.
-  const heardState = context.recovering && !response.blank && response.incarnation === context.incarnation;
-  const recovery =
-    heardState && !context.recovery.heardState ? { ...context.recovery, heardState } : context.recovery;
-  const noted = recovery === context.recovery ? raised : merge(raised, { patch: { recovery } });
   const current =
     context.recovering &&
-    recovery.target === null &&
+    context.recovery.target === null &&
     response.incarnation === context.incarnation &&
-    response.round === recovery.round;
-  if (!current) return noted;
-  const answers = { ...recovery.answers, [response.from]: response };
-  const seen = after(context, noted);
-  const withAnswer = after(seen, { patch: { recovery: { ...recovery, answers } } });
-  return merge(noted, { patch: { recovery: withAnswer.recovery } }, decideRecovery(withAnswer));
+    response.round === context.recovery.round;
+  if (!current) return raised;
+  const answers = { ...context.recovery.answers, [response.from]: response };
+  const seen = after(context, raised);
+  const withAnswer = after(seen, { patch: { recovery: { ...context.recovery, answers } } });
+  return merge(raised, { patch: { recovery: withAnswer.recovery } }, decideRecovery(withAnswer));
 };
 
 /**
@@ -1034,8 +1020,6 @@ export const recordRecoveryAnswer = (context: RaftContext, response: RecoveryRes
 const canBootstrap = (context: RaftContext): boolean => {
   if (context.join || !context.recovering || context.recovery.target !== null || !isBlank(context))
     return false;
-  // A member that holds state (and the cluster's id) answered in an earlier round: recover into it.
-  if (context.recovery.heardState) return false;
   const answers = Object.values(context.recovery.answers);
   return answers.every((answer) => answer.blank) && isMajority(answers.length + 1, context.voters.length);
 };

@@ -73,11 +73,6 @@ export type RecoveryState = {
   target: RecoveryTarget | null;
   /** The target leader sent entries since the last retry timeout (the round is not stuck). */
   heardTarget: boolean;
-  /**
-   * Some answer of this recovery, in any round, came from a member that holds state (so the cluster
-   * and its id exist): this server never bootstraps (cluster-id.ts; docs/design/recovery.md).
-   */
-  heardState: boolean;
 };
 
 /** Counted in place, for tests and metrics: the hard cases of recovery that happened. */

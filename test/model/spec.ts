@@ -50,8 +50,6 @@ export type SpecRecovery = {
   readonly answers: Readonly<Record<NodeId, RecoveryResponse>>;
   readonly target: { leaderId: NodeId; term: number; lastIndex: number } | null;
   readonly heardTarget: boolean;
-  /** A member holding state answered in some round of this recovery: never bootstrap. */
-  readonly heardState: boolean;
 };
 
 export type SpecRole = 'follower' | 'candidate' | 'leader';
@@ -161,7 +159,7 @@ export const initServer = (
   recoveringOf: {},
   // A crash in the middle of recovery leaves the mark on the disk: the server recovers again.
   recovering: recovering || persistent?.votedFor === RECOVERING_VOTE,
-  recovery: { round: 0, answers: {}, target: null, heardTarget: false, heardState: false },
+  recovery: { round: 0, answers: {}, target: null, heardTarget: false },
   crashVector: { [id]: incarnation },
   voteIncarnations: {},
 });
@@ -657,7 +655,7 @@ const startRecoveryRound = (s: SpecServer): SpecStep => {
   const next: SpecServer = {
     ...s,
     votedFor: RECOVERING_VOTE,
-    recovery: { round, answers: {}, target: null, heardTarget: false, heardState: s.recovery.heardState },
+    recovery: { round, answers: {}, target: null, heardTarget: false },
   };
   const send: RecoveryRequest[] = peers(s).map((to) => ({
     type: 'RecoveryRequest',
@@ -683,7 +681,7 @@ const retryRecovery = (s: SpecServer): SpecStep => {
  * answer of the round holds anything.
  */
 const canBootstrap = (s: SpecServer): boolean => {
-  if (!s.recovering || s.recovery.target !== null || !isBlank(s) || s.recovery.heardState) return false;
+  if (!s.recovering || s.recovery.target !== null || !isBlank(s)) return false;
   const answers = Object.values(s.recovery.answers);
   return answers.every((a) => a.blank) && answers.length + 1 >= majority(s.voters);
 };
@@ -718,12 +716,7 @@ const handleRecoveryRequest = (s: SpecServer, m: RecoveryRequest): SpecStep => {
  * term among them, adopt that term as voted in and copy that leader's log up to its last index.
  */
 const handleRecoveryResponse = (s: SpecServer, m: RecoveryResponse): SpecStep => {
-  const crashed = raiseCrashVector(s, m.crashVector);
-  // Sticky across rounds: a member holding state answered, so the cluster exists: never bootstrap.
-  const raised: SpecServer =
-    s.recovering && !m.blank && m.incarnation === s.incarnation && !s.recovery.heardState
-      ? { ...crashed, recovery: { ...crashed.recovery, heardState: true } }
-      : crashed;
+  const raised = raiseCrashVector(s, m.crashVector);
   const current =
     s.recovering &&
     s.recovery.target === null &&
@@ -731,7 +724,7 @@ const handleRecoveryResponse = (s: SpecServer, m: RecoveryResponse): SpecStep =>
     m.round === s.recovery.round;
   if (!current) return unchanged(raised);
   const answersBy = { ...s.recovery.answers, [m.from]: m };
-  const withAnswer: SpecServer = { ...raised, recovery: { ...raised.recovery, answers: answersBy } };
+  const withAnswer: SpecServer = { ...raised, recovery: { ...s.recovery, answers: answersBy } };
   const answers = Object.values(answersBy);
   const ready = answers.filter((a) => !a.recovering);
   const term = Math.max(withAnswer.currentTerm, ...ready.map((a) => a.term));
