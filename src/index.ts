@@ -3,7 +3,7 @@
  * handle; nothing else lives here (ARCHITECTURE.md).
  */
 
-import { randomInt } from 'node:crypto';
+import { randomBytes, randomInt } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { InspectionEvent } from 'xstate';
 import type { MemoryLog } from './actors/log.js';
@@ -16,11 +16,13 @@ import { diskeyvalError, isQuorumUnavailable, isStopped } from './errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from './io/codec.js';
 import {
   createTlsTransport,
+  firstClusterMismatchPerPeer,
   type TlsTransportLogEvent,
   type TlsTransportMetrics,
 } from './io/tls-transport.js';
 import type { RaftTransport } from './io/transport.js';
 import type { WalCutReason } from './io/wal.js';
+import { clusterIdFromBytes } from './machines/cluster-id.js';
 import { DEFAULT_MAX_APPEND_BYTES } from './machines/raft.rules.js';
 import {
   DEFAULT_MAX_VALUE_BYTES,
@@ -112,7 +114,8 @@ export type WarningCode =
   | 'WAL_TAIL_CUT'
   | 'ENTRY_UNDECODABLE'
   | 'PEERS_UNREACHABLE'
-  | 'RECOVERY_BLOCKED';
+  | 'RECOVERY_BLOCKED'
+  | 'CLUSTER_MISMATCH';
 
 /** The node stopped itself (fail-stop); fired once. Every call rejects with `code` from then on. */
 export type FailedEvent = { code: 'DISK_FAILED'; message: string; error: Error };
@@ -174,6 +177,10 @@ export type RaftMetrics = {
    * recovery and bootstrap").
    */
   recovering: boolean;
+  /** The cluster id this node knows (minted at bootstrap, README "Restarts, recovery and bootstrap"), or null. */
+  clusterId: string | null;
+  /** Handshakes refused and connections closed because the peer's cluster id differs (TLS transport). */
+  clusterMismatches: number;
 };
 
 /** Per-call options. `forward: false` refuses with NOT_LEADER instead of forwarding to the leader. */
@@ -327,9 +334,14 @@ const checkOptions = (options: DiskeyvalOptions): void => {
   }
 };
 
-const transportFor = (options: DiskeyvalOptions, log: (event: TlsTransportLogEvent) => void) => {
+const transportFor = (
+  options: DiskeyvalOptions,
+  log: (event: TlsTransportLogEvent) => void,
+  clusterId: () => string | null,
+) => {
   if (options.transport) return { transport: options.transport, tls: null };
   const tls = createTlsTransport({
+    clusterId,
     host: options.host!,
     port: options.port!,
     peers: options.peers as ClusterPeer[],
@@ -368,10 +380,24 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
       } satisfies WarningEvent);
     },
   });
-  const { transport, tls } = transportFor(options, (event) => {
-    reachability.observe(event);
-    options.onTransportEvent?.(event);
-  });
+  const warnClusterMismatch = firstClusterMismatchPerPeer(({ peer, ours, theirs, remote }) =>
+    emit('warning', {
+      code: 'CLUSTER_MISMATCH',
+      message: `${options.nodeId} refuses ${peer} (${remote}): it belongs to cluster ${theirs}, this node to ${ours} (two clusters share a CA and node ids; check peers and ports)`,
+      peer,
+      ours,
+      theirs,
+    } satisfies WarningEvent),
+  );
+  const { transport, tls } = transportFor(
+    options,
+    (event) => {
+      reachability.observe(event);
+      warnClusterMismatch(event);
+      options.onTransportEvent?.(event);
+    },
+    () => node.clusterId(),
+  );
   const persistenceDir = options.persistence?.dir;
   const compactEvery = options.persistence?.compactEvery ?? options.compactEvery;
   let wal: WalLog | null = null;
@@ -398,6 +424,7 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     ...(options.join ? { join: true } : {}),
     ...(options.forceRecovery ? { forceRecovery: true } : {}),
     session: randomInt(2 ** 47),
+    newClusterId: clusterIdFromBytes(randomBytes(16)),
     maxAppendBytes: sizes.maxAppendBytes,
     snapshotChunkBytes: sizes.snapshotChunkBytes,
     ...(options.log ? { log: options.log } : {}),
@@ -596,6 +623,8 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
         listenerErrors: counters.listenerErrors,
         undecodableEntries: metrics.undecodableEntries,
         recovering: started && !ended ? metrics.recovering : false,
+        clusterId: node.clusterId(),
+        clusterMismatches: tls ? tls.metrics().clusterMismatches : 0,
       };
     },
     on(event: NodeEventName, listener: (arg: never) => void) {

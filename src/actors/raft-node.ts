@@ -22,6 +22,7 @@ import { type Actor, createActor, type InspectionEvent } from 'xstate';
 import { encodeCommand, type KvOperation, whyUndecodable } from '../io/command.js';
 import type { RaftTransport, TransportEndpoint, TransportMessage } from '../io/transport.js';
 import { assert, isCount } from '../machines/assert.js';
+import { clusterIdOfLog } from '../machines/cluster-id.js';
 import type { InstallSnapshot, NodeId, RaftMessage, SnapshotChunkAck } from '../machines/messages.js';
 import { isChunkAck, RAFT_MESSAGE_TYPES } from '../machines/messages.js';
 import { type RaftMachine, raftMachine, roleOf } from '../machines/raft.machine.js';
@@ -77,6 +78,8 @@ export type RaftNodeOptions = {
   join?: boolean;
   /** Complete recovery from the members that still hold state (the `forceRecovery` option). */
   forceRecovery?: boolean;
+  /** The id to mint if this node becomes the first leader of a new cluster (machines/cluster-id.ts). */
+  newClusterId?: string;
   /**
    * Log compaction (§7): once this many entries were applied since the last compaction, the log
    * forgets all but the last `keepEntries` applied ones (a snapshot of the store replaces them).
@@ -193,6 +196,8 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   let lastStatus: RaftStatus | null = null;
   /** This start's incarnation (messages.ts), set by `start()`. */
   let incarnation = 0;
+  /** The cluster id the WAL's first entry holds at a restart (the store's applied one wins). */
+  let startClusterId: string | null = null;
   const peers = new Map<NodeId, Peer>();
 
   // Leader side: batches by id, remote calls waiting for the next batch, reads taken for others.
@@ -967,6 +972,8 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       incarnation = log.incarnation ?? options.incarnation ?? Date.now();
       assert(Number.isSafeInteger(incarnation) && incarnation > 0, `bad incarnation ${incarnation}`);
       if (persisted.snapshot) store.restore(persisted.snapshot.data);
+      // A restart from the WAL knows its cluster id at once (machines/cluster-id.ts).
+      startClusterId = persisted.snapshot ? null : clusterIdOfLog(persisted.entries);
       compactedTo = persisted.snapshot?.index ?? 0;
       durableLastIndex = log.lastIndex();
       // Synchronous when the transport connects synchronously (in-process and simulated ones).
@@ -999,6 +1006,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
           options.recovering ?? (isBlankStart(persisted) && (log.durable !== true || log.fresh === true)),
         join: options.join === true,
         forceRecovery: options.forceRecovery === true,
+        ...(options.newClusterId ? { newClusterId: options.newClusterId } : {}),
         ...(options.maxAppendBytes ? { maxAppendBytes: options.maxAppendBytes } : {}),
         ...(options.maxInflight ? { maxInflight: options.maxInflight } : {}),
         ...(options.maxEntriesPerAppend ? { maxEntriesPerAppend: options.maxEntriesPerAppend } : {}),
@@ -1092,6 +1100,8 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       return actor.getSnapshot();
     },
     recoveryWaitingFor,
+    /** The cluster id this node knows (machines/cluster-id.ts), or null while it knows none. */
+    clusterId: (): string | null => store.clusterId() ?? startClusterId,
     /** Sends a timer event by hand (tests and tools: `electionTimeout`, `checkQuorum`, ...). */
     fire: (event: { type: 'electionTimeout' | 'heartbeatTimeout' | 'checkQuorum' }) => actor?.send(event),
     isStopped: () => stopped,

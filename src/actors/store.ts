@@ -12,6 +12,7 @@
 import { Decoder, Encoder } from '@msgpack/msgpack';
 import { decodeRawCommand, decodeValue, type RawKvCommand } from '../io/command.js';
 import { assert, isCount } from '../machines/assert.js';
+import { clusterIdOfEntry, isClusterId } from '../machines/cluster-id.js';
 import type { Entry } from '../machines/messages.js';
 import { createPackedMap, type PackedMap, readSnapshot, writeSnapshot } from './packed-map.js';
 
@@ -25,7 +26,13 @@ export type StoreSnapshot = { index: number; term: number; data: Uint8Array };
 
 const SNAPSHOT_VERSION = 2;
 
-type ParsedSnapshot = { index: number; term: number; map: PackedMap; sessions: Map<number, Session> };
+type ParsedSnapshot = {
+  index: number;
+  term: number;
+  map: PackedMap;
+  sessions: Map<number, Session>;
+  clusterId: string | null;
+};
 const snapshotEncoder = new Encoder({ useBigInt64: true });
 const snapshotDecoder = new Decoder({ useBigInt64: true });
 
@@ -56,8 +63,9 @@ const differences = (before: PackedMap, after: PackedMap, index: number): Change
 };
 
 /**
- * A store snapshot is `[u32 header length][msgpack [version, index, term, sessions]]` followed by
- * the packed map's own snapshot (packed-map.ts), written in one buffer.
+ * A store snapshot is `[u32 header length][msgpack [version, index, term, sessions, clusterId]]`
+ * followed by the packed map's own snapshot (packed-map.ts), written in one buffer. `clusterId`
+ * (cluster-id.ts; absent in snapshots written before it existed) keeps the id across compaction.
  */
 export const splitSnapshot = (data: Uint8Array): { header: Uint8Array; pairs: Uint8Array } => {
   if (data.byteLength < 4) throw malformedSnapshot(`${data.byteLength} bytes`);
@@ -99,6 +107,8 @@ export const createStore = (
   let appliedTerm = 0;
   let duplicates = 0;
   let undecodable = 0;
+  /** The cluster id of the applied log (its first entry's, or the snapshot's); null until known. */
+  let clusterId: string | null = null;
 
   /** True the first time (session, seq) is seen; forgets what the proposer has settled. */
   const firstTime = (sessionId: number, seq: number, lowestPending: number): boolean => {
@@ -124,7 +134,10 @@ export const createStore = (
       const entry = entries[offset]!;
       appliedIndex = index;
       appliedTerm = entry.term;
-      if (entry.kind !== 'command' || entry.data === null) continue;
+      if (entry.kind !== 'command' || entry.data === null) {
+        clusterId ??= clusterIdOfEntry(index, entry);
+        continue;
+      }
       const decoded = decodeEntry(entry.data);
       if (typeof decoded === 'string') {
         undecodable += 1;
@@ -151,7 +164,7 @@ export const createStore = (
   const snapshot = (): StoreSnapshot => {
     const tables: unknown[] = [];
     for (const [id, session] of sessions) tables.push(id, session.settledBelow, [...session.applied]);
-    const header = snapshotEncoder.encode([SNAPSHOT_VERSION, appliedIndex, appliedTerm, tables]);
+    const header = snapshotEncoder.encode([SNAPSHOT_VERSION, appliedIndex, appliedTerm, tables, clusterId]);
     const prefix = new Uint8Array(4 + header.byteLength);
     new DataView(prefix.buffer).setUint32(0, header.byteLength);
     prefix.set(header, 4);
@@ -181,6 +194,7 @@ export const createStore = (
     for (const [id, session] of nextSessions) sessions.set(id, session);
     appliedIndex = index;
     appliedTerm = term;
+    clusterId = parsed.clusterId ?? clusterId;
     for (const change of changes) onChange(change);
     return { index, term };
   };
@@ -193,10 +207,16 @@ export const createStore = (
     } catch (error) {
       throw malformedSnapshot((error as Error).message);
     }
-    if (!Array.isArray(decoded) || decoded.length !== 4 || decoded[0] !== SNAPSHOT_VERSION)
+    if (
+      !Array.isArray(decoded) ||
+      decoded.length < 4 ||
+      decoded.length > 5 ||
+      decoded[0] !== SNAPSHOT_VERSION
+    )
       throw malformedSnapshot(`not a version ${SNAPSHOT_VERSION} snapshot`);
-    const [, index, term, tables] = decoded as [number, unknown, unknown, unknown];
+    const [, index, term, tables, id = null] = decoded as [number, unknown, unknown, unknown, unknown];
     if (!isCount(index) || !isCount(term) || !Array.isArray(tables)) throw malformedSnapshot('bad header');
+    if (id !== null && !isClusterId(id)) throw malformedSnapshot('bad cluster id');
     if (tables.length % 3 !== 0) throw malformedSnapshot('odd table length');
     const nextSessions = new Map<number, Session>();
     for (let i = 0; i < tables.length; i += 3) {
@@ -211,7 +231,7 @@ export const createStore = (
     } catch (error) {
       throw malformedSnapshot((error as Error).message);
     }
-    return { index, term, map: nextMap, sessions: nextSessions };
+    return { index, term, map: nextMap, sessions: nextSessions, clusterId: id as string | null };
   };
 
   /** Whether (session, seq) has been applied (or settled) in the current state. */
@@ -238,6 +258,8 @@ export const createStore = (
     has: (key: string): boolean => map.has(key),
     size: (): number => map.size(),
     appliedIndex: (): number => appliedIndex,
+    /** The cluster id of the applied state (cluster-id.ts), null until its first entry is applied. */
+    clusterId: (): string | null => clusterId,
     duplicates: (): number => duplicates,
     /** Entries applied as no-ops because they did not decode. */
     undecodable: (): number => undecodable,

@@ -2,7 +2,9 @@
  * The wire protocol between diskeyval nodes.
  *
  * A stream is a sequence of frames: a 4-byte big-endian body length followed by a msgpack body.
- * The first frame in each direction is a handshake `{ protocol: 'diskeyval', version: 1, nodeId }`;
+ * The first frame in each direction is a handshake `{ protocol: 'diskeyval', version: 1, nodeId,
+ * clusterId }` (`clusterId`: the sender's cluster id, machines/cluster-id.ts, or null while it knows
+ * none; a missing one reads as null);
  * every later frame body is an array of messages (everything a node sends to one peer in one tick
  * travels as one frame). Each message is a map with string `type`, `from` and `to`.
  *
@@ -15,6 +17,7 @@
  * copies: a holder of such a view keeps that frame's memory alive.
  */
 import { Decoder, Encoder } from '@msgpack/msgpack';
+import { isClusterId } from '../machines/cluster-id.js';
 import type { TransportMessage } from './transport.js';
 
 export const PROTOCOL_NAME = 'diskeyval';
@@ -31,6 +34,8 @@ export type Handshake = {
   readonly protocol: typeof PROTOCOL_NAME;
   readonly version: number;
   readonly nodeId: string;
+  /** The sender's cluster id when it sent the handshake, or null (machines/cluster-id.ts). */
+  readonly clusterId: string | null;
 };
 
 export type CodecErrorCode = 'FRAME_TOO_LARGE' | 'MALFORMED_FRAME' | 'BAD_HANDSHAKE' | 'PROTOCOL_VERSION';
@@ -68,7 +73,7 @@ export type FrameEncoder = {
   /** One message's msgpack encoding, as a fresh buffer (an element of a frame body's array). */
   message(message: TransportMessage): Uint8Array;
   /** The handshake frame for `nodeId` (tests pass another `version` to provoke a mismatch). */
-  handshake(nodeId: string, version?: number): Uint8Array;
+  handshake(nodeId: string, version?: number, clusterId?: string | null): Uint8Array;
   /** A frame around an arbitrary msgpack body (for tests and tools). */
   frame(body: unknown): Uint8Array;
 };
@@ -90,7 +95,8 @@ export const createFrameEncoder = (): FrameEncoder => {
   return {
     messages: (messages) => frame(messages),
     message: (message) => encoder.encode(message),
-    handshake: (nodeId, version = PROTOCOL_VERSION) => frame({ protocol: PROTOCOL_NAME, version, nodeId }),
+    handshake: (nodeId, version = PROTOCOL_VERSION, clusterId = null) =>
+      frame({ protocol: PROTOCOL_NAME, version, nodeId, clusterId }),
     frame,
   };
 };
@@ -237,7 +243,7 @@ const validateHandshake = (body: unknown): Handshake => {
   if (!isRecord(body) || body.protocol !== PROTOCOL_NAME) {
     throw codecError('BAD_HANDSHAKE', `expected a ${PROTOCOL_NAME} handshake`);
   }
-  const { version, nodeId } = body;
+  const { version, nodeId, clusterId = null } = body;
   if (typeof version !== 'number' || !Number.isInteger(version)) {
     throw codecError('BAD_HANDSHAKE', 'handshake without an integer version');
   }
@@ -250,7 +256,10 @@ const validateHandshake = (body: unknown): Handshake => {
   if (typeof nodeId !== 'string' || nodeId.length === 0 || nodeId.length > MAX_NODE_ID_LENGTH) {
     throw codecError('BAD_HANDSHAKE', 'handshake without a valid nodeId');
   }
-  return { protocol: PROTOCOL_NAME, version, nodeId };
+  if (clusterId !== null && !isClusterId(clusterId)) {
+    throw codecError('BAD_HANDSHAKE', 'handshake with a malformed clusterId');
+  }
+  return { protocol: PROTOCOL_NAME, version, nodeId, clusterId };
 };
 
 const validateMessages = <M extends TransportMessage>(body: unknown): M[] => {

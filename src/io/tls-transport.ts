@@ -20,6 +20,14 @@
  * - Bounds: while a peer is not connected its queue holds at most `maxQueuedMessages` (more are
  *   dropped; Raft retries); a connected peer whose socket buffer exceeds `maxBufferedBytes` drops
  *   new batches; frames are limited to `maxFrameBytes` both ways.
+ * - Cluster id (machines/cluster-id.ts): with `clusterId`, each handshake carries the sender's id
+ *   (null while it knows none), and a sender that learns its id later announces it on its open
+ *   outbound connections (a `CLUSTER_ID_ANNOUNCE` message at the head of its next frame, not
+ *   delivered). A side that knows its id refuses a handshake whose id differs, and closes a
+ *   connection whose peer's id turns out to differ before delivering any more of its frames:
+ *   counted in `metrics().clusterMismatches` and reported as `rejected` with reason
+ *   `cluster-mismatch`, `ours` and `theirs`. The check happens before an inbound connection
+ *   replaces an older one of the same nodeId, so a foreign node never displaces a member.
  * - Failures: bad input closes that one connection, is counted under `metrics().rejected[reason]`
  *   and reported as `log({ event: 'rejected', reason, remote })`; nothing throws out of a socket
  *   callback.
@@ -27,6 +35,7 @@
 import { X509Certificate } from 'node:crypto';
 import type { Socket } from 'node:net';
 import tls from 'node:tls';
+import { clusterIdVerdict, isClusterId } from '../machines/cluster-id.js';
 import { certificateIdentities, certificateNamesNode } from './certs.js';
 import {
   type CodecErrorCode,
@@ -34,6 +43,7 @@ import {
   createFrameEncoder,
   DEFAULT_MAX_FRAME_BYTES,
   encodeFrames,
+  type Handshake,
   isCodecError,
 } from './codec.js';
 import type { RaftTransport, TransportEndpoint, TransportMessage } from './transport.js';
@@ -74,7 +84,9 @@ export type RejectReason =
   /** A message's `from` is not the authenticated nodeId. */
   | 'sender-mismatch'
   /** A message's `to` is not this node. */
-  | 'recipient-mismatch';
+  | 'recipient-mismatch'
+  /** The peer belongs to another cluster: its cluster id differs from ours (machines/cluster-id.ts). */
+  | 'cluster-mismatch';
 
 export type TlsTransportLogEvent =
   | {
@@ -84,6 +96,9 @@ export type TlsTransportLogEvent =
       readonly direction: 'inbound' | 'outbound';
       readonly nodeId?: string;
       readonly detail?: string;
+      /** With `cluster-mismatch`: this node's cluster id and the peer's. */
+      readonly ours?: string;
+      readonly theirs?: string;
     }
   | { readonly event: 'listening'; readonly host: string; readonly port: number }
   | {
@@ -141,6 +156,13 @@ export type TlsTransportOptions = {
   readonly coalesce?: <T extends TransportMessage>(batch: T[]) => T[];
   /** Source of jitter, in [0, 1) (default Math.random). */
   readonly random?: () => number;
+  /**
+   * This node's cluster id now, or null while it knows none (machines/cluster-id.ts); consulted at
+   * each handshake, each received frame and each flush. Without it, handshakes carry null.
+   */
+  readonly clusterId?: () => string | null;
+  /** Tests only (the broken variant): carry cluster ids but never refuse a different one. */
+  readonly skipClusterIdCheck?: boolean;
 };
 
 export type TlsTransportMetrics = {
@@ -161,6 +183,8 @@ export type TlsTransportMetrics = {
   connectionsOpen: number;
   /** Messages waiting in per-peer queues. */
   queued: number;
+  /** Handshakes refused and connections closed because the peer's cluster id differs from ours. */
+  clusterMismatches: number;
 };
 
 export type ListeningAddress = { readonly host: string; readonly port: number };
@@ -193,10 +217,16 @@ const CODEC_REASONS: Record<CodecErrorCode, RejectReason> = {
   PROTOCOL_VERSION: 'protocol-version',
 };
 
-type Rejection = Error & { readonly reason: RejectReason };
+type Rejection = Error & { readonly reason: RejectReason; readonly extra?: RejectExtra };
 
-const rejection = (reason: RejectReason, message: string): Rejection =>
-  Object.assign(new Error(message), { reason });
+/** What a `rejected` event says besides its reason. */
+type RejectExtra = { nodeId?: string; detail?: string; ours?: string; theirs?: string };
+
+const rejection = (reason: RejectReason, message: string, extra?: RejectExtra): Rejection =>
+  Object.assign(new Error(message), { reason, ...(extra ? { extra } : {}) });
+
+/** A transport-level message: the sender's cluster id, learned after the handshake. Never delivered. */
+export const CLUSTER_ID_ANNOUNCE = '$cluster-id';
 
 const reasonOf = (error: unknown): RejectReason => {
   if (isCodecError(error)) return CODEC_REASONS[error.code];
@@ -232,6 +262,10 @@ type Connection = {
   readonly remote: string;
   /** The authenticated peer, once its handshake was accepted. */
   peerId: string | null;
+  /** The peer's cluster id as its handshake or a later announcement said (null: none yet). */
+  peerClusterId: string | null;
+  /** Outbound: the cluster id this side last told the peer (handshake or announcement). */
+  announcedClusterId: string | null;
   closed: boolean;
 };
 
@@ -246,6 +280,9 @@ type PeerLink<M> = {
   removed: boolean;
 };
 
+/** An accepted TCP connection still inside TLS or the protocol handshake. */
+type PendingInbound = { raw: Socket; socket: tls.TLSSocket | null; timer: NodeJS.Timeout };
+
 const emptyMetrics = (): TlsTransportMetrics => ({
   framesIn: 0,
   framesOut: 0,
@@ -258,22 +295,32 @@ const emptyMetrics = (): TlsTransportMetrics => ({
   tooLarge: 0,
   connectionsOpen: 0,
   queued: 0,
+  clusterMismatches: 0,
 });
 
 /** Messages a connected peer may accumulate within one turn before `send` starts dropping. */
 const READY_QUEUE_LIMIT = 65_536;
 
-export const createTlsTransport = <M extends TransportMessage = TransportMessage>(
-  options: TlsTransportOptions,
-): TlsTransport<M> => {
-  const maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
-  const handshakeTimeoutMs = options.handshakeTimeoutMs ?? 5000;
-  const reconnect = options.reconnect ?? { initialMs: 50, maxMs: 1000 };
-  const maxQueuedMessages = options.maxQueuedMessages ?? 256;
-  const maxBufferedBytes = options.maxBufferedBytes ?? 64 * 1024 * 1024;
-  const random = options.random ?? Math.random;
-  const userLog = options.log;
-  const coalesce = options.coalesce;
+/** The options with their defaults, checked once by `createTlsTransport`. */
+type Settings = {
+  readonly maxFrameBytes: number;
+  readonly handshakeTimeoutMs: number;
+  readonly reconnect: { readonly initialMs: number; readonly maxMs: number };
+  readonly maxQueuedMessages: number;
+  readonly maxBufferedBytes: number;
+  readonly random: () => number;
+};
+
+const settingsOf = (options: TlsTransportOptions): Settings => {
+  const settings: Settings = {
+    maxFrameBytes: options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
+    handshakeTimeoutMs: options.handshakeTimeoutMs ?? 5000,
+    reconnect: options.reconnect ?? { initialMs: 50, maxMs: 1000 },
+    maxQueuedMessages: options.maxQueuedMessages ?? 256,
+    maxBufferedBytes: options.maxBufferedBytes ?? 64 * 1024 * 1024,
+    random: options.random ?? Math.random,
+  };
+  const { maxFrameBytes, handshakeTimeoutMs, reconnect, maxQueuedMessages } = settings;
   if (!Number.isInteger(maxFrameBytes) || maxFrameBytes < 1)
     throw invalidArgument('maxFrameBytes must be >= 1');
   if (!(handshakeTimeoutMs > 0)) throw invalidArgument('handshakeTimeoutMs must be > 0');
@@ -283,7 +330,729 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
   if (!Number.isInteger(maxQueuedMessages) || maxQueuedMessages < 0) {
     throw invalidArgument('maxQueuedMessages must be a non-negative integer');
   }
+  return settings;
+};
 
+/** Everything one open endpoint's functions below share: its settings, sockets, links and queues. */
+type Endpoint<M extends TransportMessage> = Settings & {
+  readonly nodeId: string;
+  readonly options: TlsTransportOptions;
+  readonly deliver: (message: M) => void;
+  readonly counters: TlsTransportMetrics;
+  readonly log: (event: TlsTransportLogEvent) => void;
+  readonly isMember: (nodeId: string) => boolean;
+  readonly credentials: tls.SecureContextOptions;
+  readonly clientContext: tls.SecureContext;
+  readonly encoder: ReturnType<typeof createFrameEncoder>;
+  readonly ourClusterId: () => string | null;
+  readonly checkClusterId: boolean;
+  peers: Map<string, TlsPeer>;
+  closed: boolean;
+  readonly links: Map<string, PeerLink<M>>;
+  readonly inboundByPeer: Map<string, Connection>;
+  readonly sockets: Set<Socket>;
+  /** Accepted TCP connections still inside TLS or the protocol handshake, by remote address. */
+  readonly pending: Map<string, PendingInbound>;
+  readonly dirty: Set<PeerLink<M>>;
+  flushImmediate: NodeJS.Immediate | null;
+};
+
+const peerMap = (list: readonly TlsPeer[]): Map<string, TlsPeer> =>
+  new Map(list.map((peer) => [peer.nodeId, peer]));
+
+/** The endpoint's shared state; checks that our certificate names `nodeId`. */
+const createEndpoint = <M extends TransportMessage>(
+  options: TlsTransportOptions,
+  settings: Settings,
+  counters: TlsTransportMetrics,
+  log: (event: TlsTransportLogEvent) => void,
+  nodeId: string,
+  deliver: (message: M) => void,
+): Endpoint<M> => {
+  const ownCertificate = new X509Certificate(options.tls.cert);
+  if (!certificateNamesNode(ownCertificate.toLegacyObject(), nodeId)) {
+    throw invalidArgument(`the certificate does not name node ${nodeId}`);
+  }
+  const ca = Array.isArray(options.tls.ca) ? [...options.tls.ca] : (options.tls.ca as PemInput);
+  const credentials = { cert: options.tls.cert, key: options.tls.key, ca, minVersion: 'TLSv1.3' as const };
+  const endpoint: Endpoint<M> = {
+    ...settings,
+    nodeId,
+    options,
+    deliver,
+    counters,
+    log,
+    isMember: (id: string): boolean => {
+      try {
+        return (options.isMember ?? ((member: string) => endpoint.peers.has(member)))(id);
+      } catch {
+        return false;
+      }
+    },
+    credentials,
+    clientContext: tls.createSecureContext(credentials),
+    encoder: createFrameEncoder(),
+    ourClusterId: options.clusterId ?? (() => null),
+    checkClusterId: options.skipClusterIdCheck !== true,
+    peers: peerMap(options.peers),
+    closed: false,
+    links: new Map(),
+    inboundByPeer: new Map(),
+    sockets: new Set(),
+    pending: new Map(),
+    dirty: new Set(),
+    flushImmediate: null,
+  };
+  return endpoint;
+};
+
+const reject = <M extends TransportMessage>(
+  endpoint: Endpoint<M>,
+  reason: RejectReason,
+  remote: string,
+  direction: 'inbound' | 'outbound',
+  extra: RejectExtra = {},
+): void => {
+  const { counters } = endpoint;
+  counters.rejected[reason] = (counters.rejected[reason] ?? 0) + 1;
+  if (reason === 'cluster-mismatch') counters.clusterMismatches += 1;
+  endpoint.log({ event: 'rejected', reason, remote, direction, ...extra });
+};
+
+// ---- connections (both directions) --------------------------------------------------------
+
+/** Refuses `connection` with `reason` (reported once) and closes it. */
+const failConnection = <M extends TransportMessage>(
+  endpoint: Endpoint<M>,
+  connection: Connection,
+  reason: RejectReason,
+  detail: string,
+  extra?: RejectExtra,
+): void => {
+  if (connection.closed) return;
+  const { socket } = connection;
+  connection.closed = true;
+  reject(endpoint, reason, connection.remote, connection.direction, {
+    ...(connection.peerId !== null ? { nodeId: connection.peerId } : {}),
+    detail,
+    ...extra,
+  });
+  if (reason !== 'cluster-mismatch') {
+    socket.destroy();
+    return;
+  }
+  // Our handshake may still be unsent: end (not destroy) so that the peer learns our id, refuses
+  // in turn and warns its operator too; destroyed if it does not close within the bound.
+  socket.end();
+  const timer = setTimeout(() => socket.destroy(), endpoint.handshakeTimeoutMs);
+  timer.unref?.();
+  socket.once('close', () => clearTimeout(timer));
+};
+
+/** The peer's cluster id differs from ours: the rejection to raise; null when it may talk to us. */
+const clusterMismatch = <M extends TransportMessage>(
+  endpoint: Endpoint<M>,
+  peerId: string,
+  theirs: string | null,
+): Rejection | null => {
+  const ours = endpoint.ourClusterId();
+  if (!endpoint.checkClusterId || clusterIdVerdict(ours, theirs) === 'accept') return null;
+  return rejection('cluster-mismatch', `${peerId} belongs to cluster ${theirs}, this node to ${ours}`, {
+    ours: ours!,
+    theirs: theirs!,
+  });
+};
+
+/**
+ * Checks the peer's protocol handshake (throws a Rejection): it names the node we dialed (if we
+ * dialed), its certificate names it, it is a member, and its cluster id is not another cluster's.
+ */
+const checkHandshake = <M extends TransportMessage>(
+  endpoint: Endpoint<M>,
+  connection: Connection,
+  expectedPeer: string | null,
+  handshake: Handshake,
+): void => {
+  const claimed = handshake.nodeId;
+  if (expectedPeer !== null && claimed !== expectedPeer) {
+    throw rejection('identity-mismatch', `dialed ${expectedPeer} but the peer says it is ${claimed}`);
+  }
+  const certificate = connection.socket.getPeerCertificate();
+  if (!certificateNamesNode(certificate, claimed)) {
+    const { commonName, subjectAltName } = certificateIdentities(certificate);
+    throw rejection(
+      'identity-mismatch',
+      `peer claims ${claimed} but its certificate names CN ${commonName}, ${subjectAltName ?? 'no SAN'}`,
+    );
+  }
+  if (!endpoint.isMember(claimed)) throw rejection('not-member', `${claimed} is not a member`);
+  connection.peerId = claimed;
+  connection.peerClusterId = handshake.clusterId;
+  // Before an inbound connection can replace anything: a foreign node never displaces a member.
+  const mismatch = clusterMismatch(endpoint, claimed, handshake.clusterId);
+  if (mismatch) throw mismatch;
+};
+
+/**
+ * Validates one frame of an established connection (sender, recipient, membership, cluster id),
+ * then delivers its messages. False when the connection was refused.
+ */
+const receiveFrame = <M extends TransportMessage>(
+  endpoint: Endpoint<M>,
+  connection: Connection,
+  frame: M[],
+): boolean => {
+  const fail = (reason: RejectReason, detail: string, extra?: RejectExtra): false => {
+    failConnection(endpoint, connection, reason, detail, extra);
+    return false;
+  };
+  const peerId = connection.peerId!;
+  if (!endpoint.isMember(peerId)) return fail('not-member', `${peerId} is no longer a member`);
+  for (const message of frame) {
+    if (message.from !== peerId)
+      return fail('sender-mismatch', `message from ${message.from} on the connection of ${peerId}`);
+    if (message.to !== endpoint.nodeId)
+      return fail('recipient-mismatch', `message to ${message.to} arrived at ${endpoint.nodeId}`);
+    if (message.type === CLUSTER_ID_ANNOUNCE) {
+      const announced = (message as unknown as { clusterId?: unknown }).clusterId;
+      if (!isClusterId(announced))
+        return fail('malformed-frame', `${peerId} announced a malformed cluster id`);
+      connection.peerClusterId = announced;
+    }
+  }
+  // Every frame: either side may have learned its id since the handshake.
+  const mismatch = clusterMismatch(endpoint, peerId, connection.peerClusterId);
+  if (mismatch) return fail(mismatch.reason, mismatch.message, mismatch.extra);
+  endpoint.counters.framesIn += 1;
+  endpoint.counters.messagesIn += frame.length;
+  for (const message of frame) {
+    if (endpoint.closed) return false;
+    if (message.type === CLUSTER_ID_ANNOUNCE) continue;
+    try {
+      endpoint.deliver(message);
+    } catch (error) {
+      endpoint.log({ event: 'deliver-error', error });
+    }
+  }
+  return true;
+};
+
+/**
+ * Wires the protocol onto a TLS socket whose TLS handshake has succeeded: sends our handshake,
+ * checks theirs, then validates and delivers frames.
+ */
+const startProtocol = <M extends TransportMessage>(
+  endpoint: Endpoint<M>,
+  connection: Connection,
+  expectedPeer: string | null,
+  onEstablished: (connection: Connection) => void,
+): void => {
+  const { socket } = connection;
+  const decoder = createFrameDecoder<M>({
+    maxFrameBytes: endpoint.maxFrameBytes,
+    onHandshake: (handshake) => {
+      checkHandshake(endpoint, connection, expectedPeer, handshake);
+      onEstablished(connection);
+    },
+  });
+  socket.on('data', (chunk: Buffer) => {
+    if (connection.closed || endpoint.closed) return;
+    endpoint.counters.bytesIn += chunk.byteLength;
+    let frames: M[][];
+    try {
+      frames = decoder.push(chunk);
+    } catch (error) {
+      failConnection(endpoint, connection, reasonOf(error), errorMessage(error), (error as Rejection).extra);
+      return;
+    }
+    for (const frame of frames) if (!receiveFrame(endpoint, connection, frame)) return;
+  });
+  connection.announcedClusterId = endpoint.ourClusterId();
+  const handshakeFrame = endpoint.encoder.handshake(
+    endpoint.nodeId,
+    undefined,
+    connection.announcedClusterId,
+  );
+  socket.write(handshakeFrame);
+  endpoint.counters.bytesOut += handshakeFrame.byteLength;
+};
+
+const track = <M extends TransportMessage>(
+  endpoint: Endpoint<M>,
+  socket: tls.TLSSocket,
+  direction: 'inbound' | 'outbound',
+  remote: string,
+): Connection => {
+  const connection: Connection = {
+    socket,
+    direction,
+    remote,
+    peerId: null,
+    peerClusterId: null,
+    announcedClusterId: null,
+    closed: false,
+  };
+  endpoint.sockets.add(socket);
+  socket.setNoDelay(true);
+  socket.setKeepAlive(true, 10_000);
+  socket.once('close', () => {
+    endpoint.sockets.delete(socket);
+    connection.closed = true;
+  });
+  return connection;
+};
+
+// ---- inbound ------------------------------------------------------------------------------
+
+/** A TCP connection accepted: it has `handshakeTimeoutMs` for TLS plus the protocol handshake. */
+const acceptTcp = <M extends TransportMessage>(endpoint: Endpoint<M>, raw: Socket): void => {
+  if (endpoint.closed) {
+    raw.destroy();
+    return;
+  }
+  const { pending, handshakeTimeoutMs } = endpoint;
+  const remote = formatRemote(raw.remoteAddress, raw.remotePort);
+  raw.on('error', () => {
+    // Reported through the TLS socket or the tlsClientError event.
+  });
+  endpoint.sockets.add(raw);
+  const entry: PendingInbound = {
+    raw,
+    socket: null,
+    timer: setTimeout(() => {
+      if (pending.get(remote) === entry) pending.delete(remote);
+      reject(endpoint, 'handshake-timeout', remote, 'inbound', {
+        detail: `no ${entry.socket ? 'protocol' : 'TLS'} handshake within ${handshakeTimeoutMs} ms`,
+      });
+      entry.socket?.destroy();
+      raw.destroy();
+    }, handshakeTimeoutMs),
+  };
+  pending.set(remote, entry);
+  raw.once('close', () => {
+    clearTimeout(entry.timer);
+    if (pending.get(remote) === entry) pending.delete(remote);
+    endpoint.sockets.delete(raw);
+  });
+};
+
+/** TLS is up on an inbound connection: the protocol handshake decides, then it only delivers. */
+const acceptTls = <M extends TransportMessage>(endpoint: Endpoint<M>, socket: tls.TLSSocket): void => {
+  const remote = formatRemote(socket.remoteAddress, socket.remotePort);
+  const { pending, inboundByPeer, counters, log } = endpoint;
+  const entry = pending.get(remote);
+  socket.on('error', () => {
+    // Closing follows; inbound sockets have nothing else to clean up.
+  });
+  if (endpoint.closed || !entry) {
+    socket.destroy();
+    return;
+  }
+  entry.socket = socket;
+  const connection = track(endpoint, socket, 'inbound', remote);
+  startProtocol(endpoint, connection, null, (established) => {
+    clearTimeout(entry.timer);
+    if (pending.get(remote) === entry) pending.delete(remote);
+    const peerId = established.peerId!;
+    const previous = inboundByPeer.get(peerId);
+    if (previous && !previous.closed) {
+      log({ event: 'replaced', nodeId: peerId, remote: previous.remote });
+      previous.socket.destroy();
+    }
+    inboundByPeer.set(peerId, established);
+    counters.connectionsOpen += 1;
+    log({ event: 'connected', direction: 'inbound', nodeId: peerId, remote });
+    redialNow(endpoint, peerId);
+    socket.once('close', () => {
+      counters.connectionsOpen -= 1;
+      if (inboundByPeer.get(peerId) === established) inboundByPeer.delete(peerId);
+      log({ event: 'disconnected', direction: 'inbound', nodeId: peerId, remote });
+    });
+  });
+};
+
+/** An inbound connection failed TLS: reported under the reason its error maps to. */
+const inboundTlsError = <M extends TransportMessage>(
+  endpoint: Endpoint<M>,
+  error: Error,
+  socket: tls.TLSSocket,
+): void => {
+  if (endpoint.closed) return;
+  // After a failed certificate check Node has already destroyed the socket, so its address may be
+  // gone; the verification result is kept in authorizationError.
+  const remote = formatRemote(socket.remoteAddress, socket.remotePort);
+  const authorizationError = socket.authorizationError as unknown;
+  const code = codeOf(error);
+  if (typeof authorizationError === 'string' || authorizationError instanceof Error) {
+    const verifyCode =
+      typeof authorizationError === 'string' ? authorizationError : (codeOf(authorizationError) ?? '');
+    reject(endpoint, certificateReason(verifyCode), remote, 'inbound', { detail: verifyCode });
+  } else if (code === 'ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE') {
+    reject(endpoint, 'no-certificate', remote, 'inbound', { detail: code });
+  } else if (code === 'ERR_TLS_HANDSHAKE_TIMEOUT') {
+    reject(endpoint, 'handshake-timeout', remote, 'inbound', { detail: code });
+  } else if (code === 'ECONNRESET' || code === 'EPIPE') {
+    // The peer (or our handshake timer, already counted) went away during TLS.
+    endpoint.log({ event: 'connect-failed', remote, code, detail: error.message });
+  } else {
+    reject(endpoint, 'tls-handshake-failed', remote, 'inbound', { detail: code ?? error.message });
+  }
+};
+
+const createServer = <M extends TransportMessage>(endpoint: Endpoint<M>): tls.Server => {
+  const server = tls.createServer({
+    ...endpoint.credentials,
+    requestCert: true,
+    rejectUnauthorized: true,
+    // Our own timer (started at TCP accept) closes slow handshakes; this is only a backstop.
+    handshakeTimeout: endpoint.handshakeTimeoutMs * 2 + 1000,
+  });
+  server.on('connection', (raw: Socket) => acceptTcp(endpoint, raw));
+  server.on('secureConnection', (socket: tls.TLSSocket) => acceptTls(endpoint, socket));
+  server.on('tlsClientError', (error: Error, socket: tls.TLSSocket) =>
+    inboundTlsError(endpoint, error, socket),
+  );
+  server.on('error', (error) => endpoint.log({ event: 'server-error', error }));
+  return server;
+};
+
+// ---- outbound -----------------------------------------------------------------------------
+
+const backoff = (settings: Settings, attempt: number): number => {
+  const { reconnect, random } = settings;
+  const base = Math.min(reconnect.maxMs, reconnect.initialMs * 2 ** Math.min(attempt, 30));
+  return base / 2 + (random() * base) / 2;
+};
+
+const scheduleRetry = <M extends TransportMessage>(endpoint: Endpoint<M>, link: PeerLink<M>): void => {
+  if (endpoint.closed || link.removed || link.retryTimer) return;
+  const delay = backoff(endpoint, link.attempts);
+  link.attempts += 1;
+  link.retryTimer = setTimeout(() => {
+    link.retryTimer = null;
+    // Dial again only when there is something to send; otherwise the next send dials.
+    if (!endpoint.closed && !link.removed && link.queue.length > 0 && !link.connection) dial(endpoint, link);
+  }, delay);
+};
+
+/**
+ * A peer that just connected to us is up again: a link to it waiting out its back-off dials at
+ * once, so a restarted node hears from the leader within a heartbeat, not a back-off period.
+ */
+const redialNow = <M extends TransportMessage>(endpoint: Endpoint<M>, peerId: string): void => {
+  const link = endpoint.links.get(peerId);
+  if (!link || link.connection || link.removed || endpoint.closed) return;
+  if (link.retryTimer) clearTimeout(link.retryTimer);
+  link.retryTimer = null;
+  link.attempts = 0;
+  dial(endpoint, link);
+};
+
+/** A TLS client socket to `link`'s peer that checks the server names the node we dial; null on failure. */
+const openSocket = <M extends TransportMessage>(
+  endpoint: Endpoint<M>,
+  link: PeerLink<M>,
+): tls.TLSSocket | null => {
+  const { peer } = link;
+  const remote = formatRemote(peer.host, peer.port);
+  const expected = peer.nodeId;
+  try {
+    return tls.connect({
+      host: peer.host,
+      port: peer.port,
+      secureContext: endpoint.clientContext,
+      rejectUnauthorized: true,
+      // The peer's identity is its nodeId, not the address we reached it at.
+      checkServerIdentity: (_host, certificate) =>
+        certificateNamesNode(certificate, expected)
+          ? undefined
+          : Object.assign(new Error(`the certificate at ${remote} does not name ${expected}`), {
+              code: IDENTITY_ERROR_CODE,
+            }),
+    });
+  } catch (error) {
+    endpoint.log({ event: 'connect-failed', nodeId: expected, remote, detail: errorMessage(error) });
+    scheduleRetry(endpoint, link);
+    return null;
+  }
+};
+
+/** The protocol handshake of an outbound connection succeeded: the link is ready to flush. */
+const linkEstablished = <M extends TransportMessage>(
+  endpoint: Endpoint<M>,
+  link: PeerLink<M>,
+  connection: Connection,
+): void => {
+  const { socket, remote } = connection;
+  const expected = link.peer.nodeId;
+  if (link.connection !== connection || link.removed) {
+    connection.closed = true;
+    socket.destroy();
+    return;
+  }
+  link.ready = true;
+  link.attempts = 0;
+  endpoint.counters.connectionsOpen += 1;
+  endpoint.log({ event: 'connected', direction: 'outbound', nodeId: expected, remote });
+  socket.once('close', () => {
+    endpoint.counters.connectionsOpen -= 1;
+    endpoint.log({ event: 'disconnected', direction: 'outbound', nodeId: expected, remote });
+  });
+  if (link.queue.length > 0) markDirty(endpoint, link);
+};
+
+/** Dials `link`'s peer: TLS, then the protocol handshake, within `handshakeTimeoutMs`. */
+const dial = <M extends TransportMessage>(endpoint: Endpoint<M>, link: PeerLink<M>): void => {
+  const socket = openSocket(endpoint, link);
+  if (!socket) return;
+  const remote = formatRemote(link.peer.host, link.peer.port);
+  const expected = link.peer.nodeId;
+  const connection = track(endpoint, socket, 'outbound', remote);
+  link.connection = connection;
+  const progress = { tcpConnected: false, tlsDone: false, reported: false };
+  const timer = setTimeout(() => {
+    if (connection.closed) return;
+    if (progress.tcpConnected) {
+      progress.reported = true;
+      reject(endpoint, 'handshake-timeout', remote, 'outbound', {
+        nodeId: expected,
+        detail: `no ${progress.tlsDone ? 'protocol' : 'TLS'} handshake within ${endpoint.handshakeTimeoutMs} ms`,
+      });
+    } else {
+      endpoint.log({ event: 'connect-failed', nodeId: expected, remote, code: 'ETIMEDOUT' });
+    }
+    connection.closed = true;
+    socket.destroy();
+  }, endpoint.handshakeTimeoutMs);
+  socket.once('connect', () => {
+    progress.tcpConnected = true;
+  });
+  socket.once('secureConnect', () => {
+    progress.tlsDone = true;
+    startProtocol(endpoint, connection, expected, () => {
+      clearTimeout(timer);
+      linkEstablished(endpoint, link, connection);
+    });
+  });
+  socket.on('error', (error: Error) => {
+    // Errors of an established connection end in 'disconnected'; a rejected one was reported.
+    if (progress.reported || endpoint.closed || connection.closed || connection.peerId !== null) return;
+    progress.reported = true;
+    outboundError(endpoint, connection, expected, progress.tlsDone, error);
+  });
+  socket.once('close', () => {
+    clearTimeout(timer);
+    connection.closed = true;
+    if (link.connection === connection) {
+      link.connection = null;
+      link.ready = false;
+      endpoint.dirty.delete(link);
+      scheduleRetry(endpoint, link);
+    }
+  });
+};
+
+/** A dial failed before its protocol handshake: a certificate refusal, or a network failure. */
+const outboundError = <M extends TransportMessage>(
+  endpoint: Endpoint<M>,
+  connection: Connection,
+  expected: string,
+  tlsDone: boolean,
+  error: Error,
+): void => {
+  const { socket, remote } = connection;
+  const verifyError = socket.authorizationError as unknown;
+  if (!tlsDone && (typeof verifyError === 'string' || verifyError instanceof Error)) {
+    const verifyCode = typeof verifyError === 'string' ? verifyError : (codeOf(verifyError) ?? '');
+    reject(endpoint, certificateReason(verifyCode), remote, 'outbound', {
+      nodeId: expected,
+      detail: verifyCode,
+    });
+  } else {
+    endpoint.log({
+      event: 'connect-failed',
+      nodeId: expected,
+      remote,
+      code: codeOf(error),
+      detail: error.message,
+    });
+  }
+};
+
+// ---- sending ------------------------------------------------------------------------------
+
+/** Reports messages of a batch left out by the encoder (both are bugs upstream, counted). */
+const reportUnsent = <M extends TransportMessage>(
+  endpoint: Endpoint<M>,
+  link: PeerLink<M>,
+  tooLarge: number,
+  unencodable: number,
+): void => {
+  const { counters, log } = endpoint;
+  // The raft machine bounds a message's size well under the frame limit.
+  if (tooLarge > 0) {
+    counters.dropped += tooLarge;
+    counters.tooLarge += tooLarge;
+    log({ event: 'dropped', nodeId: link.peer.nodeId, count: tooLarge, reason: 'too-large' });
+  }
+  if (unencodable > 0) {
+    counters.dropped += unencodable;
+    log({ event: 'dropped', nodeId: link.peer.nodeId, count: unencodable, reason: 'unencodable' });
+  }
+};
+
+const flushLink = <M extends TransportMessage>(endpoint: Endpoint<M>, link: PeerLink<M>): void => {
+  const connection = link.connection;
+  if (!link.ready || !connection || connection.closed || link.queue.length === 0) return;
+  const { counters, options } = endpoint;
+  let batch = options.coalesce ? options.coalesce(link.queue) : link.queue;
+  link.queue = [];
+  const { socket } = connection;
+  if (socket.writableLength > endpoint.maxBufferedBytes) {
+    counters.dropped += batch.length;
+    endpoint.log({ event: 'dropped', nodeId: link.peer.nodeId, count: batch.length, reason: 'backpressure' });
+    return;
+  }
+  const ours = endpoint.ourClusterId();
+  if (ours !== null && ours !== connection.announcedClusterId) {
+    // Learned since the handshake: the peer checks it from this frame on.
+    const announce = {
+      type: CLUSTER_ID_ANNOUNCE,
+      from: endpoint.nodeId,
+      to: link.peer.nodeId,
+      clusterId: ours,
+    };
+    batch = [announce as unknown as M, ...batch];
+    connection.announcedClusterId = ours;
+  }
+  const { frames, sent, tooLarge, unencodable } = encodeFrames(
+    endpoint.encoder,
+    batch,
+    endpoint.maxFrameBytes,
+  );
+  reportUnsent(endpoint, link, tooLarge.length, unencodable.length);
+  if (frames.length === 0) return;
+  socket.cork();
+  for (const frame of frames) {
+    socket.write(frame);
+    counters.bytesOut += frame.byteLength;
+  }
+  socket.uncork();
+  counters.framesOut += frames.length;
+  counters.messagesOut += sent;
+};
+
+const flushAll = <M extends TransportMessage>(endpoint: Endpoint<M>): void => {
+  endpoint.flushImmediate = null;
+  if (endpoint.closed) return;
+  const links = [...endpoint.dirty];
+  endpoint.dirty.clear();
+  for (const link of links) flushLink(endpoint, link);
+};
+
+const markDirty = <M extends TransportMessage>(endpoint: Endpoint<M>, link: PeerLink<M>): void => {
+  endpoint.dirty.add(link);
+  endpoint.flushImmediate ??= setImmediate(() => flushAll(endpoint));
+};
+
+const linkFor = <M extends TransportMessage>(
+  endpoint: Endpoint<M>,
+  peerId: string,
+): PeerLink<M> | undefined => {
+  let link = endpoint.links.get(peerId);
+  if (link) return link;
+  const peer = endpoint.peers.get(peerId);
+  if (!peer || peerId === endpoint.nodeId) return undefined;
+  link = { peer, queue: [], connection: null, ready: false, attempts: 0, retryTimer: null, removed: false };
+  endpoint.links.set(peerId, link);
+  return link;
+};
+
+const send = <M extends TransportMessage>(endpoint: Endpoint<M>, message: M): void => {
+  const link = endpoint.closed ? undefined : linkFor(endpoint, message?.to);
+  if (!link || link.queue.length >= (link.ready ? READY_QUEUE_LIMIT : endpoint.maxQueuedMessages)) {
+    endpoint.counters.dropped += 1;
+    return;
+  }
+  link.queue.push(message);
+  if (link.ready) markDirty(endpoint, link);
+  else if (!link.connection && !link.retryTimer) dial(endpoint, link);
+};
+
+// ---- membership and lifecycle -------------------------------------------------------------
+
+const setPeers = <M extends TransportMessage>(endpoint: Endpoint<M>, list: readonly TlsPeer[]): void => {
+  endpoint.peers = peerMap(list);
+  for (const [peerId, link] of endpoint.links) {
+    const peer = endpoint.peers.get(peerId);
+    if (peer && peer.host === link.peer.host && peer.port === link.peer.port) continue;
+    // Removed or moved: forget the link (and its queue); a later send dials the new address.
+    link.removed = true;
+    if (link.retryTimer) clearTimeout(link.retryTimer);
+    endpoint.counters.dropped += link.queue.length;
+    link.queue = [];
+    endpoint.dirty.delete(link);
+    link.connection?.socket.destroy();
+    endpoint.links.delete(peerId);
+  }
+  for (const [peerId, connection] of endpoint.inboundByPeer) {
+    if (!endpoint.isMember(peerId)) connection.socket.destroy();
+  }
+};
+
+const listen = (server: tls.Server, host: string, port: number): Promise<void> =>
+  new Promise<void>((resolve, reject) => {
+    const onError = (error: Error): void => {
+      server.off('listening', onListening);
+      reject(error);
+    };
+    const onListening = (): void => {
+      server.off('error', onError);
+      resolve();
+    };
+    server.once('error', onError);
+    server.once('listening', onListening);
+    server.listen({ host, port });
+  });
+
+/** Stops timers, drops queues, destroys every socket; resolves once the server and sockets closed. */
+const closeEndpoint = <M extends TransportMessage>(
+  endpoint: Endpoint<M>,
+  server: tls.Server,
+): Promise<void> => {
+  endpoint.closed = true;
+  if (endpoint.flushImmediate) clearImmediate(endpoint.flushImmediate);
+  endpoint.flushImmediate = null;
+  endpoint.dirty.clear();
+  for (const link of endpoint.links.values()) {
+    if (link.retryTimer) clearTimeout(link.retryTimer);
+    link.retryTimer = null;
+    link.queue = [];
+  }
+  for (const entry of endpoint.pending.values()) clearTimeout(entry.timer);
+  endpoint.pending.clear();
+  const socketsClosed = [...endpoint.sockets].map((socket) =>
+    socket.closed ? undefined : new Promise<void>((resolve) => socket.once('close', () => resolve())),
+  );
+  for (const socket of endpoint.sockets) socket.destroy();
+  endpoint.sockets.clear();
+  const serverClosed = new Promise<void>((resolve) => {
+    server.close(() => resolve());
+  });
+  return Promise.all([serverClosed, ...socketsClosed]).then(() => undefined);
+};
+
+const queuedMessages = <M extends TransportMessage>(endpoint: Endpoint<M>): number => {
+  let total = 0;
+  for (const link of endpoint.links.values()) total += link.queue.length;
+  return total;
+};
+
+export const createTlsTransport = <M extends TransportMessage = TransportMessage>(
+  options: TlsTransportOptions,
+): TlsTransport<M> => {
+  const settings = settingsOf(options);
+  const userLog = options.log;
   const counters = emptyMetrics();
   let active: { address: () => ListeningAddress; queued: () => number } | null = null;
 
@@ -305,496 +1074,9 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
   const connect = async (nodeId: string, deliver: (message: M) => void): Promise<TlsTransportEndpoint<M>> => {
     if (active)
       throw Object.assign(new Error('transport already has an open endpoint'), { code: 'INVALID_STATE' });
-    const ownCertificate = new X509Certificate(options.tls.cert);
-    if (!certificateNamesNode(ownCertificate.toLegacyObject(), nodeId)) {
-      throw invalidArgument(`the certificate does not name node ${nodeId}`);
-    }
-
-    let peers = new Map<string, TlsPeer>();
-    const setPeerList = (list: readonly TlsPeer[]): void => {
-      peers = new Map(list.map((peer) => [peer.nodeId, peer]));
-    };
-    setPeerList(options.peers);
-    const isMember = options.isMember ?? ((id: string) => peers.has(id));
-    const safeIsMember = (id: string): boolean => {
-      try {
-        return isMember(id);
-      } catch {
-        return false;
-      }
-    };
-
-    const ca = Array.isArray(options.tls.ca) ? [...options.tls.ca] : (options.tls.ca as PemInput);
-    const credentials = { cert: options.tls.cert, key: options.tls.key, ca, minVersion: 'TLSv1.3' as const };
-    const clientContext = tls.createSecureContext(credentials);
-    const encoder = createFrameEncoder();
-    const handshakeFrame = encoder.handshake(nodeId);
-
-    let closed = false;
-    const links = new Map<string, PeerLink<M>>();
-    const inboundByPeer = new Map<string, Connection>();
-    const sockets = new Set<Socket>();
-    /** Accepted TCP connections still inside TLS or the protocol handshake, by remote address. */
-    const pending = new Map<string, { raw: Socket; socket: tls.TLSSocket | null; timer: NodeJS.Timeout }>();
-    const dirty = new Set<PeerLink<M>>();
-    let flushImmediate: NodeJS.Immediate | null = null;
-
-    const reject = (
-      reason: RejectReason,
-      remote: string,
-      direction: 'inbound' | 'outbound',
-      extra: { nodeId?: string; detail?: string } = {},
-    ): void => {
-      counters.rejected[reason] = (counters.rejected[reason] ?? 0) + 1;
-      log({ event: 'rejected', reason, remote, direction, ...extra });
-    };
-
-    // ---- connections (both directions) ----------------------------------------------------
-
-    /**
-     * Wires the protocol onto a TLS socket whose TLS handshake has succeeded: sends our
-     * handshake, checks theirs, then validates and delivers frames.
-     */
-    const startProtocol = (
-      connection: Connection,
-      expectedPeer: string | null,
-      onEstablished: (connection: Connection) => void,
-    ): void => {
-      const { socket, remote, direction } = connection;
-      const fail = (reason: RejectReason, detail: string): void => {
-        if (connection.closed) return;
-        connection.closed = true;
-        reject(reason, remote, direction, {
-          ...(connection.peerId !== null ? { nodeId: connection.peerId } : {}),
-          detail,
-        });
-        socket.destroy();
-      };
-      const decoder = createFrameDecoder<M>({
-        maxFrameBytes,
-        onHandshake: (handshake) => {
-          const claimed = handshake.nodeId;
-          if (expectedPeer !== null && claimed !== expectedPeer) {
-            throw rejection('identity-mismatch', `dialed ${expectedPeer} but the peer says it is ${claimed}`);
-          }
-          const certificate = socket.getPeerCertificate();
-          if (!certificateNamesNode(certificate, claimed)) {
-            const { commonName, subjectAltName } = certificateIdentities(certificate);
-            throw rejection(
-              'identity-mismatch',
-              `peer claims ${claimed} but its certificate names CN ${commonName}, ${subjectAltName ?? 'no SAN'}`,
-            );
-          }
-          if (!safeIsMember(claimed)) throw rejection('not-member', `${claimed} is not a member`);
-          connection.peerId = claimed;
-          onEstablished(connection);
-        },
-      });
-      socket.on('data', (chunk: Buffer) => {
-        if (connection.closed || closed) return;
-        counters.bytesIn += chunk.byteLength;
-        let frames: M[][];
-        try {
-          frames = decoder.push(chunk);
-        } catch (error) {
-          fail(reasonOf(error), errorMessage(error));
-          return;
-        }
-        for (const frame of frames) {
-          const peerId = connection.peerId!;
-          if (!safeIsMember(peerId)) {
-            fail('not-member', `${peerId} is no longer a member`);
-            return;
-          }
-          for (const message of frame) {
-            if (message.from !== peerId) {
-              fail('sender-mismatch', `message from ${message.from} on the connection of ${peerId}`);
-              return;
-            }
-            if (message.to !== nodeId) {
-              fail('recipient-mismatch', `message to ${message.to} arrived at ${nodeId}`);
-              return;
-            }
-          }
-          counters.framesIn += 1;
-          counters.messagesIn += frame.length;
-          for (const message of frame) {
-            if (closed) return;
-            try {
-              deliver(message);
-            } catch (error) {
-              log({ event: 'deliver-error', error });
-            }
-          }
-        }
-      });
-      socket.write(handshakeFrame);
-      counters.bytesOut += handshakeFrame.byteLength;
-    };
-
-    const track = (socket: tls.TLSSocket, direction: 'inbound' | 'outbound', remote: string): Connection => {
-      const connection: Connection = { socket, direction, remote, peerId: null, closed: false };
-      sockets.add(socket);
-      socket.setNoDelay(true);
-      socket.setKeepAlive(true, 10_000);
-      socket.once('close', () => {
-        sockets.delete(socket);
-        connection.closed = true;
-      });
-      return connection;
-    };
-
-    // ---- inbound ---------------------------------------------------------------------------
-
-    const server = tls.createServer({
-      ...credentials,
-      requestCert: true,
-      rejectUnauthorized: true,
-      // Our own timer (started at TCP accept) closes slow handshakes; this is only a backstop.
-      handshakeTimeout: handshakeTimeoutMs * 2 + 1000,
-    });
-
-    server.on('connection', (raw: Socket) => {
-      if (closed) {
-        raw.destroy();
-        return;
-      }
-      const remote = formatRemote(raw.remoteAddress, raw.remotePort);
-      raw.on('error', () => {
-        // Reported through the TLS socket or the tlsClientError event.
-      });
-      sockets.add(raw);
-      const entry = {
-        raw,
-        socket: null as tls.TLSSocket | null,
-        timer: setTimeout(() => {
-          if (pending.get(remote) === entry) pending.delete(remote);
-          reject('handshake-timeout', remote, 'inbound', {
-            detail: `no ${entry.socket ? 'protocol' : 'TLS'} handshake within ${handshakeTimeoutMs} ms`,
-          });
-          entry.socket?.destroy();
-          raw.destroy();
-        }, handshakeTimeoutMs),
-      };
-      pending.set(remote, entry);
-      raw.once('close', () => {
-        clearTimeout(entry.timer);
-        if (pending.get(remote) === entry) pending.delete(remote);
-        sockets.delete(raw);
-      });
-    });
-
-    server.on('secureConnection', (socket: tls.TLSSocket) => {
-      const remote = formatRemote(socket.remoteAddress, socket.remotePort);
-      const entry = pending.get(remote);
-      socket.on('error', () => {
-        // Closing follows; inbound sockets have nothing else to clean up.
-      });
-      if (closed || !entry) {
-        socket.destroy();
-        return;
-      }
-      entry.socket = socket;
-      const connection = track(socket, 'inbound', remote);
-      startProtocol(connection, null, (established) => {
-        clearTimeout(entry.timer);
-        if (pending.get(remote) === entry) pending.delete(remote);
-        const peerId = established.peerId!;
-        const previous = inboundByPeer.get(peerId);
-        if (previous && !previous.closed) {
-          log({ event: 'replaced', nodeId: peerId, remote: previous.remote });
-          previous.socket.destroy();
-        }
-        inboundByPeer.set(peerId, established);
-        counters.connectionsOpen += 1;
-        log({ event: 'connected', direction: 'inbound', nodeId: peerId, remote });
-        redialNow(peerId);
-        socket.once('close', () => {
-          counters.connectionsOpen -= 1;
-          if (inboundByPeer.get(peerId) === established) inboundByPeer.delete(peerId);
-          log({ event: 'disconnected', direction: 'inbound', nodeId: peerId, remote });
-        });
-      });
-    });
-
-    server.on('tlsClientError', (error: Error, socket: tls.TLSSocket) => {
-      if (closed) return;
-      // After a failed certificate check Node has already destroyed the socket, so its address
-      // may be gone; the verification result is kept in authorizationError.
-      const remote = formatRemote(socket.remoteAddress, socket.remotePort);
-      const authorizationError = socket.authorizationError as unknown;
-      const code = codeOf(error);
-      if (typeof authorizationError === 'string' || authorizationError instanceof Error) {
-        const verifyCode =
-          typeof authorizationError === 'string' ? authorizationError : (codeOf(authorizationError) ?? '');
-        reject(certificateReason(verifyCode), remote, 'inbound', { detail: verifyCode });
-      } else if (code === 'ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE') {
-        reject('no-certificate', remote, 'inbound', { detail: code });
-      } else if (code === 'ERR_TLS_HANDSHAKE_TIMEOUT') {
-        reject('handshake-timeout', remote, 'inbound', { detail: code });
-      } else if (code === 'ECONNRESET' || code === 'EPIPE') {
-        // The peer (or our handshake timer, already counted) went away during TLS.
-        log({ event: 'connect-failed', remote, code, detail: error.message });
-      } else {
-        reject('tls-handshake-failed', remote, 'inbound', { detail: code ?? error.message });
-      }
-    });
-
-    server.on('error', (error) => log({ event: 'server-error', error }));
-
-    // ---- outbound --------------------------------------------------------------------------
-
-    const backoff = (attempt: number): number => {
-      const base = Math.min(reconnect.maxMs, reconnect.initialMs * 2 ** Math.min(attempt, 30));
-      return base / 2 + (random() * base) / 2;
-    };
-
-    const scheduleRetry = (link: PeerLink<M>): void => {
-      if (closed || link.removed || link.retryTimer) return;
-      const delay = backoff(link.attempts);
-      link.attempts += 1;
-      link.retryTimer = setTimeout(() => {
-        link.retryTimer = null;
-        // Dial again only when there is something to send; otherwise the next send dials.
-        if (!closed && !link.removed && link.queue.length > 0 && !link.connection) dial(link);
-      }, delay);
-    };
-
-    /**
-     * A peer that just connected to us is up again: a link to it waiting out its back-off dials at
-     * once, so a restarted node hears from the leader within a heartbeat, not a back-off period.
-     */
-    const redialNow = (peerId: string): void => {
-      const link = links.get(peerId);
-      if (!link || link.connection || link.removed || closed) return;
-      if (link.retryTimer) clearTimeout(link.retryTimer);
-      link.retryTimer = null;
-      link.attempts = 0;
-      dial(link);
-    };
-
-    const dial = (link: PeerLink<M>): void => {
-      const { peer } = link;
-      const remote = formatRemote(peer.host, peer.port);
-      const expected = peer.nodeId;
-      let socket: tls.TLSSocket;
-      try {
-        socket = tls.connect({
-          host: peer.host,
-          port: peer.port,
-          secureContext: clientContext,
-          rejectUnauthorized: true,
-          // The peer's identity is its nodeId, not the address we reached it at.
-          checkServerIdentity: (_host, certificate) =>
-            certificateNamesNode(certificate, expected)
-              ? undefined
-              : Object.assign(new Error(`the certificate at ${remote} does not name ${expected}`), {
-                  code: IDENTITY_ERROR_CODE,
-                }),
-        });
-      } catch (error) {
-        log({ event: 'connect-failed', nodeId: expected, remote, detail: errorMessage(error) });
-        scheduleRetry(link);
-        return;
-      }
-      const connection = track(socket, 'outbound', remote);
-      link.connection = connection;
-      let tcpConnected = false;
-      let tlsDone = false;
-      let reported = false;
-      const timer = setTimeout(() => {
-        if (connection.closed) return;
-        if (tcpConnected) {
-          reported = true;
-          reject('handshake-timeout', remote, 'outbound', {
-            nodeId: expected,
-            detail: `no ${tlsDone ? 'protocol' : 'TLS'} handshake within ${handshakeTimeoutMs} ms`,
-          });
-        } else {
-          log({ event: 'connect-failed', nodeId: expected, remote, code: 'ETIMEDOUT' });
-        }
-        connection.closed = true;
-        socket.destroy();
-      }, handshakeTimeoutMs);
-      socket.once('connect', () => {
-        tcpConnected = true;
-      });
-      socket.once('secureConnect', () => {
-        tlsDone = true;
-        startProtocol(connection, expected, () => {
-          clearTimeout(timer);
-          if (link.connection !== connection || link.removed) {
-            connection.closed = true;
-            socket.destroy();
-            return;
-          }
-          link.ready = true;
-          link.attempts = 0;
-          counters.connectionsOpen += 1;
-          log({ event: 'connected', direction: 'outbound', nodeId: expected, remote });
-          socket.once('close', () => {
-            counters.connectionsOpen -= 1;
-            log({ event: 'disconnected', direction: 'outbound', nodeId: expected, remote });
-          });
-          if (link.queue.length > 0) markDirty(link);
-        });
-      });
-      socket.on('error', (error: Error) => {
-        // Errors of an established connection end in 'disconnected'; a rejected one was reported.
-        if (reported || closed || connection.closed || connection.peerId !== null) return;
-        reported = true;
-        const verifyError = socket.authorizationError as unknown;
-        if (!tlsDone && (typeof verifyError === 'string' || verifyError instanceof Error)) {
-          const verifyCode = typeof verifyError === 'string' ? verifyError : (codeOf(verifyError) ?? '');
-          reject(certificateReason(verifyCode), remote, 'outbound', { nodeId: expected, detail: verifyCode });
-        } else {
-          log({
-            event: 'connect-failed',
-            nodeId: expected,
-            remote,
-            code: codeOf(error),
-            detail: error.message,
-          });
-        }
-      });
-      socket.once('close', () => {
-        clearTimeout(timer);
-        connection.closed = true;
-        if (link.connection === connection) {
-          link.connection = null;
-          link.ready = false;
-          dirty.delete(link);
-          scheduleRetry(link);
-        }
-      });
-    };
-
-    // ---- sending ---------------------------------------------------------------------------
-
-    const dropped = (count: number): void => {
-      counters.dropped += count;
-    };
-
-    const flushLink = (link: PeerLink<M>): void => {
-      const connection = link.connection;
-      if (!link.ready || !connection || connection.closed || link.queue.length === 0) return;
-      const batch = coalesce ? coalesce(link.queue) : link.queue;
-      link.queue = [];
-      const { socket } = connection;
-      if (socket.writableLength > maxBufferedBytes) {
-        dropped(batch.length);
-        log({ event: 'dropped', nodeId: link.peer.nodeId, count: batch.length, reason: 'backpressure' });
-        return;
-      }
-      const { frames, sent, tooLarge, unencodable } = encodeFrames(encoder, batch, maxFrameBytes);
-      // Both are bugs upstream (the raft machine bounds a message's size): counted and reported.
-      if (tooLarge.length > 0) {
-        dropped(tooLarge.length);
-        counters.tooLarge += tooLarge.length;
-        log({ event: 'dropped', nodeId: link.peer.nodeId, count: tooLarge.length, reason: 'too-large' });
-      }
-      if (unencodable.length > 0) {
-        dropped(unencodable.length);
-        log({ event: 'dropped', nodeId: link.peer.nodeId, count: unencodable.length, reason: 'unencodable' });
-      }
-      if (frames.length === 0) return;
-      socket.cork();
-      for (const frame of frames) {
-        socket.write(frame);
-        counters.bytesOut += frame.byteLength;
-      }
-      socket.uncork();
-      counters.framesOut += frames.length;
-      counters.messagesOut += sent;
-    };
-
-    const flushAll = (): void => {
-      flushImmediate = null;
-      if (closed) return;
-      const links = [...dirty];
-      dirty.clear();
-      for (const link of links) flushLink(link);
-    };
-
-    const markDirty = (link: PeerLink<M>): void => {
-      dirty.add(link);
-      flushImmediate ??= setImmediate(flushAll);
-    };
-
-    const linkFor = (peerId: string): PeerLink<M> | undefined => {
-      let link = links.get(peerId);
-      if (link) return link;
-      const peer = peers.get(peerId);
-      if (!peer || peerId === nodeId) return undefined;
-      link = {
-        peer,
-        queue: [],
-        connection: null,
-        ready: false,
-        attempts: 0,
-        retryTimer: null,
-        removed: false,
-      };
-      links.set(peerId, link);
-      return link;
-    };
-
-    const send = (message: M): void => {
-      if (closed) {
-        dropped(1);
-        return;
-      }
-      const link = linkFor(message?.to);
-      if (!link) {
-        dropped(1);
-        return;
-      }
-      if (link.queue.length >= (link.ready ? READY_QUEUE_LIMIT : maxQueuedMessages)) {
-        dropped(1);
-        return;
-      }
-      link.queue.push(message);
-      if (link.ready) markDirty(link);
-      else if (!link.connection && !link.retryTimer) dial(link);
-    };
-
-    // ---- membership ------------------------------------------------------------------------
-
-    const setPeers = (list: readonly TlsPeer[]): void => {
-      setPeerList(list);
-      for (const [peerId, link] of links) {
-        const peer = peers.get(peerId);
-        if (peer && peer.host === link.peer.host && peer.port === link.peer.port) continue;
-        // Removed or moved: forget the link (and its queue); a later send dials the new address.
-        link.removed = true;
-        if (link.retryTimer) clearTimeout(link.retryTimer);
-        dropped(link.queue.length);
-        link.queue = [];
-        dirty.delete(link);
-        link.connection?.socket.destroy();
-        links.delete(peerId);
-      }
-      for (const [peerId, connection] of inboundByPeer) {
-        if (!safeIsMember(peerId)) connection.socket.destroy();
-      }
-    };
-
-    // ---- lifecycle -------------------------------------------------------------------------
-
-    await new Promise<void>((resolve, reject) => {
-      const onError = (error: Error): void => {
-        server.off('listening', onListening);
-        reject(error);
-      };
-      const onListening = (): void => {
-        server.off('error', onError);
-        resolve();
-      };
-      server.once('error', onError);
-      server.once('listening', onListening);
-      server.listen({ host: options.host, port: options.port });
-    });
-
+    const endpoint = createEndpoint(options, settings, counters, log, nodeId, deliver);
+    const server = createServer(endpoint);
+    await listen(server, options.host, options.port);
     const address = (): ListeningAddress => {
       const info = server.address();
       if (info && typeof info === 'object') return { host: info.address, port: info.port };
@@ -805,41 +1087,21 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
 
     let closing: Promise<void> | null = null;
     const close = (): Promise<void> => {
-      if (closing) return closing;
-      closed = true;
-      if (flushImmediate) clearImmediate(flushImmediate);
-      flushImmediate = null;
-      dirty.clear();
-      for (const link of links.values()) {
-        if (link.retryTimer) clearTimeout(link.retryTimer);
-        link.retryTimer = null;
-        link.queue = [];
-      }
-      for (const entry of pending.values()) clearTimeout(entry.timer);
-      pending.clear();
-      const socketsClosed = [...sockets].map((socket) =>
-        socket.closed ? undefined : new Promise<void>((resolve) => socket.once('close', () => resolve())),
-      );
-      for (const socket of sockets) socket.destroy();
-      sockets.clear();
-      const serverClosed = new Promise<void>((resolve) => {
-        server.close(() => resolve());
-      });
-      closing = Promise.all([serverClosed, ...socketsClosed]).then(() => {
+      closing ??= closeEndpoint(endpoint, server).then(() => {
         if (active === handle) active = null;
       });
       return closing;
     };
-
-    const queued = (): number => {
-      let total = 0;
-      for (const link of links.values()) total += link.queue.length;
-      return total;
-    };
-    const handle = { address, queued };
+    const handle = { address, queued: () => queuedMessages(endpoint) };
     active = handle;
-
-    return { nodeId, send, close, address, metrics: snapshot, setPeers };
+    return {
+      nodeId,
+      send: (message: M) => send(endpoint, message),
+      close,
+      address,
+      metrics: snapshot,
+      setPeers: (list: readonly TlsPeer[]) => setPeers(endpoint, list),
+    };
   };
 
   const transport: TlsTransport<M> = {
@@ -848,4 +1110,37 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
     address: () => active?.address() ?? null,
   };
   return transport satisfies RaftTransport<M>;
+};
+
+/** What a node says, once per remote node, when that node turns out to belong to another cluster. */
+export type ClusterMismatchReport = {
+  readonly peer: string;
+  readonly ours: string;
+  readonly theirs: string;
+  readonly remote: string;
+  readonly direction: 'inbound' | 'outbound';
+};
+
+/**
+ * Filters transport events down to the first `cluster-mismatch` rejection of each remote node
+ * (the transport counts every one; an operator needs one warning per foreign node, not one per
+ * reconnect attempt).
+ */
+export const firstClusterMismatchPerPeer = (
+  report: (mismatch: ClusterMismatchReport) => void,
+): ((event: TlsTransportLogEvent) => void) => {
+  const reported = new Set<string>();
+  return (event) => {
+    if (event.event !== 'rejected' || event.reason !== 'cluster-mismatch') return;
+    const peer = event.nodeId ?? event.remote;
+    if (reported.has(peer) || event.ours === undefined || event.theirs === undefined) return;
+    reported.add(peer);
+    report({
+      peer,
+      ours: event.ours,
+      theirs: event.theirs,
+      remote: event.remote,
+      direction: event.direction,
+    });
+  };
 };

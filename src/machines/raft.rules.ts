@@ -5,6 +5,7 @@
  * machine's own, see log.ts); everything else changes through `patch`.
  */
 import { assert } from './assert.js';
+import { noopData } from './cluster-id.js';
 import { commitIndexByQuorum } from './commit.js';
 import {
   append,
@@ -116,6 +117,7 @@ export const initialContext = (input: RaftInput): RaftContext => {
     incarnationCounters: { resets: 0, staleIgnored: 0 },
     join: input.join === true,
     forceRecovery: input.forceRecovery === true,
+    newClusterId: input.newClusterId,
     recovering: input.recovering === true || input.hardState?.votedFor === RECOVERING_VOTE,
     recovery: { round: 0, answers: {}, target: null, heardTarget: false },
     recoveryCounters: emptyRecoveryCounters(),
@@ -619,7 +621,12 @@ export const becomeLeader = (context: RaftContext): Outcome => {
   const progress: Record<NodeId, ReturnType<typeof createProgress>> = {};
   // Answers from incarnations older than the crash vector knows were sent before a restart (rule 1).
   for (const peer of peersOf(context)) progress[peer] = createProgress(last, context.crashVector[peer] ?? 0);
-  const noop: Entry = { term: context.currentTerm, kind: 'noop', data: null };
+  // The first leader of a new cluster mints its id into the cluster's first entry (cluster-id.ts).
+  const noop: Entry = {
+    term: context.currentTerm,
+    kind: 'noop',
+    data: noopData(last + 1, context.newClusterId),
+  };
   append(context.log, [noop]);
   const leading = after(context, {
     patch: { progress, leaderId: context.id, readRounds: [], pendingReadIds: [] },

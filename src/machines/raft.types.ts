@@ -59,6 +59,8 @@ export type RaftInput = RaftTimings & {
   join?: boolean;
   /** Operator: complete recovery from the members that still hold state even without a majority. */
   forceRecovery?: boolean;
+  /** The id this server mints if it becomes the first leader of a new cluster (cluster-id.ts). */
+  newClusterId?: string;
 };
 
 /** The leader a recovering server copies its log from: up to `lastIndex`, in `term`. */
@@ -106,6 +108,8 @@ export type RaftContext = {
   readonly incarnationCounters: { resets: number; staleIgnored: number };
   readonly join: boolean;
   readonly forceRecovery: boolean;
+  /** The id minted into the first no-op if this server leads a new cluster (cluster-id.ts). */
+  readonly newClusterId: string | undefined;
   /** True from an amnesiac start until recovery completes (docs/design/recovery.md). */
   recovering: boolean;
   recovery: RecoveryState;

@@ -45,6 +45,7 @@ describe('amnesia: bootstrap the README way, and join never bootstraps', () => {
     cluster = c;
     const leader = await c.waitForLeader(LEADER_BOUND_MS, { agreed: true });
     for (let i = 0; i < 20; i += 1) await c.set(IDS[i % 2]!, `k${i}`, i);
+    const clusterId = (await c.metrics(leader.leaderId)).clusterId;
 
     const startedAt = nowMs();
     await c.restart('node-3');
@@ -58,6 +59,7 @@ describe('amnesia: bootstrap the README way, and join never bootstraps', () => {
       .map((e) => e.recovering)
       .filter((x, i, all) => i === 0 || x !== all[i - 1]);
     expect(states, 'node-3 starts recovering, then recovers').toEqual([true, false]);
+    const node3ClusterId = (await c.metrics('node-3')).clusterId;
     for (let i = 0; i < 20; i += 1) expect(await c.get('node-3', `k${i}`, { consistency: 'local' })).toBe(i);
     for (let i = 0; i < 20; i += 1) expect(await c.get('node-3', `k${i}`)).toBe(i);
     expect(
@@ -66,6 +68,9 @@ describe('amnesia: bootstrap the README way, and join never bootstraps', () => {
     ).toEqual([]);
     expect(c.currentLeader()?.leaderId).toBe(leader.leaderId);
     expect(twoLeadersInATerm(c.timeline)).toEqual([]);
+    // Last, so that bootstrap and recovery are judged first: the id minted and the one recovered into.
+    expect(clusterId, 'the first leader minted a cluster id').toBeTypeOf('string');
+    expect(node3ClusterId, "node-3 holds the cluster's id").toBe(clusterId);
   }, 60_000);
 
   it('join: true with every peer unreachable, then with an empty join peer: never leads, never bootstraps', async () => {
@@ -94,9 +99,9 @@ describe('amnesia: bootstrap the README way, and join never bootstraps', () => {
     for (const id of ['node-1', 'node-2']) {
       const m = await c.metrics(id);
       expect(
-        { recovering: m.recovering, term: m.term, role: m.role },
+        { recovering: m.recovering, clusterId: m.clusterId, term: m.term, role: m.role },
         `${id} in join mode${timeline}`,
-      ).toEqual({ recovering: true, term: 0, role: 'follower' });
+      ).toEqual({ recovering: true, clusterId: null, term: 0, role: 'follower' });
     }
     expect(
       c.timeline.filter((e) => e.event === 'role' && e.role !== 'follower'),

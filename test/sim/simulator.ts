@@ -11,6 +11,7 @@ import { createRaftNode, type RaftNode, type RaftNodeOptions } from '../../src/a
 import { decodeCommand } from '../../src/io/command.js';
 import type { RaftTransport, TransportMessage } from '../../src/io/transport.js';
 import { assert } from '../../src/machines/assert.js';
+import { clusterIdFromSeed } from '../../src/machines/cluster-id.js';
 import { type Entry, isRequest, type RaftMessage } from '../../src/machines/messages.js';
 import { createRng } from '../../src/machines/rng.js';
 import { createSafetyChecker, type ServerView } from './invariants.js';
@@ -278,6 +279,8 @@ export const createSimulation = (options: SimOptions) => {
       seed: rng.int(1, 2 ** 31),
       session: rng.int(1, 2 ** 31),
       incarnation: server.incarnation,
+      // Deterministic per seed, server and start (a real node draws 16 random bytes).
+      newClusterId: clusterIdFromSeed(options.seed, ids.indexOf(server.id), server.incarnation),
       ...((server.incarnation === 1 && options.firstStart !== 'blank') || options.amnesiacRecovers === false
         ? { recovering: false }
         : {}),
@@ -379,10 +382,26 @@ export const createSimulation = (options: SimOptions) => {
       return view;
     });
 
+  /** The cluster id every server that knows one agreed on (machines/cluster-id.ts). */
+  let clusterId: string | null = null;
+  /**
+   * One cluster, one id: every server that knows a cluster id knows the same one, from the first
+   * step one is known to the end (amnesiac restarts learn it again; none mints a second one).
+   */
+  const checkClusterId = (): void => {
+    for (const server of servers.values()) {
+      const known = server.node?.clusterId() ?? null;
+      if (known === null) continue;
+      clusterId ??= known;
+      if (known !== clusterId) fail(`cluster id: ${server.id} knows ${known}, others ${clusterId}`);
+    }
+  };
+
   const checkSafety = (): void => {
     if (durabilityViolation !== null) fail(durabilityViolation);
     const violation = checker.check(views());
     if (violation) fail(`${violation.property}: ${violation.detail}`);
+    checkClusterId();
   };
 
   /** Runs one event; false when nothing is scheduled. */
@@ -515,8 +534,9 @@ export const createSimulation = (options: SimOptions) => {
       assertUncompacted(id);
       const entries = persistedOf(serverOf(id)).entries;
       for (let index = 0; index < status.commitIndex; index += 1) {
-        const data = entries[index]!.data;
-        if (!data) continue;
+        const { kind, data } = entries[index]!;
+        // No-ops carry no command (the cluster's first carries its id, machines/cluster-id.ts).
+        if (kind !== 'command' || !data) continue;
         const command = decodeCommand(data);
         if (command.op === 'set' && command.value === value) return true;
       }
@@ -566,6 +586,8 @@ export const createSimulation = (options: SimOptions) => {
     seed: options.seed,
     ids,
     rng,
+    /** The cluster id the servers agreed on, or null while none knows one. */
+    clusterId: () => clusterId,
     now: () => nowMs,
     steps: () => steps,
     runFor,

@@ -111,8 +111,17 @@ describe('frame decoding: round trips', () => {
     let seen: Handshake | null = null;
     const decoder = createFrameDecoder({ onHandshake: (h) => (seen = h) });
     const frames = decoder.push(concat([encoder.handshake('node-1'), encoder.messages(messages)]));
-    expect(seen).toEqual({ protocol: 'diskeyval', version: PROTOCOL_VERSION, nodeId: 'node-1' });
+    expect(seen).toEqual({
+      protocol: 'diskeyval',
+      version: PROTOCOL_VERSION,
+      nodeId: 'node-1',
+      clusterId: null,
+    });
     expect(decoder.handshake()?.nodeId).toBe('node-1');
+    const id = '0123456789abcdef0123456789abcdef';
+    const withId = createFrameDecoder();
+    withId.push(encoder.handshake('node-2', PROTOCOL_VERSION, id));
+    expect(withId.handshake()?.clusterId).toBe(id);
     expect(frames).toEqual([messages]);
     const entries = (frames[0]![1] as AppendEntries).entries;
     expect(entries[0]!.data).toBeNull();
@@ -228,6 +237,9 @@ describe('frame decoding: errors', () => {
     expect(first({ protocol: 'diskeyval', version: 1 })).toBe('BAD_HANDSHAKE');
     expect(first({ protocol: 'diskeyval', version: 1, nodeId: '' })).toBe('BAD_HANDSHAKE');
     expect(first({ protocol: 'diskeyval', version: 1, nodeId: 42 })).toBe('BAD_HANDSHAKE');
+    // The cluster id (machines/cluster-id.ts): null, absent or 32 lower-case hex digits.
+    expect(first({ protocol: 'diskeyval', version: 1, nodeId: 'a', clusterId: 'ABC' })).toBe('BAD_HANDSHAKE');
+    expect(first({ protocol: 'diskeyval', version: 1, nodeId: 'a', clusterId: 7 })).toBe('BAD_HANDSHAKE');
     expect(codeOf(() => createFrameDecoder().push(concat([header(2), Uint8Array.of(0xc1, 0xc1)])))).toBe(
       'MALFORMED_FRAME',
     );

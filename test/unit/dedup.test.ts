@@ -179,13 +179,14 @@ const retryAfterLeaderChange = async (seed: number) => {
     3000,
     'every server to apply everything',
   );
-  const tagOf = (data: Uint8Array | null) => (data ? decodeCommand(data) : null);
+  // No-ops carry no command (the cluster's first one carries its id, machines/cluster-id.ts).
+  const tagOf = (item: Entry) => (item.kind === 'command' && item.data ? decodeCommand(item.data) : null);
   const firstTag = sim
     .persisted(other)
-    .entries.map((item) => tagOf(item.data))
+    .entries.map(tagOf)
     .find((command) => command?.value === 'x')!;
   const copies = sim.persisted(other).entries.filter((item) => {
-    const command = tagOf(item.data);
+    const command = tagOf(item);
     return command?.session === firstTag.session && command.seq === firstTag.seq;
   }).length;
   return {
