@@ -63,6 +63,7 @@ import type {
   RecoveryTarget,
 } from './raft.types.js';
 import { nextInt } from './rng.js';
+import { electionTicksOf, tickMsOf } from './ticks.js';
 
 export const DEFAULT_MAX_INFLIGHT = 8;
 export const DEFAULT_MAX_ENTRIES_PER_APPEND = 512;
@@ -81,10 +82,19 @@ const persistHardState = (term: number, votedFor: NodeId | null): RaftEmitted =>
   entries: [],
 });
 
-/** Draws the next election timeout from [T, 2T) with the machine's seeded generator (§5.2). */
-export const drawElectionTimeout = (context: Pick<RaftContext, 'rng' | 'electionTimeoutMs'>) => {
+/**
+ * Draws the next election timeout from [T, 2T) with the machine's seeded generator (§5.2), in ms
+ * for the candidates' delays and in whole ticks (rounded down) for the follower's count, which
+ * starts over.
+ */
+export const drawElectionTimeout = (context: Pick<RaftContext, 'rng' | 'electionTimeoutMs' | 'tickMs'>) => {
   const [timeoutMs, rng] = nextInt(context.rng, context.electionTimeoutMs, 2 * context.electionTimeoutMs);
-  return { randomizedElectionTimeoutMs: timeoutMs, rng };
+  return {
+    randomizedElectionTimeoutMs: timeoutMs,
+    randomizedElectionTimeoutTicks: Math.max(1, Math.floor(timeoutMs / context.tickMs)),
+    electionElapsedTicks: 0,
+    rng,
+  };
 };
 
 /** The recovery counters of a machine that has done nothing yet (tests and metrics). */
@@ -129,7 +139,10 @@ export const initialContext = (input: RaftInput): RaftContext => {
     persistedIndex: (input.snapshot?.index ?? 0) + (input.entries?.length ?? 0),
     leaderId: null,
     rng: input.seed | 0,
+    tickMs: tickMsOf(input.electionTimeoutMs),
     randomizedElectionTimeoutMs: input.electionTimeoutMs,
+    randomizedElectionTimeoutTicks: electionTicksOf(input.electionTimeoutMs),
+    electionElapsedTicks: 0,
     votes: {},
     progress: {},
     readSeq: 0,
@@ -248,6 +261,30 @@ export const rejectVote = (context: RaftContext, request: RequestVote): Outcome 
 
 // ---------------------------------------------------------------------------------------------
 // Followers
+
+/**
+ * The follower's election timer (§5.2) counts the node's ticks (ticks.ts): an election, or a
+ * recovering server's retry, is due on the tick that reaches the timeout drawn at the last reset.
+ */
+export const isElectionDue = (context: RaftContext): boolean =>
+  context.electionElapsedTicks + 1 >= context.randomizedElectionTimeoutTicks;
+
+export const countTick = (context: RaftContext): Outcome => ({
+  patch: { electionElapsedTicks: context.electionElapsedTicks + 1 },
+});
+
+/** Hearing from the leader, granting a vote or becoming follower starts the count over. */
+export const resetElectionTimer = (context: RaftContext): Outcome =>
+  context.electionElapsedTicks === 0 ? {} : { patch: { electionElapsedTicks: 0 } };
+
+/**
+ * Persist order (dissertation §10.2.1, raft.types.ts): a leader's AppendEntries and heartbeats
+ * promise nothing about its own disk, so they may leave before its log write is durable (it counts
+ * itself toward a commit only up to `persisted`). Every other message waits: an answer or a vote
+ * request states what this server holds or has promised, which a crash must not take back.
+ */
+export const mayLeaveBeforePersist = (message: RaftMessage): boolean =>
+  message.type === 'AppendEntries' || message.type === 'Heartbeat';
 
 /** A recovering server's answers say so: its leader replicates to it but does not count it (rule 3). */
 const markRecovering = <M extends AppendEntriesResponse | HeartbeatResponse | InstallSnapshotResponse>(
@@ -936,7 +973,6 @@ export const startRecoveryRound = (context: RaftContext): Outcome => {
   const started = merge(mark, {
     patch: { recovery: { round, answers: {}, target: null, heardTarget: false }, ...timing },
     send: requests,
-    emitted: [{ type: 'electionTimerReset', timeoutMs: timing.randomizedElectionTimeoutMs }],
   });
   // A single-server cluster has no one to ask: it decides at once.
   if (context.voters.length > 1) return started;
@@ -953,7 +989,7 @@ export const enterRecovering = (context: RaftContext): Outcome => {
   if (context.recovery.round > 0) context.recoveryCounters.termChanges += 1;
   return context.recovery.round === 0 || context.recovery.target !== null
     ? startRecoveryRound(context)
-    : { emitted: [{ type: 'electionTimerReset', timeoutMs: context.randomizedElectionTimeoutMs }] };
+    : { patch: { electionElapsedTicks: 0 } };
 };
 
 /**
@@ -963,10 +999,7 @@ export const enterRecovering = (context: RaftContext): Outcome => {
 export const retryRecovery = (context: RaftContext): Outcome => {
   if (canBootstrap(context)) return recovered(context, 'bootstrapped');
   if (context.recovery.target !== null && context.recovery.heardTarget) {
-    return {
-      patch: { recovery: { ...context.recovery, heardTarget: false } },
-      emitted: [{ type: 'electionTimerReset', timeoutMs: context.randomizedElectionTimeoutMs }],
-    };
+    return { patch: { recovery: { ...context.recovery, heardTarget: false }, electionElapsedTicks: 0 } };
   }
   return startRecoveryRound(context);
 };
