@@ -26,8 +26,8 @@ import { assert, isCount } from '../machines/assert.js';
 import type { InstallSnapshot, NodeId, RaftMessage, SnapshotChunkAck } from '../machines/messages.js';
 import { isChunkAck, RAFT_MESSAGE_TYPES } from '../machines/messages.js';
 import { type RaftMachine, raftMachine, roleOf } from '../machines/raft.machine.js';
-import { emptyRecoveryCounters } from '../machines/raft.rules.js';
 import { goesBeforePersist, type RaftEmitted, type Role } from '../machines/raft.types.js';
+import { emptyRecoveryCounters } from '../machines/rules/index.js';
 import { tickMsOf } from '../machines/ticks.js';
 import type { ClientMessage, ClientPropose, ClientRead } from './client-messages.js';
 import { isWellFormedClientMessage } from './client-messages.js';
@@ -557,12 +557,22 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   const tickMs = tickMsOf(options.electionTimeoutMs);
   let tickTimer: unknown = null;
 
-  /** One clock timer for the node's life: every `tickMs`, one `tick` event to the machine. */
+  /** One clock timer: every `tickMs`, one `tick` event to the machine. */
   const onTick = (): void => {
     tickTimer = null;
     if (stopped || !actor) return;
     tickTimer = clock.setTimeout(onTick, tickMs);
     actor.send({ type: 'tick' });
+  };
+
+  /** Only a follower counts ticks (candidates' and leaders' timers are XState delays): tick while one. */
+  const tickWhile = (role: Role): void => {
+    if (role === 'follower' && tickTimer === null && !stopped) {
+      tickTimer = clock.setTimeout(onTick, tickMs);
+    } else if (role !== 'follower' && tickTimer !== null) {
+      clock.clearTimeout(tickTimer);
+      tickTimer = null;
+    }
   };
 
   // ---- the outbox: durable before acknowledged (durable logs only) ------------------------------
@@ -693,6 +703,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     if (before && before.role === now.role && before.term === now.term && before.leaderId === now.leaderId)
       return;
     lastStatus = now;
+    tickWhile(now.role);
     if (now.role === 'leader' && before?.role !== 'leader') metrics.elections += 1;
     // A snapshot transfer (the whole store's bytes) does not outlive the leadership that began it.
     if (now.role !== 'leader' || now.term !== before?.term) transfers.clear();
@@ -961,7 +972,6 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     for (const type of EMITTED_TYPES) actor.on(type, (emitted) => onEmitted(emitted as RaftEmitted));
     actor.subscribe({ next: noticeRoleChange });
     actor.start();
-    tickTimer = clock.setTimeout(onTick, tickMs);
     noticeRoleChange();
   };
 

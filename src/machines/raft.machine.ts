@@ -19,12 +19,12 @@
  * `beforePersist`, raft.types.ts): the node's outbox only obeys it.
  *
  * The machine is pure: it reads only (context, event) and asks for everything else with emitted
- * outputs (see raft.types.ts). The bookkeeping per entry lives in log.ts and progress.ts.
+ * outputs (see raft.types.ts). The bookkeeping per entry lives in raft-log.ts and progress.ts.
  */
 import { enqueueActions, raise, setup } from 'xstate';
 import type { RaftMessage } from './messages.js';
-import * as rules from './raft.rules.js';
 import type { Outcome, RaftContext, RaftEmitted, RaftEvent, RaftInput } from './raft.types.js';
+import * as rules from './rules/index.js';
 
 type MessageOf<T extends RaftMessage['type']> = Extract<RaftMessage, { type: T }>;
 

@@ -3,9 +3,10 @@
  * rule 1): what it needs from the world arrives as events below, and what it wants done leaves as
  * emitted outputs that the node's actors carry out.
  */
-import type { RaftLog } from './log.js';
+
 import type { CrashVector, Entry, NodeId, RaftMessage, RecoveryResponse } from './messages.js';
 import type { Progress } from './progress.js';
+import type { RaftLog } from './raft-log.js';
 import type { RngState } from './rng.js';
 
 export type Role = 'follower' | 'candidate' | 'leader';

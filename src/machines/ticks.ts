@@ -6,7 +6,7 @@
  *
  * The tick is a fixed fraction of the election timeout T: tickMs = max(1, floor(T / 10)), and T is
  * `electionTicksOf(T)` = max(1, round(T / tickMs)) ticks (10 for any T >= 10 ms). A follower times
- * out after a whole number of ticks drawn from [T, 2T) (raft.rules.ts, drawElectionTimeout), so
+ * out after a whole number of ticks drawn from [T, 2T) (rules/shared.ts, drawElectionTimeout), so
  * its actual wait is that many ticks minus the part of a tick that had passed at the reset.
  */
 import { assert } from './assert.js';

@@ -6,8 +6,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import type { RaftMessage } from '../../src/machines/messages.js';
-import { mayLeaveBeforePersist } from '../../src/machines/raft.rules.js';
 import { goesBeforePersist, type RaftEmitted } from '../../src/machines/raft.types.js';
+import { mayLeaveBeforePersist } from '../../src/machines/rules/index.js';
 import { createCluster } from './cluster.js';
 
 const VOTERS = ['s1', 's2', 's3'];

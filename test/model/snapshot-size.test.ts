@@ -4,8 +4,8 @@
  * never entries or values, so its size does not grow with the log.
  */
 import { describe, expect, it } from 'vitest';
-import { createLog, summarizeLog } from '../../src/machines/log.js';
 import { createProgress } from '../../src/machines/progress.js';
+import { createLog, summarizeLog } from '../../src/machines/raft-log.js';
 import { createCluster } from './cluster.js';
 
 const VOTERS = ['s1', 's2', 's3'];

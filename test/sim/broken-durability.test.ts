@@ -1,7 +1,7 @@
 /**
  * Durable before acknowledged (ARCHITECTURE.md rule 4), shown to be checked: a raft node that lets
  * its vote answers, or its append answers, leave before the flush that covers them (the machine's
- * persist-order rule `mayLeaveBeforePersist` of raft.rules.ts, mocked to say yes to them too) is
+ * persist-order rule `mayLeaveBeforePersist` of rules/all-servers.ts, mocked to say yes to them too) is
  * caught by the durable-disk simulation, while the real code passes the same seeds.
  *
  * Two ways to catch it: the wire check (the simulator compares every granted vote and every
@@ -26,8 +26,8 @@ const flags = vi.hoisted(() => ({
   early: new Set<string>(),
 }));
 
-vi.mock('../../src/machines/raft.rules.js', async (importOriginal) => {
-  const original = await importOriginal<typeof import('../../src/machines/raft.rules.js')>();
+vi.mock('../../src/machines/rules/index.js', async (importOriginal) => {
+  const original = await importOriginal<typeof import('../../src/machines/rules/index.js')>();
   return {
     ...original,
     recordVote: (

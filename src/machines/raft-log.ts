@@ -1,5 +1,6 @@
 /**
- * The in-memory Raft log (Raft paper §5.3) with a compacted prefix (§7). Indexes start at 1.
+ * The raft machine's in-memory view of the log (Raft paper §5.3) with a compacted prefix (§7); what
+ * is on disk is the log actor's (src/actors). Indexes start at 1.
  * Entries at or below `offset` were compacted into a snapshot: only the term of the last of them
  * (`offsetTerm`) is kept, so the consistency check still works at the snapshot point. Index 0 is
  * the empty prefix with term 0 (offset 0, offsetTerm 0 for a log that never compacted).
