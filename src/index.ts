@@ -23,7 +23,7 @@ import {
 import type { RaftTransport } from './io/transport.js';
 import type { WalCutReason } from './io/wal.js';
 import { clusterIdFromBytes } from './machines/cluster-id.js';
-import { DEFAULT_MAX_APPEND_BYTES } from './machines/raft.rules.js';
+import { DEFAULT_MAX_APPEND_BYTES } from './machines/rules/index.js';
 import {
   DEFAULT_MAX_VALUE_BYTES,
   encodeCheckedValue,

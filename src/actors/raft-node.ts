@@ -10,7 +10,8 @@
  * Every output then goes through an outbox, in emission order: a `persist` is recorded in the log
  * at once (its in-memory mirror, which the machine already agrees with) and starts a flush after
  * the current tick; every other output waits in the outbox until every persist emitted before it is
- * durable, then is carried out in its original order. One flush is one write and one fdatasync of
+ * durable, then is carried out in its original order, except a `send` that the machine marks
+ * `beforePersist` (a leader's AppendEntries and heartbeats, raft.types.ts), which goes at once. One flush is one write and one fdatasync of
  * everything persisted since the previous one; outputs emitted while a flush runs queue behind it
  * and their persists form the next group. With the memory log nothing waits: outputs are carried
  * out at once, synchronously (the simulator relies on it).
@@ -26,8 +27,9 @@ import { clusterIdOfLog } from '../machines/cluster-id.js';
 import type { InstallSnapshot, NodeId, RaftMessage, SnapshotChunkAck } from '../machines/messages.js';
 import { isChunkAck, RAFT_MESSAGE_TYPES } from '../machines/messages.js';
 import { type RaftMachine, raftMachine, roleOf } from '../machines/raft.machine.js';
-import { emptyRecoveryCounters } from '../machines/raft.rules.js';
-import type { RaftEmitted, Role } from '../machines/raft.types.js';
+import { goesBeforePersist, type RaftEmitted, type Role } from '../machines/raft.types.js';
+import { emptyRecoveryCounters } from '../machines/rules/index.js';
+import { tickMsOf } from '../machines/ticks.js';
 import type { ClientMessage, ClientPropose, ClientRead } from './client-messages.js';
 import { isWellFormedClientMessage } from './client-messages.js';
 import { type Clock, createDeadlines } from './deadlines.js';
@@ -101,12 +103,6 @@ export type RaftNodeOptions = {
   unreachablePeers?: () => Array<{ nodeId: NodeId; reason: string }>;
   /** A committed entry did not decode and was applied as a no-op (store.ts). */
   onUndecodable?: (index: number, reason: string) => void;
-  /**
-   * Test hook, for the suite's deliberately broken variants only: the message types a durable node
-   * sends without waiting for the flush that covers them. Default (the correct rule):
-   * AppendEntries and Heartbeat, which promise nothing about this node's disk.
-   */
-  sendsBeforeFlush?: ReadonlySet<RaftMessage['type']>;
 };
 
 export type RaftStatus = {
@@ -132,8 +128,6 @@ const realClock: Clock = {
 };
 
 const RAFT_TYPES = new Set<string>(RAFT_MESSAGE_TYPES);
-/** A leader's AppendEntries and heartbeats promise nothing about its own disk (§10.2.1). */
-const SENDS_BEFORE_FLUSH: ReadonlySet<RaftMessage['type']> = new Set(['AppendEntries', 'Heartbeat']);
 const DEFAULT_COMPACT_EVERY = 10_000;
 const DEFAULT_SNAPSHOT_CHUNK_BYTES = 1024 * 1024;
 const DEFAULT_SNAPSHOT_WINDOW_CHUNKS = 4;
@@ -152,14 +146,12 @@ const EMITTED_TYPES = [
   'proposalsRejected',
   'readsReady',
   'readsRejected',
-  'electionTimerReset',
 ] as const;
 
 export const createRaftNode = (options: RaftNodeOptions) => {
   const clock = options.clock ?? realClock;
   const nowMs = options.nowMs ?? (() => performance.now());
   const defer = options.defer ?? queueMicrotask;
-  const sendsBeforeFlush = options.sendsBeforeFlush ?? SENDS_BEFORE_FLUSH;
   let log: LogActor = options.log ?? createMemoryLog();
   const deadlines = createDeadlines(clock, nowMs);
   const metrics = {
@@ -562,49 +554,30 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       case 'readsRejected':
         answerReads(emitted.ids, -1, emitted.leaderId);
         return;
-      case 'electionTimerReset':
-        resetElectionTimer(emitted.timeoutMs);
-        return;
     }
   };
 
-  // ---- the follower's election timer -----------------------------------------------------------
+  // ---- the clock's tick: the machine's follower election timer counts it (ticks.ts) -----------
 
-  /**
-   * The machine says when a follower's election timer starts over (`electionTimerReset`: on
-   * becoming a follower, hearing from the leader, granting a vote); `electionTimeout` goes to it
-   * once that much time passed without a reset while it is still a follower. One clock timer,
-   * armed for the earliest deadline it may have to meet and re-armed when it fires before the
-   * current deadline: a reset per message moves a number, it does not cancel and start a timer.
-   */
-  let electionDeadline = Number.POSITIVE_INFINITY;
-  let electionTimer: unknown = null;
-  let electionTimerAt = Number.POSITIVE_INFINITY;
+  const tickMs = tickMsOf(options.electionTimeoutMs);
+  let tickTimer: unknown = null;
 
-  const armElectionTimer = (at: number, now: number): void => {
-    if (electionTimer !== null) clock.clearTimeout(electionTimer);
-    electionTimerAt = at;
-    electionTimer = clock.setTimeout(onElectionTimer, at - now);
+  /** One clock timer: every `tickMs`, one `tick` event to the machine. */
+  const onTick = (): void => {
+    tickTimer = null;
+    if (stopped || !actor) return;
+    tickTimer = clock.setTimeout(onTick, tickMs);
+    actor.send({ type: 'tick' });
   };
 
-  const resetElectionTimer = (timeoutMs: number): void => {
-    if (stopped) return;
-    const now = nowMs();
-    electionDeadline = now + timeoutMs;
-    if (electionTimer === null || electionTimerAt > electionDeadline) armElectionTimer(electionDeadline, now);
-  };
-
-  const onElectionTimer = (): void => {
-    electionTimer = null;
-    electionTimerAt = Number.POSITIVE_INFINITY;
-    if (stopped || !actor || roleOf(actor.getSnapshot().value) !== 'follower') return;
-    const now = nowMs();
-    if (now < electionDeadline) {
-      armElectionTimer(electionDeadline, now);
-      return;
+  /** Only a follower counts ticks (candidates' and leaders' timers are XState delays): tick while one. */
+  const tickWhile = (role: Role): void => {
+    if (role === 'follower' && tickTimer === null && !stopped) {
+      tickTimer = clock.setTimeout(onTick, tickMs);
+    } else if (role !== 'follower' && tickTimer !== null) {
+      clock.clearTimeout(tickTimer);
+      tickTimer = null;
     }
-    electionDeadline = Number.POSITIVE_INFINITY;
-    actor.send({ type: 'electionTimeout' });
   };
 
   // ---- the outbox: durable before acknowledged (durable logs only) ------------------------------
@@ -669,8 +642,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
 
   /** Every output of the machine arrives here, in emission order. */
   const onEmitted = (emitted: RaftEmitted): void => {
-    // A timer of this node, not an output to the world: nothing to wait for.
-    if (!log.durable || emitted.type === 'electionTimerReset') {
+    if (!log.durable) {
       carryOut(emitted);
       return;
     }
@@ -699,18 +671,10 @@ export const createRaftNode = (options: RaftNodeOptions) => {
       carryOut(emitted);
       return;
     }
-    if (emitted.type === 'send') {
-      // A leader's AppendEntries and heartbeats promise nothing about its own disk: they go at
-      // once, and the leader counts itself toward a commit only up to `persisted` (§10.2.1).
-      // Answers and vote requests wait for the flush.
-      const goesEarly = (message: RaftMessage): boolean => sendsBeforeFlush.has(message.type);
-      const early = emitted.messages.filter(goesEarly);
-      if (early.length > 0) {
-        carryOut({ type: 'send', messages: early });
-        if (early.length === emitted.messages.length) return;
-        hold({ type: 'send', messages: emitted.messages.filter((message) => !goesEarly(message)) });
-        return;
-      }
+    // The machine says what may leave before the persists ahead of it are durable (raft.types.ts).
+    if (goesBeforePersist(emitted)) {
+      carryOut(emitted);
+      return;
     }
     hold(emitted);
   };
@@ -744,6 +708,7 @@ export const createRaftNode = (options: RaftNodeOptions) => {
     if (before && before.role === now.role && before.term === now.term && before.leaderId === now.leaderId)
       return;
     lastStatus = now;
+    tickWhile(now.role);
     if (now.role === 'leader' && before?.role !== 'leader') metrics.elections += 1;
     // A snapshot transfer (the whole store's bytes) does not outlive the leadership that began it.
     if (now.role !== 'leader' || now.term !== before?.term) transfers.clear();
@@ -1030,8 +995,8 @@ export const createRaftNode = (options: RaftNodeOptions) => {
   };
   const stopOnce = async (): Promise<void> => {
     stopped = true;
-    if (electionTimer !== null) clock.clearTimeout(electionTimer);
-    electionTimer = null;
+    if (tickTimer !== null) clock.clearTimeout(tickTimer);
+    tickTimer = null;
     actor?.stop();
     requests.stop();
     deadlines.clear();

@@ -7,7 +7,7 @@
  */
 import { expect } from 'vitest';
 import { createMemoryLog, type LogActor, type MemoryLog, type PersistedState } from '../../src/actors/log.js';
-import { createRaftNode, type RaftNode, type RaftNodeOptions } from '../../src/actors/raft-node.js';
+import { createRaftNode, type RaftNode } from '../../src/actors/raft-node.js';
 import { decodeCommand } from '../../src/io/command.js';
 import type { RaftTransport, TransportMessage } from '../../src/io/transport.js';
 import { assert } from '../../src/machines/assert.js';
@@ -79,8 +79,6 @@ export type SimOptions = {
    * answer promises is synced (default true). Off, only the Raft safety properties judge a run.
    */
   checkDurability?: boolean;
-  /** Passed to every raft node (test hook for broken variants, see raft-node.ts). */
-  sendsBeforeFlush?: RaftNodeOptions['sendsBeforeFlush'];
   /**
    * The first start of every server: 'bootstrapped' (default) starts them as members of a cluster
    * already formed, so scenarios time their first election from 0; 'blank' starts them as a new
@@ -298,7 +296,6 @@ export const createSimulation = (options: SimOptions) => {
         : (fn) => {
             agenda.push(nowMs, fn);
           },
-      ...(options.sendsBeforeFlush ? { sendsBeforeFlush: options.sendsBeforeFlush } : {}),
       ...(options.maxInflight ? { maxInflight: options.maxInflight } : {}),
       ...(options.maxEntriesPerAppend ? { maxEntriesPerAppend: options.maxEntriesPerAppend } : {}),
       compactEvery: options.compactEvery ?? 0,
