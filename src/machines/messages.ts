@@ -89,7 +89,9 @@ export type RecoveryRequest = {
 /**
  * The answer to a RecoveryRequest, echoing its nonce (`incarnation` of the asker, `round`).
  * `leaderLastIndex` is the answering leader's last log index (-1 when it does not lead); `blank`
- * says the answering server holds no state at all (term 0, empty log), which only bootstrap uses.
+ * says the answering server holds no state at all (term 0, empty log), which only bootstrap uses;
+ * `holdsLog` says its log is not empty (an entry or a snapshot): a cluster exists, so the asker never
+ * bootstraps another for the rest of its recovery (docs/design/recovery.md).
  */
 export type RecoveryResponse = {
   type: 'RecoveryResponse';
@@ -100,6 +102,7 @@ export type RecoveryResponse = {
   round: number;
   recovering: boolean;
   blank: boolean;
+  holdsLog: boolean;
   leaderLastIndex: number;
   crashVector: CrashVector;
 };

@@ -74,6 +74,12 @@ export type RecoveryState = {
   target: RecoveryTarget | null;
   /** The target leader sent entries since the last retry timeout (the round is not stuck). */
   heardTarget: boolean;
+  /**
+   * Some answer of this recovery, in any round, came from a member whose log is not empty: the
+   * cluster exists (and has an id), so this server never bootstraps another (a slow answer that
+   * missed one round must not let empty members start over beside it).
+   */
+  heardLog: boolean;
 };
 
 /** Counted in place, for tests and metrics: the hard cases of recovery that happened. */

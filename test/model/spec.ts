@@ -50,6 +50,8 @@ export type SpecRecovery = {
   readonly answers: Readonly<Record<NodeId, RecoveryResponse>>;
   readonly target: { leaderId: NodeId; term: number; lastIndex: number } | null;
   readonly heardTarget: boolean;
+  /** A member whose log is not empty answered in some round of this recovery: never bootstrap. */
+  readonly heardLog: boolean;
 };
 
 export type SpecRole = 'follower' | 'candidate' | 'leader';
@@ -159,7 +161,7 @@ export const initServer = (
   recoveringOf: {},
   // A crash in the middle of recovery leaves the mark on the disk: the server recovers again.
   recovering: recovering || persistent?.votedFor === RECOVERING_VOTE,
-  recovery: { round: 0, answers: {}, target: null, heardTarget: false },
+  recovery: { round: 0, answers: {}, target: null, heardTarget: false, heardLog: false },
   crashVector: { [id]: incarnation },
   voteIncarnations: {},
 });
@@ -655,7 +657,7 @@ const startRecoveryRound = (s: SpecServer): SpecStep => {
   const next: SpecServer = {
     ...s,
     votedFor: RECOVERING_VOTE,
-    recovery: { round, answers: {}, target: null, heardTarget: false },
+    recovery: { round, answers: {}, target: null, heardTarget: false, heardLog: s.recovery.heardLog },
   };
   const send: RecoveryRequest[] = peers(s).map((to) => ({
     type: 'RecoveryRequest',
@@ -681,7 +683,7 @@ const retryRecovery = (s: SpecServer): SpecStep => {
  * answer of the round holds anything.
  */
 const canBootstrap = (s: SpecServer): boolean => {
-  if (!s.recovering || s.recovery.target !== null || !isBlank(s)) return false;
+  if (!s.recovering || s.recovery.target !== null || !isBlank(s) || s.recovery.heardLog) return false;
   const answers = Object.values(s.recovery.answers);
   return answers.every((a) => a.blank) && answers.length + 1 >= majority(s.voters);
 };
@@ -705,6 +707,7 @@ const handleRecoveryRequest = (s: SpecServer, m: RecoveryRequest): SpecStep => {
     round: m.round,
     recovering: s.recovering,
     blank: isBlank(s),
+    holdsLog: s.log.length > 0,
     leaderLastIndex: s.role === 'leader' ? s.log.length : -1,
     crashVector: raised.crashVector,
   };
@@ -716,15 +719,17 @@ const handleRecoveryRequest = (s: SpecServer, m: RecoveryRequest): SpecStep => {
  * term among them, adopt that term as voted in and copy that leader's log up to its last index.
  */
 const handleRecoveryResponse = (s: SpecServer, m: RecoveryResponse): SpecStep => {
-  const raised = raiseCrashVector(s, m.crashVector);
-  const current =
-    s.recovering &&
-    s.recovery.target === null &&
-    m.incarnation === s.incarnation &&
-    m.round === s.recovery.round;
+  const crashed = raiseCrashVector(s, m.crashVector);
+  const ours = s.recovering && m.incarnation === s.incarnation;
+  // Sticky across rounds: a member whose log is not empty answered, so the cluster exists.
+  const raised: SpecServer =
+    ours && m.holdsLog && !s.recovery.heardLog
+      ? { ...crashed, recovery: { ...crashed.recovery, heardLog: true } }
+      : crashed;
+  const current = ours && raised.recovery.target === null && m.round === raised.recovery.round;
   if (!current) return unchanged(raised);
-  const answersBy = { ...s.recovery.answers, [m.from]: m };
-  const withAnswer: SpecServer = { ...raised, recovery: { ...s.recovery, answers: answersBy } };
+  const answersBy = { ...raised.recovery.answers, [m.from]: m };
+  const withAnswer: SpecServer = { ...raised, recovery: { ...raised.recovery, answers: answersBy } };
   const answers = Object.values(answersBy);
   const ready = answers.filter((a) => !a.recovering);
   const term = Math.max(withAnswer.currentTerm, ...ready.map((a) => a.term));

@@ -55,7 +55,7 @@ export const initialContext = (input: RaftInput): RaftContext => {
     forceRecovery: input.forceRecovery === true,
     newClusterId: input.newClusterId,
     recovering: input.recovering === true || input.hardState?.votedFor === RECOVERING_VOTE,
-    recovery: { round: 0, answers: {}, target: null, heardTarget: false },
+    recovery: { round: 0, answers: {}, target: null, heardTarget: false, heardLog: false },
     recoveryCounters: emptyRecoveryCounters(),
     crashVector: { [input.id]: input.incarnation ?? 0 },
     voteIncarnations: {},

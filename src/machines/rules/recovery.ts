@@ -74,6 +74,7 @@ export const answerRecovery = (context: RaftContext, request: RecoveryRequest): 
     round: request.round,
     recovering: context.recovering,
     blank: isBlank(context),
+    holdsLog: lastIndex(context.log) > 0,
     leaderLastIndex: leads ? lastIndex(context.log) : -1,
     crashVector: seen.crashVector,
   };
@@ -105,7 +106,10 @@ export const startRecoveryRound = (context: RaftContext): Outcome => {
           emitted: [persistHardState(context.currentTerm, RECOVERING_VOTE)],
         };
   const started = merge(mark, {
-    patch: { recovery: { round, answers: {}, target: null, heardTarget: false }, ...timing },
+    patch: {
+      recovery: { round, answers: {}, target: null, heardTarget: false, heardLog: context.recovery.heardLog },
+      ...timing,
+    },
     send: requests,
   });
   // A single-server cluster has no one to ask: it decides at once.
@@ -159,16 +163,19 @@ const recovered = (context: RaftContext, counter: 'recovered' | 'bootstrapped' |
  * non-recovering members with state answered.
  */
 export const recordRecoveryAnswer = (context: RaftContext, response: RecoveryResponse): Outcome => {
-  const raised = raiseCrashVector(context, response.crashVector);
-  const current =
-    context.recovering &&
-    context.recovery.target === null &&
-    response.incarnation === context.incarnation &&
-    response.round === context.recovery.round;
+  const crashed = raiseCrashVector(context, response.crashVector);
+  const ours = context.recovering && response.incarnation === context.incarnation;
+  // Sticky across rounds: a member whose log is not empty answered, so the cluster exists.
+  const recovery =
+    ours && response.holdsLog && !context.recovery.heardLog
+      ? { ...context.recovery, heardLog: true }
+      : context.recovery;
+  const raised = recovery === context.recovery ? crashed : merge(crashed, { patch: { recovery } });
+  const current = ours && recovery.target === null && response.round === recovery.round;
   if (!current) return raised;
-  const answers = { ...context.recovery.answers, [response.from]: response };
+  const answers = { ...recovery.answers, [response.from]: response };
   const seen = after(context, raised);
-  const withAnswer = after(seen, { patch: { recovery: { ...context.recovery, answers } } });
+  const withAnswer = after(seen, { patch: { recovery: { ...recovery, answers } } });
   return merge(raised, { patch: { recovery: withAnswer.recovery } }, decideRecovery(withAnswer));
 };
 
@@ -180,6 +187,8 @@ export const recordRecoveryAnswer = (context: RaftContext, response: RecoveryRes
 const canBootstrap = (context: RaftContext): boolean => {
   if (context.join || !context.recovering || context.recovery.target !== null || !isBlank(context))
     return false;
+  // A member whose log is not empty answered in an earlier round: recover into that cluster.
+  if (context.recovery.heardLog) return false;
   const answers = Object.values(context.recovery.answers);
   return answers.every((answer) => answer.blank) && isMajority(answers.length + 1, context.voters.length);
 };
