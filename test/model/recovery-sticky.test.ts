@@ -15,7 +15,14 @@ const VOTERS = ['s1', 's2', 's3'];
 type Server = ReturnType<typeof startServer>;
 
 const blankRecovering = (): Server =>
-  startServer({ id: 's1', voters: VOTERS, electionTimeoutMs: 150, heartbeatMs: 50, seed: 11, recovering: true });
+  startServer({
+    id: 's1',
+    voters: VOTERS,
+    electionTimeoutMs: 150,
+    heartbeatMs: 50,
+    seed: 11,
+    recovering: true,
+  });
 
 const answer = (server: Server, from: string, fields: Partial<RecoveryResponse>): void => {
   const context = server.actor.getSnapshot().context;
@@ -43,7 +50,8 @@ const endRound = (server: Server): void => {
   for (let tick = 0; tick < due; tick += 1) server.actor.send({ type: 'tick' });
 };
 
-const bootstrapped = (server: Server): number => server.actor.getSnapshot().context.recoveryCounters.bootstrapped;
+const bootstrapped = (server: Server): number =>
+  server.actor.getSnapshot().context.recoveryCounters.bootstrapped;
 
 describe('recovery never bootstraps once a member holding a log answered', () => {
   it('a blank majority in one round still bootstraps (a new cluster forms the README way)', () => {
