@@ -5,10 +5,10 @@
 
 import { randomInt } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import type { InspectionEvent } from 'xstate';
-import type { MemoryLog } from './actors/log.js';
+import type { InspectionEvent, Observer } from 'xstate';
+import type { MemoryLog } from './actors/memory-log.js';
 import { dropSupersededAppends } from './actors/peer.js';
-import { createRaftNode } from './actors/raft-node.js';
+import { createNode } from './actors/node.js';
 import { createReachability } from './actors/reachability.js';
 import type { Change } from './actors/store.js';
 import { createWalLog, type WalLog } from './actors/wal-log.js';
@@ -55,8 +55,12 @@ export type DiskeyvalOptions = {
   maxValueBytes?: number;
   /** Seed for the election timeout generator; random when absent. */
   seed?: number;
-  /** XState inspection callback: watch role transitions (e.g. with @statelyai/inspect). */
-  inspect?: (event: InspectionEvent) => void;
+  /**
+   * XState inspection: an observer or a callback that sees every actor of the node (system ids
+   * `<nodeId>/raft`, `<nodeId>/peer:<peerId>`, ...), e.g. `inspect: inspector.inspect` of
+   * `createWebSocketInspector` from @statelyai/inspect.
+   */
+  inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
   /**
    * Largest wire frame in bytes, both ways (TLS transport). Default 16 MiB, at least 64 KiB. Replication
    * sends at most 1 MiB (or maxFrameBytes / 16) of entries per AppendEntries beyond the first, and
@@ -385,7 +389,7 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
       Object.assign(error as object, { recovering: true });
     return error;
   };
-  const node = createRaftNode({
+  const node = createNode({
     id: options.nodeId,
     voters: [options.nodeId, ...options.peers.map(peerIdOf)],
     transport,
@@ -611,8 +615,8 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
 };
 
 export default diskeyval;
-export type { MemoryLog, PersistedState } from './actors/log.js';
-export { createMemoryLog } from './actors/log.js';
+export type { MemoryLog, PersistedState } from './actors/memory-log.js';
+export { createMemoryLog } from './actors/memory-log.js';
 export type { DiskeyvalError, DiskeyvalErrorCode } from './errors.js';
 export {
   ERROR_CODES,

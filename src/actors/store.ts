@@ -220,9 +220,16 @@ export const createStore = (
     return session !== undefined && (seq < session.settledBelow || session.applied.has(seq));
   };
 
+  /** What the current state settled of one session: every seq below `settledBelow`, and `applied`. */
+  const sessionOf = (sessionId: number): { settledBelow: number; applied: number[] } => {
+    const session = sessions.get(sessionId);
+    return { settledBelow: session?.settledBelow ?? 0, applied: session ? [...session.applied] : [] };
+  };
+
   return {
     apply,
     snapshot,
+    sessionOf,
     prepare,
     restore,
     wasApplied,

@@ -6,8 +6,8 @@
  * and a one-line command that replays it.
  */
 import { expect } from 'vitest';
-import { createMemoryLog, type LogActor, type MemoryLog, type PersistedState } from '../../src/actors/log.js';
-import { createRaftNode, type RaftNode, type RaftNodeOptions } from '../../src/actors/raft-node.js';
+import { createMemoryLog, type LogStorage, type MemoryLog, type PersistedState } from '../../src/actors/memory-log.js';
+import { createNode, type Node as RaftNode, type NodeOptions } from '../../src/actors/node.js';
 import { decodeCommand } from '../../src/io/command.js';
 import type { RaftTransport, TransportMessage } from '../../src/io/transport.js';
 import { assert } from '../../src/machines/assert.js';
@@ -79,7 +79,7 @@ export type SimOptions = {
    */
   checkDurability?: boolean;
   /** Passed to every raft node (test hook for broken variants, see raft-node.ts). */
-  sendsBeforeFlush?: RaftNodeOptions['sendsBeforeFlush'];
+  sendsBeforeFlush?: NodeOptions['sendsBeforeFlush'];
   /**
    * The first start of every server: 'bootstrapped' (default) starts them as members of a cluster
    * already formed, so scenarios time their first election from 0; 'blank' starts them as a new
@@ -112,7 +112,7 @@ type Server = {
   id: string;
   node: RaftNode | null;
   /** The log handed to the running node (for a durable disk: this incarnation's handle). */
-  log: LogActor;
+  log: LogStorage;
   /** The durable disk, or null when the server runs the memory log. */
   disk: SimDisk | null;
   dirtyFrom: number;
@@ -247,7 +247,7 @@ export const createSimulation = (options: SimOptions) => {
   };
 
   /** The log a server's next incarnation runs on, watched for the checker's dirtyFrom. */
-  const logFor = (server: Server): LogActor => {
+  const logFor = (server: Server): LogStorage => {
     const log = server.disk ? server.disk.open() : server.log;
     const persist = log.persist.bind(log);
     const installSnapshot = log.installSnapshot.bind(log);
@@ -268,7 +268,7 @@ export const createSimulation = (options: SimOptions) => {
   const boot = (server: Server): void => {
     server.incarnation += 1;
     if (server.disk) server.log = logFor(server);
-    const node = createRaftNode({
+    const node = createNode({
       id: server.id,
       voters: ids,
       transport,

@@ -1,0 +1,488 @@
+/**
+ * A diskeyval node as one XState actor system (ARCHITECTURE.md): `createNode` builds the root
+ * actor (system id: the node id), whose children are the raft actor (the role machine), the log
+ * actor, a peer actor per remote member, the store actor, the requests actor and the transport
+ * endpoint actor, each with the system id `<node>/<actor>`. They talk only through events
+ * (events.ts). What this module keeps is the handle that the public API (src/index.ts), the
+ * simulator (test/sim) and the unit tests share: start and stop, calls (gathered per tick into one
+ * event for the requests actor), and read-only views for status and metrics.
+ */
+import { type Actor, type AnyActorRef, createActor, type InspectionEvent, type Observer, setup, spawnChild } from 'xstate';
+import { encodeCommand, type KvOperation } from '../io/command.js';
+import type { RaftTransport, TransportEndpoint, TransportMessage } from '../io/transport.js';
+import { assert } from '../machines/assert.js';
+import type { NodeId, RaftMessage } from '../machines/messages.js';
+import { emptyRecoveryCounters } from '../machines/raft.rules.js';
+import type { CallOptions } from './calls.js';
+import { type Clock, createDeadlines } from './deadlines.js';
+import { type NewCall, relay, systemIdsOf } from './events.js';
+import { logActor, type LogView } from './log-actor.js';
+import { createMemoryLog, type LogStorage } from './memory-log.js';
+import { type PeerCounters, type PeerMetrics, peerActor } from './peer.js';
+import { type RaftCounters, type RaftDeps, type RaftStatus, raftActorLogic, SENDS_BEFORE_FLUSH, statusOf } from './raft.js';
+import { requestsActor, type RequestsView } from './requests.js';
+import type { Change, Store } from './store.js';
+import { type StoreCounters, storeActor } from './store-actor.js';
+import { type TransportCounters, transportActor } from './transport.js';
+
+export type NodeOptions = {
+  id: NodeId;
+  voters: readonly NodeId[];
+  transport: RaftTransport;
+  electionTimeoutMs: number;
+  heartbeatMs: number;
+  /** Calls not confirmed by a majority within this time reject with QUORUM_UNAVAILABLE. */
+  proposalTimeoutMs: number;
+  /** A call forwarded to the leader that got no answer within this time goes again. */
+  rpcTimeoutMs?: number;
+  seed: number;
+  /** Names this incarnation's requests so retries apply once; unique per process start. */
+  session: number;
+  /** What the server persisted before; a fresh memory log when absent. */
+  log?: LogStorage;
+  /** Opens the log on `start()` (a WAL on disk), instead of `log`; `stop()` closes it. */
+  openLog?: () => Promise<LogStorage>;
+  /** The log failed to write or sync: the node has stopped itself (fail-stop). */
+  onFatal?: (error: Error) => void;
+  clock?: Clock;
+  nowMs?: () => number;
+  /** Runs `fn` after the current tick; batches form in between. */
+  defer?: (fn: () => void) => void;
+  maxInflight?: number;
+  maxEntriesPerAppend?: number;
+  /** Most bytes of entry data in one AppendEntries (default 1 MiB; one entry always goes). */
+  maxAppendBytes?: number;
+  /**
+   * This start's incarnation (messages.ts): used when the log does not define one (a WAL does,
+   * from what it recorded); default Date.now(). Must exceed every earlier start's.
+   */
+  incarnation?: number;
+  /**
+   * Whether the node starts `recovering` (docs/design/recovery.md): by default when its log holds no
+   * state at all (no term, no entry, no snapshot) and could have forgotten some: a memory log, or a
+   * durable log whose storage this start created (a new or emptied dir).
+   */
+  recovering?: boolean;
+  /** Never bootstrap a new cluster (the `join` option). */
+  join?: boolean;
+  /** Complete recovery from the members that still hold state (the `forceRecovery` option). */
+  forceRecovery?: boolean;
+  /**
+   * Log compaction (§7): once this many entries were applied since the last compaction, the log
+   * forgets all but the last `keepEntries` applied ones (a snapshot of the store replaces them).
+   * Default 10,000; 0 or Infinity never compacts.
+   */
+  compactEvery?: number;
+  /** Applied entries kept after a compaction, so a follower a little behind needs no snapshot (default min(5,000, compactEvery)). */
+  keepEntries?: number;
+  /** Largest piece of a snapshot in one message (default 1 MiB). */
+  snapshotChunkBytes?: number;
+  /** Snapshot chunks sent and not yet acknowledged, per follower (default 4): flow control. */
+  snapshotWindowChunks?: number;
+  /** Observes every actor of the node (XState inspection): an observer or a function. */
+  inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
+  onChange?: (change: Change) => void;
+  /** Whether anyone listens to changes now (default: whether onChange is given). */
+  wantsChanges?: () => boolean;
+  onRole?: (status: RaftStatus) => void;
+  /** The peers this node cannot connect to now, and why (the hint of QUORUM_UNAVAILABLE errors). */
+  unreachablePeers?: () => Array<{ nodeId: NodeId; reason: string }>;
+  /** A committed entry did not decode and was applied as a no-op (store.ts). */
+  onUndecodable?: (index: number, reason: string) => void;
+  /**
+   * Test hook, for the suite's deliberately broken variants only: the message types a durable node
+   * sends without waiting for the flush that covers them. Default (the correct rule):
+   * AppendEntries and Heartbeat, which promise nothing about this node's disk.
+   */
+  sendsBeforeFlush?: ReadonlySet<RaftMessage['type']>;
+};
+
+export type NodeStatus = {
+  id: NodeId;
+  role: 'follower' | 'candidate' | 'leader';
+  term: number;
+  leaderId: NodeId | null;
+  commitIndex: number;
+  appliedIndex: number;
+  lastIndex: number;
+};
+
+/** What the handle reads of the actors (each actor sets its part when it starts; never written here). */
+type Views = {
+  store?: Store;
+  storeCounters?: StoreCounters;
+  log?: LogView;
+  requests?: RequestsView;
+  transportCounters?: TransportCounters;
+  peers: Map<NodeId, { metrics: PeerMetrics; counters: PeerCounters }>;
+};
+
+/** A start with no state at all: no term, no entry, no snapshot (a memory log, an empty dir). */
+const isBlankStart = (persisted: ReturnType<LogStorage['persisted']>): boolean =>
+  (persisted.hardState?.term ?? 0) === 0 && persisted.entries.length === 0 && !persisted.snapshot;
+
+const realClock: Clock = {
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (id) => clearTimeout(id as ReturnType<typeof setTimeout>),
+};
+
+const DEFAULT_COMPACT_EVERY = 10_000;
+const DEFAULT_SNAPSHOT_CHUNK_BYTES = 1024 * 1024;
+const DEFAULT_SNAPSHOT_WINDOW_CHUNKS = 4;
+
+/** Compaction and snapshot sizes from the options, checked. */
+const sizesOf = (options: NodeOptions) => {
+  const compactEvery =
+    options.compactEvery === undefined ? DEFAULT_COMPACT_EVERY : options.compactEvery || Number.POSITIVE_INFINITY;
+  const keepEntries = options.keepEntries ?? Math.min(5000, compactEvery);
+  const chunkBytes = options.snapshotChunkBytes ?? DEFAULT_SNAPSHOT_CHUNK_BYTES;
+  const windowBytes = (options.snapshotWindowChunks ?? DEFAULT_SNAPSHOT_WINDOW_CHUNKS) * chunkBytes;
+  assert(compactEvery > 0 && keepEntries >= 0 && chunkBytes > 0, 'bad compaction options');
+  assert(windowBytes >= chunkBytes, 'snapshotWindowChunks must be >= 1');
+  return { compactEvery, keepEntries, chunkBytes, windowBytes };
+};
+
+/** What the log restarted from, and the machine's input for this start. */
+type Boot = {
+  log: LogStorage;
+  persisted: ReturnType<LogStorage['persisted']>;
+  incarnation: number;
+  endpoint: TransportEndpoint;
+};
+
+/** The machine's input: who it is, what the log restarted from, its limits (raft.types.ts). */
+const raftInputOf = (options: NodeOptions, boot: Boot) => {
+  const { persisted, log, incarnation } = boot;
+  return {
+    id: options.id,
+    voters: options.voters,
+    electionTimeoutMs: options.electionTimeoutMs,
+    heartbeatMs: options.heartbeatMs,
+    seed: options.seed,
+    hardState: persisted.hardState,
+    ...(persisted.snapshot ? { snapshot: { index: persisted.snapshot.index, term: persisted.snapshot.term } } : {}),
+    entries: persisted.entries,
+    durable: log.durable === true,
+    incarnation,
+    recovering: options.recovering ?? (isBlankStart(persisted) && (log.durable !== true || log.fresh === true)),
+    join: options.join === true,
+    forceRecovery: options.forceRecovery === true,
+    ...(options.maxAppendBytes ? { maxAppendBytes: options.maxAppendBytes } : {}),
+    ...(options.maxInflight ? { maxInflight: options.maxInflight } : {}),
+    ...(options.maxEntriesPerAppend ? { maxEntriesPerAppend: options.maxEntriesPerAppend } : {}),
+  };
+};
+
+/** Everything the root's children need, besides what the log restarted from. */
+type Wiring = {
+  options: NodeOptions;
+  views: Views;
+  raftDeps: RaftDeps;
+  deadlines: ReturnType<typeof createDeadlines>;
+  defer: (fn: () => void) => void;
+  nowMs: () => number;
+  onReceive: (deliver: ((message: TransportMessage) => void) | null) => void;
+  onFatal: (error: Error) => void;
+};
+
+/**
+ * The root actor's machine: it spawns its children when it starts, in an order that lets each
+ * find the ones it talks to at once (the raft actor last: it may send on its first step). The
+ * peers are a function of the member list (membership changes spawn and stop them, issue 13).
+ */
+const nodeMachineOf = (wiring: Wiring, boot: Boot) => {
+  const { options, views } = wiring;
+  const ids = systemIdsOf(options.id);
+  const sizes = sizesOf(options);
+  const hidden = <T extends object>(input: T, actor: string): T =>
+    Object.assign(Object.create({ toJSON: () => ({ node: options.id, actor }) }) as object, input) as T;
+  const peerIds = options.voters.filter((voter) => voter !== options.id);
+  const spawnPeer = (peerId: NodeId) =>
+    spawnChild('peer', {
+      id: `peer:${peerId}`,
+      systemId: ids.peer(peerId),
+      input: hidden({ ids, self: options.id, peerId, chunkBytes: sizes.chunkBytes, windowBytes: sizes.windowBytes, views }, `peer:${peerId}`),
+    });
+  const requestsInput = {
+    ids,
+    id: options.id,
+    session: options.session,
+    deadlines: wiring.deadlines,
+    nowMs: wiring.nowMs,
+    defer: wiring.defer,
+    proposalTimeoutMs: options.proposalTimeoutMs,
+    rpcTimeoutMs: options.rpcTimeoutMs ?? Math.max(4 * options.electionTimeoutMs, 1000),
+    ...(options.unreachablePeers ? { unreachable: options.unreachablePeers } : {}),
+    views,
+  };
+  const storeInput = {
+    ids,
+    session: options.session,
+    initial: boot.persisted.snapshot,
+    compactEvery: sizes.compactEvery,
+    keepEntries: sizes.keepEntries,
+    onChange: (change: Change) => options.onChange?.(change),
+    wantsChanges: options.wantsChanges ?? (() => options.onChange !== undefined),
+    onUndecodable: (index: number, reason: string) => options.onUndecodable?.(index, reason),
+    views,
+  };
+  const logInput = { ids, log: boot.log, defer: wiring.defer, onFatal: wiring.onFatal, views };
+  const transportInput = { ids, endpoint: boot.endpoint, onReceive: wiring.onReceive, views };
+  return setup({
+    actors: {
+      requests: requestsActor,
+      transport: transportActor,
+      log: logActor,
+      store: storeActor,
+      peer: peerActor,
+      raft: raftActorLogic(wiring.raftDeps),
+    },
+  }).createMachine({
+    id: options.id,
+    entry: [
+      spawnChild('requests', { id: 'requests', systemId: ids.requests, input: hidden(requestsInput, 'requests') }),
+      spawnChild('transport', { id: 'transport', systemId: ids.transport, input: hidden(transportInput, 'transport') }),
+      spawnChild('log', { id: 'log', systemId: ids.log, input: hidden(logInput, 'log') }),
+      spawnChild('store', { id: 'store', systemId: ids.store, input: hidden(storeInput, 'store') }),
+      ...peerIds.map(spawnPeer),
+      spawnChild('raft', { id: 'raft', systemId: ids.raft, input: raftInputOf(options, boot) }),
+    ] as never,
+  });
+};
+
+/** Opens the log (a WAL when `openLog` is given), reads what it restarts from, connects the transport. */
+const boot = async (
+  options: NodeOptions,
+  deliver: (message: TransportMessage) => void,
+): Promise<Boot> => {
+  const log: LogStorage = options.openLog ? await options.openLog() : (options.log ?? createMemoryLog());
+  try {
+    const persisted = log.persisted();
+    // A WAL log defines `incarnation` (larger than any it recorded); a memory log does not.
+    const incarnation = log.incarnation ?? options.incarnation ?? Date.now();
+    assert(Number.isSafeInteger(incarnation) && incarnation > 0, `bad incarnation ${incarnation}`);
+    // Synchronous when the transport connects synchronously (in-process and simulated ones).
+    const connected = options.transport.connect(options.id, deliver);
+    const endpoint = connected instanceof Promise ? await connected : connected;
+    return { log, persisted, incarnation, endpoint };
+  } catch (error) {
+    // Nothing runs: the WAL's file handle and the dir lock are released for the next start.
+    await log.close?.();
+    throw error;
+  }
+};
+
+/** The node's counters, gathered from its actors' views. */
+const metricsOf = (views: Views, raft: RaftCounters) => {
+  const store = views.storeCounters ?? { compactions: 0, snapshotsInstalled: 0, malformedMessages: 0 };
+  const batches = views.requests?.batches.counters ?? { proposalBatches: 0, readBatches: 0, malformedMessages: 0 };
+  const peers = [...views.peers.values()];
+  const sum = (key: keyof PeerCounters): number => peers.reduce((total, peer) => total + peer.counters[key], 0);
+  const received = views.transportCounters?.receivedFrom;
+  return {
+    proposalBatches: batches.proposalBatches,
+    readBatches: batches.readBatches,
+    elections: raft.elections,
+    malformedMessages:
+      batches.malformedMessages + store.malformedMessages + sum('malformedMessages') + (views.transportCounters?.malformedMessages ?? 0),
+    compactions: store.compactions,
+    snapshotsSent: sum('snapshotsSent'),
+    snapshotsInstalled: store.snapshotsInstalled,
+    snapshotChunksSent: sum('snapshotChunksSent'),
+    /** Snapshot transfers that stalled and went back to the follower's last ack. */
+    snapshotResends: sum('snapshotResends'),
+    peers: peers.map(({ metrics }) => ({ ...metrics, messagesReceived: received?.get(metrics.nodeId) ?? 0 })),
+  };
+};
+
+export const createNode = (options: NodeOptions) => {
+  const clock = options.clock ?? realClock;
+  const nowMs = options.nowMs ?? (() => performance.now());
+  const defer = options.defer ?? queueMicrotask;
+  const ids = systemIdsOf(options.id);
+  const deadlines = createDeadlines(clock, nowMs);
+  const views: Views = { peers: new Map() };
+  const raftCounters: RaftCounters = { elections: 0 };
+  let log: LogStorage = options.log ?? createMemoryLog();
+  let root: Actor<ReturnType<typeof nodeMachineOf>> | null = null;
+  let endpoint: TransportEndpoint | null = null;
+  let stopped = false;
+  let starting = false;
+  let incarnation = 0;
+  let deliver: ((message: TransportMessage) => void) | null = null;
+  /** Calls made in this tick, handed to the requests actor as one event after it. */
+  let tickCalls: NewCall[] = [];
+
+  const raftRef = (): AnyActorRef | undefined => root?.system.get(ids.raft) as AnyActorRef | undefined;
+  const raftDeps: RaftDeps = {
+    ids,
+    peers: options.voters.filter((voter) => voter !== options.id),
+    durable: false,
+    sendsBeforeFlush: options.sendsBeforeFlush ?? SENDS_BEFORE_FLUSH,
+    clock,
+    nowMs,
+    onRole: (status) => options.onRole?.(status),
+    counters: raftCounters,
+  };
+
+  const status = (): NodeStatus => {
+    const raft = raftRef();
+    assert(raft !== undefined, 'status before start');
+    return { ...statusOf(options.id, raft), appliedIndex: views.store?.appliedIndex() ?? 0 };
+  };
+
+  const handOver = (): void => {
+    if (!root || tickCalls.length === 0) return;
+    const calls = tickCalls;
+    tickCalls = [];
+    relay(root.system, undefined, ids.requests, { type: 'calls', calls });
+  };
+
+  /** A call on the handle: it joins this tick's batch (one `calls` event for all of them). */
+  const call = (newCall: Omit<NewCall, 'resolve' | 'reject'>): Promise<void> => {
+    if (stopped) return Promise.reject(Object.assign(new Error(`${options.id} is not running`), { code: 'STOPPED' }));
+    return new Promise<void>((resolve, reject) => {
+      if (tickCalls.length === 0) defer(handOver);
+      tickCalls.push({ ...newCall, resolve, reject } as NewCall);
+    });
+  };
+  const callOf = (kind: 'write' | 'read', callOptions: CallOptions = {}) => ({
+    kind,
+    forward: callOptions.forward !== false,
+    ...(callOptions.timeoutMs !== undefined ? { timeoutMs: callOptions.timeoutMs } : {}),
+    ...(callOptions.signal !== undefined ? { signal: callOptions.signal } : {}),
+  });
+
+  const start = async (): Promise<void> => {
+    assert(root === null && !starting, 'start called twice');
+    starting = true;
+    let booted: Boot;
+    try {
+      booted = await boot(options, (message) => deliver?.(message));
+    } catch (error) {
+      starting = false;
+      throw error;
+    }
+    log = booted.log;
+    endpoint = booted.endpoint;
+    incarnation = booted.incarnation;
+    raftDeps.durable = log.durable === true;
+    const wiring: Wiring = {
+      options,
+      views,
+      raftDeps,
+      deadlines,
+      defer,
+      nowMs,
+      onReceive: (next) => {
+        deliver = next;
+      },
+      onFatal: (error) => {
+        stop().catch(() => undefined);
+        options.onFatal?.(error);
+      },
+    };
+    root = createActor(nodeMachineOf(wiring, booted), {
+      clock,
+      systemId: options.id,
+      ...(options.inspect ? { inspect: options.inspect } : {}),
+    });
+    root.start();
+    handOver();
+  };
+
+  /**
+   * Stops every actor and the transport; every waiting call rejects with STOPPED. Held outputs are
+   * dropped (nothing was acknowledged for them); a flush in flight is waited for, then the log is
+   * closed.
+   */
+  let stopping: Promise<void> | null = null;
+  const stop = (): Promise<void> => {
+    stopping ??= stopOnce();
+    return stopping;
+  };
+  const stopOnce = async (): Promise<void> => {
+    stopped = true;
+    raftDeps.stopTimers?.();
+    if (root) relay(root.system, undefined, ids.requests, { type: 'stop' });
+    for (const pending of tickCalls) pending.reject(Object.assign(new Error(`${options.id} stopped`), { code: 'STOPPED' }));
+    tickCalls = [];
+    root?.stop();
+    deadlines.clear();
+    await views.log?.flushing();
+    try {
+      await log.close?.();
+    } finally {
+      await endpoint?.close();
+    }
+  };
+
+  /**
+   * While recovering: the members whose answer (from a member that is not recovering itself) the
+   * current round still lacks, and whether it lacks a leader's; empty once recovered.
+   */
+  const recoveryWaitingFor = (): NodeId[] => {
+    const context = raftRef()?.getSnapshot().context;
+    if (!context?.recovering) return [];
+    const answers = Object.values(context.recovery.answers) as Array<{ recovering: boolean; from: NodeId }>;
+    const ready = new Set(answers.filter((answer) => !answer.recovering).map((answer) => answer.from));
+    return options.voters.filter((voter) => voter !== options.id && !ready.has(voter));
+  };
+
+  const metrics = () => {
+    const context = raftRef()?.getSnapshot().context;
+    const counters = context?.incarnationCounters;
+    const requests = views.requests?.calls;
+    return {
+      ...metricsOf(views, raftCounters),
+      incarnation,
+      incarnationResets: counters?.resets ?? 0,
+      staleIncarnationAnswers: counters?.staleIgnored ?? 0,
+      recovering: context?.recovering ?? false,
+      recovery: { ...(context?.recoveryCounters ?? emptyRecoveryCounters()) },
+      ...(requests?.counters ?? { forwardedWrites: 0, forwardedReads: 0, retries: 0 }),
+      pendingWrites: requests?.writes.size ?? 0,
+      pendingReads: requests?.reads.size ?? 0,
+      duplicatesSkipped: views.store?.duplicates() ?? 0,
+      undecodableEntries: views.store?.undecodable() ?? 0,
+      storeSize: views.store?.size() ?? 0,
+      durable: log.durable === true,
+      ...(views.log?.durability ?? { flushes: 0, heldOutputs: 0, maxOutbox: 0, fatalError: null }),
+      outbox: views.log?.outboxSize() ?? 0,
+    };
+  };
+
+  return {
+    id: options.id,
+    start,
+    stop,
+    /** set/delete: resolves once committed by a majority and applied on this node. */
+    write: (operation: KvOperation, callOptions?: CallOptions) =>
+      call({ ...callOf('write', callOptions), encode: (tag) => encodeCommand(operation, tag) }),
+    /** Resolves once this node has applied everything committed before the call (ReadIndex). */
+    readBarrier: (callOptions?: CallOptions) => call(callOf('read', callOptions)),
+    status,
+    get: (key: string): unknown => views.store?.get(key),
+    has: (key: string): boolean => views.store?.has(key) ?? false,
+    /** The store's snapshot at its applied index (tests and tools). */
+    storeSnapshot: () => views.store!.snapshot(),
+    /** The log storage (the one `openLog` opened, once started). */
+    log: (): LogStorage => log,
+    /** The machine's snapshot, for tests and tools (read-only). */
+    snapshot: () => {
+      const raft = raftRef();
+      assert(raft !== undefined, 'snapshot before start');
+      return raft.getSnapshot();
+    },
+    recoveryWaitingFor,
+    /** Sends a timer event by hand (tests and tools: `electionTimeout`, `checkQuorum`, ...). */
+    fire: (event: { type: 'electionTimeout' | 'heartbeatTimeout' | 'checkQuorum' }) => raftRef()?.send(event),
+    isStopped: () => stopped,
+    metrics,
+    /** The root actor (tests and tools: its system holds every actor of the node). */
+    actor: () => root,
+  };
+};
+
+export type Node = ReturnType<typeof createNode>;
+export type { RaftMessage, RaftStatus };
