@@ -107,20 +107,32 @@ const quorumUnavailable = (s: Calls, what: string, timeoutMs: number): Error => 
     unreachable.length === 0
       ? ''
       : `; cannot connect to ${unreachable.map(({ nodeId, reason }) => `${nodeId} (${reason})`).join(', ')}`;
-  return diskeyvalError('QUORUM_UNAVAILABLE', `${what} not confirmed by a majority within ${timeoutMs} ms${hint}`, {
-    ...(unreachable.length > 0 ? { unreachable } : {}),
-  });
+  return diskeyvalError(
+    'QUORUM_UNAVAILABLE',
+    `${what} not confirmed by a majority within ${timeoutMs} ms${hint}`,
+    {
+      ...(unreachable.length > 0 ? { unreachable } : {}),
+    },
+  );
 };
 
 /**
  * Opens a call: its deadline (the proposal timeout, or the call's own if shorter), its abort
  * signal, and `finish`, which settles it once. False when it settled at once (aborted already).
  */
-const open = <C extends Call>(s: Calls, map: Map<number, C>, key: number, call: C, newCall: NewCall): boolean => {
+const open = <C extends Call>(
+  s: Calls,
+  map: Map<number, C>,
+  key: number,
+  call: C,
+  newCall: NewCall,
+): boolean => {
   const what = newCall.kind;
   const { signal, timeoutMs: callTimeoutMs } = newCall;
   const onAbort =
-    signal === undefined ? null : (): void => finish(diskeyvalError('ABORTED', `${what} aborted by its signal`));
+    signal === undefined
+      ? null
+      : (): void => finish(diskeyvalError('ABORTED', `${what} aborted by its signal`));
   const timeoutMs = Math.min(callTimeoutMs ?? Number.POSITIVE_INFINITY, s.deps.proposalTimeoutMs);
   const deadline = s.deps.deadlines.add(timeoutMs, () =>
     finish(
@@ -153,6 +165,17 @@ const lowestPending = (s: Calls): number => {
   return s.nextSeq;
 };
 
+const newState = (newCall: NewCall): Call => ({
+  kind: newCall.kind,
+  queued: false,
+  phase: 'waiting',
+  sentAtMs: 0,
+  index: 0,
+  forward: newCall.forward,
+  proposed: false,
+  finish: noop,
+});
+
 /** Takes the calls made on the node in one tick, and routes them at once (one batch per kind). */
 export const takeCalls = (s: Calls, calls: NewCall[]): void => {
   for (const newCall of calls) {
@@ -161,18 +184,18 @@ export const takeCalls = (s: Calls, calls: NewCall[]): void => {
       continue;
     }
     if (!newCall.forward && !s.leader.self) {
-      newCall.reject(diskeyvalError('NOT_LEADER', `${s.deps.id} is not the leader`, { leaderId: s.leader.leaderId }));
+      newCall.reject(
+        diskeyvalError('NOT_LEADER', `${s.deps.id} is not the leader`, { leaderId: s.leader.leaderId }),
+      );
       continue;
     }
-    const base = { queued: false, phase: 'waiting' as Phase, sentAtMs: 0, index: 0, forward: newCall.forward };
-    const call = { ...base, proposed: false, finish: noop };
     if (newCall.kind === 'write') {
       const seq = s.nextSeq++;
       const tag = { session: s.deps.session, seq, lowestPending: Math.min(seq, lowestPending(s)) };
-      const write: Write = { ...call, kind: 'write', seq, command: newCall.encode!(tag) };
+      const write: Write = { ...newState(newCall), seq, command: newCall.encode!(tag) };
       if (open(s, s.writes, seq, write, newCall)) keep(s, write);
     } else {
-      const read: Read = { ...call, kind: 'read', id: s.nextReadId++ };
+      const read: Read = { ...newState(newCall), id: s.nextReadId++ };
       if (open(s, s.reads, read.id, read, newCall)) keep(s, read);
     }
   }
@@ -221,8 +244,10 @@ const flush = (s: Calls): void => {
   s.waitingWriteQueue = [];
   s.waitingReadQueue = [];
   route(s, waitingWrites, waitingReads);
-  for (const call of waitingWrites) if (call.phase === 'waiting' && s.writes.get(call.seq) === call) keep(s, call);
-  for (const call of waitingReads) if (call.phase === 'waiting' && s.reads.get(call.id) === call) keep(s, call);
+  for (const call of waitingWrites)
+    if (call.phase === 'waiting' && s.writes.get(call.seq) === call) keep(s, call);
+  for (const call of waitingReads)
+    if (call.phase === 'waiting' && s.reads.get(call.id) === call) keep(s, call);
 };
 
 /** One local batch, or one message to the leader, per kind. */
@@ -244,7 +269,8 @@ const route = (s: Calls, waitingWrites: Write[], waitingReads: Read[]): void => 
   // whoever leads now (the store applies its tag once). A read has no effect, so NOT_LEADER is
   // always true for it.
   for (const call of [...waitingWrites.filter((write) => !write.proposed), ...waitingReads]) {
-    if (!call.forward) call.finish(diskeyvalError('NOT_LEADER', `${s.deps.id} is not the leader`, { leaderId }));
+    if (!call.forward)
+      call.finish(diskeyvalError('NOT_LEADER', `${s.deps.id} is not the leader`, { leaderId }));
   }
   if (leaderId !== null) forward(s, leaderId, waitingWrites, waitingReads);
 };
@@ -258,7 +284,13 @@ const forward = (s: Calls, leaderId: NodeId, waitingWrites: Write[], waitingRead
     markSent(s, forwardWrites);
     s.counters.forwardedWrites += forwardWrites.length;
     const seqs = forwardWrites.map((call) => call.seq);
-    s.deps.send({ type: 'ClientPropose', from, to: leaderId, seqs, commands: forwardWrites.map((call) => call.command) });
+    s.deps.send({
+      type: 'ClientPropose',
+      from,
+      to: leaderId,
+      seqs,
+      commands: forwardWrites.map((call) => call.command),
+    });
   }
   if (forwardReads.length > 0) {
     markSent(s, forwardReads);
@@ -360,13 +392,17 @@ const park = <C extends Call>(
   // have gone to it, and that copy been lost): go again to the one it knows, not wait for a change.
   const known = s.leader.leaderId;
   const elsewhere =
-    (refusal.leaderId !== null && refusal.leaderId !== refusal.from) || (known !== null && known !== refusal.from);
+    (refusal.leaderId !== null && refusal.leaderId !== refusal.from) ||
+    (known !== null && known !== refusal.from);
   if (elsewhere) scheduleFlush(s);
 };
 
 export const onProposeResult = (s: Calls, message: ClientProposeResult): void => {
   if (message.invalid === true) {
-    const error = diskeyvalError('INVALID_ARGUMENT', `the leader ${message.from} refused the command: it does not decode`);
+    const error = diskeyvalError(
+      'INVALID_ARGUMENT',
+      `the leader ${message.from} refused the command: it does not decode`,
+    );
     for (const seq of message.seqs) s.writes.get(seq)?.finish(error);
   } else if (message.notLeader) park(s, s.writes, message.seqs, message);
   else writesAccepted(s, message.seqs, message.firstIndex);
@@ -414,9 +450,15 @@ const releaseReads = (s: Calls): void => {
  * The store took a snapshot's state (InstallSnapshot): writes it covers are done (their applies
  * happened elsewhere), and accepted writes it passed without applying go again.
  */
-export const restored = (s: Calls, appliedIndex: number, settledBelow: number, appliedSeqs: number[]): void => {
+export const restored = (
+  s: Calls,
+  appliedIndex: number,
+  settledBelow: number,
+  appliedSeqs: number[],
+): void => {
   const settled = new Set(appliedSeqs);
-  for (const call of [...s.writes.values()]) if (call.seq < settledBelow || settled.has(call.seq)) call.finish();
+  for (const call of [...s.writes.values()])
+    if (call.seq < settledBelow || settled.has(call.seq)) call.finish();
   s.appliedIndex = appliedIndex;
   afterApply(s);
 };

@@ -10,13 +10,7 @@
  */
 import type { ActorSystem, AnyActorRef, AnyEventObject } from 'xstate';
 import type { TransportMessage } from '../io/transport.js';
-import type {
-  Entry,
-  InstallSnapshot,
-  NodeId,
-  RaftMessage,
-  SnapshotChunkAck,
-} from '../machines/messages.js';
+import type { Entry, InstallSnapshot, NodeId, RaftMessage, SnapshotChunkAck } from '../machines/messages.js';
 import type { RaftEmitted, Role } from '../machines/raft.types.js';
 import type { ClientMessage } from './client-messages.js';
 import type { InstallOutput, PersistOutput } from './memory-log.js';
@@ -109,10 +103,10 @@ export type LeaderChanged = {
 export type NewCall = {
   kind: 'write' | 'read';
   /** Writes: builds the command bytes from the request tag (session, seq, lowest pending). */
-  encode?: (tag: { session: number; seq: number; lowestPending: number }) => Uint8Array;
+  encode: ((tag: { session: number; seq: number; lowestPending: number }) => Uint8Array) | undefined;
   forward: boolean;
-  timeoutMs?: number;
-  signal?: AbortSignal;
+  timeoutMs: number | undefined;
+  signal: AbortSignal | undefined;
   resolve: () => void;
   reject: (error: Error) => void;
 };
@@ -160,7 +154,11 @@ export const deliverOutput = (
       return;
     }
     case 'committed':
-      relay(system, source, ids.store, { type: 'apply', firstIndex: output.firstIndex, entries: output.entries });
+      relay(system, source, ids.store, {
+        type: 'apply',
+        firstIndex: output.firstIndex,
+        entries: output.entries,
+      });
       return;
     case 'installSnapshot':
       relay(system, source, ids.store, { type: 'restore', index: output.index, data: output.data });

@@ -147,7 +147,8 @@ export const withoutUndecodable = (
   send: (message: ClientMessage) => void,
 ): ClientPropose => {
   let firstBad = 0;
-  while (firstBad < message.commands.length && whyUndecodable(message.commands[firstBad]!) === null) firstBad += 1;
+  while (firstBad < message.commands.length && whyUndecodable(message.commands[firstBad]!) === null)
+    firstBad += 1;
   if (firstBad === message.commands.length) return message;
   const seqs = message.seqs.slice(0, firstBad);
   const commands = message.commands.slice(0, firstBad);

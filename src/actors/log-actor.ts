@@ -18,8 +18,8 @@
  */
 import { type AnyActorRef, fromCallback } from 'xstate';
 import type { RaftEmitted } from '../machines/raft.types.js';
-import { deliverOutput, type LogEvent, relay, type SystemIds } from './events.js';
 import type { AnyActorSystem } from './events.js';
+import { deliverOutput, type LogEvent, relay, type SystemIds } from './events.js';
 import type { InstallOutput, LogStorage, PersistOutput } from './memory-log.js';
 
 export type Durability = {
@@ -29,7 +29,11 @@ export type Durability = {
   fatalError: string | null;
 };
 
-export type LogView = { durability: Durability; outboxSize: () => number; flushing: () => Promise<void> | null };
+export type LogView = {
+  durability: Durability;
+  outboxSize: () => number;
+  flushing: () => Promise<void> | null;
+};
 
 export type LogInput = {
   ids: SystemIds;
@@ -132,7 +136,10 @@ const persist = (box: Outbox, output: PersistOutput): void => {
   const { log } = box.input;
   log.persist(output);
   if (!log.durable) return;
-  persistDurable(box, output.fromIndex > 0 ? { fromIndex: output.fromIndex, count: output.entries.length } : null);
+  persistDurable(
+    box,
+    output.fromIndex > 0 ? { fromIndex: output.fromIndex, count: output.entries.length } : null,
+  );
 };
 
 /** InstallSnapshot: the log restarts after the snapshot; the store takes its state once it is durable. */
@@ -174,7 +181,11 @@ export const logActor = fromCallback<LogEvent, LogInput>(({ input, receive, syst
     unflushed: [],
     durableLastIndex: input.log.lastIndex(),
   };
-  input.views.log = { durability: box.durability, outboxSize: () => outboxSize(box), flushing: () => box.flushing };
+  input.views.log = {
+    durability: box.durability,
+    outboxSize: () => outboxSize(box),
+    flushing: () => box.flushing,
+  };
   receive((event) => {
     if (box.stopped) return;
     switch (event.type) {

@@ -7,7 +7,15 @@
  * simulator (test/sim) and the unit tests share: start and stop, calls (gathered per tick into one
  * event for the requests actor), and read-only views for status and metrics.
  */
-import { type Actor, type AnyActorRef, createActor, type InspectionEvent, type Observer, setup, spawnChild } from 'xstate';
+import {
+  type Actor,
+  type AnyActorRef,
+  createActor,
+  type InspectionEvent,
+  type Observer,
+  setup,
+  spawnChild,
+} from 'xstate';
 import { encodeCommand, type KvOperation } from '../io/command.js';
 import type { RaftTransport, TransportEndpoint, TransportMessage } from '../io/transport.js';
 import { assert } from '../machines/assert.js';
@@ -16,11 +24,18 @@ import { emptyRecoveryCounters } from '../machines/raft.rules.js';
 import type { CallOptions } from './calls.js';
 import { type Clock, createDeadlines } from './deadlines.js';
 import { type NewCall, relay, systemIdsOf } from './events.js';
-import { logActor, type LogView } from './log-actor.js';
+import { type LogView, logActor } from './log-actor.js';
 import { createMemoryLog, type LogStorage } from './memory-log.js';
 import { type PeerCounters, type PeerMetrics, peerActor } from './peer.js';
-import { type RaftCounters, type RaftDeps, type RaftStatus, raftActorLogic, SENDS_BEFORE_FLUSH, statusOf } from './raft.js';
-import { requestsActor, type RequestsView } from './requests.js';
+import {
+  type RaftCounters,
+  type RaftDeps,
+  type RaftStatus,
+  raftActorLogic,
+  SENDS_BEFORE_FLUSH,
+  statusOf,
+} from './raft.js';
+import { type RequestsView, requestsActor } from './requests.js';
 import type { Change, Store } from './store.js';
 import { type StoreCounters, storeActor } from './store-actor.js';
 import { type TransportCounters, transportActor } from './transport.js';
@@ -133,7 +148,9 @@ const DEFAULT_SNAPSHOT_WINDOW_CHUNKS = 4;
 /** Compaction and snapshot sizes from the options, checked. */
 const sizesOf = (options: NodeOptions) => {
   const compactEvery =
-    options.compactEvery === undefined ? DEFAULT_COMPACT_EVERY : options.compactEvery || Number.POSITIVE_INFINITY;
+    options.compactEvery === undefined
+      ? DEFAULT_COMPACT_EVERY
+      : options.compactEvery || Number.POSITIVE_INFINITY;
   const keepEntries = options.keepEntries ?? Math.min(5000, compactEvery);
   const chunkBytes = options.snapshotChunkBytes ?? DEFAULT_SNAPSHOT_CHUNK_BYTES;
   const windowBytes = (options.snapshotWindowChunks ?? DEFAULT_SNAPSHOT_WINDOW_CHUNKS) * chunkBytes;
@@ -160,11 +177,14 @@ const raftInputOf = (options: NodeOptions, boot: Boot) => {
     heartbeatMs: options.heartbeatMs,
     seed: options.seed,
     hardState: persisted.hardState,
-    ...(persisted.snapshot ? { snapshot: { index: persisted.snapshot.index, term: persisted.snapshot.term } } : {}),
+    ...(persisted.snapshot
+      ? { snapshot: { index: persisted.snapshot.index, term: persisted.snapshot.term } }
+      : {}),
     entries: persisted.entries,
     durable: log.durable === true,
     incarnation,
-    recovering: options.recovering ?? (isBlankStart(persisted) && (log.durable !== true || log.fresh === true)),
+    recovering:
+      options.recovering ?? (isBlankStart(persisted) && (log.durable !== true || log.fresh === true)),
     join: options.join === true,
     forceRecovery: options.forceRecovery === true,
     ...(options.maxAppendBytes ? { maxAppendBytes: options.maxAppendBytes } : {}),
@@ -201,7 +221,17 @@ const nodeMachineOf = (wiring: Wiring, boot: Boot) => {
     spawnChild('peer', {
       id: `peer:${peerId}`,
       systemId: ids.peer(peerId),
-      input: hidden({ ids, self: options.id, peerId, chunkBytes: sizes.chunkBytes, windowBytes: sizes.windowBytes, views }, `peer:${peerId}`),
+      input: hidden(
+        {
+          ids,
+          self: options.id,
+          peerId,
+          chunkBytes: sizes.chunkBytes,
+          windowBytes: sizes.windowBytes,
+          views,
+        },
+        `peer:${peerId}`,
+      ),
     });
   const requestsInput = {
     ids,
@@ -240,8 +270,16 @@ const nodeMachineOf = (wiring: Wiring, boot: Boot) => {
   }).createMachine({
     id: options.id,
     entry: [
-      spawnChild('requests', { id: 'requests', systemId: ids.requests, input: hidden(requestsInput, 'requests') }),
-      spawnChild('transport', { id: 'transport', systemId: ids.transport, input: hidden(transportInput, 'transport') }),
+      spawnChild('requests', {
+        id: 'requests',
+        systemId: ids.requests,
+        input: hidden(requestsInput, 'requests'),
+      }),
+      spawnChild('transport', {
+        id: 'transport',
+        systemId: ids.transport,
+        input: hidden(transportInput, 'transport'),
+      }),
       spawnChild('log', { id: 'log', systemId: ids.log, input: hidden(logInput, 'log') }),
       spawnChild('store', { id: 'store', systemId: ids.store, input: hidden(storeInput, 'store') }),
       ...peerIds.map(spawnPeer),
@@ -250,41 +288,54 @@ const nodeMachineOf = (wiring: Wiring, boot: Boot) => {
   });
 };
 
-/** Opens the log (a WAL when `openLog` is given), reads what it restarts from, connects the transport. */
-const boot = async (
+/**
+ * Reads what the log restarts from and connects the transport. Synchronous when the log is given
+ * and the transport connects synchronously (in-process and simulated ones: the simulator relies on
+ * it); on failure nothing runs, and the log is closed (a WAL's file handle and dir lock released).
+ */
+const boot = (
   options: NodeOptions,
+  log: LogStorage,
   deliver: (message: TransportMessage) => void,
-): Promise<Boot> => {
-  const log: LogStorage = options.openLog ? await options.openLog() : (options.log ?? createMemoryLog());
+): Boot | Promise<Boot> => {
+  const failed = async (error: unknown): Promise<never> => {
+    await log.close?.();
+    throw error;
+  };
   try {
     const persisted = log.persisted();
     // A WAL log defines `incarnation` (larger than any it recorded); a memory log does not.
     const incarnation = log.incarnation ?? options.incarnation ?? Date.now();
     assert(Number.isSafeInteger(incarnation) && incarnation > 0, `bad incarnation ${incarnation}`);
-    // Synchronous when the transport connects synchronously (in-process and simulated ones).
     const connected = options.transport.connect(options.id, deliver);
-    const endpoint = connected instanceof Promise ? await connected : connected;
-    return { log, persisted, incarnation, endpoint };
+    if (!(connected instanceof Promise)) return { log, persisted, incarnation, endpoint: connected };
+    return connected.then((endpoint) => ({ log, persisted, incarnation, endpoint }), failed);
   } catch (error) {
-    // Nothing runs: the WAL's file handle and the dir lock are released for the next start.
-    await log.close?.();
-    throw error;
+    return failed(error);
   }
 };
 
 /** The node's counters, gathered from its actors' views. */
 const metricsOf = (views: Views, raft: RaftCounters) => {
   const store = views.storeCounters ?? { compactions: 0, snapshotsInstalled: 0, malformedMessages: 0 };
-  const batches = views.requests?.batches.counters ?? { proposalBatches: 0, readBatches: 0, malformedMessages: 0 };
+  const batches = views.requests?.batches.counters ?? {
+    proposalBatches: 0,
+    readBatches: 0,
+    malformedMessages: 0,
+  };
   const peers = [...views.peers.values()];
-  const sum = (key: keyof PeerCounters): number => peers.reduce((total, peer) => total + peer.counters[key], 0);
+  const sum = (key: keyof PeerCounters): number =>
+    peers.reduce((total, peer) => total + peer.counters[key], 0);
   const received = views.transportCounters?.receivedFrom;
   return {
     proposalBatches: batches.proposalBatches,
     readBatches: batches.readBatches,
     elections: raft.elections,
     malformedMessages:
-      batches.malformedMessages + store.malformedMessages + sum('malformedMessages') + (views.transportCounters?.malformedMessages ?? 0),
+      batches.malformedMessages +
+      store.malformedMessages +
+      sum('malformedMessages') +
+      (views.transportCounters?.malformedMessages ?? 0),
     compactions: store.compactions,
     snapshotsSent: sum('snapshotsSent'),
     snapshotsInstalled: store.snapshotsInstalled,
@@ -339,26 +390,35 @@ export const createNode = (options: NodeOptions) => {
   };
 
   /** A call on the handle: it joins this tick's batch (one `calls` event for all of them). */
-  const call = (newCall: Omit<NewCall, 'resolve' | 'reject'>): Promise<void> => {
-    if (stopped) return Promise.reject(Object.assign(new Error(`${options.id} is not running`), { code: 'STOPPED' }));
+  const call = (
+    kind: 'write' | 'read',
+    callOptions: CallOptions | undefined,
+    encode: NewCall['encode'] | undefined,
+  ): Promise<void> => {
+    if (stopped)
+      return Promise.reject(Object.assign(new Error(`${options.id} is not running`), { code: 'STOPPED' }));
     return new Promise<void>((resolve, reject) => {
       if (tickCalls.length === 0) defer(handOver);
-      tickCalls.push({ ...newCall, resolve, reject } as NewCall);
+      tickCalls.push({
+        kind,
+        encode,
+        forward: callOptions?.forward !== false,
+        timeoutMs: callOptions?.timeoutMs,
+        signal: callOptions?.signal,
+        resolve,
+        reject,
+      });
     });
   };
-  const callOf = (kind: 'write' | 'read', callOptions: CallOptions = {}) => ({
-    kind,
-    forward: callOptions.forward !== false,
-    ...(callOptions.timeoutMs !== undefined ? { timeoutMs: callOptions.timeoutMs } : {}),
-    ...(callOptions.signal !== undefined ? { signal: callOptions.signal } : {}),
-  });
 
   const start = async (): Promise<void> => {
     assert(root === null && !starting, 'start called twice');
     starting = true;
     let booted: Boot;
     try {
-      booted = await boot(options, (message) => deliver?.(message));
+      if (options.openLog) log = await options.openLog();
+      const result = boot(options, log, (message) => deliver?.(message));
+      booted = result instanceof Promise ? await result : result;
     } catch (error) {
       starting = false;
       throw error;
@@ -405,7 +465,8 @@ export const createNode = (options: NodeOptions) => {
     stopped = true;
     raftDeps.stopTimers?.();
     if (root) relay(root.system, undefined, ids.requests, { type: 'stop' });
-    for (const pending of tickCalls) pending.reject(Object.assign(new Error(`${options.id} stopped`), { code: 'STOPPED' }));
+    for (const pending of tickCalls)
+      pending.reject(Object.assign(new Error(`${options.id} stopped`), { code: 'STOPPED' }));
     tickCalls = [];
     root?.stop();
     deadlines.clear();
@@ -458,9 +519,9 @@ export const createNode = (options: NodeOptions) => {
     stop,
     /** set/delete: resolves once committed by a majority and applied on this node. */
     write: (operation: KvOperation, callOptions?: CallOptions) =>
-      call({ ...callOf('write', callOptions), encode: (tag) => encodeCommand(operation, tag) }),
+      call('write', callOptions, (tag) => encodeCommand(operation, tag)),
     /** Resolves once this node has applied everything committed before the call (ReadIndex). */
-    readBarrier: (callOptions?: CallOptions) => call(callOf('read', callOptions)),
+    readBarrier: (callOptions?: CallOptions) => call('read', callOptions, undefined),
     status,
     get: (key: string): unknown => views.store?.get(key),
     has: (key: string): boolean => views.store?.has(key) ?? false,

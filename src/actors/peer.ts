@@ -9,8 +9,8 @@ import { type AnyActorRef, fromCallback } from 'xstate';
 import type { TransportMessage } from '../io/transport.js';
 import { assert } from '../machines/assert.js';
 import type { AppendEntries, InstallSnapshot, NodeId, RaftMessage } from '../machines/messages.js';
-import { type PeerEvent, relay, type SystemIds } from './events.js';
 import type { AnyActorSystem } from './events.js';
+import { type PeerEvent, relay, type SystemIds } from './events.js';
 import {
   type Assembly,
   addChunk,
@@ -82,7 +82,11 @@ const sendMessages = (state: PeerState, messages: RaftMessage[]): void => {
   transmit(state, out);
   if (snapshots !== null) {
     const { ids } = state.input;
-    relay(state.system, state.self, ids.store, { type: 'snapshotFor', peerId: state.input.peerId, requests: snapshots });
+    relay(state.system, state.self, ids.store, {
+      type: 'snapshotFor',
+      peerId: state.input.peerId,
+      requests: snapshots,
+    });
   }
 };
 
@@ -151,7 +155,8 @@ const receiveChunk = (state: PeerState, message: InstallSnapshot): void => {
       return;
     }
   }
-  if (whole.lastIncludedIndex <= commitIndex) relay(system, self, input.ids.raft, { type: 'message', message: whole });
+  if (whole.lastIncludedIndex <= commitIndex)
+    relay(system, self, input.ids.raft, { type: 'message', message: whole });
   else relay(system, self, input.ids.store, { type: 'checkSnapshot', message: whole });
 };
 

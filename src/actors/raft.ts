@@ -14,8 +14,8 @@ import type { NodeId, RaftMessage } from '../machines/messages.js';
 import { type RaftMachine, raftMachine, roleOf } from '../machines/raft.machine.js';
 import type { RaftEmitted, Role } from '../machines/raft.types.js';
 import type { Clock } from './deadlines.js';
-import { deliverOutput, relay, type SystemIds } from './events.js';
 import type { AnyActorSystem } from './events.js';
+import { deliverOutput, relay, type SystemIds } from './events.js';
 
 /** A leader's AppendEntries and heartbeats promise nothing about its own disk (§10.2.1). */
 export const SENDS_BEFORE_FLUSH: ReadonlySet<RaftMessage['type']> = new Set(['AppendEntries', 'Heartbeat']);
@@ -124,7 +124,7 @@ const createElectionTimer = (deps: RaftDeps, self: AnyActorRef): ElectionTimer =
       return;
     }
     deadline = Number.POSITIVE_INFINITY;
-    self.send({ type: 'electionTimeout' });
+    relay(self.system, self, deps.ids.raft, { type: 'electionTimeout' });
   };
   return {
     reset: (timeoutMs) => {
@@ -154,9 +154,16 @@ const watchRole = (deps: RaftDeps, system: AnyActorSystem, self: AnyActorRef): v
       last = now;
       if (now.role === 'leader' && before?.role !== 'leader') deps.counters.elections += 1;
       const self_ = now.role === 'leader';
-      const event = { type: 'leaderChanged', role: now.role, term: now.term, leaderId: now.leaderId, self: self_ };
+      const event = {
+        type: 'leaderChanged',
+        role: now.role,
+        term: now.term,
+        leaderId: now.leaderId,
+        self: self_,
+      };
       for (const peer of deps.peers) relay(system, self, deps.ids.peer(peer), event);
-      if (before?.leaderId !== now.leaderId || before?.role !== now.role) relay(system, self, deps.ids.requests, event);
+      if (before?.leaderId !== now.leaderId || before?.role !== now.role)
+        relay(system, self, deps.ids.requests, event);
       deps.onRole(now);
     },
     error: () => undefined,

@@ -27,8 +27,8 @@ import {
 } from './calls.js';
 import type { ClientMessage, ClientPropose } from './client-messages.js';
 import type { Deadlines } from './deadlines.js';
-import { relay, type RequestsEvent, type SystemIds } from './events.js';
 import type { AnyActorSystem } from './events.js';
+import { type RequestsEvent, relay, type SystemIds } from './events.js';
 import {
   answerBatch,
   answerReads,
@@ -49,7 +49,13 @@ export type RequestsInput = Omit<CallsDeps, 'proposeLocally' | 'readLocally' | '
   views: { requests?: RequestsView };
 };
 
-type Scope = { system: AnyActorSystem; self: AnyActorRef; input: RequestsInput; calls: Calls; batches: LeaderBatches };
+type Scope = {
+  system: AnyActorSystem;
+  self: AnyActorRef;
+  input: RequestsInput;
+  calls: Calls;
+  batches: LeaderBatches;
+};
 
 const sendOut = (scope: Scope, message: ClientMessage): void =>
   relay(scope.system, scope.self, scope.input.ids.transport, { type: 'outgoing', messages: [message] });
@@ -73,7 +79,10 @@ const receiveClientMessage = (scope: Scope, message: ClientMessage): void => {
     sendOut(scope, refusal(batches, message.from, type, ids, calls.leader.leaderId));
   switch (message.type) {
     case 'ClientPropose': {
-      if (!leading) return refuse('ClientProposeResult', message.seqs);
+      if (!leading) {
+        refuse('ClientProposeResult', message.seqs);
+        return;
+      }
       const valid = withoutUndecodable(batches, message, (answer) => sendOut(scope, answer));
       if (valid.seqs.length === 0) return;
       if (batches.proposals.length === 0) input.defer(() => proposeBatch(scope));
@@ -81,7 +90,10 @@ const receiveClientMessage = (scope: Scope, message: ClientMessage): void => {
       return;
     }
     case 'ClientRead':
-      if (!leading) return refuse('ClientReadResult', message.ids);
+      if (!leading) {
+        refuse('ClientReadResult', message.ids);
+        return;
+      }
       if (batches.reads.length === 0) input.defer(() => readBatch(scope));
       batches.reads.push(message);
       return;
@@ -95,7 +107,10 @@ const receiveClientMessage = (scope: Scope, message: ClientMessage): void => {
 };
 
 /** The raft machine's answers to this node's batches. */
-const onMachineAnswer = (scope: Scope, event: Extract<RequestsEvent, { type: `proposals${string}` | `reads${string}` }>): void => {
+const onMachineAnswer = (
+  scope: Scope,
+  event: Extract<RequestsEvent, { type: `proposals${string}` | `reads${string}` }>,
+): void => {
   const { batches, calls, input } = scope;
   const send = (message: ClientMessage) => sendOut(scope, message);
   switch (event.type) {
@@ -111,57 +126,71 @@ const onMachineAnswer = (scope: Scope, event: Extract<RequestsEvent, { type: `pr
       return;
     }
     case 'readsReady':
-      answerReads(batches, event.ids, { readIndex: event.readIndex, leaderId: input.id }, (own) => readsConfirmed(calls, own, event.readIndex), send);
+      answerReads(
+        batches,
+        event.ids,
+        { readIndex: event.readIndex, leaderId: input.id },
+        (own) => readsConfirmed(calls, own, event.readIndex),
+        send,
+      );
       return;
     case 'readsRejected':
-      answerReads(batches, event.ids, { readIndex: -1, leaderId: event.leaderId }, (own) => readsRefused(calls, own), send);
+      answerReads(
+        batches,
+        event.ids,
+        { readIndex: -1, leaderId: event.leaderId },
+        (own) => readsRefused(calls, own),
+        send,
+      );
       return;
   }
 };
 
-export const requestsActor = fromCallback<RequestsEvent, RequestsInput>(({ input, receive, system, self }) => {
-  const batches = createLeaderBatches(input.id);
-  const scope = { system, self, input, batches } as Scope;
-  scope.calls = createCalls({
-    ...input,
-    proposeLocally: (seqs: number[], commands: Uint8Array[]) => {
-      const own: ClientPropose = { type: 'ClientPropose', from: input.id, to: input.id, seqs, commands };
-      batches.proposals.unshift(own);
-      proposeBatch(scope);
-    },
-    readLocally: (ids: number[]) => {
-      batches.reads.unshift({ type: 'ClientRead', from: input.id, to: input.id, ids });
-      readBatch(scope);
-    },
-    send: (message) => sendOut(scope, message as unknown as ClientMessage),
-  });
-  const { calls } = scope;
-  input.views.requests = { calls, batches };
-  receive((event) => {
-    switch (event.type) {
-      case 'calls':
-        takeCalls(calls, event.calls);
-        return;
-      case 'applied':
-        applied(calls, event.appliedIndex, event.seqs);
-        return;
-      case 'restored':
-        restored(calls, event.appliedIndex, event.settledBelow, event.applied);
-        return;
-      case 'leaderChanged':
-        leaderChanged(calls, { self: event.self, leaderId: event.self ? input.id : event.leaderId });
-        return;
-      case 'client':
-        receiveClientMessage(scope, event.message);
-        return;
-      case 'stop':
-        stopCalls(calls);
-        return;
-      default:
-        onMachineAnswer(scope, event);
-    }
-  });
-  return () => stopCalls(calls);
-});
+export const requestsActor = fromCallback<RequestsEvent, RequestsInput>(
+  ({ input, receive, system, self }) => {
+    const batches = createLeaderBatches(input.id);
+    const scope = { system, self, input, batches } as Scope;
+    scope.calls = createCalls({
+      ...input,
+      proposeLocally: (seqs: number[], commands: Uint8Array[]) => {
+        const own: ClientPropose = { type: 'ClientPropose', from: input.id, to: input.id, seqs, commands };
+        batches.proposals.unshift(own);
+        proposeBatch(scope);
+      },
+      readLocally: (ids: number[]) => {
+        batches.reads.unshift({ type: 'ClientRead', from: input.id, to: input.id, ids });
+        readBatch(scope);
+      },
+      send: (message) => sendOut(scope, message as unknown as ClientMessage),
+    });
+    const { calls } = scope;
+    input.views.requests = { calls, batches };
+    receive((event) => {
+      switch (event.type) {
+        case 'calls':
+          takeCalls(calls, event.calls);
+          return;
+        case 'applied':
+          applied(calls, event.appliedIndex, event.seqs);
+          return;
+        case 'restored':
+          restored(calls, event.appliedIndex, event.settledBelow, event.applied);
+          return;
+        case 'leaderChanged':
+          leaderChanged(calls, { self: event.self, leaderId: event.self ? input.id : event.leaderId });
+          return;
+        case 'client':
+          receiveClientMessage(scope, event.message);
+          return;
+        case 'stop':
+          stopCalls(calls);
+          return;
+        default:
+          onMachineAnswer(scope, event);
+      }
+    });
+    return () => stopCalls(calls);
+  },
+);
 
 export type { NodeId };

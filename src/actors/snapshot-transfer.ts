@@ -47,7 +47,12 @@ export const pumpTransfer = (
     const chunkOffset = transfer.nextOffset;
     transfer.nextOffset += sizes.chunkBytes;
     counters.snapshotChunksSent += 1;
-    send({ ...request, data: data.subarray(chunkOffset, chunkOffset + sizes.chunkBytes), chunkOffset, totalBytes });
+    send({
+      ...request,
+      data: data.subarray(chunkOffset, chunkOffset + sizes.chunkBytes),
+      chunkOffset,
+      totalBytes,
+    });
   }
 };
 
@@ -138,7 +143,11 @@ export const isSoundChunk = (message: InstallSnapshot): boolean => {
 };
 
 /** The ack for `message` once `receivedBytes` of its snapshot arrived. */
-export const chunkAck = (self: NodeId, message: InstallSnapshot, receivedBytes: number): SnapshotChunkAck => ({
+export const chunkAck = (
+  self: NodeId,
+  message: InstallSnapshot,
+  receivedBytes: number,
+): SnapshotChunkAck => ({
   type: 'SnapshotChunkAck',
   from: self,
   to: message.from,
@@ -153,7 +162,9 @@ export const addChunk = (assembly: Assembly | null, message: InstallSnapshot): A
   const { data, chunkOffset, totalBytes } = message;
   const key = `${message.term}/${message.lastIncludedIndex}/${message.lastIncludedTerm}/${totalBytes}`;
   const current =
-    assembly && assembly.key === key ? assembly : { key, totalBytes, parts: new Map(), received: 0, contiguous: 0 };
+    assembly && assembly.key === key
+      ? assembly
+      : { key, totalBytes, parts: new Map(), received: 0, contiguous: 0 };
   // A duplicate is acknowledged again: the leader resends from the last ack after a stall.
   if (!current.parts.has(chunkOffset)) {
     current.parts.set(chunkOffset, data!);

@@ -13,8 +13,8 @@ import { type AnyActorRef, fromCallback } from 'xstate';
 import { assert } from '../machines/assert.js';
 import type { NodeId } from '../machines/messages.js';
 import { roleOf } from '../machines/raft.machine.js';
-import { relay, type StoreEvent, type SystemIds } from './events.js';
 import type { AnyActorSystem } from './events.js';
+import { relay, type StoreEvent, type SystemIds } from './events.js';
 import { type Change, createStore, type Store, type StoreSnapshot } from './store.js';
 
 /** A leader keeps entries for a live follower at most this many compaction intervals behind. */
@@ -104,18 +104,30 @@ export const storeActor = fromCallback<StoreEvent, StoreInput>(({ input, receive
       case 'apply':
         settled = [];
         store.apply(event.firstIndex, event.entries);
-        relay(system, self, ids.requests, { type: 'applied', appliedIndex: store.appliedIndex(), seqs: settled });
+        relay(system, self, ids.requests, {
+          type: 'applied',
+          appliedIndex: store.appliedIndex(),
+          seqs: settled,
+        });
         maybeCompact();
         return;
       case 'restore': {
         // InstallSnapshot rule 8: the store takes the snapshot's state; calls it covers are done.
         taken = null;
         const restored = store.restore(event.data);
-        assert(restored.index === event.index, `snapshot data at ${restored.index}, message at ${event.index}`);
+        assert(
+          restored.index === event.index,
+          `snapshot data at ${restored.index}, message at ${event.index}`,
+        );
         compactedTo = Math.max(compactedTo, event.index);
         counters.snapshotsInstalled += 1;
         const { settledBelow, applied } = store.sessionOf(input.session);
-        relay(system, self, ids.requests, { type: 'restored', appliedIndex: restored.index, settledBelow, applied });
+        relay(system, self, ids.requests, {
+          type: 'restored',
+          appliedIndex: restored.index,
+          settledBelow,
+          applied,
+        });
         return;
       }
       case 'snapshotFor':

@@ -8,13 +8,24 @@
  */
 import { type AnyActorRef, fromCallback } from 'xstate';
 import type { TransportEndpoint, TransportMessage } from '../io/transport.js';
-import { type InstallSnapshot, isChunkAck, type NodeId, RAFT_MESSAGE_TYPES, type RaftMessage } from '../machines/messages.js';
+import {
+  type InstallSnapshot,
+  isChunkAck,
+  type NodeId,
+  RAFT_MESSAGE_TYPES,
+  type RaftMessage,
+} from '../machines/messages.js';
 import { type ClientMessage, isWellFormedClientMessage } from './client-messages.js';
-import { relay, type SystemIds, type TransportEvent } from './events.js';
 import type { AnyActorSystem } from './events.js';
+import { relay, type SystemIds, type TransportEvent } from './events.js';
 
 const RAFT_TYPES = new Set<string>(RAFT_MESSAGE_TYPES);
-const CLIENT_TYPES = new Set<string>(['ClientPropose', 'ClientProposeResult', 'ClientRead', 'ClientReadResult']);
+const CLIENT_TYPES = new Set<string>([
+  'ClientPropose',
+  'ClientProposeResult',
+  'ClientRead',
+  'ClientReadResult',
+]);
 
 export type TransportCounters = { malformedMessages: number; receivedFrom: Map<NodeId, number> };
 
@@ -38,7 +49,10 @@ const route = (
   const { from, type } = message;
   counters.receivedFrom.set(from, (counters.receivedFrom.get(from) ?? 0) + 1);
   if (type === 'InstallSnapshot') {
-    relay(system, self, ids.peer(from), { type: 'snapshotChunk', message: message as unknown as InstallSnapshot });
+    relay(system, self, ids.peer(from), {
+      type: 'snapshotChunk',
+      message: message as unknown as InstallSnapshot,
+    });
   } else if (type === 'SnapshotChunkAck') {
     if (isChunkAck(message)) relay(system, self, ids.peer(from), { type: 'chunkAck', ack: message });
     else counters.malformedMessages += 1;
@@ -58,20 +72,22 @@ const route = (
   }
 };
 
-export const transportActor = fromCallback<TransportEvent, TransportInput>(({ input, receive, system, self }) => {
-  const counters: TransportCounters = { malformedMessages: 0, receivedFrom: new Map() };
-  input.views.transportCounters = counters;
-  const { endpoint, ids } = input;
-  let open = true;
-  input.onReceive((message) => {
-    if (open) route(system, self, ids, counters, message);
-  });
-  receive((event) => {
-    if (!open) return;
-    for (const message of event.messages) endpoint.send(message as TransportMessage);
-  });
-  return () => {
-    open = false;
-    input.onReceive(null);
-  };
-});
+export const transportActor = fromCallback<TransportEvent, TransportInput>(
+  ({ input, receive, system, self }) => {
+    const counters: TransportCounters = { malformedMessages: 0, receivedFrom: new Map() };
+    input.views.transportCounters = counters;
+    const { endpoint, ids } = input;
+    let open = true;
+    input.onReceive((message) => {
+      if (open) route(system, self, ids, counters, message);
+    });
+    receive((event) => {
+      if (!open) return;
+      for (const message of event.messages) endpoint.send(message as TransportMessage);
+    });
+    return () => {
+      open = false;
+      input.onReceive(null);
+    };
+  },
+);

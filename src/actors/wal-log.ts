@@ -26,7 +26,12 @@ import {
   walError,
 } from '../io/wal.js';
 import { assert } from '../machines/assert.js';
-import { createMemoryLog, type InstallOutput, type PersistedState, type PersistOutput } from './memory-log.js';
+import {
+  createMemoryLog,
+  type InstallOutput,
+  type PersistedState,
+  type PersistOutput,
+} from './memory-log.js';
 import type { StoreSnapshot } from './store.js';
 
 /** The file is cut once it is this many times its size after the last cut ... */

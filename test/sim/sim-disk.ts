@@ -17,7 +17,12 @@
  * ignored, so an old incarnation cannot write into the next one's disk. `open()` gives the next
  * incarnation a handle whose mirror starts from the synced state.
  */
-import type { InstallOutput, LogStorage, PersistedState, PersistOutput } from '../../src/actors/memory-log.js';
+import type {
+  InstallOutput,
+  LogStorage,
+  PersistedState,
+  PersistOutput,
+} from '../../src/actors/memory-log.js';
 import { createMemoryLog, type MemoryLog } from '../../src/actors/memory-log.js';
 import type { StoreSnapshot } from '../../src/actors/store.js';
 import type { HardState } from '../../src/machines/raft.types.js';

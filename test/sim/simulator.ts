@@ -6,8 +6,13 @@
  * and a one-line command that replays it.
  */
 import { expect } from 'vitest';
-import { createMemoryLog, type LogStorage, type MemoryLog, type PersistedState } from '../../src/actors/memory-log.js';
-import { createNode, type Node as RaftNode, type NodeOptions } from '../../src/actors/node.js';
+import {
+  createMemoryLog,
+  type LogStorage,
+  type MemoryLog,
+  type PersistedState,
+} from '../../src/actors/memory-log.js';
+import { createNode, type NodeOptions, type Node as RaftNode } from '../../src/actors/node.js';
 import { decodeCommand } from '../../src/io/command.js';
 import type { RaftTransport, TransportMessage } from '../../src/io/transport.js';
 import { assert } from '../../src/machines/assert.js';
