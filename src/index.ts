@@ -21,7 +21,7 @@ import {
 } from './io/tls-transport.js';
 import type { RaftTransport } from './io/transport.js';
 import type { WalCutReason } from './io/wal.js';
-import { DEFAULT_MAX_APPEND_BYTES } from './machines/raft.rules.js';
+import { DEFAULT_MAX_APPEND_BYTES } from './machines/rules/index.js';
 import {
   DEFAULT_MAX_VALUE_BYTES,
   encodeCheckedValue,

@@ -20,7 +20,8 @@ import { encodeCommand, type KvOperation } from '../io/command.js';
 import type { RaftTransport, TransportEndpoint, TransportMessage } from '../io/transport.js';
 import { assert } from '../machines/assert.js';
 import type { NodeId, RaftMessage } from '../machines/messages.js';
-import { emptyRecoveryCounters } from '../machines/raft.rules.js';
+import { emptyRecoveryCounters } from '../machines/rules/index.js';
+import { tickMsOf } from '../machines/ticks.js';
 import type { CallOptions } from './calls.js';
 import { type Clock, createDeadlines } from './deadlines.js';
 import { type NewCall, relay, systemIdsOf } from './events.js';
@@ -32,7 +33,6 @@ import {
   type RaftDeps,
   type RaftStatus,
   raftActorLogic,
-  SENDS_BEFORE_FLUSH,
   statusOf,
 } from './raft.js';
 import { type RequestsView, requestsActor } from './requests.js';
@@ -104,12 +104,6 @@ export type NodeOptions = {
   unreachablePeers?: () => Array<{ nodeId: NodeId; reason: string }>;
   /** A committed entry did not decode and was applied as a no-op (store.ts). */
   onUndecodable?: (index: number, reason: string) => void;
-  /**
-   * Test hook, for the suite's deliberately broken variants only: the message types a durable node
-   * sends without waiting for the flush that covers them. Default (the correct rule):
-   * AppendEntries and Heartbeat, which promise nothing about this node's disk.
-   */
-  sendsBeforeFlush?: ReadonlySet<RaftMessage['type']>;
 };
 
 export type NodeStatus = {
@@ -369,9 +363,8 @@ export const createNode = (options: NodeOptions) => {
     ids,
     peers: options.voters.filter((voter) => voter !== options.id),
     durable: false,
-    sendsBeforeFlush: options.sendsBeforeFlush ?? SENDS_BEFORE_FLUSH,
     clock,
-    nowMs,
+    tickMs: tickMsOf(options.electionTimeoutMs),
     onRole: (status) => options.onRole?.(status),
     counters: raftCounters,
   };

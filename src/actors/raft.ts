@@ -3,22 +3,20 @@
  * everything Raft decides, and the routing of its outputs. Every output goes, in emission order, to
  * the actor that owns that part of the world (events.ts): persists to the log actor; with a durable
  * log, every other output that must wait for them to the log actor's outbox too (`afterPersist`),
- * except the leader's AppendEntries and heartbeats, which promise nothing about its own disk and go
- * straight to the peers (§10.2.1); with a memory log, everything else straight to its actor.
+ * except what the machine marks `beforePersist` (a leader's AppendEntries and heartbeats, which
+ * promise nothing about its own disk, §10.2.1), which goes straight to the peers; with a memory
+ * log, everything else straight to its actor.
  *
  * It also tells the others when its role, term or leader changes (`leaderChanged`: requests,
- * peers), and runs the follower's election timer for the machine.
+ * peers), and sends the machine the clock's `tick` while it is a follower.
  */
 import type { AnyActorRef, AnyActorScope } from 'xstate';
-import type { NodeId, RaftMessage } from '../machines/messages.js';
+import type { NodeId } from '../machines/messages.js';
 import { type RaftMachine, raftMachine, roleOf } from '../machines/raft.machine.js';
-import type { RaftEmitted, Role } from '../machines/raft.types.js';
+import { goesBeforePersist, type RaftEmitted, type Role } from '../machines/raft.types.js';
 import type { Clock } from './deadlines.js';
 import type { AnyActorSystem } from './events.js';
 import { deliverOutput, relay, type SystemIds } from './events.js';
-
-/** A leader's AppendEntries and heartbeats promise nothing about its own disk (§10.2.1). */
-export const SENDS_BEFORE_FLUSH: ReadonlySet<RaftMessage['type']> = new Set(['AppendEntries', 'Heartbeat']);
 
 export type RaftStatus = {
   id: NodeId;
@@ -36,10 +34,9 @@ export type RaftDeps = {
   peers: readonly NodeId[];
   /** The log is durable: outputs that wait for persists go through the log actor's outbox. */
   durable: boolean;
-  /** Test hook for broken variants only: message types that go before the flush (default above). */
-  sendsBeforeFlush: ReadonlySet<RaftMessage['type']>;
   clock: Clock;
-  nowMs: () => number;
+  /** The period of the `tick` event (machines/ticks.ts): a follower's election timer counts ticks. */
+  tickMs: number;
   onRole: (status: RaftStatus) => void;
   counters: RaftCounters;
   /** Set at start: stops the raft actor's timers (the node calls it when it stops). */
@@ -59,90 +56,53 @@ export const statusOf = (id: NodeId, raft: AnyActorRef): RaftStatus => {
   };
 };
 
-type Router = { deps: RaftDeps; system: AnyActorSystem; self: AnyActorRef; timer: ElectionTimer };
+type Router = { deps: RaftDeps; system: AnyActorSystem; self: AnyActorRef };
 
 /** One output of the machine, to the actor that carries it out (see the header). */
 const route = (router: Router, output: RaftEmitted): void => {
   const { deps, system, self } = router;
   const { ids } = deps;
-  switch (output.type) {
-    case 'persist':
-      relay(system, self, ids.log, { type: 'persist', output });
-      return;
-    case 'installSnapshot':
-      relay(system, self, ids.log, { type: 'installSnapshot', output });
-      return;
-    case 'electionTimerReset':
-      router.timer.reset(output.timeoutMs);
-      return;
-  }
-  if (!deps.durable) {
-    deliverOutput(system, self, ids, output);
-    return;
-  }
-  if (output.type === 'send') {
-    const early = output.messages.filter((message) => deps.sendsBeforeFlush.has(message.type));
-    if (early.length > 0) {
-      deliverOutput(system, self, ids, { type: 'send', messages: early });
-      if (early.length === output.messages.length) return;
-      const late = output.messages.filter((message) => !deps.sendsBeforeFlush.has(message.type));
-      relay(system, self, ids.log, { type: 'afterPersist', output: { type: 'send', messages: late } });
-      return;
-    }
-  }
-  relay(system, self, ids.log, { type: 'afterPersist', output });
+  if (output.type === 'persist') relay(system, self, ids.log, { type: 'persist', output });
+  else if (output.type === 'installSnapshot') relay(system, self, ids.log, { type: 'installSnapshot', output });
+  // The machine says what may leave before the persists ahead of it are durable (raft.types.ts).
+  else if (!deps.durable || goesBeforePersist(output)) deliverOutput(system, self, ids, output);
+  else relay(system, self, ids.log, { type: 'afterPersist', output });
 };
 
-type ElectionTimer = { reset: (timeoutMs: number) => void; stop: () => void };
-
 /**
- * The machine says when a follower's election timer starts over (`electionTimerReset`: on becoming
- * a follower, hearing from the leader, granting a vote); `electionTimeout` goes to it once that
- * much time passed without a reset while it is still a follower. One clock timer, armed for the
- * earliest deadline it may have to meet and re-armed when it fires before the current deadline: a
- * reset per message moves a number, it does not cancel and start a timer.
+ * The clock's tick, which the machine's follower election timer counts (machines/ticks.ts): one
+ * clock timer, a `tick` every `tickMs` while the machine is a follower (candidates' and leaders'
+ * timers are XState delays), so a message from the leader moves a counter in the machine, never a
+ * timer.
  */
-const createElectionTimer = (deps: RaftDeps, self: AnyActorRef): ElectionTimer => {
-  const { clock, nowMs } = deps;
-  let deadline = Number.POSITIVE_INFINITY;
+const createTicker = (deps: RaftDeps, self: AnyActorRef) => {
   let timer: unknown = null;
-  let timerAt = Number.POSITIVE_INFINITY;
   let stopped = false;
-  const arm = (at: number, now: number): void => {
-    if (timer !== null) clock.clearTimeout(timer);
-    timerAt = at;
-    timer = clock.setTimeout(fire, at - now);
-  };
-  const fire = (): void => {
+  const onTick = (): void => {
     timer = null;
-    timerAt = Number.POSITIVE_INFINITY;
-    const snapshot = self.getSnapshot();
-    if (stopped || snapshot.status !== 'active' || roleOf(snapshot.value) !== 'follower') return;
-    const now = nowMs();
-    if (now < deadline) {
-      arm(deadline, now);
-      return;
-    }
-    deadline = Number.POSITIVE_INFINITY;
-    relay(self.system, self, deps.ids.raft, { type: 'electionTimeout' });
+    if (stopped || self.getSnapshot().status !== 'active') return;
+    timer = deps.clock.setTimeout(onTick, deps.tickMs);
+    relay(self.system, self, deps.ids.raft, { type: 'tick' });
   };
   return {
-    reset: (timeoutMs) => {
-      if (stopped) return;
-      const now = nowMs();
-      deadline = now + timeoutMs;
-      if (timer === null || timerAt > deadline) arm(deadline, now);
+    /** Ticks while the machine is a follower. */
+    follow: (role: Role): void => {
+      if (role === 'follower' && timer === null && !stopped) timer = deps.clock.setTimeout(onTick, deps.tickMs);
+      else if (role !== 'follower' && timer !== null) {
+        deps.clock.clearTimeout(timer);
+        timer = null;
+      }
     },
-    stop: () => {
+    stop: (): void => {
       stopped = true;
-      if (timer !== null) clock.clearTimeout(timer);
+      if (timer !== null) deps.clock.clearTimeout(timer);
       timer = null;
     },
   };
 };
 
 /** Tells the others when the role, term or leader changes; counts won elections. */
-const watchRole = (deps: RaftDeps, system: AnyActorSystem, self: AnyActorRef): void => {
+const watchRole = (deps: RaftDeps, system: AnyActorSystem, self: AnyActorRef, ticker: { follow: (role: Role) => void }): void => {
   let last: RaftStatus | null = null;
   self.subscribe({
     next: () => {
@@ -152,6 +112,7 @@ const watchRole = (deps: RaftDeps, system: AnyActorSystem, self: AnyActorRef): v
       if (before && before.role === now.role && before.term === now.term && before.leaderId === now.leaderId)
         return;
       last = now;
+      ticker.follow(now.role);
       if (now.role === 'leader' && before?.role !== 'leader') deps.counters.elections += 1;
       const self_ = now.role === 'leader';
       const event = {
@@ -179,11 +140,11 @@ export const raftActorLogic = (deps: RaftDeps): RaftMachine =>
     start: {
       value(snapshot: unknown, scope: AnyActorScope) {
         const { self, system } = scope;
-        const timer = createElectionTimer(deps, self);
-        const router: Router = { deps, system, self, timer };
+        const ticker = createTicker(deps, self);
+        const router: Router = { deps, system, self };
         self.on('*', (output: RaftEmitted) => route(router, output));
-        watchRole(deps, system, self);
-        deps.stopTimers = timer.stop;
+        watchRole(deps, system, self, ticker);
+        deps.stopTimers = ticker.stop;
         raftMachine.start(snapshot as never);
       },
     },

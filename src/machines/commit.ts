@@ -2,9 +2,10 @@
  * The leader's commit rule, in a file of its own so that tests can swap in a broken variant and
  * show that the model and simulation checkers catch it.
  */
-import { lastIndex, termAt } from './log.js';
+
 import { quorumMatchIndex } from './quorum.js';
 import type { RaftContext } from './raft.types.js';
+import { lastIndex, termAt } from './raft-log.js';
 
 /**
  * Figure 2, Rules for Servers, Leaders: "If there exists an N such that N > commitIndex, a majority

@@ -21,7 +21,9 @@
  * only moves forward" holds within one incarnation, which is what lets duplicated and delayed
  * answers never move a follower's progress back.
  *
- * Progress objects are owned by the raft machine and changed in place, once per message.
+ * Progress objects are owned by the raft machine and changed in place, once per message. A
+ * snapshot of the machine shows each as a `ProgressSummary` (its `toJSON`, computed when called
+ * from the live object, so never stale): the in-flight list is shown as its length.
  */
 import { assert } from './assert.js';
 
@@ -60,19 +62,37 @@ export type Progress = {
   recovering: boolean;
 };
 
-export const createProgress = (leaderLastIndex: number, incarnation = 0): Progress => ({
-  state: 'probe',
-  matchIndex: 0,
-  nextIndex: leaderLastIndex + 1,
-  probeSent: false,
-  inflight: [],
-  recentActive: true,
-  snapshotWaitedHeartbeats: 0,
-  snapshotTries: 0,
-  incarnation,
-  heartbeatSinceRelease: false,
-  recovering: true,
+/** What JSON shows of a progress: every field, the in-flight list as a count. */
+export type ProgressSummary = Omit<Progress, 'inflight'> & { inflight: number };
+
+export const summarizeProgress = (progress: Progress): ProgressSummary => ({
+  ...progress,
+  inflight: progress.inflight.length,
 });
+
+/** Shared by every progress (not enumerable: structural comparisons and Object.assign skip it). */
+function progressToJSON(this: Progress): ProgressSummary {
+  return summarizeProgress(this);
+}
+
+export const createProgress = (leaderLastIndex: number, incarnation = 0): Progress =>
+  Object.defineProperty(
+    {
+      state: 'probe',
+      matchIndex: 0,
+      nextIndex: leaderLastIndex + 1,
+      probeSent: false,
+      inflight: [],
+      recentActive: true,
+      snapshotWaitedHeartbeats: 0,
+      snapshotTries: 0,
+      incarnation,
+      heartbeatSinceRelease: false,
+      recovering: true,
+    } satisfies Progress,
+    'toJSON',
+    { value: progressToJSON },
+  );
 
 /** What an answer's incarnation means for the progress: see the module comment. */
 export type IncarnationVerdict = 'current' | 'stale' | 'restarted';

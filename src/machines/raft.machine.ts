@@ -10,31 +10,55 @@
  * XState delayed transitions (`after`), so the same machine runs on the real clock and on a
  * simulated one; each timer also has an explicit event (`electionTimeout`, `heartbeatTimeout`,
  * `checkQuorum`) so tests and tools can fire it by hand. The follower's election timer is the
- * exception: it is reset by every message from the leader, so the machine only says when it is
- * reset (`electionTimerReset`) and the node sends `electionTimeout` after that much silence; a
- * reset per message then costs no timer and no exit and entry of a state.
+ * exception (dissertation §3.4, etcd-io/raft's tick): it is reset by every message from the
+ * leader, so it counts `tick` events that the node sends every `tickMs` (ticks.ts) from one clock
+ * timer, and the follower starts an election on the tick that reaches its randomized timeout; a
+ * reset per message then sets a counter, with no timer and no exit and entry of a state.
+ *
+ * The machine also decides which outputs may leave before the local persist is durable (`send`'s
+ * `beforePersist`, raft.types.ts): the node's outbox only obeys it.
  *
  * The machine is pure: it reads only (context, event) and asks for everything else with emitted
- * outputs (see raft.types.ts). The bookkeeping per entry lives in log.ts and progress.ts.
+ * outputs (see raft.types.ts). The bookkeeping per entry lives in raft-log.ts and progress.ts.
  */
-import { emit, enqueueActions, raise, setup } from 'xstate';
+import { enqueueActions, raise, setup } from 'xstate';
 import type { RaftMessage } from './messages.js';
-import * as rules from './raft.rules.js';
 import type { Outcome, RaftContext, RaftEmitted, RaftEvent, RaftInput } from './raft.types.js';
+import * as rules from './rules/index.js';
 
 type MessageOf<T extends RaftMessage['type']> = Extract<RaftMessage, { type: T }>;
 
 /** Messages whose only root rules are about their term (no PreVote cases): see `isOfCurrentTerm`. */
 type HotMessageType = 'AppendEntries' | 'Heartbeat' | 'AppendEntriesResponse' | 'HeartbeatResponse';
 
-/** Wraps a rule so its outcome becomes XState actions: one assign, one `send` output, the other outputs. */
+/**
+ * A rule's messages as `send` outputs in their order, one per run of messages that agree on
+ * whether they may leave before the local persist (rules.mayLeaveBeforePersist, raft.types.ts).
+ */
+const sendOutputs = (messages: RaftMessage[]): RaftEmitted[] => {
+  const outputs: RaftEmitted[] = [];
+  let start = 0;
+  let beforePersist = rules.mayLeaveBeforePersist(messages[0]!);
+  for (let index = 1; index <= messages.length; index += 1) {
+    const flag = index < messages.length && rules.mayLeaveBeforePersist(messages[index]!);
+    if (index < messages.length && flag === beforePersist) continue;
+    const run = start === 0 && index === messages.length ? messages : messages.slice(start, index);
+    outputs.push({ type: 'send', messages: run, beforePersist });
+    start = index;
+    beforePersist = flag;
+  }
+  return outputs;
+};
+
+/** Wraps a rule so its outcome becomes XState actions: one assign, the outputs, then the `send` outputs. */
 const rule = (decide: (context: RaftContext, event: RaftEvent) => Outcome) =>
   enqueueActions<RaftContext, RaftEvent, undefined, RaftEvent, never, never, never, never, RaftEmitted>(
     ({ context, event, enqueue }) => {
       const outcome = decide(context, event);
       if (outcome.patch && Object.keys(outcome.patch).length > 0) enqueue.assign(outcome.patch);
       for (const emitted of outcome.emitted ?? []) enqueue.emit(emitted);
-      if (outcome.send && outcome.send.length > 0) enqueue.emit({ type: 'send', messages: outcome.send });
+      if (outcome.send && outcome.send.length > 0)
+        for (const output of sendOutputs(outcome.send)) enqueue.emit(output);
     },
   );
 
@@ -89,6 +113,7 @@ export const raftMachine = setup({
     hasVoteQuorum: ({ context }) => rules.hasVoteQuorum(context),
     hasRejectionQuorum: ({ context }) => rules.hasRejectionQuorum(context),
     hasLostQuorumContact: ({ context }) => rules.hasLostQuorumContact(context),
+    isElectionDue: ({ context }) => rules.isElectionDue(context),
   },
   actions: {
     adoptHigherTerm: rule((context, event) => rules.adoptHigherTerm(context, incoming(event))),
@@ -113,11 +138,8 @@ export const raftMachine = setup({
       return { type: message.type, message } as RaftEvent;
     }),
     redeliver: raise(({ event }) => event),
-    /** The follower's election timer starts over: `electionTimeout` after a randomized silence (§5.2). */
-    resetElectionTimer: emit(({ context }) => ({
-      type: 'electionTimerReset' as const,
-      timeoutMs: context.randomizedElectionTimeoutMs,
-    })),
+    resetElectionTimer: rule((context) => rules.resetElectionTimer(context)),
+    countTick: rule((context) => rules.countTick(context)),
     grantVote: rule((context, event) => rules.grantVote(context, messageOf(event, 'RequestVote'))),
     rejectVote: rule((context, event) => rules.rejectVote(context, messageOf(event, 'RequestVote'))),
     startPreVote: rule((context) => rules.startPreVote(context)),
@@ -202,7 +224,7 @@ export const raftMachine = setup({
       initial: 'entering',
       states: {
         entering: { always: [{ guard: 'isRecovering', target: 'recovering' }, { target: 'listening' }] },
-        // Entered on becoming a follower, on a new term and on granting a vote: each (re)starts the timer.
+        // Entered on becoming a follower, on a new term and on granting a vote: each restarts the count.
         listening: { entry: 'resetElectionTimer' },
         /**
          * A server that started without its earlier state (docs/design/recovery.md): it votes in no
@@ -214,6 +236,7 @@ export const raftMachine = setup({
           entry: 'enterRecovering',
           always: { guard: 'hasRecovered', target: 'listening' },
           on: {
+            tick: [{ guard: 'isElectionDue', actions: 'retryRecovery' }, { actions: 'countTick' }],
             electionTimeout: { actions: 'retryRecovery' },
             message: [
               {
@@ -230,6 +253,8 @@ export const raftMachine = setup({
         },
       },
       on: {
+        // The election timer (§5.2): the ticks since the last reset reach the drawn timeout.
+        tick: [{ guard: 'isElectionDue', target: 'candidate' }, { actions: 'countTick' }],
         electionTimeout: { target: 'candidate' },
         message: [
           // Hearing from the leader restarts the election timer.

@@ -3,9 +3,10 @@
  * rule 1): what it needs from the world arrives as events below, and what it wants done leaves as
  * emitted outputs that the node's actors carry out.
  */
-import type { RaftLog } from './log.js';
+
 import type { CrashVector, Entry, NodeId, RaftMessage, RecoveryResponse } from './messages.js';
 import type { Progress } from './progress.js';
+import type { RaftLog } from './raft-log.js';
 import type { RngState } from './rng.js';
 
 export type Role = 'follower' | 'candidate' | 'leader';
@@ -124,7 +125,14 @@ export type RaftContext = {
   persistedIndex: number;
   leaderId: NodeId | null;
   rng: RngState;
+  /** The period of the `tick` event (ticks.ts, tickMsOf): the follower's election timer counts them. */
+  readonly tickMs: number;
+  /** The election timeout drawn for the current wait, from [T, 2T) (§5.2): candidates' XState delays. */
   randomizedElectionTimeoutMs: number;
+  /** The same draw in whole ticks: a follower starts an election once this many ticks pass. */
+  randomizedElectionTimeoutTicks: number;
+  /** Ticks since the follower last heard from the leader, granted a vote or became follower. */
+  electionElapsedTicks: number;
   /** Answers received in the current pre-vote or election: granted or not, by voter. */
   votes: Record<NodeId, boolean>;
   // Volatile state on leaders (reinitialized after election).
@@ -143,6 +151,12 @@ export type RaftEvent =
   | { type: 'persisted'; index: number }
   /** The node snapshotted the state machine up to at least `index`: compact the log that far. */
   | { type: 'compact'; index: number }
+  /**
+   * One period of the node's clock (`tickMs`): a follower counts it toward its election timeout,
+   * a recovering one toward its retry; candidates and leaders ignore it (their timers are delays).
+   */
+  | { type: 'tick' }
+  /** The election timer expires now, whatever the ticks say (tests and tools). */
   | { type: 'electionTimeout' }
   | { type: 'heartbeatTimeout' }
   | { type: 'checkQuorum' }
@@ -161,7 +175,18 @@ export type RaftEvent =
       message: Extract<RaftMessage, { type: 'InstallSnapshotResponse' }>;
     };
 
-/** Outputs, carried out by the node in this order: persist, then send, then apply. */
+/**
+ * Outputs, carried out by the node in emission order, with one exception that the machine decides
+ * (dissertation §10.2.1; etcd-io/raft's messages-after-append):
+ *
+ * **Persist order.** An output waits until every persist emitted ahead of it (`persist`, and the
+ * log part of `installSnapshot`) is durable, unless it says it may go before: only a `send` with
+ * `beforePersist: true` may, and the machine gives that flag only to messages that promise nothing
+ * about the sender's disk (rules, mayLeaveBeforePersist: a leader's AppendEntries and Heartbeat;
+ * the leader counts itself toward a commit only up to what is `persisted`). Every answer (a vote,
+ * an append or snapshot acknowledgement), vote request, recovery message, commit, apply and client
+ * answer waits. With a log that is durable as soon as it is written, nothing waits.
+ */
 export type RaftEmitted =
   | {
       type: 'persist';
@@ -170,7 +195,8 @@ export type RaftEmitted =
       fromIndex: number;
       entries: Entry[];
     }
-  | { type: 'send'; messages: RaftMessage[] }
+  /** Messages in the order the rule sent them; `beforePersist` as stated above. */
+  | { type: 'send'; messages: RaftMessage[]; beforePersist: boolean }
   /**
    * Persist the snapshot (log now starts after `index`, keeping its suffix when `keptSuffix`) and
    * reset the state machine from `data`. A persist: what follows it waits until it is durable.
@@ -180,12 +206,11 @@ export type RaftEmitted =
   | { type: 'proposalsAccepted'; batchId: number; firstIndex: number; term: number }
   | { type: 'proposalsRejected'; batchId: number; leaderId: NodeId | null }
   | { type: 'readsReady'; ids: number[]; readIndex: number }
-  | { type: 'readsRejected'; ids: number[]; leaderId: NodeId | null }
-  /**
-   * A follower became one, heard from the leader or granted a vote: it times out (the node sends
-   * `electionTimeout`) once `timeoutMs` pass without another reset while it is still a follower (§5.2).
-   */
-  | { type: 'electionTimerReset'; timeoutMs: number };
+  | { type: 'readsRejected'; ids: number[]; leaderId: NodeId | null };
+
+/** Whether `emitted` may be carried out before the persists emitted ahead of it are durable. */
+export const goesBeforePersist = (emitted: RaftEmitted): boolean =>
+  emitted.type === 'send' && emitted.beforePersist;
 
 export type Outcome = {
   patch?: Partial<RaftContext>;

@@ -35,8 +35,8 @@ vi.mock('../../src/machines/commit.js', async (importOriginal) => {
   };
 });
 
-vi.mock('../../src/machines/raft.rules.js', async (importOriginal) => {
-  const original = await importOriginal<typeof import('../../src/machines/raft.rules.js')>();
+vi.mock('../../src/machines/rules/index.js', async (importOriginal) => {
+  const original = await importOriginal<typeof import('../../src/machines/rules/index.js')>();
   return {
     ...original,
     /** Grants a vote without the election restriction (§5.4.1). */
@@ -50,13 +50,13 @@ vi.mock('../../src/machines/raft.rules.js', async (importOriginal) => {
   };
 });
 
-vi.mock('../../src/machines/log.js', async (importOriginal) => {
-  const original = await importOriginal<typeof import('../../src/machines/log.js')>();
+vi.mock('../../src/machines/raft-log.js', async (importOriginal) => {
+  const original = await importOriginal<typeof import('../../src/machines/raft-log.js')>();
   return {
     ...original,
     /** Truncates after prevLogIndex on every AppendEntries, so a stale or duplicate one shortens the log. */
     mergeEntries: (
-      log: import('../../src/machines/log.js').RaftLog,
+      log: import('../../src/machines/raft-log.js').RaftLog,
       prevLogIndex: number,
       entries: readonly import('../../src/machines/messages.js').Entry[],
     ) => {

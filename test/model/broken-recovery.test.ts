@@ -15,8 +15,8 @@ import { runModel } from './harness.js';
 
 const broken = vi.hoisted(() => ({ amnesiacVotes: false, preCrashCounted: false }));
 
-vi.mock('../../src/machines/raft.rules.js', async (importOriginal) => {
-  const original = await importOriginal<typeof import('../../src/machines/raft.rules.js')>();
+vi.mock('../../src/machines/rules/index.js', async (importOriginal) => {
+  const original = await importOriginal<typeof import('../../src/machines/rules/index.js')>();
   // The recovering mark ('' as votedFor) would refuse the vote as well: the variant ignores both.
   const asIfRecovered = (context: RaftContext): RaftContext => ({
     ...context,

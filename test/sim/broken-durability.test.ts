@@ -1,8 +1,8 @@
 /**
  * Durable before acknowledged (ARCHITECTURE.md rule 4), shown to be checked: a raft node that lets
- * its vote answers, or its append answers, leave before the flush that covers them (the test hook
- * `sendsBeforeFlush` of raft-node.ts) is caught by the durable-disk simulation, while the real
- * code passes the same seeds.
+ * its vote answers, or its append answers, leave before the flush that covers them (the machine's
+ * persist-order rule `mayLeaveBeforePersist` of rules/all-servers.ts, mocked to say yes to them too) is
+ * caught by the durable-disk simulation, while the real code passes the same seeds.
  *
  * Two ways to catch it: the wire check (the simulator compares every granted vote and every
  * successful append answer with what the disk has synced) fails the very first run; and, with the
@@ -20,10 +20,14 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { RaftMessage } from '../../src/machines/messages.js';
 import { type ChaosOptions, chaosRun } from './chaos.js';
 
-const flags = vi.hoisted(() => ({ ignoreCrashVectors: false }));
+const flags = vi.hoisted(() => ({
+  ignoreCrashVectors: false,
+  /** Message types the broken variant lets leave before the local persist, beside the correct ones. */
+  early: new Set<string>(),
+}));
 
-vi.mock('../../src/machines/raft.rules.js', async (importOriginal) => {
-  const original = await importOriginal<typeof import('../../src/machines/raft.rules.js')>();
+vi.mock('../../src/machines/rules/index.js', async (importOriginal) => {
+  const original = await importOriginal<typeof import('../../src/machines/rules/index.js')>();
   return {
     ...original,
     recordVote: (
@@ -34,16 +38,20 @@ vi.mock('../../src/machines/raft.rules.js', async (importOriginal) => {
         context,
         flags.ignoreCrashVectors ? { ...response, crashVector: undefined, incarnation: undefined } : response,
       ),
+    mayLeaveBeforePersist: (message: RaftMessage) =>
+      flags.early.has(message.type) || original.mayLeaveBeforePersist(message),
   };
 });
 
 afterEach(() => {
   flags.ignoreCrashVectors = false;
+  flags.early.clear();
 });
 
 const CORRECT: ChaosOptions = { disk: 'durable' };
-const early = (type: RaftMessage['type']): ChaosOptions['sendsBeforeFlush'] =>
-  new Set<RaftMessage['type']>(['AppendEntries', 'Heartbeat', type]);
+/** The broken variant: `type` also leaves before the local persist is durable. */
+type Variant = ChaosOptions & { early?: RaftMessage['type'] };
+const early = (type: RaftMessage['type']): Pick<Variant, 'early'> => ({ early: type });
 
 type Failure = { seed: number; message: string };
 
@@ -51,9 +59,11 @@ type Failure = { seed: number; message: string };
 const failures = async (
   nodes: number,
   seeds: readonly number[],
-  variant: ChaosOptions,
+  { early: type, ...variant }: Variant,
   until: RegExp = /./,
 ): Promise<Failure[]> => {
+  flags.early.clear();
+  if (type !== undefined) flags.early.add(type);
   const found: Failure[] = [];
   for (const seed of seeds) {
     try {
@@ -92,7 +102,7 @@ describe.each([
   },
 ])('$name', ({ type, wire, nodes, seeds, safety }) => {
   it('is caught by the wire check on the first seed; the real code passes it', async () => {
-    const [caught] = await failures(3, [1], { ...CORRECT, sendsBeforeFlush: early(type) });
+    const [caught] = await failures(3, [1], { ...CORRECT, ...early(type) });
     expect(caught?.message).toMatch(wire);
     expect(caught?.message).toMatch(/replay: DISKEYVAL_SIM_SEED=1 npx vitest run/);
     expect(await failures(3, [1], CORRECT)).toEqual([]);
@@ -103,7 +113,7 @@ describe.each([
     const found = await failures(
       nodes,
       range(1, seeds),
-      { ...CORRECT, checkDurability: false, sendsBeforeFlush: early(type) },
+      { ...CORRECT, checkDurability: false, ...early(type) },
       safety,
     );
     for (const failure of found)
@@ -118,7 +128,7 @@ describe.each([
       const withVectors = await failures(nodes, failed.slice(-1), {
         ...CORRECT,
         checkDurability: false,
-        sendsBeforeFlush: early(type),
+        ...early(type),
       });
       expect(withVectors).toEqual([]);
     }

@@ -43,11 +43,11 @@ vi.mock('../../src/actors/store.js', async (importOriginal) => {
   };
 });
 
-vi.mock('../../src/machines/log.js', async (importOriginal) => {
-  const original = await importOriginal<typeof import('../../src/machines/log.js')>();
+vi.mock('../../src/machines/raft-log.js', async (importOriginal) => {
+  const original = await importOriginal<typeof import('../../src/machines/raft-log.js')>();
   return {
     ...original,
-    restoreTo: (log: import('../../src/machines/log.js').RaftLog, index: number, term: number) => {
+    restoreTo: (log: import('../../src/machines/raft-log.js').RaftLog, index: number, term: number) => {
       if (!broken.keepSuffix || index < log.offset || index > original.lastIndex(log))
         return original.restoreTo(log, index, term);
       // The bug: no check that our entry at the snapshot point has the snapshot's term.

@@ -7,9 +7,9 @@
  * "committed" entry, which the state machine safety check sees.
  */
 import { describe, expect, it, vi } from 'vitest';
-import { lastIndex, termAt } from '../../src/machines/log.js';
 import { quorumMatchIndex } from '../../src/machines/quorum.js';
 import type { RaftContext } from '../../src/machines/raft.types.js';
+import { lastIndex, termAt } from '../../src/machines/raft-log.js';
 import { figure8Run } from './figure8.js';
 import { UNRELIABLE } from './simulator.js';
 

@@ -16,6 +16,7 @@
  */
 import { expect } from 'vitest';
 import type { RaftMessage } from '../../src/machines/messages.js';
+import { SNAPSHOT_RETRY_HEARTBEATS } from '../../src/machines/progress.js';
 import { createSimulation, type NetworkFaults, type Proposal } from './simulator.js';
 
 type Simulation = ReturnType<typeof createSimulation>;
@@ -233,8 +234,10 @@ export const farBehindRun = async (
   assertSameLeader(sim, leader);
   expect(sim.node(follower)!.get('k0')).toEqual(sim.node(leader.id)!.get('k0'));
   // Once caught up, a snapshot transfer is over: after a second for what was already in flight,
-  // nothing more goes for 10 s (no resend loop).
-  await sim.runFor(1000);
+  // plus the wait after which a leader resends a snapshot whose answer was lost (1% of messages
+  // are: SNAPSHOT_RETRY_HEARTBEATS heartbeats, progress.ts), nothing more goes for 10 s (no
+  // resend loop).
+  await sim.runFor(1000 + 2 * SNAPSHOT_RETRY_HEARTBEATS * TIMINGS.heartbeatMs);
   const snapshotMessagesBefore = sim.sentByType().InstallSnapshot ?? 0;
   await sim.runFor(10_000);
   const snapshotMessagesAfterCatchUp = (sim.sentByType().InstallSnapshot ?? 0) - snapshotMessagesBefore;

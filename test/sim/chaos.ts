@@ -67,8 +67,8 @@ export type ChaosResult = {
   durability: DurabilityCounters | null;
 };
 
-/** Simulation options a chaos run passes on (the disk, broken-variant hooks). */
-export type ChaosOptions = Pick<SimOptions, 'disk' | 'fsyncMs' | 'checkDurability' | 'sendsBeforeFlush'>;
+/** Simulation options a chaos run passes on (the disk, the wire check). */
+export type ChaosOptions = Pick<SimOptions, 'disk' | 'fsyncMs' | 'checkDurability'>;
 
 /**
  * Durable disks: a crash a few simulated milliseconds into a burst, while its persists (entries,

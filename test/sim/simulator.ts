@@ -83,8 +83,6 @@ export type SimOptions = {
    * answer promises is synced (default true). Off, only the Raft safety properties judge a run.
    */
   checkDurability?: boolean;
-  /** Passed to every raft node (test hook for broken variants, see raft-node.ts). */
-  sendsBeforeFlush?: NodeOptions['sendsBeforeFlush'];
   /**
    * The first start of every server: 'bootstrapped' (default) starts them as members of a cluster
    * already formed, so scenarios time their first election from 0; 'blank' starts them as a new
@@ -300,7 +298,6 @@ export const createSimulation = (options: SimOptions) => {
         : (fn) => {
             agenda.push(nowMs, fn);
           },
-      ...(options.sendsBeforeFlush ? { sendsBeforeFlush: options.sendsBeforeFlush } : {}),
       ...(options.maxInflight ? { maxInflight: options.maxInflight } : {}),
       ...(options.maxEntriesPerAppend ? { maxEntriesPerAppend: options.maxEntriesPerAppend } : {}),
       compactEvery: options.compactEvery ?? 0,

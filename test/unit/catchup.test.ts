@@ -13,7 +13,6 @@ import {
   FRAME_HEADER_BYTES,
   frameBodyLength,
 } from '../../src/io/codec.js';
-import { createLog, sliceBounded } from '../../src/machines/log.js';
 import type { Entry, RaftMessage } from '../../src/machines/messages.js';
 import {
   admitIncarnation,
@@ -24,6 +23,7 @@ import {
   onHeartbeatAnswered,
   onHeartbeatSent,
 } from '../../src/machines/progress.js';
+import { createLog, sliceBounded } from '../../src/machines/raft-log.js';
 
 /** A follower in replicate at match 50 of a leader at 100, heard as incarnation 7. */
 const replicating = () => {

@@ -1,5 +1,5 @@
 /**
- * The machine's log with a compacted prefix (src/machines/log.ts, Raft §7) against a reference: a
+ * The machine's log with a compacted prefix (src/machines/raft-log.ts, Raft §7) against a reference: a
  * plain array holding every entry. After any sequence of appends, merges (AppendEntries rules 3
  * and 4), compactions and snapshot restores, every question the rules ask of the log (termAt,
  * slice, conflictHint, lastIndexOfTerm, isUpToDate) gets the reference's answer wherever the
@@ -7,6 +7,7 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import type { Entry } from '../../src/machines/messages.js';
 import {
   append,
   compactTo,
@@ -21,8 +22,7 @@ import {
   restoreTo,
   slice,
   termAt,
-} from '../../src/machines/log.js';
-import type { Entry } from '../../src/machines/messages.js';
+} from '../../src/machines/raft-log.js';
 
 type Step =
   | { kind: 'append'; terms: number[] }

@@ -1,5 +1,6 @@
 /**
- * The in-memory Raft log (Raft paper §5.3) with a compacted prefix (§7). Indexes start at 1.
+ * The raft machine's in-memory view of the log (Raft paper §5.3) with a compacted prefix (§7); what
+ * is on disk is the log actor's (src/actors). Indexes start at 1.
  * Entries at or below `offset` were compacted into a snapshot: only the term of the last of them
  * (`offsetTerm`) is kept, so the consistency check still works at the snapshot point. Index 0 is
  * the empty prefix with term 0 (offset 0, offsetTerm 0 for a log that never compacted).
@@ -7,15 +8,46 @@
  * The log is owned by the raft machine and changed in place, once per batch, by the functions
  * here: a caller must never keep a reference to `entries` across events. `entries[i]` is the
  * entry at index `offset + 1 + i`.
+ *
+ * A snapshot of the machine (XState's inspector serializes it with JSON) shows the log as a
+ * `LogSummary`, never its entries: the log's `toJSON` computes it from the live log when called,
+ * so an in-place change can never leave it stale.
  */
 import { assert } from './assert.js';
 import type { Entry } from './messages.js';
 
 export type RaftLog = { entries: Entry[]; offset: number; offsetTerm: number };
 
+/** What JSON shows of a log: its bounds and the number of entries held, in O(1). */
+export type LogSummary = {
+  /** The snapshot point: entries up to it were compacted; its term is kept. */
+  snapshotIndex: number;
+  snapshotTerm: number;
+  /** The first index still held (lastIndex + 1 when none is). */
+  firstIndex: number;
+  lastIndex: number;
+  lastTerm: number;
+  /** Entries held: lastIndex - snapshotIndex. */
+  entryCount: number;
+};
+
+export const summarizeLog = (log: RaftLog): LogSummary => ({
+  snapshotIndex: log.offset,
+  snapshotTerm: log.offsetTerm,
+  firstIndex: firstIndex(log),
+  lastIndex: lastIndex(log),
+  lastTerm: lastTerm(log),
+  entryCount: log.entries.length,
+});
+
+/** Shared by every log (not enumerable, so structural comparisons ignore it). */
+function logToJSON(this: RaftLog): LogSummary {
+  return summarizeLog(this);
+}
+
 export const createLog = (entries: readonly Entry[] = [], offset = 0, offsetTerm = 0): RaftLog => {
   assert(offset >= 0 && (offset > 0 || offsetTerm === 0), `bad log offset ${offset}/${offsetTerm}`);
-  return { entries: [...entries], offset, offsetTerm };
+  return Object.defineProperty({ entries: [...entries], offset, offsetTerm }, 'toJSON', { value: logToJSON });
 };
 
 export const lastIndex = (log: RaftLog): number => log.offset + log.entries.length;
