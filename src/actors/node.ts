@@ -358,7 +358,9 @@ export const createNode = (options: NodeOptions) => {
   /** Calls made in this tick, handed to the requests actor as one event after it. */
   let tickCalls: NewCall[] = [];
 
-  const raftRef = (): AnyActorRef | undefined => root?.system.get(ids.raft) as AnyActorRef | undefined;
+  /** The raft actor, kept after the node stops (its last snapshot stays readable). */
+  let raft: AnyActorRef | undefined;
+  const raftRef = (): AnyActorRef | undefined => raft;
   const raftDeps: RaftDeps = {
     ids,
     peers: options.voters.filter((voter) => voter !== options.id),
@@ -441,6 +443,7 @@ export const createNode = (options: NodeOptions) => {
       ...(options.inspect ? { inspect: options.inspect } : {}),
     });
     root.start();
+    raft = root.system.get(ids.raft) as AnyActorRef | undefined;
     handOver();
   };
 
