@@ -5,7 +5,7 @@
  * flush as one group, with one write and one fdatasync, and resolves once that group is durable.
  *
  * Until a flush resolves, what `persist` recorded is NOT durable: the raft node holds every output
- * the machine emitted after a persist until the flush that covers it resolves (raft-node.ts).
+ * the machine emitted after a persist until the flush that covers it resolves (log-actor.ts).
  *
  * Flushes never overlap: a flush asked for while one is in flight waits for it and then takes
  * everything queued by then (so callers that flush often still get groups). A failed write or

@@ -1,7 +1,7 @@
 /**
- * A simulated durable disk for the simulator: the LogStorage contract of src/actors/log.ts with
+ * A simulated durable disk for the simulator: the LogStorage contract of src/actors/memory-log.ts with
  * `durable: true`, on the simulated clock, so the raft node takes its real outbox path (persist,
- * hold, flush, release: raft-node.ts, ARCHITECTURE.md rule 4) as it does on the WAL.
+ * hold, flush, release: actors/log-actor.ts, ARCHITECTURE.md) as it does on the WAL.
  *
  * Two states: the mirror (what `persisted()` returns, the machine's view, changed at once by
  * `persist`, `installSnapshot` and `compact`) and the synced state (what survives a crash). Every

@@ -60,7 +60,7 @@ export type SimOptions = {
   network?: Partial<NetworkFaults>;
   maxInflight?: number;
   maxEntriesPerAppend?: number;
-  /** Log compaction (raft-node.ts): off (0) unless given. */
+  /** Log compaction (actors/store-actor.ts): off (0) unless given. */
   compactEvery?: number;
   keepEntries?: number;
   snapshotChunkBytes?: number;
