@@ -24,17 +24,11 @@ import { emptyRecoveryCounters } from '../machines/rules/index.js';
 import { tickMsOf } from '../machines/ticks.js';
 import type { CallOptions } from './calls.js';
 import { type Clock, createDeadlines } from './deadlines.js';
-import { type NewCall, relay, systemIdsOf } from './events.js';
+import { type NewCall, relay, type SystemIds, systemIdsOf } from './events.js';
 import { type LogView, logActor } from './log-actor.js';
 import { createMemoryLog, type LogStorage } from './memory-log.js';
 import { type PeerCounters, type PeerMetrics, peerActor } from './peer.js';
-import {
-  type RaftCounters,
-  type RaftDeps,
-  type RaftStatus,
-  raftActorLogic,
-  statusOf,
-} from './raft.js';
+import { type RaftCounters, type RaftDeps, type RaftStatus, raftActorLogic, statusOf } from './raft.js';
 import { type RequestsView, requestsActor } from './requests.js';
 import type { Change, Store } from './store.js';
 import { type StoreCounters, storeActor } from './store-actor.js';
@@ -340,204 +334,236 @@ const metricsOf = (views: Views, raft: RaftCounters) => {
   };
 };
 
-export const createNode = (options: NodeOptions) => {
+/** The handle's own state: what it started, and the calls of the current tick. */
+type NodeState = {
+  options: NodeOptions;
+  clock: Clock;
+  nowMs: () => number;
+  defer: (fn: () => void) => void;
+  ids: SystemIds;
+  deadlines: ReturnType<typeof createDeadlines>;
+  views: Views;
+  raftCounters: RaftCounters;
+  raftDeps: RaftDeps;
+  log: LogStorage;
+  root: Actor<ReturnType<typeof nodeMachineOf>> | null;
+  /** The raft actor, kept after the node stops (its last snapshot stays readable). */
+  raft: AnyActorRef | undefined;
+  endpoint: TransportEndpoint | null;
+  stopped: boolean;
+  starting: boolean;
+  stopping: Promise<void> | null;
+  incarnation: number;
+  deliver: ((message: TransportMessage) => void) | null;
+  /** Calls made in this tick, handed to the requests actor as one event after it. */
+  tickCalls: NewCall[];
+};
+
+const stoppedError = (s: NodeState, what: string): Error =>
+  Object.assign(new Error(`${s.options.id} ${what}`), { code: 'STOPPED' });
+
+const statusOfNode = (s: NodeState): NodeStatus => {
+  assert(s.raft !== undefined, 'status before start');
+  return { ...statusOf(s.options.id, s.raft), appliedIndex: s.views.store?.appliedIndex() ?? 0 };
+};
+
+const handOver = (s: NodeState): void => {
+  if (!s.root || s.tickCalls.length === 0) return;
+  const calls = s.tickCalls;
+  s.tickCalls = [];
+  relay(s.root.system, undefined, s.ids.requests, { type: 'calls', calls });
+};
+
+/** A call on the handle: it joins this tick's batch (one `calls` event for all of them). */
+const callOn = (
+  s: NodeState,
+  kind: 'write' | 'read',
+  callOptions: CallOptions | undefined,
+  encode: NewCall['encode'],
+): Promise<void> => {
+  if (s.stopped) return Promise.reject(stoppedError(s, 'is not running'));
+  return new Promise<void>((resolve, reject) => {
+    if (s.tickCalls.length === 0) s.defer(() => handOver(s));
+    s.tickCalls.push({
+      kind,
+      encode,
+      forward: callOptions?.forward !== false,
+      timeoutMs: callOptions?.timeoutMs,
+      signal: callOptions?.signal,
+      resolve,
+      reject,
+    });
+  });
+};
+
+const startNode = async (s: NodeState): Promise<void> => {
+  assert(s.root === null && !s.starting, 'start called twice');
+  s.starting = true;
+  let booted: Boot;
+  try {
+    if (s.options.openLog) s.log = await s.options.openLog();
+    const result = boot(s.options, s.log, (message) => s.deliver?.(message));
+    booted = result instanceof Promise ? await result : result;
+  } catch (error) {
+    s.starting = false;
+    throw error;
+  }
+  s.endpoint = booted.endpoint;
+  s.incarnation = booted.incarnation;
+  s.raftDeps.durable = s.log.durable === true;
+  const wiring: Wiring = {
+    options: s.options,
+    views: s.views,
+    raftDeps: s.raftDeps,
+    deadlines: s.deadlines,
+    defer: s.defer,
+    nowMs: s.nowMs,
+    onReceive: (next) => {
+      s.deliver = next;
+    },
+    onFatal: (error) => {
+      stopNode(s).catch(() => undefined);
+      s.options.onFatal?.(error);
+    },
+  };
+  const inspect = s.options.inspect;
+  s.root = createActor(nodeMachineOf(wiring, booted), {
+    clock: s.clock,
+    systemId: s.options.id,
+    ...(inspect ? { inspect } : {}),
+  });
+  s.root.start();
+  s.raft = s.root.system.get(s.ids.raft) as AnyActorRef | undefined;
+  handOver(s);
+};
+
+/**
+ * Stops every actor and the transport; every waiting call rejects with STOPPED. Held outputs are
+ * dropped (nothing was acknowledged for them); a flush in flight is waited for, then the log is
+ * closed. Idempotent.
+ */
+const stopNode = (s: NodeState): Promise<void> => {
+  s.stopping ??= (async () => {
+    s.stopped = true;
+    s.raftDeps.stopTimers?.();
+    if (s.root) relay(s.root.system, undefined, s.ids.requests, { type: 'stop' });
+    for (const pending of s.tickCalls) pending.reject(stoppedError(s, 'stopped'));
+    s.tickCalls = [];
+    s.root?.stop();
+    s.deadlines.clear();
+    await s.views.log?.flushing();
+    try {
+      await s.log.close?.();
+    } finally {
+      await s.endpoint?.close();
+    }
+  })();
+  return s.stopping;
+};
+
+/**
+ * While recovering: the members whose answer (from a member that is not recovering itself) the
+ * current round still lacks; empty once recovered.
+ */
+const recoveryWaitingFor = (s: NodeState): NodeId[] => {
+  const context = s.raft?.getSnapshot().context;
+  if (!context?.recovering) return [];
+  const answers = Object.values(context.recovery.answers) as Array<{ recovering: boolean; from: NodeId }>;
+  const ready = new Set(answers.filter((answer) => !answer.recovering).map((answer) => answer.from));
+  return s.options.voters.filter((voter) => voter !== s.options.id && !ready.has(voter));
+};
+
+const nodeMetrics = (s: NodeState) => {
+  const { views } = s;
+  const context = s.raft?.getSnapshot().context;
+  const counters = context?.incarnationCounters;
+  const requests = views.requests?.calls;
+  return {
+    ...metricsOf(views, s.raftCounters),
+    incarnation: s.incarnation,
+    incarnationResets: counters?.resets ?? 0,
+    staleIncarnationAnswers: counters?.staleIgnored ?? 0,
+    recovering: context?.recovering ?? false,
+    recovery: { ...(context?.recoveryCounters ?? emptyRecoveryCounters()) },
+    ...(requests?.counters ?? { forwardedWrites: 0, forwardedReads: 0, retries: 0 }),
+    pendingWrites: requests?.writes.size ?? 0,
+    pendingReads: requests?.reads.size ?? 0,
+    duplicatesSkipped: views.store?.duplicates() ?? 0,
+    undecodableEntries: views.store?.undecodable() ?? 0,
+    storeSize: views.store?.size() ?? 0,
+    durable: s.log.durable === true,
+    ...(views.log?.durability ?? { flushes: 0, heldOutputs: 0, maxOutbox: 0, fatalError: null }),
+    outbox: views.log?.outboxSize() ?? 0,
+  };
+};
+
+const nodeStateOf = (options: NodeOptions): NodeState => {
   const clock = options.clock ?? realClock;
   const nowMs = options.nowMs ?? (() => performance.now());
-  const defer = options.defer ?? queueMicrotask;
   const ids = systemIdsOf(options.id);
-  const deadlines = createDeadlines(clock, nowMs);
-  const views: Views = { peers: new Map() };
   const raftCounters: RaftCounters = { elections: 0 };
-  let log: LogStorage = options.log ?? createMemoryLog();
-  let root: Actor<ReturnType<typeof nodeMachineOf>> | null = null;
-  let endpoint: TransportEndpoint | null = null;
-  let stopped = false;
-  let starting = false;
-  let incarnation = 0;
-  let deliver: ((message: TransportMessage) => void) | null = null;
-  /** Calls made in this tick, handed to the requests actor as one event after it. */
-  let tickCalls: NewCall[] = [];
-
-  /** The raft actor, kept after the node stops (its last snapshot stays readable). */
-  let raft: AnyActorRef | undefined;
-  const raftRef = (): AnyActorRef | undefined => raft;
-  const raftDeps: RaftDeps = {
-    ids,
-    peers: options.voters.filter((voter) => voter !== options.id),
-    durable: false,
+  return {
+    options,
     clock,
-    tickMs: tickMsOf(options.electionTimeoutMs),
-    onRole: (status) => options.onRole?.(status),
-    counters: raftCounters,
-  };
-
-  const status = (): NodeStatus => {
-    const raft = raftRef();
-    assert(raft !== undefined, 'status before start');
-    return { ...statusOf(options.id, raft), appliedIndex: views.store?.appliedIndex() ?? 0 };
-  };
-
-  const handOver = (): void => {
-    if (!root || tickCalls.length === 0) return;
-    const calls = tickCalls;
-    tickCalls = [];
-    relay(root.system, undefined, ids.requests, { type: 'calls', calls });
-  };
-
-  /** A call on the handle: it joins this tick's batch (one `calls` event for all of them). */
-  const call = (
-    kind: 'write' | 'read',
-    callOptions: CallOptions | undefined,
-    encode: NewCall['encode'] | undefined,
-  ): Promise<void> => {
-    if (stopped)
-      return Promise.reject(Object.assign(new Error(`${options.id} is not running`), { code: 'STOPPED' }));
-    return new Promise<void>((resolve, reject) => {
-      if (tickCalls.length === 0) defer(handOver);
-      tickCalls.push({
-        kind,
-        encode,
-        forward: callOptions?.forward !== false,
-        timeoutMs: callOptions?.timeoutMs,
-        signal: callOptions?.signal,
-        resolve,
-        reject,
-      });
-    });
-  };
-
-  const start = async (): Promise<void> => {
-    assert(root === null && !starting, 'start called twice');
-    starting = true;
-    let booted: Boot;
-    try {
-      if (options.openLog) log = await options.openLog();
-      const result = boot(options, log, (message) => deliver?.(message));
-      booted = result instanceof Promise ? await result : result;
-    } catch (error) {
-      starting = false;
-      throw error;
-    }
-    log = booted.log;
-    endpoint = booted.endpoint;
-    incarnation = booted.incarnation;
-    raftDeps.durable = log.durable === true;
-    const wiring: Wiring = {
-      options,
-      views,
-      raftDeps,
-      deadlines,
-      defer,
-      nowMs,
-      onReceive: (next) => {
-        deliver = next;
-      },
-      onFatal: (error) => {
-        stop().catch(() => undefined);
-        options.onFatal?.(error);
-      },
-    };
-    root = createActor(nodeMachineOf(wiring, booted), {
+    nowMs,
+    defer: options.defer ?? queueMicrotask,
+    ids,
+    deadlines: createDeadlines(clock, nowMs),
+    views: { peers: new Map() },
+    raftCounters,
+    raftDeps: {
+      ids,
+      peers: options.voters.filter((voter) => voter !== options.id),
+      durable: false,
       clock,
-      systemId: options.id,
-      ...(options.inspect ? { inspect: options.inspect } : {}),
-    });
-    root.start();
-    raft = root.system.get(ids.raft) as AnyActorRef | undefined;
-    handOver();
+      tickMs: tickMsOf(options.electionTimeoutMs),
+      onRole: (status) => options.onRole?.(status),
+      counters: raftCounters,
+    },
+    log: options.log ?? createMemoryLog(),
+    root: null,
+    raft: undefined,
+    endpoint: null,
+    stopped: false,
+    starting: false,
+    stopping: null,
+    incarnation: 0,
+    deliver: null,
+    tickCalls: [],
   };
+};
 
-  /**
-   * Stops every actor and the transport; every waiting call rejects with STOPPED. Held outputs are
-   * dropped (nothing was acknowledged for them); a flush in flight is waited for, then the log is
-   * closed.
-   */
-  let stopping: Promise<void> | null = null;
-  const stop = (): Promise<void> => {
-    stopping ??= stopOnce();
-    return stopping;
-  };
-  const stopOnce = async (): Promise<void> => {
-    stopped = true;
-    raftDeps.stopTimers?.();
-    if (root) relay(root.system, undefined, ids.requests, { type: 'stop' });
-    for (const pending of tickCalls)
-      pending.reject(Object.assign(new Error(`${options.id} stopped`), { code: 'STOPPED' }));
-    tickCalls = [];
-    root?.stop();
-    deadlines.clear();
-    await views.log?.flushing();
-    try {
-      await log.close?.();
-    } finally {
-      await endpoint?.close();
-    }
-  };
-
-  /**
-   * While recovering: the members whose answer (from a member that is not recovering itself) the
-   * current round still lacks, and whether it lacks a leader's; empty once recovered.
-   */
-  const recoveryWaitingFor = (): NodeId[] => {
-    const context = raftRef()?.getSnapshot().context;
-    if (!context?.recovering) return [];
-    const answers = Object.values(context.recovery.answers) as Array<{ recovering: boolean; from: NodeId }>;
-    const ready = new Set(answers.filter((answer) => !answer.recovering).map((answer) => answer.from));
-    return options.voters.filter((voter) => voter !== options.id && !ready.has(voter));
-  };
-
-  const metrics = () => {
-    const context = raftRef()?.getSnapshot().context;
-    const counters = context?.incarnationCounters;
-    const requests = views.requests?.calls;
-    return {
-      ...metricsOf(views, raftCounters),
-      incarnation,
-      incarnationResets: counters?.resets ?? 0,
-      staleIncarnationAnswers: counters?.staleIgnored ?? 0,
-      recovering: context?.recovering ?? false,
-      recovery: { ...(context?.recoveryCounters ?? emptyRecoveryCounters()) },
-      ...(requests?.counters ?? { forwardedWrites: 0, forwardedReads: 0, retries: 0 }),
-      pendingWrites: requests?.writes.size ?? 0,
-      pendingReads: requests?.reads.size ?? 0,
-      duplicatesSkipped: views.store?.duplicates() ?? 0,
-      undecodableEntries: views.store?.undecodable() ?? 0,
-      storeSize: views.store?.size() ?? 0,
-      durable: log.durable === true,
-      ...(views.log?.durability ?? { flushes: 0, heldOutputs: 0, maxOutbox: 0, fatalError: null }),
-      outbox: views.log?.outboxSize() ?? 0,
-    };
-  };
-
+/** A node: its actor system once started, and the handle the public API and the tests use. */
+export const createNode = (options: NodeOptions) => {
+  const s = nodeStateOf(options);
   return {
     id: options.id,
-    start,
-    stop,
+    start: () => startNode(s),
+    stop: () => stopNode(s),
     /** set/delete: resolves once committed by a majority and applied on this node. */
     write: (operation: KvOperation, callOptions?: CallOptions) =>
-      call('write', callOptions, (tag) => encodeCommand(operation, tag)),
+      callOn(s, 'write', callOptions, (tag) => encodeCommand(operation, tag)),
     /** Resolves once this node has applied everything committed before the call (ReadIndex). */
-    readBarrier: (callOptions?: CallOptions) => call('read', callOptions, undefined),
-    status,
-    get: (key: string): unknown => views.store?.get(key),
-    has: (key: string): boolean => views.store?.has(key) ?? false,
+    readBarrier: (callOptions?: CallOptions) => callOn(s, 'read', callOptions, undefined),
+    status: () => statusOfNode(s),
+    get: (key: string): unknown => s.views.store?.get(key),
+    has: (key: string): boolean => s.views.store?.has(key) ?? false,
     /** The store's snapshot at its applied index (tests and tools). */
-    storeSnapshot: () => views.store!.snapshot(),
+    storeSnapshot: () => s.views.store!.snapshot(),
     /** The log storage (the one `openLog` opened, once started). */
-    log: (): LogStorage => log,
+    log: (): LogStorage => s.log,
     /** The machine's snapshot, for tests and tools (read-only). */
     snapshot: () => {
-      const raft = raftRef();
-      assert(raft !== undefined, 'snapshot before start');
-      return raft.getSnapshot();
+      assert(s.raft !== undefined, 'snapshot before start');
+      return s.raft.getSnapshot();
     },
-    recoveryWaitingFor,
+    recoveryWaitingFor: () => recoveryWaitingFor(s),
     /** Sends a timer event by hand (tests and tools: `electionTimeout`, `checkQuorum`, ...). */
-    fire: (event: { type: 'electionTimeout' | 'heartbeatTimeout' | 'checkQuorum' }) => raftRef()?.send(event),
-    isStopped: () => stopped,
-    metrics,
+    fire: (event: { type: 'electionTimeout' | 'heartbeatTimeout' | 'checkQuorum' }) => s.raft?.send(event),
+    isStopped: () => s.stopped,
+    metrics: () => nodeMetrics(s),
     /** The root actor (tests and tools: its system holds every actor of the node). */
-    actor: () => root,
+    actor: () => s.root,
   };
 };
 

@@ -63,7 +63,8 @@ const route = (router: Router, output: RaftEmitted): void => {
   const { deps, system, self } = router;
   const { ids } = deps;
   if (output.type === 'persist') relay(system, self, ids.log, { type: 'persist', output });
-  else if (output.type === 'installSnapshot') relay(system, self, ids.log, { type: 'installSnapshot', output });
+  else if (output.type === 'installSnapshot')
+    relay(system, self, ids.log, { type: 'installSnapshot', output });
   // The machine says what may leave before the persists ahead of it are durable (raft.types.ts).
   else if (!deps.durable || goesBeforePersist(output)) deliverOutput(system, self, ids, output);
   else relay(system, self, ids.log, { type: 'afterPersist', output });
@@ -87,7 +88,8 @@ const createTicker = (deps: RaftDeps, self: AnyActorRef) => {
   return {
     /** Ticks while the machine is a follower. */
     follow: (role: Role): void => {
-      if (role === 'follower' && timer === null && !stopped) timer = deps.clock.setTimeout(onTick, deps.tickMs);
+      if (role === 'follower' && timer === null && !stopped)
+        timer = deps.clock.setTimeout(onTick, deps.tickMs);
       else if (role !== 'follower' && timer !== null) {
         deps.clock.clearTimeout(timer);
         timer = null;
@@ -102,7 +104,12 @@ const createTicker = (deps: RaftDeps, self: AnyActorRef) => {
 };
 
 /** Tells the others when the role, term or leader changes; counts won elections. */
-const watchRole = (deps: RaftDeps, system: AnyActorSystem, self: AnyActorRef, ticker: { follow: (role: Role) => void }): void => {
+const watchRole = (
+  deps: RaftDeps,
+  system: AnyActorSystem,
+  self: AnyActorRef,
+  ticker: { follow: (role: Role) => void },
+): void => {
   let last: RaftStatus | null = null;
   self.subscribe({
     next: () => {
