@@ -165,8 +165,9 @@ const lowestPending = (s: Calls): number => {
   return s.nextSeq;
 };
 
-const newState = (newCall: NewCall): Call => ({
-  kind: newCall.kind,
+/** A call's bookkeeping, with the fields of both kinds (one shape: `seq`/`command` or `id` set after). */
+const newState = (newCall: NewCall, kind: 'write' | 'read'): Write & Read => ({
+  kind,
   queued: false,
   phase: 'waiting',
   sentAtMs: 0,
@@ -174,7 +175,12 @@ const newState = (newCall: NewCall): Call => ({
   forward: newCall.forward,
   proposed: false,
   finish: noop,
+  seq: 0,
+  command: EMPTY,
+  id: 0,
 });
+
+const EMPTY = new Uint8Array(0);
 
 /** Takes the calls made on the node in one tick, and routes them at once (one batch per kind). */
 export const takeCalls = (s: Calls, calls: NewCall[]): void => {
@@ -192,10 +198,13 @@ export const takeCalls = (s: Calls, calls: NewCall[]): void => {
     if (newCall.kind === 'write') {
       const seq = s.nextSeq++;
       const tag = { session: s.deps.session, seq, lowestPending: Math.min(seq, lowestPending(s)) };
-      const write: Write = { ...newState(newCall), seq, command: newCall.encode!(tag) };
+      const write = newState(newCall, 'write') as Write;
+      write.seq = seq;
+      write.command = newCall.encode!(tag);
       if (open(s, s.writes, seq, write, newCall)) keep(s, write);
     } else {
-      const read: Read = { ...newState(newCall), id: s.nextReadId++ };
+      const read = newState(newCall, 'read') as Read;
+      read.id = s.nextReadId++;
       if (open(s, s.reads, read.id, read, newCall)) keep(s, read);
     }
   }

@@ -364,7 +364,9 @@ const stoppedError = (s: NodeState, what: string): Error =>
 
 const statusOfNode = (s: NodeState): NodeStatus => {
   assert(s.raft !== undefined, 'status before start');
-  return { ...statusOf(s.options.id, s.raft), appliedIndex: s.views.store?.appliedIndex() ?? 0 };
+  const status = statusOf(s.options.id, s.raft) as NodeStatus;
+  status.appliedIndex = s.views.store?.appliedIndex() ?? 0;
+  return status;
 };
 
 const handOver = (s: NodeState): void => {

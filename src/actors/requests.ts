@@ -63,7 +63,9 @@ const sendOut = (scope: Scope, message: ClientMessage): void =>
 /** One `propose` event for every write that reached this leader in the tick, local or forwarded. */
 const proposeBatch = (scope: Scope): void => {
   const batch = takeProposals(scope.batches);
-  if (batch) relay(scope.system, scope.self, scope.input.ids.raft, { type: 'propose', ...batch });
+  if (batch === null) return;
+  const { batchId, commands } = batch;
+  relay(scope.system, scope.self, scope.input.ids.raft, { type: 'propose', batchId, commands });
 };
 
 const readBatch = (scope: Scope): void => {
