@@ -12,7 +12,7 @@ import {
   type MemoryLog,
   type PersistedState,
 } from '../../src/actors/memory-log.js';
-import { createNode, type NodeOptions, type Node as RaftNode } from '../../src/actors/node.js';
+import { createNode, type Node as RaftNode } from '../../src/actors/node.js';
 import { decodeCommand } from '../../src/io/command.js';
 import type { RaftTransport, TransportMessage } from '../../src/io/transport.js';
 import { assert } from '../../src/machines/assert.js';
