@@ -24,7 +24,7 @@ import { emptyRecoveryCounters } from '../machines/rules/index.js';
 import { tickMsOf } from '../machines/ticks.js';
 import type { CallOptions } from './calls.js';
 import { type Clock, createDeadlines } from './deadlines.js';
-import { type NewCall, relay, type SystemIds, systemIdsOf } from './events.js';
+import { hidden as hideDeps, type NewCall, relay, type SystemIds, systemIdsOf } from './events.js';
 import { type LogView, logActor } from './log-actor.js';
 import { createMemoryLog, type LogStorage } from './memory-log.js';
 import { type PeerCounters, type PeerMetrics, peerActor } from './peer.js';
@@ -203,7 +203,7 @@ const nodeMachineOf = (wiring: Wiring, boot: Boot) => {
   const ids = systemIdsOf(options.id);
   const sizes = sizesOf(options);
   const hidden = <T extends object>(input: T, actor: string): T =>
-    Object.assign(Object.create({ toJSON: () => ({ node: options.id, actor }) }) as object, input) as T;
+    hideDeps(input, { node: options.id, actor });
   const peerIds = options.voters.filter((voter) => voter !== options.id);
   const spawnPeer = (peerId: NodeId) =>
     spawnChild('peer', {

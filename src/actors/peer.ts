@@ -1,8 +1,6 @@
 /**
- * A peer actor: one per remote member. It owns the path to that member: messages for it go out
- * through the transport endpoint, and it keeps the per-peer counters that metrics report. The
- * replication pipeline's flow control (what to send next, how much may be in flight) is decided by
- * the raft machine (progress.ts); the peer actor carries it out.
+ * The peer actor (`<node>/peer:<peerId>`, below) and the transport's coalescing of one tick's
+ * AppendEntries for one peer (`dropSupersededAppends`).
  */
 
 import { type AnyActorRef, fromCallback } from 'xstate';
