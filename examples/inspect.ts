@@ -24,7 +24,6 @@ import { createInspectorServer } from '@statelyai/inspect/server';
 import {
   createClusterCertificates,
   type DiskeyvalNode,
-  type DiskeyvalOptions,
   diskeyval,
   type LeaderEvent,
 } from '../src/index.js';
@@ -100,9 +99,8 @@ const nodes = members.map(({ nodeId, host, port: nodePort }) =>
     port: nodePort,
     peers: members.filter((member) => member.nodeId !== nodeId),
     tls: { cert: certs.nodes[nodeId]!.cert, key: certs.nodes[nodeId]!.key, ca: certs.ca.cert },
-    // As README.md shows. The cast: `inspect` is typed as a function today, while XState (and so
-    // the node) takes the inspector's Observer too; issue 12 retypes it, then the cast goes.
-    inspect: inspector.inspect as unknown as DiskeyvalOptions['inspect'],
+    // As README.md shows: the inspector's Observer, seeing every actor of the node.
+    inspect: inspector.inspect,
   }),
 );
 const byId = new Map(ids.map((id, i) => [id, nodes[i]!]));

@@ -438,9 +438,10 @@ const main = async () => {
   }
   if (config.traceRoles !== false) {
     // XState inspection runs synchronously on every snapshot: the exact moment of each transition.
+    // The role machine is the node's raft actor (system id `<nodeId>/raft`, ARCHITECTURE.md).
+    const raftSystemId = `${options.nodeId}/raft`;
     options.inspect = (inspection) => {
-      if (inspection.type !== '@xstate.snapshot' || inspection.actorRef?.sessionId !== inspection.rootId)
-        return;
+      if (inspection.type !== '@xstate.snapshot' || inspection.actorRef?.systemId !== raftSystemId) return;
       const snapshot = inspection.snapshot;
       const role = roleOf(snapshot?.value);
       const term = snapshot?.context?.currentTerm;

@@ -5,15 +5,16 @@
 
 import { randomBytes, randomInt } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import type { InspectionEvent } from 'xstate';
-import type { MemoryLog } from './actors/log.js';
+import type { InspectionEvent, Observer } from 'xstate';
+import type { MemoryLog } from './actors/memory-log.js';
+import { createNode, type Node } from './actors/node.js';
 import { dropSupersededAppends } from './actors/peer.js';
-import { createRaftNode } from './actors/raft-node.js';
 import { createReachability } from './actors/reachability.js';
 import type { Change } from './actors/store.js';
 import { createWalLog, type WalLog } from './actors/wal-log.js';
 import { diskeyvalError, isQuorumUnavailable, isStopped } from './errors.js';
 import { DEFAULT_MAX_FRAME_BYTES } from './io/codec.js';
+import type { KvOperation } from './io/command.js';
 import {
   createTlsTransport,
   firstClusterMismatchPerPeer,
@@ -57,8 +58,12 @@ export type DiskeyvalOptions = {
   maxValueBytes?: number;
   /** Seed for the election timeout generator; random when absent. */
   seed?: number;
-  /** XState inspection callback: watch role transitions (e.g. with @statelyai/inspect). */
-  inspect?: (event: InspectionEvent) => void;
+  /**
+   * XState inspection: an observer or a callback that sees every actor of the node (system ids
+   * `<nodeId>/raft`, `<nodeId>/peer:<peerId>`, ...), e.g. `inspect: inspector.inspect` of
+   * `createWebSocketInspector` from @statelyai/inspect.
+   */
+  inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
   /**
    * Largest wire frame in bytes, both ways (TLS transport). Default 16 MiB, at least 64 KiB. Replication
    * sends at most 1 MiB (or maxFrameBytes / 16) of entries per AppendEntries beyond the first, and
@@ -354,16 +359,30 @@ const transportFor = (
 };
 
 /** Creates a node. Call `start()` before anything else, and `end()` when done. */
-export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
-  checkOptions(options);
-  const counters = { listenerErrors: 0 };
-  const { emitter, emit } = createSafeEmitter(counters);
-  const sizes = sizesOf(options);
-  const { maxValueBytes } = sizes;
-  let started = false;
-  let ended = false;
-  let leader: string | null = null;
+/** One node's handle state, shared by the short functions below. */
+type HandleContext = {
+  options: DiskeyvalOptions;
+  counters: { listenerErrors: number };
+  emitter: EventEmitter;
+  emit: (event: NodeEventName, arg: unknown) => void;
+  maxValueBytes: number;
+  tls: ReturnType<typeof createTlsTransport> | null;
+  node: Node;
+  started: boolean;
+  ended: boolean;
+  leader: string | null;
+  wal: WalLog | null;
+  /** Set once, when the node stopped itself on a disk error: every call rejects with DISK_FAILED. */
+  diskFailure: string | null;
+  recoveryWatch: ReturnType<typeof setInterval> | null;
+};
 
+/** The transport (the given one, or mTLS) with the reachability watch that names unreachable peers. */
+const wireTransport = (
+  options: DiskeyvalOptions,
+  emit: HandleContext['emit'],
+  clusterId: () => string | null,
+) => {
   const proposalTimeoutMs = options.proposalTimeoutMs ?? 5000;
   const reachability = createReachability({
     peers: options.peers.map(peerIdOf),
@@ -389,36 +408,32 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
       theirs,
     } satisfies WarningEvent),
   );
-  const { transport, tls } = transportFor(
-    options,
-    (event) => {
-      reachability.observe(event);
-      warnClusterMismatch(event);
-      options.onTransportEvent?.(event);
-    },
-    () => node.clusterId(),
-  );
+  const onEvent = (event: TlsTransportLogEvent): void => {
+    reachability.observe(event);
+    warnClusterMismatch(event);
+    options.onTransportEvent?.(event);
+  };
+  const { transport, tls } = transportFor(options, onEvent, clusterId);
+  return { transport, tls, reachability };
+};
+
+/** The node's own options from the public ones; its callbacks become node events. */
+const nodeOptionsOf = (
+  ctx: HandleContext,
+  wired: ReturnType<typeof wireTransport>,
+): Parameters<typeof createNode>[0] => {
+  const { options, emit } = ctx;
+  const sizes = sizesOf(options);
   const persistenceDir = options.persistence?.dir;
   const compactEvery = options.persistence?.compactEvery ?? options.compactEvery;
-  let wal: WalLog | null = null;
-  /** Set once, when the node stopped itself on a disk error: every call rejects with DISK_FAILED. */
-  let diskFailure: string | null = null;
-  /** A STOPPED rejection of a call that the disk failure ended becomes DISK_FAILED. */
-  const failedCall = (error: unknown): unknown => {
-    if (diskFailure !== null && isStopped(error)) return diskeyvalError('DISK_FAILED', diskFailure);
-    // A node that has not recovered cannot help a majority form: say so on the error.
-    if (isQuorumUnavailable(error) && node.metrics().recovering)
-      Object.assign(error as object, { recovering: true });
-    return error;
-  };
-  const node = createRaftNode({
+  return {
     id: options.nodeId,
     voters: [options.nodeId, ...options.peers.map(peerIdOf)],
-    transport,
+    transport: wired.transport,
     electionTimeoutMs: options.electionTimeoutMs ?? 300,
     heartbeatMs: options.heartbeatMs ?? 50,
-    proposalTimeoutMs,
-    unreachablePeers: reachability.unreachable,
+    proposalTimeoutMs: options.proposalTimeoutMs ?? 5000,
+    unreachablePeers: wired.reachability.unreachable,
     ...(options.rpcTimeoutMs ? { rpcTimeoutMs: options.rpcTimeoutMs } : {}),
     seed: options.seed ?? randomInt(2 ** 31),
     ...(options.join ? { join: true } : {}),
@@ -432,20 +447,20 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     ...(persistenceDir !== undefined
       ? {
           openLog: async () => {
-            wal = await createWalLog(persistenceDir, options.nodeId);
-            return wal;
+            ctx.wal = await createWalLog(persistenceDir, options.nodeId);
+            return ctx.wal;
           },
         }
       : {}),
     ...(options.inspect ? { inspect: options.inspect } : {}),
     // A WAL write or sync failed: the node stopped itself; calls reject with DISK_FAILED from now on.
     onFatal: (error: Error) => {
-      ended = true;
-      if (diskFailure !== null) return;
-      diskFailure = `${options.nodeId} stopped itself: ${error.message} (free space or replace the disk, then restart the node; its WAL is intact up to its last sync)`;
-      emit('failed', { code: 'DISK_FAILED', message: diskFailure, error } satisfies FailedEvent);
+      ctx.ended = true;
+      if (ctx.diskFailure !== null) return;
+      ctx.diskFailure = `${options.nodeId} stopped itself: ${error.message} (free space or replace the disk, then restart the node; its WAL is intact up to its last sync)`;
+      emit('failed', { code: 'DISK_FAILED', message: ctx.diskFailure, error } satisfies FailedEvent);
     },
-    wantsChanges: () => emitter.listenerCount('change') > 0,
+    wantsChanges: () => ctx.emitter.listenerCount('change') > 0,
     onChange: (change: Change) => {
       emit('change', change);
     },
@@ -457,119 +472,173 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
       } satisfies WarningEvent);
     },
     onRole: (status) => {
-      if (status.leaderId === leader) return;
-      leader = status.leaderId;
-      emit('leader', { nodeId: leader, term: status.term } satisfies LeaderEvent);
+      if (status.leaderId === ctx.leader) return;
+      ctx.leader = status.leaderId;
+      emit('leader', { nodeId: ctx.leader, term: status.term } satisfies LeaderEvent);
     },
-  });
-
-  const walRecovery = (): WalRecovery | null => {
-    const info = (wal as WalLog | null)?.info();
-    if (!info || info.cutAt === null) return null;
-    return {
-      cutAt: info.cutAt,
-      cutBytes: info.cutBytes,
-      cutRecords: info.cutRecords,
-      reason: info.cutReason!,
-    };
   };
+};
 
-  /**
-   * RECOVERY_BLOCKED: a node still recovering after RECOVERY_BLOCKED_AFTER_MS says so once, naming
-   * the members it waits for; again if it recovers and is blocked anew. A check per second, unref'd.
-   */
-  let recoveryWatch: ReturnType<typeof setInterval> | null = null;
-  const watchRecovery = (): void => {
-    let since: number | null = null;
-    let reported = false;
-    recoveryWatch = setInterval(() => {
-      if (ended) {
-        if (recoveryWatch) clearInterval(recoveryWatch);
-        return;
-      }
-      const waitingFor = node.recoveryWaitingFor();
-      if (!node.metrics().recovering) {
-        since = null;
-        reported = false;
-        return;
-      }
-      since ??= performance.now();
-      if (reported || performance.now() - since < RECOVERY_BLOCKED_AFTER_MS) return;
-      reported = true;
-      emit('warning', {
-        code: 'RECOVERY_BLOCKED',
-        message: `${options.nodeId} started without its earlier state and cannot recover yet: it needs answers from a majority of the other members that hold state, the leader among them; waiting for ${waitingFor.join(', ') || 'a leader'} (see README "Restarts, recovery and bootstrap"; forceRecovery recovers from the members that still hold state)`,
-        waitingFor,
-      } satisfies WarningEvent);
-    }, 1000);
-    recoveryWatch.unref?.();
+const walRecoveryOf = (ctx: HandleContext): WalRecovery | null => {
+  const info = ctx.wal?.info();
+  if (!info || info.cutAt === null) return null;
+  return { cutAt: info.cutAt, cutBytes: info.cutBytes, cutRecords: info.cutRecords, reason: info.cutReason! };
+};
+
+/** A STOPPED rejection of a call that the disk failure ended becomes DISK_FAILED. */
+const failedCall = (ctx: HandleContext, error: unknown): unknown => {
+  if (ctx.diskFailure !== null && isStopped(error)) return diskeyvalError('DISK_FAILED', ctx.diskFailure);
+  // A node that has not recovered cannot help a majority form: say so on the error.
+  if (isQuorumUnavailable(error) && ctx.node.metrics().recovering)
+    Object.assign(error as object, { recovering: true });
+  return error;
+};
+
+/**
+ * RECOVERY_BLOCKED: a node still recovering after RECOVERY_BLOCKED_AFTER_MS says so once, naming
+ * the members it waits for; again if it recovers and is blocked anew. A check per second, unref'd.
+ */
+const watchRecovery = (ctx: HandleContext): void => {
+  let since: number | null = null;
+  let reported = false;
+  ctx.recoveryWatch = setInterval(() => {
+    if (ctx.ended) {
+      if (ctx.recoveryWatch) clearInterval(ctx.recoveryWatch);
+      return;
+    }
+    const waitingFor = ctx.node.recoveryWaitingFor();
+    if (!ctx.node.metrics().recovering) {
+      since = null;
+      reported = false;
+      return;
+    }
+    since ??= performance.now();
+    if (reported || performance.now() - since < RECOVERY_BLOCKED_AFTER_MS) return;
+    reported = true;
+    ctx.emit('warning', {
+      code: 'RECOVERY_BLOCKED',
+      message: `${ctx.options.nodeId} started without its earlier state and cannot recover yet: it needs answers from a majority of the other members that hold state, the leader among them; waiting for ${waitingFor.join(', ') || 'a leader'} (see README "Restarts, recovery and bootstrap"; forceRecovery recovers from the members that still hold state)`,
+      waitingFor,
+    } satisfies WarningEvent);
+  }, 1000);
+  ctx.recoveryWatch.unref?.();
+};
+
+const running = (ctx: HandleContext): void => {
+  if (ctx.diskFailure !== null) throw diskeyvalError('DISK_FAILED', ctx.diskFailure);
+  if (!ctx.started || ctx.ended)
+    throw diskeyvalError('STOPPED', `${ctx.options.nodeId} is ${ctx.ended ? 'ended' : 'not started'}`);
+};
+
+const startHandle = async (ctx: HandleContext): Promise<void> => {
+  if (ctx.diskFailure !== null) throw diskeyvalError('DISK_FAILED', ctx.diskFailure);
+  if (ctx.ended) throw diskeyvalError('STOPPED', `${ctx.options.nodeId} was ended`);
+  if (ctx.started) return;
+  ctx.started = true;
+  try {
+    await ctx.node.start();
+  } catch (error) {
+    // Nothing runs (the WAL could not be opened or replayed, or the transport could not listen).
+    ctx.ended = true;
+    throw error;
+  }
+  watchRecovery(ctx);
+  const recovery = walRecoveryOf(ctx);
+  if (recovery) {
+    // After start() resolves, so that a listener added right after `await start()` hears it too.
+    setImmediate(() =>
+      ctx.emit('warning', {
+        code: 'WAL_TAIL_CUT',
+        message: `${ctx.options.nodeId}: cut a torn tail of ${recovery.cutBytes} bytes (${recovery.cutRecords} records, ${recovery.reason}) at byte ${recovery.cutAt} of ${ctx.wal?.path}: past the last sync marker: a write a crash tore (never acknowledged), or damage to the last group written (see README, Persistence and recovery)`,
+        ...recovery,
+      } satisfies WarningEvent),
+    );
+  }
+};
+
+/** A set or delete: checked here, then one call of the node. */
+const writeOn = async (
+  ctx: HandleContext,
+  operation: KvOperation,
+  callOptions?: CallOptions,
+): Promise<void> => {
+  running(ctx);
+  try {
+    await ctx.node.write(operation, callOptions);
+  } catch (error) {
+    throw failedCall(ctx, error);
+  }
+};
+
+const metricsOfHandle = (ctx: HandleContext): RaftMetrics => {
+  const metrics = ctx.node.metrics();
+  const status = ctx.started && !ctx.ended ? ctx.node.status() : null;
+  const walStats = ctx.wal?.stats();
+  return {
+    nodeId: ctx.options.nodeId,
+    role: status?.role ?? 'follower',
+    term: status?.term ?? 0,
+    leaderId: status?.leaderId ?? null,
+    commitIndex: status?.commitIndex ?? 0,
+    appliedIndex: status?.appliedIndex ?? 0,
+    lastIndex: status?.lastIndex ?? 0,
+    compactions: metrics.compactions,
+    snapshotsSent: metrics.snapshotsSent,
+    snapshotsInstalled: metrics.snapshotsInstalled,
+    elections: metrics.elections,
+    proposalBatches: metrics.proposalBatches,
+    readBatches: metrics.readBatches,
+    forwardedWrites: metrics.forwardedWrites,
+    forwardedReads: metrics.forwardedReads,
+    retries: metrics.retries,
+    duplicatesSkipped: metrics.duplicatesSkipped,
+    malformedMessages: metrics.malformedMessages,
+    pendingWrites: metrics.pendingWrites,
+    pendingReads: metrics.pendingReads,
+    keys: metrics.storeSize,
+    peers: metrics.peers,
+    transport: ctx.tls ? ctx.tls.metrics() : null,
+    walBytes: walStats?.bytes ?? null,
+    walSyncs: walStats?.syncs ?? null,
+    walRecords: walStats?.records ?? null,
+    walRewrites: walStats?.rewrites ?? null,
+    walError: metrics.fatalError,
+    walRecovery: walRecoveryOf(ctx),
+    listenerErrors: ctx.counters.listenerErrors,
+    undecodableEntries: metrics.undecodableEntries,
+    recovering: ctx.started && !ctx.ended ? metrics.recovering : false,
+    clusterId: ctx.node.clusterId(),
+    clusterMismatches: ctx.tls ? ctx.tls.metrics().clusterMismatches : 0,
   };
+};
 
-  const running = (): void => {
-    if (diskFailure !== null) throw diskeyvalError('DISK_FAILED', diskFailure);
-    if (!started || ended)
-      throw diskeyvalError('STOPPED', `${options.nodeId} is ${ended ? 'ended' : 'not started'}`);
-  };
-
+const handleOf = (ctx: HandleContext): DiskeyvalNode => {
+  const { options, node } = ctx;
   const handle: DiskeyvalNode = {
-    async start() {
-      if (diskFailure !== null) throw diskeyvalError('DISK_FAILED', diskFailure);
-      if (ended) throw diskeyvalError('STOPPED', `${options.nodeId} was ended`);
-      if (started) return;
-      started = true;
-      try {
-        await node.start();
-      } catch (error) {
-        // Nothing runs (the WAL could not be opened or replayed, or the transport could not listen).
-        ended = true;
-        throw error;
-      }
-      watchRecovery();
-      const recovery = walRecovery();
-      if (recovery) {
-        // After start() resolves, so that a listener added right after `await start()` hears it too.
-        setImmediate(() =>
-          emit('warning', {
-            code: 'WAL_TAIL_CUT',
-            message: `${options.nodeId}: cut a torn tail of ${recovery.cutBytes} bytes (${recovery.cutRecords} records, ${recovery.reason}) at byte ${recovery.cutAt} of ${wal?.path}: past the last sync marker: a write a crash tore (never acknowledged), or damage to the last group written (see README, Persistence and recovery)`,
-            ...recovery,
-          } satisfies WarningEvent),
-        );
-      }
-    },
+    start: () => startHandle(ctx),
     async set(key, value, callOptions) {
       validateKey(key);
       validateCallOptions(callOptions);
       // Encoded once and decoded again here: what the command carries is proven to round-trip.
-      const encodedValue = encodeCheckedValue(value, maxValueBytes);
       // Within maxValueBytes, the entry fits in half a frame (sizesOf): it can always be replicated.
-      running();
-      try {
-        await node.write({ op: 'set', key, value, encodedValue }, callOptions);
-      } catch (error) {
-        throw failedCall(error);
-      }
+      const encodedValue = encodeCheckedValue(value, ctx.maxValueBytes);
+      await writeOn(ctx, { op: 'set', key, value, encodedValue }, callOptions);
     },
     async get<T>(key: string, getOptions?: GetOptions) {
       validateKey(key);
       validateCallOptions(getOptions);
-      running();
+      running(ctx);
       try {
         if (getOptions?.consistency !== 'local') await node.readBarrier(getOptions);
       } catch (error) {
-        throw failedCall(error);
+        throw failedCall(ctx, error);
       }
       return node.get(key) as T | undefined;
     },
     async delete(key, callOptions) {
       validateKey(key);
       validateCallOptions(callOptions);
-      running();
-      try {
-        await node.write({ op: 'delete', key }, callOptions);
-      } catch (error) {
-        throw failedCall(error);
-      }
+      await writeOn(ctx, { op: 'delete', key }, callOptions);
     },
     async reconfigure() {
       throw diskeyvalError(
@@ -579,69 +648,54 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     },
     getPeers: () => [...options.peers] as ClusterPeer[] | string[],
     async end() {
-      ended = true;
-      if (recoveryWatch) clearInterval(recoveryWatch);
+      ctx.ended = true;
+      if (ctx.recoveryWatch) clearInterval(ctx.recoveryWatch);
       // Idempotent; also waits for a stop the node began itself (a failed WAL write).
-      if (started) await node.stop();
+      if (ctx.started) await node.stop();
     },
-    isLeader: () => started && !ended && node.status().role === 'leader',
-    leaderId: () => (started && !ended ? node.status().leaderId : null),
-    getMetrics: () => {
-      const metrics = node.metrics();
-      const status = started && !ended ? node.status() : null;
-      const walStats = (wal as WalLog | null)?.stats();
-      return {
-        nodeId: options.nodeId,
-        role: status?.role ?? 'follower',
-        term: status?.term ?? 0,
-        leaderId: status?.leaderId ?? null,
-        commitIndex: status?.commitIndex ?? 0,
-        appliedIndex: status?.appliedIndex ?? 0,
-        lastIndex: status?.lastIndex ?? 0,
-        compactions: metrics.compactions,
-        snapshotsSent: metrics.snapshotsSent,
-        snapshotsInstalled: metrics.snapshotsInstalled,
-        elections: metrics.elections,
-        proposalBatches: metrics.proposalBatches,
-        readBatches: metrics.readBatches,
-        forwardedWrites: metrics.forwardedWrites,
-        forwardedReads: metrics.forwardedReads,
-        retries: metrics.retries,
-        duplicatesSkipped: metrics.duplicatesSkipped,
-        malformedMessages: metrics.malformedMessages,
-        pendingWrites: metrics.pendingWrites,
-        pendingReads: metrics.pendingReads,
-        keys: metrics.storeSize,
-        peers: metrics.peers,
-        transport: tls ? tls.metrics() : null,
-        walBytes: walStats?.bytes ?? null,
-        walSyncs: walStats?.syncs ?? null,
-        walRecords: walStats?.records ?? null,
-        walRewrites: walStats?.rewrites ?? null,
-        walError: metrics.fatalError,
-        walRecovery: walRecovery(),
-        listenerErrors: counters.listenerErrors,
-        undecodableEntries: metrics.undecodableEntries,
-        recovering: started && !ended ? metrics.recovering : false,
-        clusterId: node.clusterId(),
-        clusterMismatches: tls ? tls.metrics().clusterMismatches : 0,
-      };
-    },
+    isLeader: () => ctx.started && !ctx.ended && node.status().role === 'leader',
+    leaderId: () => (ctx.started && !ctx.ended ? node.status().leaderId : null),
+    getMetrics: () => metricsOfHandle(ctx),
     on(event: NodeEventName, listener: (arg: never) => void) {
-      emitter.on(event, listener as (arg: unknown) => void);
+      ctx.emitter.on(event, listener as (arg: unknown) => void);
       return handle;
     },
     off(event, listener) {
-      emitter.off(event, listener as (arg: unknown) => void);
+      ctx.emitter.off(event, listener as (arg: unknown) => void);
       return handle;
     },
   };
   return handle;
 };
 
+/** Creates a node. Call `start()` before anything else, and `end()` when done. */
+export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
+  checkOptions(options);
+  const counters = { listenerErrors: 0 };
+  const { emitter, emit } = createSafeEmitter(counters);
+  // The transport asks for the cluster id the node knows (machines/cluster-id.ts) at each check.
+  const wired = wireTransport(options, emit, () => ctx.node.clusterId());
+  const ctx = {
+    options,
+    counters,
+    emitter,
+    emit,
+    maxValueBytes: sizesOf(options).maxValueBytes,
+    tls: wired.tls,
+    started: false,
+    ended: false,
+    leader: null,
+    wal: null,
+    diskFailure: null,
+    recoveryWatch: null,
+  } as Omit<HandleContext, 'node'> as HandleContext;
+  ctx.node = createNode(nodeOptionsOf(ctx, wired));
+  return handleOf(ctx);
+};
+
 export default diskeyval;
-export type { MemoryLog, PersistedState } from './actors/log.js';
-export { createMemoryLog } from './actors/log.js';
+export type { MemoryLog, PersistedState } from './actors/memory-log.js';
+export { createMemoryLog } from './actors/memory-log.js';
 export type { DiskeyvalError, DiskeyvalErrorCode } from './errors.js';
 export {
   ERROR_CODES,

@@ -63,9 +63,8 @@ const differences = (before: PackedMap, after: PackedMap, index: number): Change
 };
 
 /**
- * A store snapshot is `[u32 header length][msgpack [version, index, term, sessions, clusterId]]`
- * followed by the packed map's own snapshot (packed-map.ts), written in one buffer. `clusterId`
- * (cluster-id.ts; absent in snapshots written before it existed) keeps the id across compaction.
+ * A store snapshot is `[u32 header length][msgpack [version, index, term, sessions]]` followed by
+ * the packed map's own snapshot (packed-map.ts), written in one buffer.
  */
 export const splitSnapshot = (data: Uint8Array): { header: Uint8Array; pairs: Uint8Array } => {
   if (data.byteLength < 4) throw malformedSnapshot(`${data.byteLength} bytes`);
@@ -89,6 +88,158 @@ const decodeEntry = (data: Uint8Array): { command: RawKvCommand; value: unknown 
   }
 };
 
+type StoreCallbacks = {
+  onChange: (change: Change) => void;
+  onApplied: (session: number, seq: number, index: number) => void;
+  wantsChanges: () => boolean;
+  onUndecodable: (index: number, reason: string) => void;
+};
+
+type StoreState = StoreCallbacks & {
+  map: PackedMap;
+  sessions: Map<number, Session>;
+  appliedIndex: number;
+  appliedTerm: number;
+  duplicates: number;
+  undecodable: number;
+  /** The cluster id of the applied log (its first entry's, or the snapshot's); null until known. */
+  clusterId: string | null;
+  /** A snapshot parsed by `prepare`, kept for the `restore` of the same bytes that follows. */
+  prepared: { data: Uint8Array; state: ParsedSnapshot } | null;
+};
+
+/** True the first time (session, seq) is seen; forgets what the proposer has settled. */
+const firstTime = (s: StoreState, sessionId: number, seq: number, lowestPending: number): boolean => {
+  let session = s.sessions.get(sessionId);
+  if (!session) {
+    session = { settledBelow: 0, applied: new Set() };
+    s.sessions.set(sessionId, session);
+  }
+  if (lowestPending > session.settledBelow) {
+    session.settledBelow = lowestPending;
+    for (const old of session.applied) if (old < lowestPending) session.applied.delete(old);
+  }
+  if (seq < session.settledBelow || session.applied.has(seq)) return false;
+  session.applied.add(seq);
+  return true;
+};
+
+/** Applies one decoded command at `index` (once per request), reporting the change and the settle. */
+const applyCommand = (s: StoreState, index: number, command: RawKvCommand, value: unknown): void => {
+  if (firstTime(s, command.session, command.seq, command.lowestPending)) {
+    const { valueBytes } = command;
+    if (valueBytes === null) s.map.delete(command.key);
+    else s.map.set(command.key, valueBytes);
+    if (s.wantsChanges()) s.onChange({ key: command.key, value, deleted: valueBytes === null, index });
+  } else {
+    s.duplicates += 1;
+  }
+  s.onApplied(command.session, command.seq, index);
+};
+
+/** Applies entries[0] at `firstIndex`, and so on. Entries at or below appliedIndex are skipped. */
+const apply = (s: StoreState, firstIndex: number, entries: readonly Entry[]): void => {
+  assert(firstIndex <= s.appliedIndex + 1, `apply leaves a gap: ${firstIndex} after ${s.appliedIndex}`);
+  for (let offset = s.appliedIndex + 1 - firstIndex; offset < entries.length; offset += 1) {
+    const index = firstIndex + offset;
+    const entry = entries[offset]!;
+    s.appliedIndex = index;
+    s.appliedTerm = entry.term;
+    if (entry.kind !== 'command' || entry.data === null) {
+      s.clusterId ??= clusterIdOfEntry(index, entry);
+      continue;
+    }
+    const decoded = decodeEntry(entry.data);
+    if (typeof decoded === 'string') {
+      s.undecodable += 1;
+      s.onUndecodable(index, decoded);
+      continue;
+    }
+    applyCommand(s, index, decoded.command, decoded.value);
+  }
+};
+
+/**
+ * The whole state at the applied index: the map and the sessions' dedup tables (they are state
+ * machine state too: a retry after a snapshot must still apply once, dissertation §6.3).
+ */
+const snapshotOf = (s: StoreState): StoreSnapshot => {
+  const tables: unknown[] = [];
+  for (const [id, session] of s.sessions) tables.push(id, session.settledBelow, [...session.applied]);
+  const header = snapshotEncoder.encode([
+    SNAPSHOT_VERSION,
+    s.appliedIndex,
+    s.appliedTerm,
+    tables,
+    s.clusterId,
+  ]);
+  const prefix = new Uint8Array(4 + header.byteLength);
+  new DataView(prefix.buffer).setUint32(0, header.byteLength);
+  prefix.set(header, 4);
+  return { index: s.appliedIndex, term: s.appliedTerm, data: writeSnapshot(s.map, prefix) };
+};
+
+/** Replaces the whole state with a snapshot's (InstallSnapshot rule 8, or a restart). */
+const restore = (s: StoreState, data: Uint8Array): { index: number; term: number } => {
+  const parsed = s.prepared?.data === data ? s.prepared.state : parseSnapshot(data);
+  s.prepared = null;
+  const { index, term, map: nextMap, sessions: nextSessions } = parsed;
+  const changes = s.wantsChanges() ? differences(s.map, nextMap, index) : [];
+  s.map.clear();
+  s.map = nextMap;
+  s.sessions.clear();
+  for (const [id, session] of nextSessions) s.sessions.set(id, session);
+  s.appliedIndex = index;
+  s.appliedTerm = term;
+  s.clusterId = parsed.clusterId ?? s.clusterId;
+  for (const change of changes) s.onChange(change);
+  return { index, term };
+};
+
+/** Parses and checks a snapshot without touching any state: throws MALFORMED_SNAPSHOT on bad bytes. */
+const parseSnapshot = (data: Uint8Array): ParsedSnapshot => {
+  const { header, pairs } = splitSnapshot(data);
+  let decoded: unknown;
+  try {
+    decoded = snapshotDecoder.decode(header);
+  } catch (error) {
+    throw malformedSnapshot((error as Error).message);
+  }
+  // Snapshots written before the cluster id existed have 4 fields; the fifth is the id (or null).
+  if (!Array.isArray(decoded) || decoded.length < 4 || decoded.length > 5 || decoded[0] !== SNAPSHOT_VERSION)
+    throw malformedSnapshot(`not a version ${SNAPSHOT_VERSION} snapshot`);
+  const [, index, term, tables, clusterId = null] = decoded as [number, unknown, unknown, unknown, unknown];
+  if (!isCount(index) || !isCount(term) || !Array.isArray(tables)) throw malformedSnapshot('bad header');
+  if (clusterId !== null && !isClusterId(clusterId)) throw malformedSnapshot('bad cluster id');
+  if (tables.length % 3 !== 0) throw malformedSnapshot('odd table length');
+  const nextSessions = new Map<number, Session>();
+  for (let i = 0; i < tables.length; i += 3) {
+    const [id, settledBelow, applied] = [tables[i], tables[i + 1], tables[i + 2]];
+    if (!isCount(id) || !isCount(settledBelow) || !Array.isArray(applied) || !applied.every(isCount))
+      throw malformedSnapshot(`bad session ${i / 3}`);
+    nextSessions.set(id, { settledBelow, applied: new Set(applied) });
+  }
+  let nextMap: PackedMap;
+  try {
+    nextMap = readSnapshot(pairs);
+  } catch (error) {
+    throw malformedSnapshot((error as Error).message);
+  }
+  return { index, term, map: nextMap, sessions: nextSessions, clusterId: clusterId as string | null };
+};
+
+/** Whether (session, seq) has been applied (or settled) in the current state. */
+const wasApplied = (s: StoreState, sessionId: number, seq: number): boolean => {
+  const session = s.sessions.get(sessionId);
+  return session !== undefined && (seq < session.settledBelow || session.applied.has(seq));
+};
+
+/** What the current state settled of one session: every seq below `settledBelow`, and `applied`. */
+const sessionOf = (s: StoreState, sessionId: number): { settledBelow: number; applied: number[] } => {
+  const session = s.sessions.get(sessionId);
+  return { settledBelow: session?.settledBelow ?? 0, applied: session ? [...session.applied] : [] };
+};
+
 export const createStore = (
   onChange: (change: Change) => void,
   onApplied: (session: number, seq: number, index: number) => void,
@@ -101,168 +252,49 @@ export const createStore = (
    */
   onUndecodable: (index: number, reason: string) => void = () => undefined,
 ) => {
-  let map: PackedMap = createPackedMap();
-  const sessions = new Map<number, Session>();
-  let appliedIndex = 0;
-  let appliedTerm = 0;
-  let duplicates = 0;
-  let undecodable = 0;
-  /** The cluster id of the applied log (its first entry's, or the snapshot's); null until known. */
-  let clusterId: string | null = null;
-
-  /** True the first time (session, seq) is seen; forgets what the proposer has settled. */
-  const firstTime = (sessionId: number, seq: number, lowestPending: number): boolean => {
-    let session = sessions.get(sessionId);
-    if (!session) {
-      session = { settledBelow: 0, applied: new Set() };
-      sessions.set(sessionId, session);
-    }
-    if (lowestPending > session.settledBelow) {
-      session.settledBelow = lowestPending;
-      for (const old of session.applied) if (old < lowestPending) session.applied.delete(old);
-    }
-    if (seq < session.settledBelow || session.applied.has(seq)) return false;
-    session.applied.add(seq);
-    return true;
+  const s: StoreState = {
+    onChange,
+    onApplied,
+    wantsChanges,
+    onUndecodable,
+    map: createPackedMap(),
+    sessions: new Map(),
+    appliedIndex: 0,
+    appliedTerm: 0,
+    duplicates: 0,
+    undecodable: 0,
+    clusterId: null,
+    prepared: null,
   };
-
-  /** Applies entries[0] at `firstIndex`, and so on. Entries at or below appliedIndex are skipped. */
-  const apply = (firstIndex: number, entries: readonly Entry[]): void => {
-    assert(firstIndex <= appliedIndex + 1, `apply leaves a gap: ${firstIndex} after ${appliedIndex}`);
-    for (let offset = appliedIndex + 1 - firstIndex; offset < entries.length; offset += 1) {
-      const index = firstIndex + offset;
-      const entry = entries[offset]!;
-      appliedIndex = index;
-      appliedTerm = entry.term;
-      if (entry.kind !== 'command' || entry.data === null) {
-        clusterId ??= clusterIdOfEntry(index, entry);
-        continue;
-      }
-      const decoded = decodeEntry(entry.data);
-      if (typeof decoded === 'string') {
-        undecodable += 1;
-        onUndecodable(index, decoded);
-        continue;
-      }
-      const { command, value } = decoded;
-      if (firstTime(command.session, command.seq, command.lowestPending)) {
-        const { valueBytes } = command;
-        if (valueBytes === null) map.delete(command.key);
-        else map.set(command.key, valueBytes);
-        if (wantsChanges()) onChange({ key: command.key, value, deleted: valueBytes === null, index });
-      } else {
-        duplicates += 1;
-      }
-      onApplied(command.session, command.seq, index);
-    }
-  };
-
-  /**
-   * The whole state at the applied index: the map and the sessions' dedup tables (they are state
-   * machine state too: a retry after a snapshot must still apply once, dissertation §6.3).
-   */
-  const snapshot = (): StoreSnapshot => {
-    const tables: unknown[] = [];
-    for (const [id, session] of sessions) tables.push(id, session.settledBelow, [...session.applied]);
-    const header = snapshotEncoder.encode([SNAPSHOT_VERSION, appliedIndex, appliedTerm, tables, clusterId]);
-    const prefix = new Uint8Array(4 + header.byteLength);
-    new DataView(prefix.buffer).setUint32(0, header.byteLength);
-    prefix.set(header, 4);
-    return { index: appliedIndex, term: appliedTerm, data: writeSnapshot(map, prefix) };
-  };
-
-  /**
-   * Parses and checks a snapshot without touching the state: throws MALFORMED_SNAPSHOT on bad
-   * bytes. The parsed state is kept for a `restore` of the same bytes that follows (one parse).
-   */
-  let prepared: { data: Uint8Array; state: ParsedSnapshot } | null = null;
-  const prepare = (data: Uint8Array): { index: number; term: number } => {
-    const state = parseSnapshot(data);
-    prepared = { data, state };
-    return { index: state.index, term: state.term };
-  };
-
-  /** Replaces the whole state with a snapshot's (InstallSnapshot rule 8, or a restart). */
-  const restore = (data: Uint8Array): { index: number; term: number } => {
-    const parsed = prepared?.data === data ? prepared.state : parseSnapshot(data);
-    prepared = null;
-    const { index, term, map: nextMap, sessions: nextSessions } = parsed;
-    const changes = wantsChanges() ? differences(map, nextMap, index) : [];
-    map.clear();
-    map = nextMap;
-    sessions.clear();
-    for (const [id, session] of nextSessions) sessions.set(id, session);
-    appliedIndex = index;
-    appliedTerm = term;
-    clusterId = parsed.clusterId ?? clusterId;
-    for (const change of changes) onChange(change);
-    return { index, term };
-  };
-
-  const parseSnapshot = (data: Uint8Array): ParsedSnapshot => {
-    const { header, pairs } = splitSnapshot(data);
-    let decoded: unknown;
-    try {
-      decoded = snapshotDecoder.decode(header);
-    } catch (error) {
-      throw malformedSnapshot((error as Error).message);
-    }
-    if (
-      !Array.isArray(decoded) ||
-      decoded.length < 4 ||
-      decoded.length > 5 ||
-      decoded[0] !== SNAPSHOT_VERSION
-    )
-      throw malformedSnapshot(`not a version ${SNAPSHOT_VERSION} snapshot`);
-    const [, index, term, tables, id = null] = decoded as [number, unknown, unknown, unknown, unknown];
-    if (!isCount(index) || !isCount(term) || !Array.isArray(tables)) throw malformedSnapshot('bad header');
-    if (id !== null && !isClusterId(id)) throw malformedSnapshot('bad cluster id');
-    if (tables.length % 3 !== 0) throw malformedSnapshot('odd table length');
-    const nextSessions = new Map<number, Session>();
-    for (let i = 0; i < tables.length; i += 3) {
-      const [id, settledBelow, applied] = [tables[i], tables[i + 1], tables[i + 2]];
-      if (!isCount(id) || !isCount(settledBelow) || !Array.isArray(applied) || !applied.every(isCount))
-        throw malformedSnapshot(`bad session ${i / 3}`);
-      nextSessions.set(id, { settledBelow, applied: new Set(applied) });
-    }
-    let nextMap: PackedMap;
-    try {
-      nextMap = readSnapshot(pairs);
-    } catch (error) {
-      throw malformedSnapshot((error as Error).message);
-    }
-    return { index, term, map: nextMap, sessions: nextSessions, clusterId: id as string | null };
-  };
-
-  /** Whether (session, seq) has been applied (or settled) in the current state. */
-  const wasApplied = (sessionId: number, seq: number): boolean => {
-    const session = sessions.get(sessionId);
-    return session !== undefined && (seq < session.settledBelow || session.applied.has(seq));
-  };
-
   return {
-    apply,
-    snapshot,
-    prepare,
-    restore,
-    wasApplied,
-    appliedTerm: (): number => appliedTerm,
+    apply: (firstIndex: number, entries: readonly Entry[]): void => apply(s, firstIndex, entries),
+    snapshot: (): StoreSnapshot => snapshotOf(s),
+    /** Parses a snapshot (throws MALFORMED_SNAPSHOT) and keeps the parse for the `restore` that follows. */
+    prepare: (data: Uint8Array): { index: number; term: number } => {
+      const state = parseSnapshot(data);
+      s.prepared = { data, state };
+      return { index: state.index, term: state.term };
+    },
+    restore: (data: Uint8Array) => restore(s, data),
+    wasApplied: (sessionId: number, seq: number): boolean => wasApplied(s, sessionId, seq),
+    sessionOf: (sessionId: number) => sessionOf(s, sessionId),
+    appliedTerm: (): number => s.appliedTerm,
     /** The value at `key`, decoded from its bytes (a fresh copy each time). */
     get: (key: string): unknown => {
-      const bytes = map.get(key);
+      const bytes = s.map.get(key);
       // A copy first: binary parts of the value would otherwise be views into the arena.
       return bytes === undefined ? undefined : decodeValue(new Uint8Array(bytes));
     },
     /** The packed map's own figures (bytes live, dead, held). */
-    mapStats: () => map.stats(),
-    has: (key: string): boolean => map.has(key),
-    size: (): number => map.size(),
-    appliedIndex: (): number => appliedIndex,
+    mapStats: () => s.map.stats(),
+    has: (key: string): boolean => s.map.has(key),
+    size: (): number => s.map.size(),
+    appliedIndex: (): number => s.appliedIndex,
     /** The cluster id of the applied state (cluster-id.ts), null until its first entry is applied. */
-    clusterId: (): string | null => clusterId,
-    duplicates: (): number => duplicates,
+    clusterId: (): string | null => s.clusterId,
+    duplicates: (): number => s.duplicates,
     /** Entries applied as no-ops because they did not decode. */
-    undecodable: (): number => undecodable,
+    undecodable: (): number => s.undecodable,
   };
 };
 

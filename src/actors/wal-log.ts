@@ -5,7 +5,7 @@
  * flush as one group, with one write and one fdatasync, and resolves once that group is durable.
  *
  * Until a flush resolves, what `persist` recorded is NOT durable: the raft node holds every output
- * the machine emitted after a persist until the flush that covers it resolves (raft-node.ts).
+ * the machine emitted after a persist until the flush that covers it resolves (log-actor.ts).
  *
  * Flushes never overlap: a flush asked for while one is in flight waits for it and then takes
  * everything queued by then (so callers that flush often still get groups). A failed write or
@@ -26,7 +26,13 @@ import {
   walError,
 } from '../io/wal.js';
 import { assert } from '../machines/assert.js';
-import { createMemoryLog, type InstallOutput, type PersistedState, type PersistOutput } from './log.js';
+import {
+  createMemoryLog,
+  type InstallOutput,
+  type MemoryLog,
+  type PersistedState,
+  type PersistOutput,
+} from './memory-log.js';
 import type { StoreSnapshot } from './store.js';
 
 /** The file is cut once it is this many times its size after the last cut ... */
@@ -37,6 +43,70 @@ const REWRITE_MIN_BYTES = 1024 * 1024;
 export type WalLogStats = WalStats & {
   /** Persist outputs recorded but not yet handed to a flush. */
   pendingRecords: number;
+};
+
+/**
+ * The whole log state as a short history: the hard state and a snapshot of the store (taken
+ * now: it covers everything applied, which is durable, ARCHITECTURE.md rule 4), then the
+ * entries after the snapshot. Entries still waiting for a flush are in the mirror, so they go
+ * into the new file too.
+ */
+const compactedRecords = (mirror: MemoryLog, take: () => StoreSnapshot): WalRecord[] => {
+  const snapshot = take();
+  const { hardState, offset, entries } = mirror.view();
+  assert(snapshot.index >= offset && snapshot.index <= offset + entries.length, 'snapshot outside the log');
+  const after = entries.slice(snapshot.index - offset);
+  const records: WalRecord[] = [
+    {
+      hardState,
+      fromIndex: -1,
+      entries: [],
+      snapshot: { index: snapshot.index, term: snapshot.term, data: snapshot.data, keptSuffix: false },
+    },
+  ];
+  if (after.length > 0) records.push({ hardState: null, fromIndex: snapshot.index + 1, entries: after });
+  return records;
+};
+
+/**
+ * Flushes never overlap: a flush asked for while one is in flight waits for it and then takes
+ * everything queued by then. `write` hands what is queued to the WAL; `hasQueued` says whether
+ * anything is. A failed write fails this flush and every later one (fail-stop).
+ */
+const createGroupWriter = (wal: { path: string }, write: () => Promise<void>, hasQueued: () => boolean) => {
+  let inFlight: Promise<void> | null = null;
+  let queued: Promise<void> | null = null;
+  let failure: Error | null = null;
+  const writeGroup = (): Promise<void> => {
+    if (failure) return Promise.reject(failure);
+    const done = write().catch((error: Error) => {
+      failure = error;
+      throw error;
+    });
+    inFlight = done;
+    const settle = () => {
+      if (inFlight === done) inFlight = null;
+    };
+    done.then(settle, settle);
+    return done;
+  };
+  const flush = (): Promise<void> => {
+    if (failure) return Promise.reject(failure);
+    if (!hasQueued()) return queued ?? inFlight ?? Promise.resolve();
+    if (inFlight === null) return writeGroup();
+    if (queued === null) {
+      const next = inFlight.then(() => {
+        queued = null;
+        return writeGroup();
+      });
+      queued = next;
+      next.catch(() => {
+        if (queued === next) queued = null;
+      });
+    }
+    return queued;
+  };
+  return { flush, path: wal.path };
 };
 
 /**
@@ -57,9 +127,6 @@ export const createWalLog = async (dir: string, nodeId: string, options: OpenWal
   let pendingRewrite: (() => StoreSnapshot) | null = null;
   /** Size of the file right after the last cut; 0 until this process cut it (the first cut comes early). */
   let bytesAfterRewrite = 0;
-  let inFlight: Promise<void> | null = null;
-  let queued: Promise<void> | null = null;
-  let failure: Error | null = null;
   let closed = false;
 
   const persist = (output: PersistOutput): void => {
@@ -94,69 +161,21 @@ export const createWalLog = async (dir: string, nodeId: string, options: OpenWal
     }
   };
 
-  /**
-   * The whole log state as a short history: the hard state and a snapshot of the store (taken
-   * now: it covers everything applied, which is durable, ARCHITECTURE.md rule 4), then the
-   * entries after the snapshot. Entries still waiting for a flush are in the mirror, so they go
-   * into the new file too.
-   */
-  const compactedRecords = (take: () => StoreSnapshot): WalRecord[] => {
-    const snapshot = take();
-    const { hardState, offset, entries } = mirror.view();
-    assert(snapshot.index >= offset && snapshot.index <= offset + entries.length, 'snapshot outside the log');
-    const after = entries.slice(snapshot.index - offset);
-    const records: WalRecord[] = [
-      {
-        hardState,
-        fromIndex: -1,
-        entries: [],
-        snapshot: { index: snapshot.index, term: snapshot.term, data: snapshot.data, keptSuffix: false },
-      },
-    ];
-    if (after.length > 0) records.push({ hardState: null, fromIndex: snapshot.index + 1, entries: after });
-    return records;
-  };
-
-  /** Hands what is queued now to the WAL as one group (or the whole state, when a cut is due). */
-  const writeGroup = (): Promise<void> => {
-    if (failure) return Promise.reject(failure);
-    const group = pending;
-    pending = [];
-    const take = pendingRewrite;
-    pendingRewrite = null;
-    const write = take
-      ? wal.rewrite(compactedRecords(take)).then(() => {
-          bytesAfterRewrite = wal.stats().bytes;
-        })
-      : wal.append(group);
-    const done = write.catch((error: Error) => {
-      failure = error;
-      throw error;
-    });
-    inFlight = done;
-    const settle = () => {
-      if (inFlight === done) inFlight = null;
-    };
-    done.then(settle, settle);
-    return done;
-  };
-
-  const flush = (): Promise<void> => {
-    if (failure) return Promise.reject(failure);
-    if (pending.length === 0 && pendingRewrite === null) return queued ?? inFlight ?? Promise.resolve();
-    if (inFlight === null) return writeGroup();
-    if (queued === null) {
-      const next = inFlight.then(() => {
-        queued = null;
-        return writeGroup();
-      });
-      queued = next;
-      next.catch(() => {
-        if (queued === next) queued = null;
-      });
-    }
-    return queued;
-  };
+  const { flush } = createGroupWriter(
+    wal,
+    () => {
+      const group = pending;
+      pending = [];
+      const take = pendingRewrite;
+      pendingRewrite = null;
+      return take
+        ? wal.rewrite(compactedRecords(mirror, take)).then(() => {
+            bytesAfterRewrite = wal.stats().bytes;
+          })
+        : wal.append(group);
+    },
+    () => pending.length > 0 || pendingRewrite !== null,
+  );
 
   /** Flushes what is queued (best effort), closes the file and releases the dir's lock. */
   const close = async (): Promise<void> => {

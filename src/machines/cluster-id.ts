@@ -16,7 +16,7 @@
  *   a peer whose known id differs. An unknown id (null) is accepted: that is how a new or amnesiac
  *   member learns it.
  *
- * Pure functions only; the node keeps the learned id (raft-node.ts, store.ts).
+ * Pure functions only; the node keeps the learned id (actors/node.ts, actors/store.ts).
  */
 import type { Entry } from './messages.js';
 

@@ -200,7 +200,7 @@ export type InstallSnapshotResponse = {
 /**
  * A follower got part of a chunked InstallSnapshot: `receivedBytes` of the snapshot at
  * `lastIncludedIndex` (of `totalBytes`) so far. Flow control only, outside the raft machine: the
- * leader's node sends the next chunks as these arrive, a window at a time (raft-node.ts).
+ * leader's node sends the next chunks as these arrive, a window at a time (actors/snapshot-transfer.ts).
  */
 export type SnapshotChunkAck = {
   type: 'SnapshotChunkAck';

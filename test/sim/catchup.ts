@@ -160,7 +160,7 @@ export type FarBehindOptions = {
   compaction?: RestartRunOptions['compaction'];
 };
 
-/** Snapshot chunks per follower the leader may have sent beyond its last ack (raft-node.ts default). */
+/** Snapshot chunks per follower the leader may have sent beyond its last ack (actors/node.ts default). */
 const SNAPSHOT_WINDOW_CHUNKS = 4;
 
 /**

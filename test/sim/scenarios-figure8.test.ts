@@ -7,7 +7,7 @@
  * commit rule itself: a leader only ever advances its commit index onto an entry of its own term.
  */
 import { describe, it } from 'vitest';
-import type { RaftNode } from '../../src/actors/raft-node.js';
+import type { Node as RaftNode } from '../../src/actors/node.js';
 import {
   agreeOne,
   createSimulation,

@@ -6,7 +6,7 @@
  * client history across leadership changes is linearizable. Every failure names its seed.
  */
 import { describe, it } from 'vitest';
-import type { RaftNode } from '../../src/actors/raft-node.js';
+import type { Node as RaftNode } from '../../src/actors/node.js';
 import { checkKvHistory, describeViolation, type Operation } from '../support/linearizability.js';
 import {
   agreeOne,

@@ -6,7 +6,7 @@
  * being repaired. Every failure names its seed and the command that replays it.
  */
 import { describe, it } from 'vitest';
-import type { RaftNode } from '../../src/actors/raft-node.js';
+import type { Node as RaftNode } from '../../src/actors/node.js';
 import { decodeCommand } from '../../src/io/command.js';
 import type { Entry } from '../../src/machines/messages.js';
 import {

@@ -4,7 +4,7 @@
  * nothing; compaction reaches the disk with the flush that follows it.
  */
 import { describe, expect, it } from 'vitest';
-import type { PersistOutput } from '../../src/actors/log.js';
+import type { PersistOutput } from '../../src/actors/memory-log.js';
 import type { Entry } from '../../src/machines/messages.js';
 import { createRng } from '../../src/machines/rng.js';
 import { createAgenda } from './queue.js';

@@ -1,7 +1,7 @@
 /**
- * A simulated durable disk for the simulator: the LogActor contract of src/actors/log.ts with
+ * A simulated durable disk for the simulator: the LogStorage contract of src/actors/memory-log.ts with
  * `durable: true`, on the simulated clock, so the raft node takes its real outbox path (persist,
- * hold, flush, release: raft-node.ts, ARCHITECTURE.md rule 4) as it does on the WAL.
+ * hold, flush, release: actors/log-actor.ts, ARCHITECTURE.md) as it does on the WAL.
  *
  * Two states: the mirror (what `persisted()` returns, the machine's view, changed at once by
  * `persist`, `installSnapshot` and `compact`) and the synced state (what survives a crash). Every
@@ -17,8 +17,13 @@
  * ignored, so an old incarnation cannot write into the next one's disk. `open()` gives the next
  * incarnation a handle whose mirror starts from the synced state.
  */
-import type { InstallOutput, LogActor, PersistedState, PersistOutput } from '../../src/actors/log.js';
-import { createMemoryLog, type MemoryLog } from '../../src/actors/log.js';
+import type {
+  InstallOutput,
+  LogStorage,
+  PersistedState,
+  PersistOutput,
+} from '../../src/actors/memory-log.js';
+import { createMemoryLog, type MemoryLog } from '../../src/actors/memory-log.js';
 import type { StoreSnapshot } from '../../src/actors/store.js';
 import type { HardState } from '../../src/machines/raft.types.js';
 import type { Rng } from '../../src/machines/rng.js';
@@ -77,7 +82,7 @@ export const createSimDisk = (environment: SimDiskEnvironment) => {
   };
 
   /** A handle for one incarnation of the server; every call on a dead handle is ignored. */
-  const open = (): LogActor => {
+  const open = (): LogStorage => {
     handle += 1;
     const mine = handle;
     const live = (): boolean => mine === handle;

@@ -6,8 +6,13 @@
  * and a one-line command that replays it.
  */
 import { expect } from 'vitest';
-import { createMemoryLog, type LogActor, type MemoryLog, type PersistedState } from '../../src/actors/log.js';
-import { createRaftNode, type RaftNode } from '../../src/actors/raft-node.js';
+import {
+  createMemoryLog,
+  type LogStorage,
+  type MemoryLog,
+  type PersistedState,
+} from '../../src/actors/memory-log.js';
+import { createNode, type Node as RaftNode } from '../../src/actors/node.js';
 import { decodeCommand } from '../../src/io/command.js';
 import type { RaftTransport, TransportMessage } from '../../src/io/transport.js';
 import { assert } from '../../src/machines/assert.js';
@@ -56,7 +61,7 @@ export type SimOptions = {
   network?: Partial<NetworkFaults>;
   maxInflight?: number;
   maxEntriesPerAppend?: number;
-  /** Log compaction (raft-node.ts): off (0) unless given. */
+  /** Log compaction (actors/store-actor.ts): off (0) unless given. */
   compactEvery?: number;
   keepEntries?: number;
   snapshotChunkBytes?: number;
@@ -111,7 +116,7 @@ type Server = {
   id: string;
   node: RaftNode | null;
   /** The log handed to the running node (for a durable disk: this incarnation's handle). */
-  log: LogActor;
+  log: LogStorage;
   /** The durable disk, or null when the server runs the memory log. */
   disk: SimDisk | null;
   dirtyFrom: number;
@@ -246,7 +251,7 @@ export const createSimulation = (options: SimOptions) => {
   };
 
   /** The log a server's next incarnation runs on, watched for the checker's dirtyFrom. */
-  const logFor = (server: Server): LogActor => {
+  const logFor = (server: Server): LogStorage => {
     const log = server.disk ? server.disk.open() : server.log;
     const persist = log.persist.bind(log);
     const installSnapshot = log.installSnapshot.bind(log);
@@ -267,7 +272,7 @@ export const createSimulation = (options: SimOptions) => {
   const boot = (server: Server): void => {
     server.incarnation += 1;
     if (server.disk) server.log = logFor(server);
-    const node = createRaftNode({
+    const node = createNode({
       id: server.id,
       voters: ids,
       transport,

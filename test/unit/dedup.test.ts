@@ -1,7 +1,7 @@
 /**
  * Exactly-once application of retried writes (dissertation §6.3): every command carries its
  * request's (session, seq) tag, and the store applies a tag at most once, however many log
- * entries carry it. Pinned at the store (store.ts) and at the raft-node level, on the simulator:
+ * entries carry it. Pinned at the store (store.ts) and at the node level (actors/node.ts), on the simulator:
  * a write forwarded to a leader that replicated it and then went away is retried to the next
  * leader, so the log holds the tag twice; a later write to the same key stays in place.
  *

@@ -22,7 +22,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createMemoryLog, type PersistOutput } from '../../src/actors/log.js';
+import { createMemoryLog, type PersistOutput } from '../../src/actors/memory-log.js';
 import { createWalLog } from '../../src/actors/wal-log.js';
 import { createMemoryTransport, diskeyval, type WarningEvent } from '../../src/index.js';
 import {

@@ -15,8 +15,8 @@ import { mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/pro
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { createMemoryLog, type LogActor, type PersistOutput } from '../../src/actors/log.js';
-import { createRaftNode } from '../../src/actors/raft-node.js';
+import { createMemoryLog, type LogStorage, type PersistOutput } from '../../src/actors/memory-log.js';
+import { createNode } from '../../src/actors/node.js';
 import { createWalLog } from '../../src/actors/wal-log.js';
 import { createMemoryTransport, type DiskeyvalNode, diskeyval } from '../../src/index.js';
 import {
@@ -485,7 +485,7 @@ const gatedLog = () => {
   const gates: Array<() => void> = [];
   let pending = 0;
   const groups: number[] = [];
-  const log: LogActor & { gates: typeof gates; groups: number[] } = {
+  const log: LogStorage & { gates: typeof gates; groups: number[] } = {
     persist: (output) => {
       mirror.persist(output);
       pending += 1;
@@ -521,8 +521,8 @@ const until = async (holds: () => boolean, what: string, boundMs = 5000) => {
 };
 
 /** A one-member node on `log` (it elects itself), with the same timings in every test here. */
-const soloNode = (log: LogActor, onFatal?: (error: Error) => void) =>
-  createRaftNode({
+const soloNode = (log: LogStorage, onFatal?: (error: Error) => void) =>
+  createNode({
     id: 'solo',
     voters: ['solo'],
     transport: createMemoryTransport(),
@@ -576,7 +576,7 @@ describe('a leader replicates before its own fsync (dissertation §10.2.1)', () 
     const mirror = createMemoryLog();
     let holding = false;
     const gates: Array<() => void> = [];
-    const log: LogActor & { hold: () => void; release: () => void; holding: () => boolean } = {
+    const log: LogStorage & { hold: () => void; release: () => void; holding: () => boolean } = {
       persist: mirror.persist,
       installSnapshot: mirror.installSnapshot,
       compact: mirror.compact,
@@ -603,7 +603,7 @@ describe('a leader replicates before its own fsync (dissertation §10.2.1)', () 
     const transport = createMemoryTransport();
     const logs = Object.fromEntries(ids.map((id) => [id, switchableLog()]));
     const nodes = ids.map((id, index) =>
-      createRaftNode({
+      createNode({
         id,
         voters: ids,
         transport,
@@ -655,7 +655,7 @@ describe('the raft node with a failing durable log', () => {
   it('stops itself (fail-stop) when a flush fails: nothing held goes out, waiting calls reject with STOPPED', async () => {
     const log = gatedLog();
     let fatal: Error | null = null;
-    const failingLog: LogActor = {
+    const failingLog: LogStorage = {
       ...log,
       flush: () => {
         log.gates.push(() => undefined);

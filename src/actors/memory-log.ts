@@ -139,7 +139,7 @@ export type MemoryLog = ReturnType<typeof createMemoryLog>;
  * once it is durable, and the node holds every output emitted after a persist until then
  * (ARCHITECTURE.md rule 4). `compact` forgets entries a snapshot of the state machine covers.
  */
-export type LogActor = {
+export type LogStorage = {
   persist(output: PersistOutput): void;
   installSnapshot(output: InstallOutput): void;
   compact(index: number, take: () => StoreSnapshot): void;
