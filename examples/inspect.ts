@@ -21,12 +21,7 @@ import net from 'node:net';
 import { parseArgs } from 'node:util';
 import { createWebSocketInspector, createWebSocketReceiver } from '@statelyai/inspect';
 import { createInspectorServer } from '@statelyai/inspect/server';
-import {
-  createClusterCertificates,
-  type DiskeyvalNode,
-  diskeyval,
-  type LeaderEvent,
-} from '../src/index.js';
+import { createClusterCertificates, type DiskeyvalNode, diskeyval, type LeaderEvent } from '../src/index.js';
 
 const RUN_BOUND_MS = 60_000;
 const STEP_BOUND_MS = 15_000;
