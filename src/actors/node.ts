@@ -26,6 +26,7 @@ import { tickMsOf } from '../machines/ticks.js';
 import type { CallOptions } from './calls.js';
 import { type Clock, createDeadlines } from './deadlines.js';
 import { hidden as hideDeps, type NewCall, relay, type SystemIds, systemIdsOf } from './events.js';
+import { summarizingInspect } from './inspection.js';
 import { type LogView, logActor } from './log-actor.js';
 import { createMemoryLog, type LogStorage } from './memory-log.js';
 import { type PeerCounters, type PeerMetrics, peerActor } from './peer.js';
@@ -440,7 +441,7 @@ const startNode = async (s: NodeState): Promise<void> => {
   s.root = createActor(nodeMachineOf(wiring, booted), {
     clock: s.clock,
     systemId: s.options.id,
-    ...(inspect ? { inspect } : {}),
+    ...(inspect ? { inspect: summarizingInspect(inspect) } : {}),
   });
   s.root.start();
   s.raft = s.root.system.get(s.ids.raft) as AnyActorRef | undefined;
