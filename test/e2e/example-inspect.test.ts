@@ -6,39 +6,16 @@
  * it wrote, print the URL to open, and report that the server forwarded inspection events of
  * every node's actors (at least one actor per node).
  */
-import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { runBounded } from '../support/run-bounded.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const BOUND_MS = 90_000;
 
-type Run = { code: number | null; stdout: string; stderr: string };
-
 /** Runs the example to completion, killing it after BOUND_MS. */
 const runExample = () =>
-  new Promise<Run>((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'examples/inspect.ts'], {
-      cwd: ROOT,
-      stdio: 'pipe',
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => {
-      stdout += chunk.toString('utf8');
-    });
-    child.stderr.on('data', (chunk: Buffer) => {
-      stderr += chunk.toString('utf8');
-    });
-    const timer = setTimeout(() => {
-      stderr += `\n[killed: still running after ${BOUND_MS} ms]`;
-      child.kill('SIGKILL');
-    }, BOUND_MS);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
+  runBounded(process.execPath, ['--import', 'tsx', 'examples/inspect.ts'], { cwd: ROOT }, BOUND_MS);
 
 describe('npm run example:inspect', () => {
   it(

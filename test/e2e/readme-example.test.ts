@@ -10,12 +10,12 @@
  * Before: the first example started one node whose two peers never ran, so it could only reject
  * with QUORUM_UNAVAILABLE after 5 s.
  */
-import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runBounded as run } from '../support/run-bounded.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const { freePorts } = (await import(new URL('../../scripts/cluster.mjs', import.meta.url).href)) as {
@@ -30,36 +30,6 @@ const readmeExample = async (): Promise<{ code: string; prints: string }> => {
   if (!match) throw new Error('README.md: no typescript block followed by "It prints" under "## Using it"');
   return { code: match[1]!, prints: match[2]! };
 };
-
-type Run = { code: number | null; signal: string | null; stdout: string; stderr: string; ms: number };
-
-/** Runs a command to completion, killing it after `boundMs`. */
-const run = (
-  command: string,
-  args: string[],
-  options: { cwd: string; env?: NodeJS.ProcessEnv },
-  boundMs: number,
-) =>
-  new Promise<Run>((resolve) => {
-    const started = performance.now();
-    const child = spawn(command, args, { cwd: options.cwd, env: options.env ?? process.env, stdio: 'pipe' });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => {
-      stdout += chunk.toString('utf8');
-    });
-    child.stderr.on('data', (chunk: Buffer) => {
-      stderr += chunk.toString('utf8');
-    });
-    const timer = setTimeout(() => {
-      stderr += `\n[killed: still running after ${boundMs} ms]`;
-      child.kill('SIGKILL');
-    }, boundMs);
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout, stderr, ms: Math.round(performance.now() - started) });
-    });
-  });
 
 describe('the README API example', () => {
   let dir: string;

@@ -16,6 +16,7 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import type { RecoveryCounters } from '../../src/machines/raft.types.js';
+import { emptyRecoveryCounters } from '../../src/machines/rules/index.js';
 import { type Clients, clientRun, createCheckStats, describeStats } from './clients.js';
 import {
   createSimulation,
@@ -36,14 +37,7 @@ type Totals = RecoveryCounters & {
   staleIncarnationAnswers: number;
 };
 const totals: Totals = {
-  rounds: 0,
-  recovered: 0,
-  bootstrapped: 0,
-  forced: 0,
-  staleVotesDropped: 0,
-  recoveringAnswers: 0,
-  restartedByTerm: 0,
-  termChanges: 0,
+  ...emptyRecoveryCounters(),
   amnesiacRestarts: 0,
   leaderRestarts: 0,
   leaderDiedMidRecovery: 0,
