@@ -3,7 +3,7 @@
  * show that the model and simulation checkers catch it.
  */
 
-import { quorumMatchIndex } from './quorum.js';
+import { quorumIndex } from './configuration.js';
 import type { RaftContext } from './raft.types.js';
 import { lastIndex, termAt } from './raft-log.js';
 
@@ -18,12 +18,13 @@ export const commitIndexByQuorum = (context: RaftContext): number => {
     ? Math.min(context.persistedIndex, lastIndex(context.log))
     : lastIndex(context.log);
   // A recovering follower counts toward no commit (docs/design/recovery.md rule 3).
-  const matchIndexes = context.voters.map((voter) => {
+  // Under a joint configuration, a majority of C_old and of C_new (§6); a leader outside C_new does
+  // not count itself.
+  const candidate = quorumIndex(context.config, (voter) => {
     if (voter === context.id) return selfMatch;
     const progress = context.progress[voter];
     return progress === undefined || progress.recovering ? 0 : progress.matchIndex;
   });
-  const candidate = quorumMatchIndex(matchIndexes);
   return candidate > context.commitIndex && termAt(context.log, candidate) === context.currentTerm
     ? candidate
     : context.commitIndex;

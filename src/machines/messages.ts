@@ -6,6 +6,8 @@
  * `term`. Messages are plain data: they survive a msgpack round trip unchanged.
  */
 
+import type { Configuration } from './configuration.js';
+
 export type NodeId = string;
 
 /**
@@ -25,8 +27,12 @@ export const RECOVERING_VOTE: NodeId = '';
  */
 export type Incarnation = number;
 
-/** What a log entry carries. `noop` is the entry every new leader appends (Raft paper §8). */
-export type EntryKind = 'noop' | 'command';
+/**
+ * What a log entry carries. `noop` is the entry every new leader appends (Raft paper §8); `config`
+ * holds a configuration (configuration.ts, `encodeConfiguration`), in force from the moment it is
+ * in the log (dissertation §4.1).
+ */
+export type EntryKind = 'noop' | 'command' | 'config';
 
 /**
  * One log entry. `data` is the command, encoded once by the proposer and shipped as bytes
@@ -184,6 +190,12 @@ export type InstallSnapshot = {
   data: Uint8Array | null;
   chunkOffset: number;
   totalBytes: number;
+  /**
+   * The configuration in force at `lastIncludedIndex` (configuration.ts): the node attaches it with
+   * the store's snapshot, and the receiver's log falls back to it. Absent only from the machine's
+   * own requests (which carry no data either) and from snapshots of a cluster never reconfigured.
+   */
+  config?: Configuration;
 };
 
 /** Reply to InstallSnapshot: the follower's log now matches the leader's up to `matchIndex`. */
@@ -225,7 +237,21 @@ export const isChunkAck = (message: { type: string }): message is SnapshotChunkA
   );
 };
 
+/**
+ * A member's answer to a message from a server that a committed configuration removed (configuration.ts,
+ * `removed`; as etcd answers a removed member): the receiver stops campaigning and its calls reject
+ * with REMOVED. `configIndex` is the index of the configuration that says so.
+ */
+export type Removed = {
+  type: 'Removed';
+  from: NodeId;
+  to: NodeId;
+  term: number;
+  configIndex: number;
+};
+
 export type RaftMessage =
+  | Removed
   | RequestVote
   | RequestVoteResponse
   | AppendEntries
@@ -240,6 +266,7 @@ export type RaftMessage =
 export type RaftMessageType = RaftMessage['type'];
 
 export const RAFT_MESSAGE_TYPES: readonly RaftMessageType[] = [
+  'Removed',
   'RequestVote',
   'RequestVoteResponse',
   'AppendEntries',

@@ -21,7 +21,7 @@
  * The machine is pure: it reads only (context, event) and asks for everything else with emitted
  * outputs (see raft.types.ts). The bookkeeping per entry lives in raft-log.ts and progress.ts.
  */
-import { enqueueActions, raise, setup } from 'xstate';
+import { and, enqueueActions, raise, setup } from 'xstate';
 import type { RaftMessage } from './messages.js';
 import type { Outcome, RaftContext, RaftEmitted, RaftEvent, RaftInput } from './raft.types.js';
 import * as rules from './rules/index.js';
@@ -114,6 +114,11 @@ export const raftMachine = setup({
     hasRejectionQuorum: ({ context }) => rules.hasRejectionQuorum(context),
     hasLostQuorumContact: ({ context }) => rules.hasLostQuorumContact(context),
     isElectionDue: ({ context }) => rules.isElectionDue(context),
+    mayCampaign: ({ context }) => rules.mayCampaign(context),
+    isRemovedAnswer: ({ event }) => event.type === 'message' && event.message.type === 'Removed',
+    isFromRemovedServer: ({ context, event }) =>
+      event.type === 'message' && rules.isFromRemovedServer(context, event.message),
+    isRemovedLeader: ({ context }) => rules.isRemovedLeader(context),
   },
   actions: {
     adoptHigherTerm: rule((context, event) => rules.adoptHigherTerm(context, incoming(event))),
@@ -188,6 +193,21 @@ export const raftMachine = setup({
     leaderPersisted: rule((context, event) =>
       event.type === 'persisted' ? rules.leaderPersisted(context, event.index) : {},
     ),
+    learnRemoved: rule((context, event) =>
+      event.type === 'message' && event.message.type === 'Removed'
+        ? rules.learnRemoved(context, event.message)
+        : {},
+    ),
+    answerRemovedServer: rule((context, event) => rules.answerRemovedServer(context, incoming(event))),
+    leaveAsRemovedLeader: rule((context) => rules.leaveAsRemovedLeader(context)),
+    proposeReconfigure: rule((context, event) =>
+      event.type === 'reconfigure'
+        ? rules.proposeReconfigure(context, event.requestId, event.voters, event.addresses)
+        : {},
+    ),
+    rejectReconfigure: rule((context, event) =>
+      event.type === 'reconfigure' ? rules.rejectReconfigure(context, event.requestId) : {},
+    ),
     assertOneLeaderPerTerm: ({ context, event }) => {
       throw new Error(
         `diskeyval invariant violated: ${context.id} leads term ${context.currentTerm} and got ${event.type} from another leader`,
@@ -201,6 +221,9 @@ export const raftMachine = setup({
   on: {
     // Rules for All Servers: the term decides before the role does.
     message: [
+      // Membership (membership.ts): a removed server is told so, whatever it sent; outside the term rules.
+      { guard: 'isRemovedAnswer', actions: 'learnRemoved' },
+      { guard: 'isFromRemovedServer', actions: 'answerRemovedServer' },
       // Recovery messages are outside the term rules (docs/design/recovery.md).
       { guard: 'isRecoveryRequest', actions: 'answerRecovery' },
       { guard: 'isRecoveryResponse', actions: 'recordRecoveryAnswer' },
@@ -216,6 +239,7 @@ export const raftMachine = setup({
     ],
     propose: { actions: 'rejectProposals' },
     readIndex: { actions: 'rejectReads' },
+    reconfigure: { actions: 'rejectReconfigure' },
     persisted: { actions: 'recordPersisted' },
     compact: { actions: 'compactLog' },
   },
@@ -253,9 +277,13 @@ export const raftMachine = setup({
         },
       },
       on: {
-        // The election timer (§5.2): the ticks since the last reset reach the drawn timeout.
-        tick: [{ guard: 'isElectionDue', target: 'candidate' }, { actions: 'countTick' }],
-        electionTimeout: { target: 'candidate' },
+        // The election timer (§5.2): the ticks since the last reset reach the drawn timeout. Only a
+        // member that was not removed campaigns (membership.ts).
+        tick: [
+          { guard: and(['isElectionDue', 'mayCampaign']), target: 'candidate' },
+          { actions: 'countTick' },
+        ],
+        electionTimeout: { guard: 'mayCampaign', target: 'candidate' },
         message: [
           // Hearing from the leader restarts the election timer.
           {
@@ -310,6 +338,8 @@ export const raftMachine = setup({
       entry: 'becomeLeader',
       exit: 'abandonLeadership',
       type: 'parallel',
+      // §6: a leader outside C_new steps down once C_new is committed.
+      always: { guard: 'isRemovedLeader', target: 'follower', actions: 'leaveAsRemovedLeader' },
       on: {
         AppendEntries: { actions: 'assertOneLeaderPerTerm' },
         Heartbeat: { actions: 'assertOneLeaderPerTerm' },
@@ -327,6 +357,7 @@ export const raftMachine = setup({
         ],
         propose: { actions: 'appendProposals' },
         readIndex: { actions: 'startReadRound' },
+        reconfigure: { actions: 'proposeReconfigure' },
         persisted: { actions: 'leaderPersisted' },
         heartbeatTimeout: { actions: 'broadcastHeartbeat' },
         checkQuorum: [{ guard: 'hasLostQuorumContact', target: 'follower' }, { actions: 'startQuorumRound' }],

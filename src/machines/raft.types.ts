@@ -4,6 +4,7 @@
  * emitted outputs that the node's actors carry out.
  */
 
+import type { Configuration, MemberAddress } from './configuration.js';
 import type { CrashVector, Entry, NodeId, RaftMessage, RecoveryResponse } from './messages.js';
 import type { Progress } from './progress.js';
 import type { RaftLog } from './raft-log.js';
@@ -25,12 +26,20 @@ export type RaftTimings = {
 
 export type RaftInput = RaftTimings & {
   id: NodeId;
-  /** Every voting member, the local server included. */
+  /**
+   * Every voting member, the local server included: the bootstrap configuration, in force only
+   * while neither the log nor the snapshot holds one (configuration.ts).
+   */
   voters: readonly NodeId[];
+  /** Where the bootstrap voters listen (configuration.ts, `addresses`). */
+  addresses?: Readonly<Record<NodeId, MemberAddress>>;
   /** What the server persisted before it (re)started. */
   hardState?: HardState;
-  /** The snapshot the server restarted from: the log's entries follow its last index (§7). */
-  snapshot?: { index: number; term: number };
+  /**
+   * The snapshot the server restarted from: the log's entries follow its last index (§7); `config`
+   * is the configuration in force at that index, when the cluster was ever reconfigured.
+   */
+  snapshot?: { index: number; term: number; config?: Configuration };
   entries?: readonly Entry[];
   /** Seed of the generator that randomizes election timeouts. */
   seed: number;
@@ -98,9 +107,36 @@ export type RecoveryCounters = {
   termChanges: number;
 };
 
+/** A configuration and the index of the entry that holds it (0: bootstrap; the snapshot's index). */
+export type ConfigAt = { readonly index: number; readonly config: Configuration };
+
+/** Counted in place, for tests and metrics: the hard cases of membership change that happened. */
+export type MembershipCounters = {
+  /** Configurations that a truncation removed from the log (the server fell back to an older one). */
+  truncated: number;
+  /** Configurations taken from a snapshot (InstallSnapshot). */
+  fromSnapshot: number;
+  /** A leader stepped down because the committed C_new does not include it. */
+  leaderRemoved: number;
+  /** `Removed` answers sent to a removed server's messages. */
+  removedAnswers: number;
+  /** Messages from removed servers that tried to campaign (a RequestVote, pre-vote or not). */
+  removedCampaigns: number;
+};
+
 export type RaftContext = {
   readonly id: NodeId;
-  readonly voters: readonly NodeId[];
+  /**
+   * The configurations of the log, oldest first: the first is the base (bootstrap, or the
+   * snapshot's, at the snapshot's index), then one per config entry still in the log. The last is
+   * in force (dissertation §4.1). Copied on change, which is rare.
+   */
+  configs: readonly ConfigAt[];
+  /** The configuration in force: the last of `configs`. */
+  config: Configuration;
+  /** This server learned that a committed configuration removed it (a `Removed` answer, or it led). */
+  removed: boolean;
+  readonly membershipCounters: MembershipCounters;
   readonly electionTimeoutMs: number;
   readonly heartbeatMs: number;
   readonly maxInflight: number;
@@ -158,6 +194,16 @@ export type RaftEvent =
   | { type: 'message'; message: RaftMessage }
   | { type: 'propose'; batchId: number; commands: Uint8Array[] }
   | { type: 'readIndex'; ids: number[] }
+  /**
+   * Change the voters to `voters` by joint consensus (§6): a leader appends C_old,new, and C_new
+   * once that is committed. `addresses` gives where new members listen.
+   */
+  | {
+      type: 'reconfigure';
+      requestId: number;
+      voters: NodeId[];
+      addresses: Record<NodeId, MemberAddress>;
+    }
   | { type: 'persisted'; index: number }
   /** The node snapshotted the state machine up to at least `index`: compact the log that far. */
   | { type: 'compact'; index: number }
@@ -216,6 +262,23 @@ export type RaftEmitted =
   | { type: 'proposalsAccepted'; batchId: number; firstIndex: number; term: number }
   | { type: 'proposalsRejected'; batchId: number; leaderId: NodeId | null }
   | { type: 'readsReady'; ids: number[]; readIndex: number }
+  /** A reconfigure was appended as C_old,new at (`index`, `term`); C_new follows once it commits.
+   * `unchanged`: the configuration in force (committed, at `index`) already is the one asked for. */
+  | { type: 'reconfigureAccepted'; requestId: number; index: number; term: number; unchanged: boolean }
+  /**
+   * A reconfigure was refused: `NOT_LEADER` (ask `leaderId`), `CHANGE_IN_PROGRESS` (a configuration
+   * in the log is joint or not yet committed), or `INVALID_ARGUMENT`.
+   */
+  | {
+      type: 'reconfigureRejected';
+      requestId: number;
+      code: 'NOT_LEADER' | 'CHANGE_IN_PROGRESS' | 'INVALID_ARGUMENT';
+      leaderId: NodeId | null;
+    }
+  /** The configuration in force changed (a config entry appended or truncated, a snapshot installed). */
+  | { type: 'membership'; config: Configuration; index: number }
+  /** This server learned that it was removed (configuration index `configIndex`). */
+  | { type: 'removed'; configIndex: number }
   | { type: 'readsRejected'; ids: number[]; leaderId: NodeId | null };
 
 /** Whether `emitted` may be carried out before the persists emitted ahead of it are durable. */

@@ -21,7 +21,7 @@ vi.mock('../../src/machines/commit.js', async (importOriginal) => {
   const original = await importOriginal<typeof import('../../src/machines/commit.js')>();
   /** Figure 8's mistake: commit the quorum's match index whatever the term of its entry. */
   const countingReplicasOfAnyTerm = (context: RaftContext): number => {
-    const matchIndexes = context.voters.map((voter) =>
+    const matchIndexes = context.config.voters.map((voter) =>
       voter === context.id ? context.log.entries.length : (context.progress[voter]?.matchIndex ?? 0),
     );
     const sorted = [...matchIndexes].sort((a, b) => b - a);

@@ -311,6 +311,8 @@ export const describeMessage = (m: RaftMessage): string => {
       return `RecoveryRequest ${m.from}→${m.to} t${m.term} nonce=${m.incarnation}/${m.round}`;
     case 'RecoveryResponse':
       return `RecoveryResponse ${m.from}→${m.to} t${m.term} nonce=${m.incarnation}/${m.round} ${m.recovering ? 'recovering' : 'ready'}${m.blank ? ' blank' : ''} leaderLast=${m.leaderLastIndex}`;
+    case 'Removed':
+      return `Removed ${m.from}→${m.to} t${m.term} config=${m.configIndex}`;
   }
 };
 

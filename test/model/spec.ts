@@ -810,5 +810,7 @@ export const receive = (s: SpecServer, m: RaftMessage): SpecStep => {
     case 'InstallSnapshotResponse':
       // The model test never compacts a log, so no snapshot is ever sent; the simulation covers them.
       throw new Error(`the spec has no snapshots, got ${m.type}`);
+    case 'Removed':
+      throw new Error('the spec has no membership changes yet, got Removed');
   }
 };

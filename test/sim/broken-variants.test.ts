@@ -15,7 +15,7 @@ import { UNRELIABLE } from './simulator.js';
 
 vi.mock('../../src/machines/commit.js', () => ({
   commitIndexByQuorum: (context: RaftContext): number => {
-    const matchIndexes = context.voters.map((voter) =>
+    const matchIndexes = context.config.voters.map((voter) =>
       voter === context.id ? lastIndex(context.log) : (context.progress[voter]?.matchIndex ?? 0),
     );
     const candidate = quorumMatchIndex(matchIndexes);

@@ -5,13 +5,21 @@
  * durable, and the persist order of every server's messages (dissertation §10.2.1).
  */
 import { assert } from '../assert.js';
+import { decodeConfiguration, simpleConfiguration } from '../configuration.js';
 import {
   type RaftMessage,
   RECOVERING_VOTE,
   type RequestVote,
   type RequestVoteResponse,
 } from '../messages.js';
-import type { Outcome, RaftContext, RaftInput, RecoveryCounters } from '../raft.types.js';
+import type {
+  ConfigAt,
+  MembershipCounters,
+  Outcome,
+  RaftContext,
+  RaftInput,
+  RecoveryCounters,
+} from '../raft.types.js';
 import { createLog, isUpToDate, lastIndex } from '../raft-log.js';
 import { electionTicksOf, tickMsOf } from '../ticks.js';
 import { rejectAppend } from './follower.js';
@@ -36,13 +44,47 @@ export const emptyRecoveryCounters = (): RecoveryCounters => ({
   termChanges: 0,
 });
 
+/** The membership counters of a machine that has done nothing yet (tests and metrics). */
+export const emptyMembershipCounters = (): MembershipCounters => ({
+  truncated: 0,
+  fromSnapshot: 0,
+  leaderRemoved: 0,
+  removedAnswers: 0,
+  removedCampaigns: 0,
+});
+
+/**
+ * The configurations a (re)started server knows (membership.ts): the snapshot's, else the bootstrap
+ * voters of the input, then one per config entry in the log. The log's win over the input.
+ */
+const initialConfigs = (input: RaftInput): ConfigAt[] => {
+  const snapshotIndex = input.snapshot?.index ?? 0;
+  const base = input.snapshot?.config ?? simpleConfiguration(input.voters, input.addresses);
+  const configs: ConfigAt[] = [{ index: snapshotIndex, config: base }];
+  (input.entries ?? []).forEach((entry, offset) => {
+    if (entry.kind === 'config' && entry.data !== null)
+      configs.push({ index: snapshotIndex + 1 + offset, config: decodeConfiguration(entry.data) });
+  });
+  // A server being added holds an empty log and lists the new membership: it may not be in it yet
+  // (it never campaigns while not a member, membership.ts mayCampaign).
+  assert(
+    configs.length > 1 || input.snapshot?.config !== undefined || input.voters.includes(input.id),
+    `voters must include the local server ${input.id}`,
+  );
+  return configs;
+};
+
 export const initialContext = (input: RaftInput): RaftContext => {
-  assert(input.voters.includes(input.id), `voters must include the local server ${input.id}`);
+  const configs = initialConfigs(input);
+  const config = configs[configs.length - 1]!.config;
   assert(input.electionTimeoutMs > input.heartbeatMs, 'election timeout must exceed the heartbeat interval');
   assert(input.maxAppendBytes === undefined || input.maxAppendBytes >= 1, 'maxAppendBytes must be >= 1');
   const base = {
     id: input.id,
-    voters: [...input.voters].sort(),
+    configs,
+    config,
+    removed: false,
+    membershipCounters: emptyMembershipCounters(),
     electionTimeoutMs: input.electionTimeoutMs,
     heartbeatMs: input.heartbeatMs,
     maxInflight: input.maxInflight ?? DEFAULT_MAX_INFLIGHT,

@@ -2,6 +2,8 @@
  * Rules for Candidates (Figure 2, §5.2): the pre-vote poll (dissertation §9.6), the election, and
  * counting the answers (after the crash vectors of docs/design/recovery.md rule 1).
  */
+
+import { hasQuorum } from '../configuration.js';
 import type { RequestVote, RequestVoteResponse } from '../messages.js';
 import { isMajority } from '../quorum.js';
 import type { Outcome, RaftContext } from '../raft.types.js';
@@ -75,13 +77,13 @@ export const recordVote = (context: RaftContext, response: RequestVoteResponse):
   });
 };
 
-const countVotes = (context: RaftContext, granted: boolean): number =>
-  context.voters.filter((voter) => context.votes[voter] === granted).length;
-
-/** "If votes received from majority of servers: become leader." */
+/** "If votes received from majority of servers: become leader" (of both sets while joint, §6). */
 export const hasVoteQuorum = (context: RaftContext): boolean =>
-  isMajority(countVotes(context, true), context.voters.length);
+  hasQuorum(context.config, (voter) => context.votes[voter] === true);
 
-/** A majority refused: this election cannot be won. */
-export const hasRejectionQuorum = (context: RaftContext): boolean =>
-  isMajority(countVotes(context, false), context.voters.length);
+/** A majority refused (of either set while joint): this election cannot be won. */
+export const hasRejectionQuorum = (context: RaftContext): boolean => {
+  const refused = (set: readonly string[]): boolean =>
+    set.length > 0 && isMajority(set.filter((voter) => context.votes[voter] === false).length, set.length);
+  return refused(context.config.voters) || refused(context.config.outgoing);
+};

@@ -6,6 +6,7 @@ import { assert } from '../assert.js';
 import type { AppendEntries, AppendEntriesResponse, Heartbeat, HeartbeatResponse } from '../messages.js';
 import type { Outcome, RaftContext, RaftEmitted } from '../raft.types.js';
 import { conflictHint, lastIndex, matchesAt, mergeEntries, slice } from '../raft-log.js';
+import { configsAfterWrite } from './membership.js';
 import { commitOutcome, markRecovering } from './shared.js';
 
 /**
@@ -86,14 +87,13 @@ export const appendFromLeader = (context: RaftContext, original: AppendEntries):
   );
   assert(lastNewIndex >= context.commitIndex || firstWrittenIndex === -1, 'truncated a committed entry');
   const emitted: RaftEmitted[] = [];
+  let configs: Outcome = {};
   if (firstWrittenIndex !== -1) {
     assert(firstWrittenIndex > context.commitIndex, 'overwrote a committed entry');
-    emitted.push({
-      type: 'persist',
-      hardState: null,
-      fromIndex: firstWrittenIndex,
-      entries: slice(context.log, firstWrittenIndex, lastIndex(context.log)),
-    });
+    const written = slice(context.log, firstWrittenIndex, lastIndex(context.log));
+    emitted.push({ type: 'persist', hardState: null, fromIndex: firstWrittenIndex, entries: written });
+    // The newest configuration in the log is in force; a truncated one gives way (membership.ts).
+    configs = configsAfterWrite(context, firstWrittenIndex, written);
   }
   const commit = commitOutcome(context, Math.min(request.leaderCommit, lastNewIndex));
   // What was just written here is not durable yet, whatever was before at those indexes.
@@ -102,9 +102,9 @@ export const appendFromLeader = (context: RaftContext, original: AppendEntries):
       ? context.persistedIndex
       : Math.min(context.persistedIndex, firstWrittenIndex - 1);
   return {
-    patch: { ...leaderPatch, persistedIndex, ...commit.patch },
+    patch: { ...leaderPatch, persistedIndex, ...configs.patch, ...commit.patch },
     send: [acceptAppend(context, request, lastNewIndex)],
-    emitted: [...emitted, ...(commit.emitted ?? [])],
+    emitted: [...emitted, ...(configs.emitted ?? []), ...(commit.emitted ?? [])],
   };
 };
 

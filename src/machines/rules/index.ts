@@ -11,6 +11,7 @@ export * from './all-servers.js';
 export * from './candidate.js';
 export * from './follower.js';
 export * from './leader.js';
+export * from './membership.js';
 export * from './read-index.js';
 export * from './recovery.js';
 export * from './replication.js';

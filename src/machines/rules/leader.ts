@@ -6,6 +6,7 @@
 import { assert } from '../assert.js';
 import { noopData } from '../cluster-id.js';
 import { commitIndexByQuorum } from '../commit.js';
+import { hasQuorum } from '../configuration.js';
 import type {
   AppendEntriesResponse,
   Entry,
@@ -21,10 +22,10 @@ import {
   onHeartbeatAnswered,
   onSnapshotAnswered,
 } from '../progress.js';
-import { isMajority } from '../quorum.js';
 import type { Outcome, RaftContext, RaftEmitted } from '../raft.types.js';
 import { append, lastIndex, lastIndexOfTerm } from '../raft-log.js';
 import { recordPersisted } from './all-servers.js';
+import { completeJointChange, tellRemoved } from './membership.js';
 import { releaseConfirmedReads, startReadRound } from './read-index.js';
 import { appendsFor } from './replication.js';
 import { after, commitOutcome, merge, peersOf, progressOf } from './shared.js';
@@ -41,7 +42,15 @@ const advanceCommit = (context: RaftContext): Outcome => {
   const broadcast = peersOf(committed).flatMap((peer) => appendsFor(committed, peer, true));
   const reads =
     committed.pendingReadIds.length > 0 ? startReadRound(committed, committed.pendingReadIds) : {};
-  return merge(commit, { send: broadcast }, reads);
+  const done = merge(commit, { send: broadcast }, reads, tellRemoved(committed, context.commitIndex));
+  return merge(done, continueChange(after(context, done)));
+};
+
+/** A committed C_old,new is followed by C_new (membership.ts), which may commit at once. */
+const continueChange = (context: RaftContext): Outcome => {
+  const appended = completeJointChange(context);
+  if (appended === null) return {};
+  return merge(appended, advanceCommit(after(context, appended)));
 };
 
 /** "Upon election: send initial empty AppendEntries RPCs"; the new term starts with a no-op entry (§8). */
@@ -62,11 +71,13 @@ export const becomeLeader = (context: RaftContext): Outcome => {
   });
   const persist: RaftEmitted = { type: 'persist', hardState: null, fromIndex: last + 1, entries: [noop] };
   const appends = peersOf(leading).flatMap((peer) => appendsFor(leading, peer, true));
-  return merge(
+  const started = merge(
     { patch: { progress, leaderId: context.id, readRounds: [], pendingReadIds: [] } },
     { send: appends, emitted: [persist] },
     advanceCommit(leading),
   );
+  // A change the last leader left with C_old,new committed goes on (§6).
+  return merge(started, continueChange(after(context, started)));
 };
 
 /** "If command received from client: append entry to local log" and replicate it. One batch, one append. */
@@ -195,10 +206,8 @@ export const handleHeartbeatResponse = (context: RaftContext, response: Heartbea
 };
 
 /** CheckQuorum: a leader that has not heard from a majority in an election timeout steps down. */
-export const hasLostQuorumContact = (context: RaftContext): boolean => {
-  const active = peersOf(context).filter((peer) => progressOf(context, peer).recentActive).length + 1;
-  return !isMajority(active, context.voters.length);
-};
+export const hasLostQuorumContact = (context: RaftContext): boolean =>
+  !hasQuorum(context.config, (id) => id === context.id || context.progress[id]?.recentActive === true);
 
 export const startQuorumRound = (context: RaftContext): Outcome => {
   for (const peer of peersOf(context)) progressOf(context, peer).recentActive = false;

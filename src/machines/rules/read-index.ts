@@ -3,7 +3,7 @@
  * records the commit index as its read index, and is released once a heartbeat round that started
  * after it was answered by a majority.
  */
-import { isMajority } from '../quorum.js';
+import { hasQuorum, membersOf } from '../configuration.js';
 import type { Outcome, RaftContext, RaftEmitted, ReadRound } from '../raft.types.js';
 import { termAt } from '../raft-log.js';
 import { broadcastHeartbeat } from './replication.js';
@@ -27,7 +27,7 @@ export const startReadRound = (context: RaftContext, ids: number[]): Outcome => 
   return merge(
     { patch: { readSeq: seq, pendingReadIds: [] } },
     releaseConfirmedReads(withRound, [...context.readRounds, round]),
-    { send: context.voters.length > 1 ? broadcastHeartbeat(withRound).send : [] },
+    { send: membersOf(context.config).length > 1 ? broadcastHeartbeat(withRound).send : [] },
   );
 };
 
@@ -39,7 +39,8 @@ export const rejectReads = (context: RaftContext, ids: number[]): Outcome => ({
 export const releaseConfirmedReads = (context: RaftContext, rounds: ReadRound[]): Outcome => {
   let confirmed = -1;
   rounds.forEach((round, position) => {
-    if (isMajority(round.acks.length, context.voters.length)) confirmed = position;
+    // The acks include the leader's own; a majority of both sets while joint (§6).
+    if (hasQuorum(context.config, (id) => round.acks.includes(id))) confirmed = position;
   });
   if (confirmed < 0) return { patch: { readRounds: rounds } };
   const released = rounds.slice(0, confirmed + 1);

@@ -4,6 +4,8 @@
  * vectors), rule 2 (a round of RecoveryRequests, then copying the log of the leader of the highest
  * term), bootstrap of a new cluster, and the forced recovery of the operator.
  */
+
+import { hasQuorum, hasRecoveryQuorum, isMember, membersOf } from '../configuration.js';
 import {
   type AppendEntries,
   type CrashVector,
@@ -14,7 +16,6 @@ import {
   type RecoveryResponse,
 } from '../messages.js';
 import { createProgress } from '../progress.js';
-import { isMajority, majorityOf } from '../quorum.js';
 import type { Outcome, RaftContext, RecoveryTarget } from '../raft.types.js';
 import { lastIndex } from '../raft-log.js';
 import { appendFromLeader } from './follower.js';
@@ -33,7 +34,7 @@ export const raiseCrashVector = (context: RaftContext, vector: CrashVector | und
   let crashVector: CrashVector | null = null;
   let votes: Record<NodeId, boolean> | null = null;
   for (const [member, incarnation] of Object.entries(vector)) {
-    if (!context.voters.includes(member) || incarnation <= (context.crashVector[member] ?? 0)) continue;
+    if (!isMember(context.config, member) || incarnation <= (context.crashVector[member] ?? 0)) continue;
     crashVector ??= { ...context.crashVector };
     crashVector[member] = incarnation;
     if (member in context.votes && (context.voteIncarnations[member] ?? 0) < incarnation) {
@@ -113,7 +114,7 @@ export const startRecoveryRound = (context: RaftContext): Outcome => {
     send: requests,
   });
   // A single-server cluster has no one to ask: it decides at once.
-  if (context.voters.length > 1) return started;
+  if (membersOf(context.config).length > 1) return started;
   const asked = after(context, started);
   return canBootstrap(asked) ? merge(started, recovered(asked, 'bootstrapped')) : started;
 };
@@ -190,7 +191,8 @@ const canBootstrap = (context: RaftContext): boolean => {
   // A member whose log is not empty answered in an earlier round: recover into that cluster.
   if (context.recovery.heardLog) return false;
   const answers = Object.values(context.recovery.answers);
-  return answers.every((answer) => answer.blank) && isMajority(answers.length + 1, context.voters.length);
+  if (!answers.every((answer) => answer.blank)) return false;
+  return hasQuorum(context.config, (id) => id === context.id || context.recovery.answers[id] !== undefined);
 };
 
 const decideRecovery = (context: RaftContext): Outcome => {
@@ -198,7 +200,8 @@ const decideRecovery = (context: RaftContext): Outcome => {
   const ready = answers.filter((answer) => !answer.recovering);
   const term = Math.max(context.currentTerm, ...ready.map((answer) => answer.term));
   const leader = ready.find((answer) => answer.leaderLastIndex >= 0 && answer.term === term);
-  if (leader !== undefined && ready.length >= majorityOf(context.voters.length - 1)) {
+  const answered = (id: NodeId): boolean => ready.some((answer) => answer.from === id);
+  if (leader !== undefined && hasRecoveryQuorum(context.config, context.id, answered)) {
     return followTarget(context, { leaderId: leader.from, term, lastIndex: leader.leaderLastIndex });
   }
   if (context.forceRecovery && ready.some((answer) => !answer.blank)) {

@@ -4,6 +4,7 @@
  * on a recovering server's answers and the `committed` output of a commit index that moved.
  */
 import { assert } from '../assert.js';
+import { membersOf } from '../configuration.js';
 import type {
   AppendEntriesResponse,
   HeartbeatResponse,
@@ -21,8 +22,9 @@ export const DEFAULT_MAX_ENTRIES_PER_APPEND = 512;
 /** Entry data bytes in one AppendEntries: with the default window of 8, 8 MiB in flight per follower. */
 export const DEFAULT_MAX_APPEND_BYTES = 1024 * 1024;
 
+/** The other members of the configuration in force (both sets while it is joint). */
 export const peersOf = (context: RaftContext): NodeId[] =>
-  context.voters.filter((voter) => voter !== context.id);
+  membersOf(context.config).filter((member) => member !== context.id);
 
 const hardStateOf = (term: number, votedFor: NodeId | null): HardState => ({ term, votedFor });
 

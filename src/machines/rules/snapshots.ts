@@ -7,6 +7,7 @@ import { assert } from '../assert.js';
 import type { InstallSnapshot, InstallSnapshotResponse, NodeId } from '../messages.js';
 import type { Outcome, RaftContext } from '../raft.types.js';
 import { compactTo, restoreTo } from '../raft-log.js';
+import { configsAfterCompact, configsAfterSnapshot } from './membership.js';
 import { markRecovering } from './shared.js';
 
 /**
@@ -33,14 +34,17 @@ export const installSnapshot = (context: RaftContext, request: InstallSnapshot):
   if (index <= context.commitIndex) return { patch: leaderPatch, send: [answer(context.commitIndex)] };
   assert(data !== null && term > 0, `an InstallSnapshot at ${index} without data or term`);
   const keptSuffix = restoreTo(context.log, index, term);
+  // The snapshot's configuration is the log's base now (membership.ts).
+  const configs = configsAfterSnapshot(context, index, request.config, keptSuffix);
   return {
     patch: {
       ...leaderPatch,
+      ...configs.patch,
       commitIndex: index,
       persistedIndex: keptSuffix ? context.persistedIndex : Math.min(context.persistedIndex, index),
     },
     send: [answer(index)],
-    emitted: [{ type: 'installSnapshot', index, term, data, keptSuffix }],
+    emitted: [{ type: 'installSnapshot', index, term, data, keptSuffix }, ...(configs.emitted ?? [])],
   };
 };
 
@@ -50,8 +54,9 @@ export const installSnapshot = (context: RaftContext, request: InstallSnapshot):
  */
 export const compactLog = (context: RaftContext, index: number): Outcome => {
   assert(index <= context.commitIndex, `compact ${index} beyond the commit index ${context.commitIndex}`);
+  const configs = configsAfterCompact(context, index);
   compactTo(context.log, index);
-  return {};
+  return configs;
 };
 
 /** An InstallSnapshot of the log's snapshot point; the node attaches the store's snapshot. */

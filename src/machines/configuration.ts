@@ -1,0 +1,174 @@
+/**
+ * Cluster membership (Raft paper §6; dissertation §4.3, joint consensus): which servers vote, and
+ * where they listen.
+ *
+ * - A configuration is either simple (`outgoing` empty: the majorities of `voters`) or joint
+ *   (C_old,new: `voters` is C_new, `outgoing` is C_old, and every majority the server relies on,
+ *   for elections, commitment, read-index confirmation, CheckQuorum and recovery answers, needs a
+ *   majority of both sets).
+ * - Configurations travel in the log as entries of kind `config` whose data is
+ *   `encodeConfiguration(config)`. Each server uses the newest configuration in its log, committed
+ *   or not (dissertation §4.1), and falls back to the one before when a truncation removes it.
+ * - A snapshot carries the configuration in force at its last index, so a log that was compacted
+ *   (or restored from a snapshot) still knows its members.
+ * - `removed` lists the servers taken out by earlier changes (cumulative, bounded): members answer
+ *   their messages with a `Removed` message so they stop campaigning (as etcd answers a removed
+ *   member). Adding a server again takes it off the list.
+ * - `addresses` says where each member listens, so a server's transport can reach members it was
+ *   never configured with; an entry may lack an address (custom transports route by id).
+ *
+ * Pure functions only; `quorum.ts` has the majority arithmetic of one set.
+ */
+import { Decoder, Encoder } from '@msgpack/msgpack';
+import { assert } from './assert.js';
+import type { NodeId } from './messages.js';
+import { isMajority, majorityOf, quorumMatchIndex } from './quorum.js';
+
+export type MemberAddress = { readonly host: string; readonly port: number };
+
+export type Configuration = {
+  /** C_new: the voters (sorted). */
+  readonly voters: readonly NodeId[];
+  /** C_old while the configuration is joint (sorted), empty otherwise. */
+  readonly outgoing: readonly NodeId[];
+  /** Servers removed by earlier changes (sorted, at most MAX_REMOVED_IDS, newest kept). */
+  readonly removed: readonly NodeId[];
+  /** Where members listen, by id (absent for members reached by id alone). */
+  readonly addresses: Readonly<Record<NodeId, MemberAddress>>;
+};
+
+/** The `removed` list keeps at most this many ids (the oldest go first). */
+export const MAX_REMOVED_IDS = 64;
+
+/** Most voters in one configuration (a bound on every per-member loop). */
+export const MAX_VOTERS = 64;
+
+export const simpleConfiguration = (
+  voters: readonly NodeId[],
+  addresses: Readonly<Record<NodeId, MemberAddress>> = {},
+): Configuration => ({ voters: [...voters].sort(), outgoing: [], removed: [], addresses: { ...addresses } });
+
+export const isJoint = (config: Configuration): boolean => config.outgoing.length > 0;
+
+/** Every server the configuration counts: C_new ∪ C_old (sorted, no duplicates). */
+export const membersOf = (config: Configuration): NodeId[] => {
+  if (config.outgoing.length === 0) return config.voters as NodeId[];
+  return [...new Set([...config.voters, ...config.outgoing])].sort();
+};
+
+export const isMember = (config: Configuration, id: NodeId): boolean =>
+  config.voters.includes(id) || config.outgoing.includes(id);
+
+export const isRemoved = (config: Configuration, id: NodeId): boolean =>
+  !isMember(config, id) && config.removed.includes(id);
+
+/** Whether the servers for which `has` holds form a majority of C_new and, when joint, of C_old. */
+export const hasQuorum = (config: Configuration, has: (id: NodeId) => boolean): boolean => {
+  const inSet = (set: readonly NodeId[]): boolean =>
+    isMajority(set.filter((id) => has(id)).length, set.length);
+  return inSet(config.voters) && (config.outgoing.length === 0 || inSet(config.outgoing));
+};
+
+/**
+ * The largest index matched by a majority of C_new and, when joint, of C_old (Figure 2's commit rule
+ * under joint consensus: the smaller of the two sets' quorum indexes).
+ */
+export const quorumIndex = (config: Configuration, matchOf: (id: NodeId) => number): number => {
+  const inSet = (set: readonly NodeId[]): number => quorumMatchIndex(set.map(matchOf));
+  const incoming = inSet(config.voters);
+  return config.outgoing.length === 0 ? incoming : Math.min(incoming, inSet(config.outgoing));
+};
+
+/**
+ * Recovery's majority of answers (docs/design/recovery.md): enough answers from the other members
+ * of one set that any majority of that set meets them. Every decision of a joint configuration
+ * needs both sets, so one set suffices.
+ */
+export const hasRecoveryQuorum = (config: Configuration, self: NodeId, answered: (id: NodeId) => boolean) => {
+  const enough = (set: readonly NodeId[]): boolean => {
+    if (set.length === 0) return false;
+    const others = set.filter((id) => id !== self && answered(id)).length;
+    // A majority of the others when the set holds this server (it forgot its own part), else
+    // enough that every majority of the set meets them.
+    return set.includes(self)
+      ? others >= majorityOf(set.length - 1)
+      : others >= set.length - majorityOf(set.length) + 1;
+  };
+  return enough(config.voters) || enough(config.outgoing);
+};
+
+/** C_old,new for a change from `current` to the voters of `next` (joint consensus, §6). */
+export const jointConfiguration = (
+  current: Configuration,
+  voters: readonly NodeId[],
+  addresses: Readonly<Record<NodeId, MemberAddress>>,
+): Configuration => {
+  assert(!isJoint(current), 'a change starts from a simple configuration');
+  const sorted = [...voters].sort();
+  const merged: Record<NodeId, MemberAddress> = {};
+  for (const id of [...current.voters, ...sorted]) {
+    const address = addresses[id] ?? current.addresses[id];
+    if (address !== undefined) merged[id] = address;
+  }
+  return {
+    voters: sorted,
+    outgoing: current.voters,
+    removed: current.removed.filter((id) => !sorted.includes(id)),
+    addresses: merged,
+  };
+};
+
+/** C_new after C_old,new: the servers of C_old not in C_new join `removed`. */
+export const finalConfiguration = (joint: Configuration): Configuration => {
+  assert(isJoint(joint), 'C_new follows a joint configuration');
+  const leaving = joint.outgoing.filter((id) => !joint.voters.includes(id));
+  const removed = [...joint.removed.filter((id) => !leaving.includes(id)), ...leaving].slice(
+    -MAX_REMOVED_IDS,
+  );
+  const addresses: Record<NodeId, MemberAddress> = {};
+  for (const id of joint.voters) if (joint.addresses[id] !== undefined) addresses[id] = joint.addresses[id];
+  return { voters: joint.voters, outgoing: [], removed: removed.sort(), addresses };
+};
+
+export const sameVoters = (a: readonly NodeId[], b: readonly NodeId[]): boolean =>
+  a.length === b.length && [...a].sort().every((id, i) => id === [...b].sort()[i]);
+
+const encoder = new Encoder();
+const decoder = new Decoder();
+
+/** The data of a `config` entry (and of a snapshot header's configuration). */
+export const encodeConfiguration = (config: Configuration): Uint8Array =>
+  encoder.encode(configurationData(config));
+
+const isIdList = (value: unknown): value is NodeId[] =>
+  Array.isArray(value) &&
+  value.length <= MAX_VOTERS + MAX_REMOVED_IDS &&
+  value.every((id) => typeof id === 'string' && id.length > 0);
+
+/** Parses a configuration from plain data (an entry's decoded data, a snapshot header); null when malformed. */
+export const configurationFrom = (value: unknown): Configuration | null => {
+  if (typeof value !== 'object' || value === null) return null;
+  const { v, o, r, a } = value as Record<string, unknown>;
+  if (!isIdList(v) || !isIdList(o) || !isIdList(r) || v.length === 0) return null;
+  if (typeof a !== 'object' || a === null) return null;
+  const addresses: Record<NodeId, MemberAddress> = {};
+  for (const [id, pair] of Object.entries(a as Record<string, unknown>)) {
+    if (!Array.isArray(pair) || typeof pair[0] !== 'string' || !Number.isInteger(pair[1])) return null;
+    addresses[id] = { host: pair[0], port: pair[1] as number };
+  }
+  return { voters: [...v].sort(), outgoing: [...o].sort(), removed: [...r].sort(), addresses };
+};
+
+export const decodeConfiguration = (data: Uint8Array): Configuration => {
+  const config = configurationFrom(decoder.decode(data));
+  assert(config !== null, 'a config entry holds a malformed configuration');
+  return config;
+};
+
+/** The plain-data form of a configuration (what `encodeConfiguration` writes), for snapshot headers. */
+export const configurationData = (config: Configuration): unknown => ({
+  v: config.voters,
+  o: config.outgoing,
+  r: config.removed,
+  a: Object.fromEntries(Object.entries(config.addresses).map(([id, a]) => [id, [a.host, a.port]])),
+});
