@@ -13,11 +13,20 @@
  * `code` (`FRAME_TOO_LARGE`, `MALFORMED_FRAME`, `BAD_HANDSHAKE`, `PROTOCOL_VERSION`). A decoder that
  * has thrown stays failed: the connection it serves is to be closed.
  *
+ * The fields that end up in the log, the WAL or the configuration in force are checked here, at the
+ * boundary, because a bad one would be persisted or break an assertion inside the node (`raftMessageProblem`):
+ * every AppendEntries entry (a count `term`, a `kind` of noop/command/config, `data` bytes or null,
+ * and a config entry's data a well-formed configuration, machines/configuration.ts), an
+ * InstallSnapshot's `config` when present, and a `Removed` message's `term` and `configIndex`.
+ * A frame holding a message that fails is malformed: the connection closes.
+ *
  * Binary values (`Uint8Array`, such as entry `data`) decode as views into the received bytes, not
  * copies: a holder of such a view keeps that frame's memory alive.
  */
 import { Decoder, Encoder } from '@msgpack/msgpack';
+import { isCount } from '../machines/assert.js';
 import { isClusterId } from '../machines/cluster-id.js';
+import { configurationFrom, MAX_REMOVED_IDS, MAX_VOTERS } from '../machines/configuration.js';
 import type { TransportMessage } from './transport.js';
 
 export const PROTOCOL_NAME = 'diskeyval';
@@ -262,12 +271,86 @@ const validateHandshake = (body: unknown): Handshake => {
   return { protocol: PROTOCOL_NAME, version, nodeId, clusterId };
 };
 
+const configDecoder = new Decoder();
+
+/** Whether `data` (a config entry's) decodes to a configuration (configuration.ts, `encodeConfiguration`). */
+export const isConfigurationData = (data: Uint8Array): boolean => {
+  try {
+    return configurationFrom(configDecoder.decode(data)) !== null;
+  } catch {
+    return false;
+  }
+};
+
+const MAX_PORT = 65_535;
+
+const isIdList = (value: unknown, max: number): value is string[] =>
+  Array.isArray(value) &&
+  value.length <= max &&
+  value.every((id) => typeof id === 'string' && id.length > 0 && id.length <= MAX_NODE_ID_LENGTH);
+
+/** Whether `value` is a Configuration object as InstallSnapshot carries it (configuration.ts). */
+export const isConfigurationShape = (value: unknown): boolean => {
+  if (!isRecord(value)) return false;
+  const { voters, outgoing, removed, addresses } = value;
+  if (!isIdList(voters, MAX_VOTERS) || voters.length === 0 || !isIdList(outgoing, MAX_VOTERS)) return false;
+  if (!isIdList(removed, MAX_REMOVED_IDS) || !isRecord(addresses)) return false;
+  return Object.values(addresses).every(
+    (address) =>
+      isRecord(address) &&
+      typeof address.host === 'string' &&
+      Number.isInteger(address.port) &&
+      (address.port as number) >= 0 &&
+      (address.port as number) <= MAX_PORT,
+  );
+};
+
+/** The problem with an AppendEntries' entries, or null: each one persisted as it is (WAL, log). */
+const entriesProblem = (entries: unknown): string | null => {
+  if (!Array.isArray(entries)) return 'entries is not an array';
+  for (let i = 0; i < entries.length; i++) {
+    const entry: unknown = entries[i];
+    if (!isRecord(entry) || !isCount(entry.term)) return `entry ${i} lacks a count term`;
+    const { kind, data } = entry;
+    if (data !== null && !(data instanceof Uint8Array)) return `entry ${i} data is neither bytes nor null`;
+    if (kind === 'config') {
+      if (data === null || !isConfigurationData(data)) return `entry ${i} holds a malformed configuration`;
+    } else if (kind !== 'noop' && kind !== 'command') return `entry ${i} has an unknown kind`;
+  }
+  return null;
+};
+
+/**
+ * What is wrong with a Raft message's fields that the node would persist or act on at once (see the
+ * module comment), or null. Other message types (and the client calls) are not looked at here.
+ */
+export const raftMessageProblem = (message: TransportMessage): string | null => {
+  const fields = message as unknown as Record<string, unknown>;
+  switch (message.type) {
+    case 'AppendEntries':
+      return entriesProblem(fields.entries);
+    case 'InstallSnapshot':
+      return fields.config === undefined || isConfigurationShape(fields.config)
+        ? null
+        : 'config is not a configuration';
+    case 'Removed':
+      return isCount(fields.term) && isCount(fields.configIndex)
+        ? null
+        : 'term or configIndex is not a count';
+    default:
+      return null;
+  }
+};
+
 const validateMessages = <M extends TransportMessage>(body: unknown): M[] => {
   if (!Array.isArray(body)) throw codecError('MALFORMED_FRAME', 'frame body is not an array of messages');
   for (let i = 0; i < body.length; i++) {
-    if (!isTransportMessage(body[i])) {
+    const message: unknown = body[i];
+    if (!isTransportMessage(message)) {
       throw codecError('MALFORMED_FRAME', `message ${i} lacks a string type, from or to`);
     }
+    const problem = raftMessageProblem(message);
+    if (problem !== null) throw codecError('MALFORMED_FRAME', `message ${i} (${message.type}): ${problem}`);
   }
   return body as M[];
 };

@@ -14,6 +14,8 @@
  *     marker's tag); `crc` is CRC-32 (zlib.crc32) of the 4 length bytes and the body;
  *   - `body` is one persist output of the raft machine, as a msgpack map
  *       { hardState: { term, votedFor } | null, fromIndex, entries: [{ term, kind, data }] }
+ *     (`kind` noop, command or config; a config entry's data is a configuration,
+ *     machines/configuration.ts, checked at replay);
  *     plus, for an installed snapshot (InstallSnapshot, §7), `snapshot: { index, term, data,
  *     keptSuffix }`;
  *   - a marker says "the bytes of this file before me were fsynced": its `syncedEnd` is its own
@@ -74,6 +76,7 @@ import { Decoder, Encoder } from '@msgpack/msgpack';
 import { assert, isCount } from '../machines/assert.js';
 import type { Entry } from '../machines/messages.js';
 import type { HardState } from '../machines/raft.types.js';
+import { isConfigurationData } from './codec.js';
 
 /** A snapshot a follower installed: the state machine at `index` (whose entry had `term`). */
 export type WalSnapshot = { index: number; term: number; data: Uint8Array };
@@ -269,8 +272,12 @@ const decodeBody = (decoder: Decoder, body: Uint8Array): WalRecord | string => {
   for (let i = 0; i < entries.length; i += 1) {
     const entry: unknown = entries[i];
     if (!isRecordObject(entry) || !isCount(entry.term)) return `bad entry ${i}`;
-    if (entry.kind !== 'noop' && entry.kind !== 'command') return `bad entry ${i} kind`;
+    if (entry.kind !== 'noop' && entry.kind !== 'command' && entry.kind !== 'config')
+      return `bad entry ${i} kind`;
     if (entry.data !== null && !(entry.data instanceof Uint8Array)) return `bad entry ${i} data`;
+    // A config entry becomes the configuration in force when replayed: it must be one.
+    if (entry.kind === 'config' && (entry.data === null || !isConfigurationData(entry.data)))
+      return `bad entry ${i} configuration`;
     decoded[i] = {
       term: entry.term,
       kind: entry.kind,
