@@ -5,9 +5,21 @@
  *   server runs with `requestCert: true, rejectUnauthorized: true`; the client verifies the server
  *   chain and, instead of a host name, checks that the certificate names the node it meant to dial.
  * - Identity: after TLS, each side sends a protocol handshake naming its nodeId. A connection is
- *   accepted only when the peer certificate names that nodeId (CN or SAN DNS), the nodeId passes
- *   `isMember`, and, when dialing, it is the node that was dialed. Every message that arrives must
- *   come `from` that nodeId and be addressed `to` this node.
+ *   accepted only when the peer certificate names that nodeId (CN or SAN DNS), the nodeId was not
+ *   told it is removed (below), and, when dialing, it is the node that was dialed. Every message that
+ *   arrives must come `from` that nodeId and be addressed `to` this node.
+ * - Membership (issue 13; `setPeers` follows the configurations in force): a node is *admitted* when
+ *   it is a member (`isMember`, by default: listed in `peers`) or *leaving* (it was listed and a
+ *   `setPeers` took it out, and it was not told yet). Only admitted nodes' frames are delivered. A
+ *   certificate of the cluster CA whose nodeId is not admitted completes the handshake (so a new
+ *   node learns the cluster id from any member it reaches: `onPeerClusterId`) and nothing else: its
+ *   frames are dropped and counted (`metrics().nonMemberMessages`), never delivered; once a change
+ *   admits it, its frames on the same connection are delivered. At most `MAX_OUTSIDER_CONNECTIONS`
+ *   such connections are held; more are refused (`not-member`). A leaving node stays reachable so
+ *   that it can be told: once a `Removed` message to it was written (or `setPeers` lists it under
+ *   `removed`) it is *told*: its connections close, and its later handshakes are refused
+ *   (`removed`), after that `Removed` message is written to it once more so that it learns even if
+ *   the first was lost. Listing a told node as a member again admits it again.
  * - Connections: one outbound connection per peer, dialed on the first send and re-dialed with
  *   exponential back-off plus jitter. Inbound connections only deliver; a newer inbound connection
  *   from the same node replaces the older one. A connection that has not completed TLS plus the
@@ -75,8 +87,10 @@ export type RejectReason =
   | 'handshake-timeout'
   /** The certificate does not name the nodeId the peer claims, or the dialed peer is someone else. */
   | 'identity-mismatch'
-  /** The nodeId does not pass `isMember`. */
+  /** The nodeId is not admitted, and the connections of non-members are at their bound. */
   | 'not-member'
+  /** The nodeId was told it is removed from the cluster (a `Removed` message was sent to it). */
+  | 'removed'
   | 'bad-handshake'
   | 'protocol-version'
   | 'frame-too-large'
@@ -120,8 +134,10 @@ export type TlsTransportLogEvent =
       readonly event: 'dropped';
       readonly nodeId: string;
       readonly count: number;
-      readonly reason: 'too-large' | 'unencodable' | 'backpressure';
+      readonly reason: 'too-large' | 'unencodable' | 'backpressure' | 'not-member';
     }
+  /** A node was told it is removed: its connections closed, its handshakes are refused from now on. */
+  | { readonly event: 'told-removed'; readonly nodeId: string }
   | { readonly event: 'deliver-error'; readonly error: unknown }
   /** No peer could be reached for `forMs` (reported once per outage by the node, not by the transport). */
   | {
@@ -141,6 +157,11 @@ export type TlsTransportOptions = {
   readonly tls: TlsCredentials;
   /** Who may talk to this node (default: the nodeIds in `peers`). Consulted on every frame. */
   readonly isMember?: (nodeId: string) => boolean;
+  /**
+   * Called when a peer's handshake or announcement carries a cluster id (members and non-members
+   * alike): a node with no state learns from it that a cluster exists (machines/cluster-id.ts).
+   */
+  readonly onPeerClusterId?: (nodeId: string, clusterId: string) => void;
   /** Largest frame body accepted and sent (default 16 MiB). */
   readonly maxFrameBytes?: number;
   /** Time a connection gets for TLS plus the protocol handshake (default 5000 ms). */
@@ -185,6 +206,10 @@ export type TlsTransportMetrics = {
   queued: number;
   /** Handshakes refused and connections closed because the peer's cluster id differs from ours. */
   clusterMismatches: number;
+  /** Messages dropped because their sender is not admitted (a node not yet added, or never a member). */
+  nonMemberMessages: number;
+  /** Nodes told they are removed (their handshakes are refused from then on). */
+  toldRemoved: number;
 };
 
 export type ListeningAddress = { readonly host: string; readonly port: number };
@@ -194,9 +219,15 @@ export type TlsTransportEndpoint<M extends TransportMessage = TransportMessage> 
   /** Where the server listens (the actual port when `port: 0` was given). */
   address(): ListeningAddress;
   metrics(): TlsTransportMetrics;
-  /** Replaces the peer list (membership change); connections to removed peers are closed. */
-  setPeers(peers: readonly TlsPeer[]): void;
+  /**
+   * Replaces the member list (a membership change): the members of the configurations in force,
+   * with where they listen. A node taken out is leaving until told (see the module comment);
+   * `removed` lists nodes already told, refused from now on. A link whose address changed is closed.
+   */
+  setPeers(peers: readonly TlsPeer[], options?: SetPeersOptions): void;
 };
+
+export type SetPeersOptions = { readonly removed?: readonly string[] };
 
 /** A `RaftTransport` (structurally) whose endpoints also report their address and metrics. */
 export type TlsTransport<M extends TransportMessage = TransportMessage> = {
@@ -206,6 +237,8 @@ export type TlsTransport<M extends TransportMessage = TransportMessage> = {
   metrics(): TlsTransportMetrics;
   /** Where the current endpoint listens, or null when none is open. */
   address(): ListeningAddress | null;
+  /** `setPeers` of the open endpoint (no-op when none is open). */
+  setPeers(peers: readonly TlsPeer[], options?: SetPeersOptions): void;
 };
 
 const IDENTITY_ERROR_CODE = 'ERR_DISKEYVAL_PEER_IDENTITY';
@@ -266,6 +299,8 @@ type Connection = {
   peerClusterId: string | null;
   /** Outbound: the cluster id this side last told the peer (handshake or announcement). */
   announcedClusterId: string | null;
+  /** A frame of this (not admitted) peer was dropped and reported. */
+  outsiderReported: boolean;
   closed: boolean;
 };
 
@@ -278,6 +313,8 @@ type PeerLink<M> = {
   attempts: number;
   retryTimer: NodeJS.Timeout | null;
   removed: boolean;
+  /** A `Removed` message queued to this peer: once written, the peer is told (see the module comment). */
+  telling: TransportMessage | null;
 };
 
 /** An accepted TCP connection still inside TLS or the protocol handshake. */
@@ -296,7 +333,14 @@ const emptyMetrics = (): TlsTransportMetrics => ({
   connectionsOpen: 0,
   queued: 0,
   clusterMismatches: 0,
+  nonMemberMessages: 0,
+  toldRemoved: 0,
 });
+
+/** Inbound connections of nodes that are not admitted, held at most (more are refused: `not-member`). */
+export const MAX_OUTSIDER_CONNECTIONS = 16;
+/** Leaving nodes remembered at most (the oldest become plain non-members). */
+const MAX_LEAVING = 64;
 
 /** Messages a connected peer may accumulate within one turn before `send` starts dropping. */
 const READY_QUEUE_LIMIT = 65_536;
@@ -347,6 +391,11 @@ type Endpoint<M extends TransportMessage> = Settings & {
   readonly ourClusterId: () => string | null;
   readonly checkClusterId: boolean;
   peers: Map<string, TlsPeer>;
+  /** Taken out of `peers` and not told yet: still admitted and reachable (module comment). */
+  readonly leaving: Map<string, TlsPeer>;
+  /** Told they are removed, with the `Removed` message they were sent (written again at a refusal). */
+  readonly told: Map<string, TransportMessage | null>;
+  readonly onPeerClusterId: (nodeId: string, clusterId: string) => void;
   closed: boolean;
   readonly links: Map<string, PeerLink<M>>;
   readonly inboundByPeer: Map<string, Connection>;
@@ -395,6 +444,15 @@ const createEndpoint = <M extends TransportMessage>(
     ourClusterId: options.clusterId ?? (() => null),
     checkClusterId: options.skipClusterIdCheck !== true,
     peers: peerMap(options.peers),
+    leaving: new Map(),
+    told: new Map(),
+    onPeerClusterId: (id: string, clusterId: string): void => {
+      try {
+        options.onPeerClusterId?.(id, clusterId);
+      } catch {
+        // A failing callback must not take a connection down.
+      }
+    },
     closed: false,
     links: new Map(),
     inboundByPeer: new Map(),
@@ -419,6 +477,18 @@ const reject = <M extends TransportMessage>(
   endpoint.log({ event: 'rejected', reason, remote, direction, ...extra });
 };
 
+/** Whether `peerId`'s frames are delivered: a member or a leaving node, and not told it is removed. */
+const isAdmitted = <M extends TransportMessage>(endpoint: Endpoint<M>, peerId: string): boolean =>
+  !endpoint.told.has(peerId) && (endpoint.isMember(peerId) || endpoint.leaving.has(peerId));
+
+/** Inbound connections open now whose node is not admitted. */
+const outsiderConnections = <M extends TransportMessage>(endpoint: Endpoint<M>): number => {
+  let count = 0;
+  for (const [peerId, connection] of endpoint.inboundByPeer)
+    if (!connection.closed && !isAdmitted(endpoint, peerId)) count += 1;
+  return count;
+};
+
 // ---- connections (both directions) --------------------------------------------------------
 
 /** Refuses `connection` with `reason` (reported once) and closes it. */
@@ -437,12 +507,13 @@ const failConnection = <M extends TransportMessage>(
     detail,
     ...extra,
   });
-  if (reason !== 'cluster-mismatch') {
+  if (reason !== 'cluster-mismatch' && reason !== 'removed') {
     socket.destroy();
     return;
   }
-  // Our handshake may still be unsent: end (not destroy) so that the peer learns our id, refuses
-  // in turn and warns its operator too; destroyed if it does not close within the bound.
+  // Our handshake (and, to a removed node, its `Removed` message) may still be unsent: end (not
+  // destroy) so that the peer learns our id, or that it was removed; destroyed if it does not close
+  // within the bound.
   socket.end();
   const timer = setTimeout(() => socket.destroy(), endpoint.handshakeTimeoutMs);
   timer.unref?.();
@@ -485,9 +556,25 @@ const checkHandshake = <M extends TransportMessage>(
       `peer claims ${claimed} but its certificate names CN ${commonName}, ${subjectAltName ?? 'no SAN'}`,
     );
   }
-  if (!endpoint.isMember(claimed)) throw rejection('not-member', `${claimed} is not a member`);
+  if (endpoint.told.has(claimed)) {
+    // Told before, and it may have missed it: once more, then the refusal.
+    const farewell = endpoint.told.get(claimed);
+    if (farewell) connection.socket.write(endpoint.encoder.messages([farewell]));
+    throw rejection('removed', `${claimed} was removed from the cluster`);
+  }
+  if (
+    connection.direction === 'inbound' &&
+    !isAdmitted(endpoint, claimed) &&
+    outsiderConnections(endpoint) >= MAX_OUTSIDER_CONNECTIONS
+  ) {
+    throw rejection(
+      'not-member',
+      `${claimed} is not a member, and ${MAX_OUTSIDER_CONNECTIONS} non-members are connected`,
+    );
+  }
   connection.peerId = claimed;
   connection.peerClusterId = handshake.clusterId;
+  if (handshake.clusterId !== null) endpoint.onPeerClusterId(claimed, handshake.clusterId);
   // Before an inbound connection can replace anything: a foreign node never displaces a member.
   const mismatch = clusterMismatch(endpoint, claimed, handshake.clusterId);
   if (mismatch) throw mismatch;
@@ -507,7 +594,7 @@ const receiveFrame = <M extends TransportMessage>(
     return false;
   };
   const peerId = connection.peerId!;
-  if (!endpoint.isMember(peerId)) return fail('not-member', `${peerId} is no longer a member`);
+  if (endpoint.told.has(peerId)) return fail('removed', `${peerId} was removed from the cluster`);
   for (const message of frame) {
     if (message.from !== peerId)
       return fail('sender-mismatch', `message from ${message.from} on the connection of ${peerId}`);
@@ -518,11 +605,16 @@ const receiveFrame = <M extends TransportMessage>(
       if (!isClusterId(announced))
         return fail('malformed-frame', `${peerId} announced a malformed cluster id`);
       connection.peerClusterId = announced;
+      endpoint.onPeerClusterId(peerId, announced);
     }
   }
   // Every frame: either side may have learned its id since the handshake.
   const mismatch = clusterMismatch(endpoint, peerId, connection.peerClusterId);
   if (mismatch) return fail(mismatch.reason, mismatch.message, mismatch.extra);
+  if (!isAdmitted(endpoint, peerId)) {
+    dropOutsiderFrame(endpoint, connection, frame.length);
+    return true;
+  }
   endpoint.counters.framesIn += 1;
   endpoint.counters.messagesIn += frame.length;
   for (const message of frame) {
@@ -535,6 +627,18 @@ const receiveFrame = <M extends TransportMessage>(
     }
   }
   return true;
+};
+
+/** A frame of a node not admitted: dropped and counted (reported once per connection). */
+const dropOutsiderFrame = <M extends TransportMessage>(
+  endpoint: Endpoint<M>,
+  connection: Connection,
+  count: number,
+): void => {
+  endpoint.counters.nonMemberMessages += count;
+  if (connection.outsiderReported) return;
+  connection.outsiderReported = true;
+  endpoint.log({ event: 'dropped', nodeId: connection.peerId!, count, reason: 'not-member' });
 };
 
 /**
@@ -590,6 +694,7 @@ const track = <M extends TransportMessage>(
     peerId: null,
     peerClusterId: null,
     announcedClusterId: null,
+    outsiderReported: false,
     closed: false,
   };
   endpoint.sockets.add(socket);
@@ -940,6 +1045,7 @@ const flushLink = <M extends TransportMessage>(endpoint: Endpoint<M>, link: Peer
   socket.uncork();
   counters.framesOut += frames.length;
   counters.messagesOut += sent;
+  if (link.telling) markTold(endpoint, link.peer.nodeId, link.telling);
 };
 
 const flushAll = <M extends TransportMessage>(endpoint: Endpoint<M>): void => {
@@ -961,9 +1067,18 @@ const linkFor = <M extends TransportMessage>(
 ): PeerLink<M> | undefined => {
   let link = endpoint.links.get(peerId);
   if (link) return link;
-  const peer = endpoint.peers.get(peerId);
-  if (!peer || peerId === endpoint.nodeId) return undefined;
-  link = { peer, queue: [], connection: null, ready: false, attempts: 0, retryTimer: null, removed: false };
+  const peer = endpoint.peers.get(peerId) ?? endpoint.leaving.get(peerId);
+  if (!peer || peerId === endpoint.nodeId || endpoint.told.has(peerId)) return undefined;
+  link = {
+    peer,
+    queue: [],
+    connection: null,
+    ready: false,
+    attempts: 0,
+    retryTimer: null,
+    removed: false,
+    telling: null,
+  };
   endpoint.links.set(peerId, link);
   return link;
 };
@@ -975,28 +1090,85 @@ const send = <M extends TransportMessage>(endpoint: Endpoint<M>, message: M): vo
     return;
   }
   link.queue.push(message);
+  // A `Removed` answer (machines/messages.ts): once it is written, the peer is told.
+  if (message.type === 'Removed') link.telling = message;
   if (link.ready) markDirty(endpoint, link);
   else if (!link.connection && !link.retryTimer) dial(endpoint, link);
 };
 
 // ---- membership and lifecycle -------------------------------------------------------------
 
-const setPeers = <M extends TransportMessage>(endpoint: Endpoint<M>, list: readonly TlsPeer[]): void => {
-  endpoint.peers = peerMap(list);
-  for (const [peerId, link] of endpoint.links) {
-    const peer = endpoint.peers.get(peerId);
-    if (peer && peer.host === link.peer.host && peer.port === link.peer.port) continue;
-    // Removed or moved: forget the link (and its queue); a later send dials the new address.
-    link.removed = true;
-    if (link.retryTimer) clearTimeout(link.retryTimer);
-    endpoint.counters.dropped += link.queue.length;
-    link.queue = [];
-    endpoint.dirty.delete(link);
-    link.connection?.socket.destroy();
-    endpoint.links.delete(peerId);
+/** Forgets `link` (and its queue) and closes its connection: `end` lets written frames go first. */
+const dropLink = <M extends TransportMessage>(
+  endpoint: Endpoint<M>,
+  link: PeerLink<M>,
+  end: boolean,
+): void => {
+  link.removed = true;
+  if (link.retryTimer) clearTimeout(link.retryTimer);
+  link.retryTimer = null;
+  endpoint.counters.dropped += link.queue.length;
+  link.queue = [];
+  endpoint.dirty.delete(link);
+  if (link.connection) {
+    if (end) link.connection.socket.end();
+    else link.connection.socket.destroy();
   }
-  for (const [peerId, connection] of endpoint.inboundByPeer) {
-    if (!endpoint.isMember(peerId)) connection.socket.destroy();
+  if (endpoint.links.get(link.peer.nodeId) === link) endpoint.links.delete(link.peer.nodeId);
+};
+
+/**
+ * `peerId` was told it is removed (a `Removed` message to it was written, or the node says so): its
+ * connections close (ours after the written frames), its later handshakes are refused.
+ */
+const markTold = <M extends TransportMessage>(
+  endpoint: Endpoint<M>,
+  peerId: string,
+  message: TransportMessage | null,
+): void => {
+  if (peerId === endpoint.nodeId) return;
+  const known = endpoint.told.get(peerId);
+  endpoint.told.set(peerId, message ?? known ?? null);
+  endpoint.leaving.delete(peerId);
+  if (known !== undefined) return;
+  endpoint.counters.toldRemoved += 1;
+  endpoint.log({ event: 'told-removed', nodeId: peerId });
+  const link = endpoint.links.get(peerId);
+  if (link) dropLink(endpoint, link, true);
+  const inbound = endpoint.inboundByPeer.get(peerId);
+  if (inbound) failConnection(endpoint, inbound, 'removed', `${peerId} was removed from the cluster`);
+};
+
+/** The members now (and the told ones): see `TlsTransportEndpoint.setPeers`. */
+const setPeers = <M extends TransportMessage>(
+  endpoint: Endpoint<M>,
+  list: readonly TlsPeer[],
+  options: SetPeersOptions = {},
+): void => {
+  const next = peerMap(list);
+  for (const [peerId, peer] of endpoint.peers) {
+    if (next.has(peerId) || endpoint.told.has(peerId)) continue;
+    endpoint.leaving.set(peerId, peer);
+    // What was queued for it as a member is moot; it stays reachable for what comes next (`Removed`).
+    const link = endpoint.links.get(peerId);
+    if (link) {
+      endpoint.counters.dropped += link.queue.length;
+      link.queue = [];
+      endpoint.dirty.delete(link);
+    }
+  }
+  for (const peerId of next.keys()) {
+    endpoint.leaving.delete(peerId);
+    endpoint.told.delete(peerId);
+  }
+  while (endpoint.leaving.size > MAX_LEAVING) endpoint.leaving.delete(endpoint.leaving.keys().next().value!);
+  endpoint.peers = next;
+  for (const peerId of options.removed ?? []) if (!next.has(peerId)) markTold(endpoint, peerId, null);
+  for (const [peerId, link] of endpoint.links) {
+    const peer = next.get(peerId) ?? endpoint.leaving.get(peerId);
+    if (peer && peer.host === link.peer.host && peer.port === link.peer.port) continue;
+    // Moved, told or forgotten: a later send dials the new address.
+    dropLink(endpoint, link, false);
   }
 };
 
@@ -1054,7 +1226,11 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
   const settings = settingsOf(options);
   const userLog = options.log;
   const counters = emptyMetrics();
-  let active: { address: () => ListeningAddress; queued: () => number } | null = null;
+  let active: {
+    address: () => ListeningAddress;
+    queued: () => number;
+    setPeers: (list: readonly TlsPeer[], peerOptions?: SetPeersOptions) => void;
+  } | null = null;
 
   const log = (event: TlsTransportLogEvent): void => {
     if (!userLog) return;
@@ -1092,7 +1268,12 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
       });
       return closing;
     };
-    const handle = { address, queued: () => queuedMessages(endpoint) };
+    const handle = {
+      address,
+      queued: () => queuedMessages(endpoint),
+      setPeers: (list: readonly TlsPeer[], peerOptions?: SetPeersOptions) =>
+        setPeers(endpoint, list, peerOptions),
+    };
     active = handle;
     return {
       nodeId,
@@ -1100,7 +1281,8 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
       close,
       address,
       metrics: snapshot,
-      setPeers: (list: readonly TlsPeer[]) => setPeers(endpoint, list),
+      setPeers: (list: readonly TlsPeer[], peerOptions?: SetPeersOptions) =>
+        setPeers(endpoint, list, peerOptions),
     };
   };
 
@@ -1108,6 +1290,7 @@ export const createTlsTransport = <M extends TransportMessage = TransportMessage
     connect,
     metrics: snapshot,
     address: () => active?.address() ?? null,
+    setPeers: (list, peerOptions) => active?.setPeers(list, peerOptions),
   };
   return transport satisfies RaftTransport<M>;
 };

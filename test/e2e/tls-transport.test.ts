@@ -385,13 +385,24 @@ describe('tls transport: rejections', () => {
     );
   });
 
-  it('refuses a valid certificate of a node that is not a member', async () => {
+  it('gives a valid certificate of a node that is not a member the handshake and nothing else', async () => {
     const intruder = await issueNodeCertificate(certs.ca, 'intruder');
-    await expectRejected('not-member', () => {
-      const socket = rogueClient(intruder);
-      socket.once('secureConnect', () => socket.write(encoder.handshake('intruder')));
-      return socket;
-    });
+    const since = victim.probe.mark();
+    const before = victim.endpoint.metrics().nonMemberMessages;
+    const socket = rogueClient(intruder);
+    const forged: TestMessage = { type: 'Ping', from: 'intruder', to: 'node-2', nonce: -2 };
+    socket.once('secureConnect', () =>
+      socket.write(Buffer.concat([encoder.handshake('intruder'), encoder.messages([forged])])),
+    );
+    await victim.probe.waitFor(
+      (event) => event.event === 'dropped' && event.reason === 'not-member' && event.nodeId === 'intruder',
+      since,
+      "the intruder's message dropped",
+    );
+    expect(victim.endpoint.metrics().nonMemberMessages).toBe(before + 1);
+    expect(victim.inbox.messages.some((m) => m.nonce === -2)).toBe(false);
+    socket.destroy();
+    await assertExchange(cluster);
   });
 
   it('refuses a plaintext (non-TLS) client', async () => {
@@ -506,7 +517,6 @@ describe('tls transport: rejections', () => {
       'certificate-expired',
       'certificate-not-yet-valid',
       'identity-mismatch',
-      'not-member',
       'tls-handshake-failed',
       'malformed-frame',
       'frame-too-large',

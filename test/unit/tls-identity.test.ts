@@ -1,9 +1,11 @@
 /**
  * The TLS transport's identity check (src/io/tls-transport.ts, src/io/certs.ts), in one process on
  * loopback, no child processes: a connection is accepted only when the peer's certificate chains
- * to the cluster CA, names (CN or SAN DNS, exactly) the nodeId the peer claims in its handshake,
- * and that nodeId is a member; a dialing node also checks that the server is the node it dialed.
- * Each refusal closes the connection, delivers nothing, and is counted under its reason.
+ * to the cluster CA and names (CN or SAN DNS, exactly) the nodeId the peer claims in its handshake;
+ * a dialing node also checks that the server is the node it dialed. Each refusal closes the
+ * connection, delivers nothing, and is counted under its reason. A non-member's certificate of the
+ * cluster CA gets the handshake and nothing else: its messages are dropped and counted (membership:
+ * tls-membership.test.ts).
  *
  * The peers here are real TLS clients and servers with certificates made for the case: one of
  * another node, one of a non-member, one from another CA, and wildcard ones (`*`, `*.cluster`),
@@ -193,6 +195,43 @@ const expectRefused = async (
   expect(delivered.some((ping) => ping.nonce === nonce)).toBe(false);
 };
 
+/**
+ * A non-member's connection is held (the handshake went through) but its Ping is dropped and
+ * counted: the counter moves, nothing is delivered, nothing is refused. The attempt is closed here.
+ */
+const expectDropped = async (
+  credentials: CertificateAndKey,
+  claimed: string,
+  nonce: number,
+): Promise<void> => {
+  const before = victim.metrics().nonMemberMessages;
+  const refusedBefore = Object.values(victim.metrics().rejected).reduce((a, b) => a + b, 0);
+  const socket = tls.connect({
+    host: HOST,
+    port: victim.address().port,
+    ca: certs.ca.cert,
+    cert: credentials.cert,
+    key: credentials.key,
+    minVersion: 'TLSv1.3',
+    checkServerIdentity: () => undefined,
+  });
+  socket.on('error', () => undefined);
+  socket.resume();
+  socket.once('secureConnect', () => {
+    const ping: Ping = { type: 'Ping', from: claimed, to: 'n1', nonce };
+    socket.write(Buffer.concat([encoder.handshake(claimed), encoder.messages([ping])]));
+  });
+  await victimEvents.waitFor(
+    (event) => event.event === 'dropped' && event.reason === 'not-member' && event.nodeId === claimed,
+    `the drop of ${claimed}'s message`,
+  );
+  expect(victim.metrics().nonMemberMessages).toBe(before + 1);
+  expect(socket.closed).toBe(false);
+  expect(Object.values(victim.metrics().rejected).reduce((a, b) => a + b, 0)).toBe(refusedBefore);
+  expect(delivered.some((ping) => ping.nonce === nonce)).toBe(false);
+  socket.destroy();
+};
+
 describe('tls identity: inbound', () => {
   it('accepts a member whose certificate names the nodeId it claims (the control case)', async () => {
     await attempt(certs.nodes.n2!, 'n2', 1);
@@ -203,9 +242,9 @@ describe('tls identity: inbound', () => {
     await expectRefused('identity-mismatch', certs.nodes.n3!, 'n2', 2);
   });
 
-  it('refuses a certificate of the cluster CA for a non-member (not-member)', async () => {
+  it('delivers nothing from a certificate of the cluster CA for a non-member (dropped, counted)', async () => {
     const outsider = await issueNodeCertificate(certs.ca, 'n9');
-    await expectRefused('not-member', outsider, 'n9', 3);
+    await expectDropped(outsider, 'n9', 3);
   });
 
   it('refuses a certificate naming a member but issued by another CA (certificate-untrusted)', async () => {
@@ -219,13 +258,14 @@ describe('tls identity: inbound', () => {
     await expectRefused('identity-mismatch', star, 'n2', 5);
     await expectRefused('identity-mismatch', subdomain, 'n2', 6);
     // Claiming the wildcard itself: named by the certificate, but no member is called '*'.
-    await expectRefused('not-member', star, '*', 7);
+    await expectDropped(star, '*', 7);
   });
 
   it('counted every refusal under its reason, and still talks to the real members', async () => {
     const { rejected } = victim.metrics();
     expect(rejected['identity-mismatch']).toBe(3);
-    expect(rejected['not-member']).toBe(2);
+    expect(rejected['not-member']).toBeUndefined();
+    expect(victim.metrics().nonMemberMessages).toBe(2);
     expect(rejected['certificate-untrusted']).toBe(1);
     await attempt(certs.nodes.n3!, 'n3', 8);
     expect(delivered.map((ping) => ping.nonce).sort()).toEqual([1, 8]);
