@@ -14,6 +14,10 @@ export const ERROR_CODES = [
   'DIR_LOCKED',
   /** The node stopped itself because a write or fsync of its WAL failed (fail-stop); not the STOPPED of end(). */
   'DISK_FAILED',
+  /** reconfigure(): another membership change is in progress (one at a time); try again once it completes. */
+  'CHANGE_IN_PROGRESS',
+  /** This node was removed from the cluster by a membership change; it serves no call until added again. */
+  'REMOVED',
 ] as const;
 
 export type DiskeyvalErrorCode = (typeof ERROR_CODES)[number];
@@ -54,3 +58,6 @@ export const isDiskFailed = (error: unknown): error is DiskeyvalError =>
   isDiskeyvalError(error, 'DISK_FAILED');
 export const isQuorumUnavailable = (error: unknown): error is DiskeyvalError =>
   isDiskeyvalError(error, 'QUORUM_UNAVAILABLE');
+export const isChangeInProgress = (error: unknown): error is DiskeyvalError =>
+  isDiskeyvalError(error, 'CHANGE_IN_PROGRESS');
+export const isRemoved = (error: unknown): error is DiskeyvalError => isDiskeyvalError(error, 'REMOVED');

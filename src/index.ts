@@ -24,13 +24,22 @@ import {
 import type { RaftTransport } from './io/transport.js';
 import type { WalCutReason } from './io/wal.js';
 import { clusterIdFromBytes } from './machines/cluster-id.js';
+import {
+  type Configuration,
+  type MemberAddress,
+  membersOf,
+  simpleConfiguration,
+} from './machines/configuration.js';
 import { DEFAULT_MAX_APPEND_BYTES } from './machines/rules/index.js';
 import {
   DEFAULT_MAX_VALUE_BYTES,
   encodeCheckedValue,
   MAX_KEY_BYTES,
+  type MemberInput,
   validateCallOptions,
   validateKey,
+  validateMembers,
+  validateReconfigureOptions,
 } from './validate.js';
 
 export type ClusterPeer = { nodeId: string; host: string; port: number };
@@ -110,6 +119,34 @@ export type ChangeEvent = { key: string; value: unknown; deleted: boolean; index
 export type LeaderEvent = { nodeId: string | null; term: number };
 
 /**
+ * The configuration this node uses changed (README "Membership"): `voters` are the voting members
+ * (C_new), `outgoing` the members of the configuration being left while a change is in its joint
+ * phase (C_old; empty otherwise), `index` the log index of the entry that holds it.
+ */
+export type MembershipEvent = { voters: string[]; outgoing: string[]; index: number };
+
+/**
+ * One member of the configuration in use, as `getPeers()` lists it: where it listens (absent with a
+ * custom transport), whether it is this node, its role as this node knows it, and its part in a
+ * change: `voter` (in the old and the new configuration, or no change is going on), `joining` (in
+ * the new one only) or `leaving` (in the old one only).
+ */
+export type PeerInfo = {
+  nodeId: string;
+  host?: string;
+  port?: number;
+  self: boolean;
+  role: 'leader' | 'candidate' | 'follower';
+  voting: 'voter' | 'joining' | 'leaving';
+};
+
+/** A member for `reconfigure`: `{ nodeId, host, port }`; a bare id or `{ nodeId }` only with a custom transport. */
+export type MemberSpec = ClusterPeer | { nodeId: string } | string;
+
+/** Options of `reconfigure`: how long to wait for the change to be committed (default max(proposalTimeoutMs, 10 election timeouts)). */
+export type ReconfigureOptions = { timeoutMs?: number };
+
+/**
  * Something the node noticed and kept running through: a listener that threw, a WAL tail cut at
  * start, an entry that could not be decoded, peers that stay unreachable. `code` says which.
  */
@@ -120,7 +157,8 @@ export type WarningCode =
   | 'ENTRY_UNDECODABLE'
   | 'PEERS_UNREACHABLE'
   | 'RECOVERY_BLOCKED'
-  | 'CLUSTER_MISMATCH';
+  | 'CLUSTER_MISMATCH'
+  | 'REMOVED';
 
 /** The node stopped itself (fail-stop); fired once. Every call rejects with `code` from then on. */
 export type FailedEvent = { code: 'DISK_FAILED'; message: string; error: Error };
@@ -197,8 +235,10 @@ export type DiskeyvalNode = {
   set(key: string, value: unknown, options?: CallOptions): Promise<void>;
   get<T = unknown>(key: string, options?: GetOptions): Promise<T | undefined>;
   delete(key: string, options?: CallOptions): Promise<void>;
-  reconfigure(peers: ClusterPeer[] | string[]): Promise<void>;
-  getPeers(): ClusterPeer[] | string[];
+  /** Sets the whole new voting membership (README "Membership"). */
+  reconfigure(members: MemberSpec[], options?: ReconfigureOptions): Promise<void>;
+  /** The whole membership in use, this node included, with roles. */
+  getPeers(): PeerInfo[];
   end(): Promise<void>;
   isLeader(): boolean;
   leaderId(): string | null;
@@ -207,10 +247,11 @@ export type DiskeyvalNode = {
   on(event: 'leader', listener: (leader: LeaderEvent) => void): DiskeyvalNode;
   on(event: 'warning', listener: (warning: WarningEvent) => void): DiskeyvalNode;
   on(event: 'failed', listener: (failure: FailedEvent) => void): DiskeyvalNode;
+  on(event: 'membership', listener: (membership: MembershipEvent) => void): DiskeyvalNode;
   off(event: NodeEventName, listener: (arg: never) => void): DiskeyvalNode;
 };
 
-export type NodeEventName = 'change' | 'leader' | 'warning' | 'failed';
+export type NodeEventName = 'change' | 'leader' | 'warning' | 'failed' | 'membership';
 
 /**
  * Calls every listener of `event` with `arg`; a listener that throws never reaches the node (it is
@@ -375,6 +416,8 @@ type HandleContext = {
   /** Set once, when the node stopped itself on a disk error: every call rejects with DISK_FAILED. */
   diskFailure: string | null;
   recoveryWatch: ReturnType<typeof setInterval> | null;
+  /** Where members listen: options.peers, this node, and every configuration and call seen since. */
+  addresses: Map<string, MemberAddress>;
 };
 
 /** The transport (the given one, or mTLS) with the reachability watch that names unreachable peers. */
@@ -476,7 +519,113 @@ const nodeOptionsOf = (
       ctx.leader = status.leaderId;
       emit('leader', { nodeId: ctx.leader, term: status.term } satisfies LeaderEvent);
     },
+    ...membershipOptionsOf(ctx),
   };
+};
+
+// ---- membership (README "Membership"; machines/configuration.ts) ------------------------------
+
+/** What the node's handle offers for membership (actors/node.ts). */
+type MembershipHandle = {
+  reconfigure(members: readonly MemberInput[], timeoutMs?: number): Promise<void>;
+  membership(): { config: Configuration; index: number; removed: boolean } | null;
+};
+const membershipHandle = (node: Node): MembershipHandle => {
+  const handle = node as unknown as Partial<MembershipHandle>;
+  return {
+    reconfigure: (members, timeoutMs) =>
+      handle.reconfigure
+        ? handle.reconfigure(members, timeoutMs)
+        : Promise.reject(diskeyvalError('INVALID_ARGUMENT', 'this build has no membership changes')),
+    membership: () => handle.membership?.() ?? null,
+  };
+};
+
+/** The addresses options.peers and this node's own options give (the bootstrap configuration's). */
+const bootstrapAddresses = (options: DiskeyvalOptions): Map<string, MemberAddress> => {
+  const addresses = new Map<string, MemberAddress>();
+  for (const peer of options.peers)
+    if (typeof peer !== 'string') addresses.set(peer.nodeId, { host: peer.host, port: peer.port });
+  if (typeof options.host === 'string' && Number.isInteger(options.port) && options.port! > 0)
+    addresses.set(options.nodeId, { host: options.host, port: options.port! });
+  return addresses;
+};
+
+/**
+ * The transport follows the configuration in use: it admits and dials the members of C_new and,
+ * while a change is joint, of C_old (io/tls-transport.ts `setPeers`; a member it takes out stays
+ * reachable until it is told it was removed). A custom transport routes by id and is left alone.
+ */
+const followConfiguration = (ctx: HandleContext, config: Configuration): void => {
+  for (const [id, address] of Object.entries(config.addresses)) ctx.addresses.set(id, address);
+  if (!ctx.tls) return;
+  const peers = [];
+  for (const nodeId of membersOf(config)) {
+    const address = ctx.addresses.get(nodeId);
+    if (nodeId !== ctx.options.nodeId && address) peers.push({ nodeId, ...address });
+  }
+  ctx.tls.setPeers(peers);
+};
+
+/** The node's membership callbacks: the transport follows, listeners hear of it. */
+const membershipOptionsOf = (ctx: HandleContext) => ({
+  addresses: Object.fromEntries(ctx.addresses) as Record<string, MemberAddress>,
+  onMembership: (config: Configuration, index: number) => {
+    followConfiguration(ctx, config);
+    ctx.emit('membership', {
+      voters: [...config.voters],
+      outgoing: [...config.outgoing],
+      index,
+    } satisfies MembershipEvent);
+  },
+  onRemoved: (configIndex: number) => {
+    ctx.emit('warning', {
+      code: 'REMOVED',
+      message: `${ctx.options.nodeId} was removed from the cluster by the configuration at index ${configIndex}: it no longer campaigns, and its calls reject with REMOVED (README "Membership")`,
+      configIndex,
+    } satisfies WarningEvent);
+  },
+});
+
+/** The configuration in use: the node's once started, else the bootstrap one (this node and options.peers). */
+const configurationOf = (ctx: HandleContext): Configuration => {
+  const view = ctx.started ? membershipHandle(ctx.node).membership() : null;
+  if (view) return view.config;
+  const { nodeId, peers } = ctx.options;
+  return simpleConfiguration([nodeId, ...peers.map(peerIdOf)], Object.fromEntries(ctx.addresses));
+};
+
+const peersOfHandle = (ctx: HandleContext): PeerInfo[] => {
+  const config = configurationOf(ctx);
+  const status = ctx.started && !ctx.ended ? ctx.node.status() : null;
+  return membersOf(config).map((nodeId): PeerInfo => {
+    const self = nodeId === ctx.options.nodeId;
+    const inNew = config.voters.includes(nodeId);
+    const inOld = config.outgoing.length === 0 || config.outgoing.includes(nodeId);
+    const role = self && status ? status.role : nodeId === status?.leaderId ? 'leader' : 'follower';
+    const address = config.addresses[nodeId] ?? ctx.addresses.get(nodeId);
+    return {
+      nodeId,
+      ...(address ? { host: address.host, port: address.port } : {}),
+      self,
+      role,
+      voting: inNew && inOld ? 'voter' : inNew ? 'joining' : 'leaving',
+    };
+  });
+};
+
+/** reconfigure: checked here (INVALID_ARGUMENT, STOPPED), then one call of the node. */
+const reconfigureOn = async (ctx: HandleContext, members: unknown, options: unknown): Promise<void> => {
+  const checked = validateMembers(members, ctx.options.transport === undefined);
+  const { timeoutMs } = validateReconfigureOptions(options);
+  running(ctx);
+  for (const { nodeId, host, port } of checked)
+    if (host !== undefined && port !== undefined) ctx.addresses.set(nodeId, { host, port });
+  try {
+    await membershipHandle(ctx.node).reconfigure(checked, timeoutMs);
+  } catch (error) {
+    throw failedCall(ctx, error);
+  }
 };
 
 const walRecoveryOf = (ctx: HandleContext): WalRecovery | null => {
@@ -543,6 +692,9 @@ const startHandle = async (ctx: HandleContext): Promise<void> => {
     throw error;
   }
   watchRecovery(ctx);
+  // On a restart the log's configuration wins over options.peers (which only bootstrap an empty log).
+  const inUse = membershipHandle(ctx.node).membership();
+  if (inUse) followConfiguration(ctx, inUse.config);
   const recovery = walRecoveryOf(ctx);
   if (recovery) {
     // After start() resolves, so that a listener added right after `await start()` hears it too.
@@ -640,13 +792,8 @@ const handleOf = (ctx: HandleContext): DiskeyvalNode => {
       validateCallOptions(callOptions);
       await writeOn(ctx, { op: 'delete', key }, callOptions);
     },
-    async reconfigure() {
-      throw diskeyvalError(
-        'INVALID_ARGUMENT',
-        'reconfigure is not supported yet: membership is fixed at start',
-      );
-    },
-    getPeers: () => [...options.peers] as ClusterPeer[] | string[],
+    reconfigure: (members, reconfigureOptions) => reconfigureOn(ctx, members, reconfigureOptions),
+    getPeers: () => peersOfHandle(ctx),
     async end() {
       ctx.ended = true;
       if (ctx.recoveryWatch) clearInterval(ctx.recoveryWatch);
@@ -688,6 +835,7 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     wal: null,
     diskFailure: null,
     recoveryWatch: null,
+    addresses: bootstrapAddresses(options),
   } as Omit<HandleContext, 'node'> as HandleContext;
   ctx.node = createNode(nodeOptionsOf(ctx, wired));
   return handleOf(ctx);
@@ -700,12 +848,14 @@ export type { DiskeyvalError, DiskeyvalErrorCode } from './errors.js';
 export {
   ERROR_CODES,
   isAborted,
+  isChangeInProgress,
   isDirLocked,
   isDiskeyvalError,
   isDiskFailed,
   isInvalidArgument,
   isNotLeader,
   isQuorumUnavailable,
+  isRemoved,
   isStopped,
   isTimeout,
   isWalCorrupt,

@@ -191,3 +191,82 @@ export const validateCallOptions = (options: unknown): void => {
     throw diskeyvalError('INVALID_ARGUMENT', "consistency must be 'linearizable' or 'local'");
   }
 };
+
+/** A member of a membership change (reconfigure): where it listens, unless a custom transport routes by id. */
+export type MemberInput = { nodeId: string; host?: string; port?: number };
+
+/** Most members one configuration holds (machines/configuration.ts MAX_VOTERS). */
+export const MAX_MEMBERS = 64;
+/** A node id travels in every handshake (io/codec.ts): at most this many characters. */
+const MAX_NODE_ID_LENGTH = 1024;
+/** Keys a member may carry: its own, and those getPeers() adds (so its entries can be passed back). */
+const MEMBER_KEYS = new Set(['nodeId', 'host', 'port', 'self', 'role', 'voting']);
+
+const memberOf = (member: unknown, at: string, needsAddress: boolean): MemberInput => {
+  if (typeof member === 'string') {
+    if (needsAddress)
+      throw diskeyvalError(
+        'INVALID_ARGUMENT',
+        `${at}: with the TLS transport a member is { nodeId, host, port }`,
+      );
+    return { nodeId: member };
+  }
+  if (typeof member !== 'object' || member === null || Array.isArray(member))
+    throw diskeyvalError('INVALID_ARGUMENT', `${at} must be { nodeId, host, port }`);
+  const unknown = Object.keys(member).filter((key) => !MEMBER_KEYS.has(key));
+  if (unknown.length > 0)
+    throw diskeyvalError('INVALID_ARGUMENT', `${at} has unknown keys: ${unknown.join(', ')}`);
+  const { nodeId, host, port } = member as Record<string, unknown>;
+  if (typeof nodeId !== 'string' || nodeId.length === 0 || nodeId.length > MAX_NODE_ID_LENGTH)
+    throw diskeyvalError(
+      'INVALID_ARGUMENT',
+      `${at}.nodeId must be a non-empty string (at most ${MAX_NODE_ID_LENGTH} characters)`,
+    );
+  if (host === undefined && port === undefined && !needsAddress) return { nodeId };
+  if (typeof host !== 'string' || host.length === 0 || host.includes('\0'))
+    throw diskeyvalError('INVALID_ARGUMENT', `${at}.host must be a non-empty host name or address`);
+  if (!Number.isInteger(port) || (port as number) < 1 || (port as number) > 65_535)
+    throw diskeyvalError('INVALID_ARGUMENT', `${at}.port must be an integer from 1 to 65535`);
+  return { nodeId, host, port: port as number };
+};
+
+/**
+ * The new voting membership of a `reconfigure` call, checked: a non-empty array of at most
+ * MAX_MEMBERS distinct members, each `{ nodeId, host, port }` (a bare id, or `{ nodeId }`, only
+ * with a custom transport, `needsAddress` false), no two at one address.
+ */
+export const validateMembers = (members: unknown, needsAddress: boolean): MemberInput[] => {
+  if (!Array.isArray(members) || members.length === 0)
+    throw diskeyvalError('INVALID_ARGUMENT', 'members must be a non-empty array (the whole new membership)');
+  if (members.length > MAX_MEMBERS)
+    throw diskeyvalError('INVALID_ARGUMENT', `members may list at most ${MAX_MEMBERS} nodes`);
+  const checked = members.map((member, i) => memberOf(member, `members[${i}]`, needsAddress));
+  const ids = new Set<string>();
+  const addresses = new Set<string>();
+  for (const { nodeId, host, port } of checked) {
+    if (ids.has(nodeId)) throw diskeyvalError('INVALID_ARGUMENT', `members lists ${nodeId} twice`);
+    ids.add(nodeId);
+    if (host === undefined) continue;
+    const address = `${host.toLowerCase()}:${port}`;
+    if (addresses.has(address)) throw diskeyvalError('INVALID_ARGUMENT', `two members listen at ${address}`);
+    addresses.add(address);
+  }
+  return checked;
+};
+
+/** The options of `reconfigure`: only `timeoutMs` (how long to wait for C_new to be committed). */
+export const validateReconfigureOptions = (options: unknown): { timeoutMs?: number } => {
+  if (options === undefined) return {};
+  if (options === null || typeof options !== 'object' || Array.isArray(options))
+    throw diskeyvalError('INVALID_ARGUMENT', 'options must be an object { timeoutMs? }');
+  const unknown = Object.keys(options).filter((key) => key !== 'timeoutMs');
+  if (unknown.length > 0)
+    throw diskeyvalError('INVALID_ARGUMENT', `unknown reconfigure options: ${unknown.join(', ')}`);
+  const { timeoutMs } = options as { timeoutMs?: unknown };
+  if (
+    timeoutMs !== undefined &&
+    !(typeof timeoutMs === 'number' && timeoutMs > 0 && Number.isFinite(timeoutMs))
+  )
+    throw diskeyvalError('INVALID_ARGUMENT', 'timeoutMs must be a positive finite number');
+  return timeoutMs === undefined ? {} : { timeoutMs };
+};
