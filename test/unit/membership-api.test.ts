@@ -1,0 +1,280 @@
+/**
+ * The public membership API (src/index.ts, src/validate.ts; README "Membership") on in-memory
+ * clusters (`createMemoryTransport()`):
+ *
+ * - `reconfigure` refuses bad input with INVALID_ARGUMENT before anything is proposed (empty,
+ *   duplicates, bad host or port, unknown shapes and keys, ids alone with the TLS transport, two
+ *   members at one address, bad options), and rejects with STOPPED before start() and after end();
+ * - `getPeers()` lists the whole membership, this node included, with its role and voting part;
+ * - a change grows the cluster (a new node started with `peers` naming the whole new membership):
+ *   `membership` events report C_old,new then C_new, and the new node serves calls;
+ * - a second change while one is in progress rejects with CHANGE_IN_PROGRESS;
+ * - a node the change removes stops serving: its calls reject with REMOVED.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  createClusterCertificates,
+  createMemoryTransport,
+  type DiskeyvalNode,
+  type DiskeyvalOptions,
+  diskeyval,
+  isChangeInProgress,
+  isInvalidArgument,
+  isRemoved,
+  isStopped,
+  type MemoryTransport,
+  type MembershipEvent,
+} from '../../src/index.js';
+import { within } from '../support/within.js';
+
+const BOUND_MS = 10_000;
+const open: DiskeyvalNode[] = [];
+
+afterEach(async () => {
+  await Promise.all(open.splice(0).map((node) => node.end()));
+});
+
+const codeOf = async (promise: Promise<unknown>): Promise<string | undefined> => {
+  try {
+    await promise;
+    return undefined;
+  } catch (error) {
+    return (error as { code?: string }).code;
+  }
+};
+
+type Member = { node: DiskeyvalNode; id: string; events: MembershipEvent[] };
+
+/** A node on `transport`, its `membership` events recorded. */
+const makeNode = (
+  transport: MemoryTransport,
+  id: string,
+  peers: string[],
+  extra: Partial<DiskeyvalOptions> = {},
+): Member => {
+  const node = diskeyval({
+    nodeId: id,
+    peers,
+    transport,
+    electionTimeoutMs: 100,
+    heartbeatMs: 20,
+    seed: id.charCodeAt(1),
+    ...extra,
+  });
+  const events: MembershipEvent[] = [];
+  node.on('membership', (event) => events.push(event));
+  open.push(node);
+  return { node, id, events };
+};
+
+/** Resolves once `holds()` is true, checked now and at each `leader` or `membership` event of `nodes`. */
+const when = (nodes: readonly DiskeyvalNode[], holds: () => boolean, what: string): Promise<void> => {
+  if (holds()) return Promise.resolve();
+  const listeners: Array<() => void> = [];
+  const done = new Promise<void>((resolve) => {
+    for (const node of nodes) {
+      const listener = (): void => {
+        if (holds()) resolve();
+      };
+      listeners.push(listener);
+      node.on('leader', listener);
+      node.on('membership', listener);
+    }
+  });
+  return within(done, what, BOUND_MS).finally(() => {
+    nodes.forEach((node, index) => {
+      node.off('leader', listeners[index]!);
+      node.off('membership', listeners[index]!);
+    });
+  });
+};
+
+const IDS = ['n1', 'n2', 'n3'];
+
+/** Three started nodes with an agreed leader. */
+const startThree = async () => {
+  const transport = createMemoryTransport();
+  const members = IDS.map((id) =>
+    makeNode(
+      transport,
+      id,
+      IDS.filter((other) => other !== id),
+    ),
+  );
+  const nodes = members.map((member) => member.node);
+  await Promise.all(nodes.map((node) => node.start()));
+  await when(
+    nodes,
+    () =>
+      nodes.some((node) => node.isLeader()) &&
+      nodes.every((node) => node.leaderId() === nodes[0]!.leaderId()),
+    'an agreed leader',
+  );
+  const leader = (): DiskeyvalNode => nodes.find((node) => node.isLeader())!;
+  return { transport, members, nodes, leader };
+};
+
+describe('reconfigure: checks', () => {
+  it('refuses bad input with INVALID_ARGUMENT, and proposes nothing', async () => {
+    const { nodes, leader, members } = await startThree();
+    const bad: unknown[] = [
+      [],
+      undefined,
+      null,
+      'n1',
+      { nodeId: 'n1' },
+      ['n1', 'n1'],
+      ['n1', { nodeId: 'n1' }],
+      [7],
+      [null],
+      [['n1']],
+      [''],
+      [{ nodeId: '' }],
+      [{ nodeId: 'x'.repeat(1025) }],
+      [{ id: 'n1' }],
+      [{ nodeId: 'n1', hostname: 'h', port: 1 }],
+      [{ nodeId: 'n1', host: 'h' }],
+      [{ nodeId: 'n1', port: 7001 }],
+      [{ nodeId: 'n1', host: '', port: 7001 }],
+      [{ nodeId: 'n1', host: 'h', port: 0 }],
+      [{ nodeId: 'n1', host: 'h', port: 65_536 }],
+      [{ nodeId: 'n1', host: 'h', port: 70.5 }],
+      [{ nodeId: 'n1', host: 'h', port: '7001' }],
+      [
+        { nodeId: 'n1', host: 'h', port: 7001 },
+        { nodeId: 'n2', host: 'H', port: 7001 },
+      ],
+      Array.from({ length: 65 }, (_, i) => `m${i}`),
+    ];
+    for (const members of bad) {
+      const error = await leader()
+        .reconfigure(members as never)
+        .then(
+          () => null,
+          (caught: unknown) => caught,
+        );
+      expect(isInvalidArgument(error), JSON.stringify(members)?.slice(0, 80)).toBe(true);
+    }
+    for (const options of [null, 5, { timeoutMs: 0 }, { timeoutMs: Number.NaN }, { forward: false }]) {
+      expect(await codeOf(leader().reconfigure(IDS, options as never)), JSON.stringify(options)).toBe(
+        'INVALID_ARGUMENT',
+      );
+    }
+    for (const node of nodes) expect(node.getPeers().map((peer) => peer.nodeId)).toEqual(IDS);
+    expect(members.flatMap((member) => member.events)).toEqual([]);
+  });
+
+  it('with the TLS transport, every member needs { nodeId, host, port }', async () => {
+    const certs = await createClusterCertificates({ nodes: ['n1'] });
+    const node = diskeyval({
+      nodeId: 'n1',
+      host: '127.0.0.1',
+      port: 7001,
+      peers: [{ nodeId: 'n2', host: '127.0.0.1', port: 7002 }],
+      tls: { ...certs.nodes.n1!, ca: certs.ca.cert },
+    });
+    expect(await codeOf(node.reconfigure(['n1', 'n2']))).toBe('INVALID_ARGUMENT');
+    expect(await codeOf(node.reconfigure([{ nodeId: 'n1' }]))).toBe('INVALID_ARGUMENT');
+    // Well-formed, but the node was never started: STOPPED.
+    expect(await codeOf(node.reconfigure([{ nodeId: 'n1', host: '127.0.0.1', port: 7001 }]))).toBe('STOPPED');
+    expect(node.getPeers()).toEqual([
+      { nodeId: 'n1', host: '127.0.0.1', port: 7001, self: true, role: 'follower', voting: 'voter' },
+      { nodeId: 'n2', host: '127.0.0.1', port: 7002, self: false, role: 'follower', voting: 'voter' },
+    ]);
+  });
+
+  it('rejects with STOPPED after end()', async () => {
+    const { members } = await startThree();
+    const node = members[0]!.node;
+    await node.end();
+    const error = await node.reconfigure(IDS).then(
+      () => null,
+      (caught: unknown) => caught,
+    );
+    expect(isStopped(error)).toBe(true);
+  });
+
+  it('getPeers lists the whole membership, this node included, with roles', async () => {
+    const { nodes, leader } = await startThree();
+    const leaderId = leader().leaderId();
+    for (const [i, node] of nodes.entries()) {
+      const peers = node.getPeers();
+      expect(peers.map((peer) => peer.nodeId)).toEqual(IDS);
+      expect(peers.filter((peer) => peer.self).map((peer) => peer.nodeId)).toEqual([IDS[i]]);
+      expect(peers.filter((peer) => peer.role === 'leader').map((peer) => peer.nodeId)).toEqual([leaderId]);
+      expect(peers.every((peer) => peer.voting === 'voter' && peer.host === undefined)).toBe(true);
+    }
+  });
+});
+
+describe('reconfigure: changes', () => {
+  it('grows 3 -> 4 (the new node started with peers naming the whole membership); events report C_old,new then C_new', async () => {
+    const { transport, members, nodes, leader } = await startThree();
+    const n4 = makeNode(transport, 'n4', IDS);
+    await n4.node.start();
+    const follower = nodes.find((node) => !node.isLeader())!;
+    await within(follower.reconfigure([...IDS, 'n4']), 'the change 3 -> 4', BOUND_MS);
+    for (const member of [...members, n4]) {
+      await when(
+        [member.node],
+        () => member.events.some((event) => event.voters.length === 4 && event.outgoing.length === 0),
+        `${member.id} on C_new`,
+      );
+    }
+    const leaderEvents = members.find((member) => member.node === leader())!.events;
+    const joint = leaderEvents.find((event) => event.outgoing.length > 0)!;
+    expect(joint).toMatchObject({ voters: [...IDS, 'n4'], outgoing: IDS });
+    const final = leaderEvents.at(-1)!;
+    expect(final).toMatchObject({ voters: [...IDS, 'n4'], outgoing: [] });
+    expect(final.index).toBeGreaterThan(joint.index);
+    expect(n4.node.getPeers().map((peer) => peer.nodeId)).toEqual([...IDS, 'n4']);
+    await n4.node.set('from-n4', 1);
+    expect(await leader().get('from-n4')).toBe(1);
+  });
+
+  it('a second change while one is in progress rejects with CHANGE_IN_PROGRESS', async () => {
+    const { transport, leader } = await startThree();
+    const n4 = makeNode(transport, 'n4', IDS);
+    const n5 = makeNode(transport, 'n5', IDS);
+    await Promise.all([n4.node.start(), n5.node.start()]);
+    const first = leader().reconfigure([...IDS, 'n4']);
+    const second = await leader()
+      .reconfigure([...IDS, 'n5'])
+      .then(
+        () => null,
+        (caught: unknown) => caught,
+      );
+    expect(isChangeInProgress(second)).toBe(true);
+    await within(first, 'the first change', BOUND_MS);
+    expect(
+      leader()
+        .getPeers()
+        .map((peer) => peer.nodeId),
+    ).toEqual([...IDS, 'n4']);
+  });
+
+  it("a removed node's calls reject with REMOVED (after its REMOVED warning)", async () => {
+    const { members, leader } = await startThree();
+    const removed = members.find((member) => member.node !== leader())!;
+    const warned = new Promise<void>((resolve) =>
+      removed.node.on('warning', (warning) => {
+        if (warning.code === 'REMOVED') resolve();
+      }),
+    );
+    const staying = IDS.filter((id) => id !== removed.id);
+    await within(leader().reconfigure(staying), 'the change that removes a follower', BOUND_MS);
+    await within(warned, `${removed.id} learns it was removed`, BOUND_MS);
+    for (const call of [removed.node.set('k', 1), removed.node.get('k'), removed.node.reconfigure(IDS)]) {
+      const error = await call.then(
+        () => null,
+        (caught: unknown) => caught,
+      );
+      expect(isRemoved(error)).toBe(true);
+    }
+    expect(
+      leader()
+        .getPeers()
+        .map((peer) => peer.nodeId),
+    ).toEqual(staying);
+  });
+});
