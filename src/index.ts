@@ -765,7 +765,7 @@ const metricsOfHandle = (ctx: HandleContext): RaftMetrics => {
 };
 
 const handleOf = (ctx: HandleContext): DiskeyvalNode => {
-  const { options, node } = ctx;
+  const { node } = ctx;
   const handle: DiskeyvalNode = {
     start: () => startHandle(ctx),
     async set(key, value, callOptions) {

@@ -22,8 +22,8 @@ import {
   isInvalidArgument,
   isRemoved,
   isStopped,
-  type MemoryTransport,
   type MembershipEvent,
+  type MemoryTransport,
 } from '../../src/index.js';
 import { within } from '../support/within.js';
 
