@@ -591,7 +591,12 @@ describe('public API on an in-memory cluster', () => {
       const cluster = await startCluster();
       // reconfigure's own checks are in membership-api.test.ts.
       expect(await codeOf(cluster.leader().reconfigure(['n1', 'n1']))).toBe('INVALID_ARGUMENT');
-      expect(cluster.byId('n1').getPeers().map((peer) => peer.nodeId)).toEqual(['n1', 'n2', 'n3']);
+      expect(
+        cluster
+          .byId('n1')
+          .getPeers()
+          .map((peer) => peer.nodeId),
+      ).toEqual(['n1', 'n2', 'n3']);
     });
   });
 
