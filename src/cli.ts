@@ -3,28 +3,33 @@
  * The diskeyval command line.
  *
  *   diskeyval certs --out DIR --nodes node-1,node-2,node-3 [--days N] [--force]
+ *   diskeyval certs --out DIR --nodes node-4 --add [--days N] [--force]
  *
  * writes a fresh cluster CA and one certificate per node into DIR (ca.pem, ca.key, <node>.pem,
- * <node>.key; keys with mode 0600). Exit codes: 0 done, 1 failure, 2 usage error.
+ * <node>.key; keys with mode 0600); with --add, certificates for nodes joining the cluster, issued
+ * by the CA already in DIR (README "Membership"). Exit codes: 0 done, 1 failure, 2 usage error.
  */
 import { realpathSync } from 'node:fs';
-import { access } from 'node:fs/promises';
+import { access, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { writeClusterCertificates } from './io/certs.js';
+import { type CertificateAndKey, issueNodeCertificate, writeClusterCertificates } from './io/certs.js';
 
 export const USAGE = `Usage:
   diskeyval certs --out DIR --nodes ID[,ID...] [--days N] [--force]
+  diskeyval certs --out DIR --nodes ID[,ID...] --add [--days N] [--force]
 
 Commands:
-  certs   Create a cluster CA and one mutual-TLS certificate per node.
+  certs   Create a cluster CA and one mutual-TLS certificate per node; with --add, certificates
+          for nodes joining the cluster, from the CA already in DIR.
 
 Options for certs:
   --out DIR       Directory to write ca.pem, ca.key, <node>.pem and <node>.key into.
   --nodes LIST    Comma-separated node ids (each becomes the certificate's CN and SAN DNS name).
   --days N        Validity of the node certificates in days (default 365).
-  --force         Overwrite an existing CA in DIR.
+  --add           Issue the nodes' certificates with the CA in DIR (ca.pem, ca.key); keep the CA.
+  --force         Overwrite an existing CA in DIR (with --add: existing node certificates).
   -h, --help      Show this help.
 `;
 
@@ -83,6 +88,42 @@ const parseDays = (text: string | undefined): number | undefined => {
   return Number(text);
 };
 
+/** `certs --add`: certificates for joining nodes from the CA in `out`, which stays as it is. */
+const addNodes = async (
+  out: string,
+  nodes: readonly string[],
+  validDays: number | undefined,
+  force: boolean,
+  io: CliIo,
+): Promise<number> => {
+  let ca: CertificateAndKey;
+  try {
+    ca = {
+      cert: await readFile(join(out, 'ca.pem'), 'utf8'),
+      key: await readFile(join(out, 'ca.key'), 'utf8'),
+    };
+  } catch (error) {
+    io.stderr(
+      `diskeyval: --add needs the cluster CA in ${out} (ca.pem, ca.key): ${(error as Error).message}\n`,
+    );
+    return 1;
+  }
+  for (const nodeId of nodes) {
+    if (force || !(await exists(join(out, `${nodeId}.key`)))) continue;
+    io.stderr(`diskeyval: ${join(out, `${nodeId}.key`)} exists; pass --force to replace it\n`);
+    return 1;
+  }
+  const issued: Record<string, CertificateAndKey> = {};
+  for (const nodeId of nodes)
+    issued[nodeId] = await issueNodeCertificate(ca, nodeId, validDays === undefined ? {} : { validDays });
+  const { files } = await writeClusterCertificates(out, { ca, nodes: issued });
+  const caFiles = new Set([join(out, 'ca.pem'), join(out, 'ca.key')]);
+  const written = files.filter((path) => !caFiles.has(path));
+  io.stdout(`wrote ${written.length} files for ${nodes.length} node(s) to ${out}, issued by its CA\n`);
+  for (const path of written) io.stdout(`  ${path}\n`);
+  return 0;
+};
+
 const certsCommand = async (args: string[], io: CliIo): Promise<number> => {
   const { values, positionals } = parseArgs({
     args,
@@ -91,6 +132,7 @@ const certsCommand = async (args: string[], io: CliIo): Promise<number> => {
       nodes: { type: 'string' },
       days: { type: 'string' },
       force: { type: 'boolean', default: false },
+      add: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
     allowPositionals: true,
@@ -106,6 +148,7 @@ const certsCommand = async (args: string[], io: CliIo): Promise<number> => {
   const nodes = parseNodes(values.nodes);
   const validDays = parseDays(values.days);
   const out = resolve(values.out);
+  if (values.add) return await addNodes(out, nodes, validDays, values.force === true, io);
   if (!values.force && (await exists(join(out, 'ca.key')))) {
     io.stderr(`diskeyval: ${join(out, 'ca.key')} exists; pass --force to replace the cluster CA\n`);
     return 1;
