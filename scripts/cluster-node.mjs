@@ -24,6 +24,7 @@ import { performance } from 'node:perf_hooks';
  *     changeEvents?: false,         // forward every applied change to the parent
  *     transportEvents?: 'rejected'  // 'none' | 'rejected' | 'all': which transport events to forward
  *     warningEvents?: false,        // forward the node's `warning` events
+ *     membershipEvents?: false,     // forward the node's `membership` events
  *     watchMetrics?: 0,             // every that many ms, report { event: 'metrics', recovering,
  *                                   //   clusterId, clusterMismatches } when one of them changed
  *                                   //   (0: never); turns the amnesia contract's metrics into events
@@ -41,6 +42,7 @@ import { performance } from 'node:perf_hooks';
  *   { event: 'role', role, term, leaderId }                 role or term changed (follower,
  *                                                           candidate, leader)
  *   { event: 'change', key, value, deleted, index }         only with changeEvents
+ *   { event: 'membership', voters, outgoing, index }        only with membershipEvents
  *   { event: 'transport', ...TlsTransportLogEvent }         per transportEvents
  *   { event: 'fatal', error: { code, message } }            an uncaught error; the process exits 1
  *   { id, ok: true, result } | { id, ok: false, error: { code, message } }   the answer to a command
@@ -59,6 +61,10 @@ import { performance } from 'node:perf_hooks';
  *                                                    after a full garbage collection
  *   { cmd: 'load', ... }                        -> a load report, see runLoad below
  *   { cmd: 'inspected' }                        -> { events, snapshots } seen by a `callback` inspector
+ *   { cmd: 'reconfigure', members, options? }   -> undefined (node.reconfigure)
+ *   { cmd: 'peers' }                            -> node.getPeers()
+ *   { cmd: 'endNode' }                          -> undefined: node.end(), the process stays (calls
+ *                                                  on the ended node reject with STOPPED)
  *   { cmd: 'end' }                              -> undefined; then the node ends and the process exits 0
  * Errors are answered with the error's `code` (QUORUM_UNAVAILABLE, TIMEOUT, STOPPED,
  * INVALID_ARGUMENT, NOT_LEADER, ...; BAD_COMMAND for an unknown command).
@@ -321,6 +327,12 @@ const execute = async (message) => {
       return runLoad(message);
     case 'inspected':
       return { ...inspected };
+    case 'reconfigure':
+      return node.reconfigure(message.members, message.options);
+    case 'peers':
+      return node.getPeers();
+    case 'endNode':
+      return node.end();
     default:
       throw Object.assign(new Error(`unknown command ${JSON.stringify(message.cmd)}`), {
         code: 'BAD_COMMAND',
@@ -473,6 +485,9 @@ const main = async () => {
         ...(error ? { error: errorOf(error) } : {}),
       }),
     );
+  }
+  if (config.membershipEvents) {
+    node.on('membership', (membership) => send({ event: 'membership', ...membership }));
   }
   if (config.throwingListeners) {
     node.on('change', ({ key }) => {

@@ -91,6 +91,7 @@ export const nodeIds = (n) => Array.from({ length: n }, (_, i) => `node-${i + 1}
  * @param {boolean} [options.join]              node options (the amnesia/bootstrap contract):
  * @param {boolean} [options.forceRecovery]     never bootstrap / force recovery (per node: perNode)
  * @param {boolean} [options.warningEvents=false] forward every node's `warning` events to the timeline
+ * @param {boolean} [options.membershipEvents=false] forward every node's `membership` events to the timeline
  * @param {number} [options.watchMetrics=0]    report recovering / clusterId / clusterMismatches as
  *                                              `metrics` timeline events when they change (checked
  *                                              in the node every that many ms)
@@ -178,6 +179,7 @@ export const startCluster = async (options = {}) => {
       'forceRecovery',
       'warningEvents',
       'watchMetrics',
+      'membershipEvents',
     ]) {
       if (options[key] !== undefined) config[key] = options[key];
     }

@@ -1,0 +1,350 @@
+/**
+ * Membership changes on real processes with real mTLS (issue 13; README "Membership"): a 3-node
+ * cluster grows to 5 and shrinks back to 3, the leader removed on the way, under continuous writes
+ * and reads from several clients.
+ *
+ * 1. node-1..3 form the cluster (each lists the other two). node-4 and node-5 start with empty logs
+ *    and `peers` naming all five; until the change reaches them they disturb nothing: the leader
+ *    and its term stay the same while writes go on.
+ * 2. Grow: reconfigure(all five) on the leader. A second call on the same node while the change
+ *    runs rejects with CHANGE_IN_PROGRESS; bad input rejects with INVALID_ARGUMENT.
+ * 3. Shrink: reconfigure(three nodes) on a follower, without the leader and one of the new nodes.
+ *    The leader steps down once the change is committed; the three elect a leader among
+ *    themselves. Both removed nodes warn REMOVED, their calls reject with REMOVED, and once ended a
+ *    removed node's reconfigure rejects with STOPPED.
+ *
+ * Checked: every acknowledged write is on every remaining node with its value or a later write's
+ * (one writer per key), the whole client history is linearizable (test/support/linearizability.ts),
+ * no two leaders in one term. Printed: the time each change took (the call, as the caller saw it)
+ * and the write latency p50/p99 of writes started during each change, next to the steady state.
+ * Environment: DISKEYVAL_MEMBERSHIP_SEED=s for the readers' key pick (default 1; in the replay
+ * command). Every wait is on an event or a reply, with a bound; nothing sleeps.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { createRng } from '../../src/machines/rng.js';
+import {
+  type Cluster,
+  describeTimeline,
+  formatRoleTimeline,
+  freePorts,
+  nowMs,
+  type Outcome,
+  outcomeOf,
+  startCluster,
+  twoLeadersInATerm,
+  waitForMetrics,
+  waitForWarning,
+} from '../support/amnesia.js';
+import { checkKvHistory, describeViolation, type Operation } from '../support/linearizability.js';
+
+const SEED = Number(process.env.DISKEYVAL_MEMBERSHIP_SEED ?? 1);
+const HOST = '127.0.0.1';
+const ORIGINAL = ['node-1', 'node-2', 'node-3'];
+const JOINING = ['node-4', 'node-5'];
+const ALL = [...ORIGINAL, ...JOINING];
+const WRITERS = 3;
+const READERS = 2;
+const KEYS_PER_WRITER = 4;
+const PROGRESS = 20;
+const BOUND_MS = 20_000;
+const MAX_CALLS_PER_CLIENT = 50_000;
+
+const replay = (): string => `DISKEYVAL_MEMBERSHIP_SEED=${SEED} npx vitest run test/e2e/membership.test.ts`;
+
+type Member = { nodeId: string; host: string; port: number };
+type MembershipCluster = Cluster & {
+  call(id: string, command: Record<string, unknown>, options?: { timeoutMs?: number }): Promise<unknown>;
+};
+type Attempt = { value: string; acknowledged: boolean };
+type Write = { callMs: number; latencyMs: number };
+
+const keyOf = (writer: number, n: number): string => `member-${writer}-${n % KEYS_PER_WRITER}`;
+
+/**
+ * Writers (one per key set) and readers, each call on the next of `targets()` (the members the test
+ * sends calls to now), recorded as a client history; acknowledged writes with their latency.
+ */
+const startClients = (cluster: MembershipCluster, targets: () => string[]) => {
+  const history: Operation[] = [];
+  const attempts = new Map<string, Attempt[]>();
+  const writes: Write[] = [];
+  const codes = new Map<string, number>();
+  const waiters = new Set<() => void>();
+  const rng = createRng(SEED);
+  let stopping = false;
+
+  const pick = (i: number): string | undefined => {
+    const live = targets().filter((id) => cluster.isLive(id));
+    return live.length === 0 ? undefined : live[i % live.length];
+  };
+  const failed = (outcome: Outcome): void => {
+    if (!outcome.ok) codes.set(outcome.code, (codes.get(outcome.code) ?? 0) + 1);
+  };
+
+  const writer = async (w: number): Promise<void> => {
+    for (let n = 0; !stopping && n < MAX_CALLS_PER_CLIENT; n += 1) {
+      const target = pick(w + n);
+      if (target === undefined) return;
+      const key = keyOf(w, n);
+      const attempt: Attempt = { value: `w${w}-${n}`, acknowledged: false };
+      attempts.set(key, [...(attempts.get(key) ?? []), attempt]);
+      const callMs = nowMs();
+      const outcome = await outcomeOf(cluster.set(target, key, attempt.value));
+      const returnMs = nowMs();
+      attempt.acknowledged = outcome.ok;
+      history.push({
+        clientId: w,
+        input: { op: 'set', key, value: attempt.value },
+        output: outcome.ok ? { ok: true } : { unknown: true },
+        callMs,
+        returnMs: outcome.ok ? returnMs : Number.POSITIVE_INFINITY,
+      });
+      failed(outcome);
+      if (!outcome.ok) continue;
+      writes.push({ callMs, latencyMs: returnMs - callMs });
+      for (const waiter of [...waiters]) waiter();
+    }
+  };
+
+  const reader = async (r: number): Promise<void> => {
+    for (let n = 0; !stopping && n < MAX_CALLS_PER_CLIENT; n += 1) {
+      const target = pick(r + n);
+      if (target === undefined) return;
+      const key = keyOf(rng.int(0, WRITERS), rng.int(0, KEYS_PER_WRITER));
+      const callMs = nowMs();
+      const outcome = await outcomeOf(cluster.get(target, key));
+      failed(outcome);
+      if (!outcome.ok) continue;
+      history.push({
+        clientId: WRITERS + r,
+        input: { op: 'get', key },
+        output: { value: outcome.value },
+        callMs,
+        returnMs: nowMs(),
+      });
+    }
+  };
+
+  const done = Promise.all([
+    ...Array.from({ length: WRITERS }, (_, w) => writer(w)),
+    ...Array.from({ length: READERS }, (_, r) => reader(r)),
+  ]);
+  return {
+    history,
+    attempts,
+    writes,
+    codes,
+    /** Resolves once `count` more writes were acknowledged than now; rejects after the bound. */
+    progress: (count: number, what: string): Promise<void> => {
+      const target = writes.length + count;
+      return new Promise<void>((resolve, reject) => {
+        const check = (): void => {
+          if (writes.length < target) return;
+          clearTimeout(timer);
+          waiters.delete(check);
+          resolve();
+        };
+        const timer = setTimeout(() => {
+          waiters.delete(check);
+          reject(
+            new Error(`${what}: ${writes.length} acknowledged, waited for ${target} (replay: ${replay()})`),
+          );
+        }, BOUND_MS);
+        waiters.add(check);
+        check();
+      });
+    },
+    stop: async (): Promise<void> => {
+      stopping = true;
+      await done;
+    },
+  };
+};
+
+/** Why `value` at a key is neither its last acknowledged write nor a later one (or null). */
+const violation = (attempts: readonly Attempt[], value: unknown): string | null => {
+  const last = attempts.map((a) => a.acknowledged).lastIndexOf(true);
+  if (last === -1 && value === undefined) return null;
+  const allowed = attempts.slice(Math.max(0, last)).map((a) => a.value);
+  if (allowed.includes(value as string)) return null;
+  return `holds ${JSON.stringify(value)}, last acknowledged ${JSON.stringify(attempts[last]?.value)}`;
+};
+
+const percentile = (sorted: readonly number[], p: number): number =>
+  sorted.length === 0
+    ? Number.NaN
+    : sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
+
+/** p50 / p99 (ms, 1 decimal) and count of the writes started in [fromMs, toMs]. */
+const latencyOf = (writes: readonly Write[], fromMs: number, toMs: number) => {
+  const sorted = writes
+    .filter((write) => write.callMs >= fromMs && write.callMs <= toMs)
+    .map((write) => write.latencyMs)
+    .sort((a, b) => a - b);
+  const round = (ms: number): number => Math.round(ms * 10) / 10;
+  return { count: sorted.length, p50: round(percentile(sorted, 50)), p99: round(percentile(sorted, 99)) };
+};
+
+/** The rejection code of a command, or 'resolved'. */
+const codeOf = async (promise: Promise<unknown>): Promise<string> => {
+  const outcome = await outcomeOf(promise);
+  return outcome.ok ? 'resolved' : outcome.code;
+};
+
+let cluster: MembershipCluster | null = null;
+afterEach(async (context) => {
+  if (context.task.result?.state === 'fail' && cluster) console.log(describeTimeline(cluster));
+  await cluster?.stop();
+  cluster = null;
+});
+
+/** The cluster: node-1..3 bootstrap among themselves; node-4 and node-5 wait, listing all five. */
+const startFive = async (): Promise<{ c: MembershipCluster; members: Record<string, Member> }> => {
+  const ports = await freePorts(ALL.length);
+  const members = Object.fromEntries(
+    ALL.map((nodeId, i) => [nodeId, { nodeId, host: HOST, port: ports[i]! }]),
+  );
+  const peersOf = (id: string, among: string[]) =>
+    among.filter((other) => other !== id).map((other) => members[other]);
+  const c = (await startCluster({
+    ids: ALL,
+    ports,
+    deferred: JOINING,
+    perNode: Object.fromEntries(ORIGINAL.map((id) => [id, { peers: peersOf(id, ORIGINAL) }])),
+    proposalTimeoutMs: 3000,
+    watchMetrics: 20,
+    warningEvents: true,
+    membershipEvents: true,
+  })) as MembershipCluster;
+  return { c, members };
+};
+
+/** The latest `membership` event of `id` at or after `sinceMs` has exactly these voters, not joint. */
+const waitForConfiguration = (c: MembershipCluster, id: string, voters: string[], sinceMs: number) =>
+  c.waitFor(
+    () => {
+      const mine = c.timeline.filter((e) => e.node === id && e.event === 'membership' && e.atMs >= sinceMs);
+      const latest = mine.at(-1) as { voters?: string[]; outgoing?: string[] } | undefined;
+      return (
+        latest && (latest.outgoing ?? []).length === 0 && latest.voters?.join() === [...voters].sort().join()
+      );
+    },
+    { timeoutMs: BOUND_MS, label: `${id} to use the configuration ${voters.join(', ')}` },
+  );
+
+describe('membership: 3 -> 5 -> 3 on real processes under writes', () => {
+  it('grows and shrinks, removing the leader: nothing acknowledged lost, linearizable', async () => {
+    const { c, members } = await startFive();
+    cluster = c;
+    const first = await c.waitForLeader(BOUND_MS, { agreed: true });
+    for (const id of ORIGINAL)
+      await waitForMetrics(c, id, (m) => m.recovering === false, {
+        sinceMs: c.t0,
+        timeoutMs: BOUND_MS,
+        label: 'bootstrapped',
+      });
+    let targets = [...ORIGINAL];
+    const clients = startClients(c, () => targets);
+    const grow = { ms: 0, fromMs: 0, toMs: 0 };
+    const shrink = { ms: 0, fromMs: 0, toMs: 0 };
+    let removed: string[] = [];
+    let staying: string[] = [];
+    try {
+      await clients.progress(PROGRESS, 'before the new nodes start');
+      const steadyFromMs = nowMs();
+      await clients.progress(PROGRESS, 'steady state');
+      const steadyToMs = nowMs();
+
+      // 1. The new nodes start and wait, disturbing nothing.
+      for (const id of JOINING) await c.restart(id);
+      await clients.progress(PROGRESS, 'with the new nodes waiting');
+      const before = c.currentLeader({ agreed: false });
+      expect(before?.leaderId).toBe(first.leaderId);
+      expect(before?.term).toBe(first.term);
+
+      // 2. Grow to five; a second call on the same node meanwhile; bad input.
+      const allMembers = ALL.map((id) => members[id]);
+      expect(await codeOf(c.call(first.leaderId, { cmd: 'reconfigure', members: [] }))).toBe(
+        'INVALID_ARGUMENT',
+      );
+      grow.fromMs = nowMs();
+      const growing = c.call(
+        first.leaderId,
+        { cmd: 'reconfigure', members: allMembers },
+        { timeoutMs: BOUND_MS },
+      );
+      const concurrent = codeOf(c.call(first.leaderId, { cmd: 'reconfigure', members: allMembers }));
+      await growing;
+      grow.toMs = nowMs();
+      grow.ms = grow.toMs - grow.fromMs;
+      expect(await concurrent).toBe('CHANGE_IN_PROGRESS');
+      for (const id of ALL) await waitForConfiguration(c, id, ALL, grow.fromMs);
+      targets = [...ALL];
+      await clients.progress(PROGRESS, 'after the growth');
+
+      // 3. Shrink to three: without the leader and one new node, called on a member that stays.
+      const leader = (await c.waitForLeader(BOUND_MS, { agreed: true })).leaderId;
+      removed = [leader, JOINING.find((id) => id !== leader)!];
+      staying = ALL.filter((id) => !removed.includes(id));
+      targets = [...staying];
+      shrink.fromMs = nowMs();
+      await c.call(
+        staying[0]!,
+        { cmd: 'reconfigure', members: staying.map((id) => members[id]) },
+        { timeoutMs: BOUND_MS },
+      );
+      shrink.toMs = nowMs();
+      shrink.ms = shrink.toMs - shrink.fromMs;
+      const next = await c.waitForLeader(BOUND_MS, { agreed: false, exclude: removed });
+      expect(staying).toContain(next.leaderId);
+      for (const id of staying) await waitForConfiguration(c, id, staying, shrink.fromMs);
+      for (const id of removed)
+        await waitForWarning(c, id, 'REMOVED', { sinceMs: shrink.fromMs, timeoutMs: BOUND_MS });
+      await clients.progress(PROGRESS, 'after the shrink');
+      for (const id of removed) expect(await codeOf(c.set(id, 'after-removal', 1))).toBe('REMOVED');
+      expect(await codeOf(c.call(removed[1]!, { cmd: 'reconfigure', members: allMembers }))).toBe('REMOVED');
+      await c.call(removed[1]!, { cmd: 'endNode' });
+      expect(await codeOf(c.call(removed[1]!, { cmd: 'reconfigure', members: allMembers }))).toBe('STOPPED');
+
+      const steady = latencyOf(clients.writes, steadyFromMs, steadyToMs);
+      const during = (window: { fromMs: number; toMs: number }) =>
+        latencyOf(clients.writes, window.fromMs, window.toMs);
+      console.log(
+        `membership 3 -> 5 -> 3 (seed ${SEED}): grow ${Math.round(grow.ms)} ms, shrink (leader ${removed[0]} and ${removed[1]} removed) ${Math.round(shrink.ms)} ms; ` +
+          `write latency p50/p99: steady ${steady.p50}/${steady.p99} ms (${steady.count} writes), ` +
+          `during the growth ${during(grow).p50}/${during(grow).p99} ms (${during(grow).count}), ` +
+          `during the shrink ${during(shrink).p50}/${during(shrink).p99} ms (${during(shrink).count}); ` +
+          `new leader ${next.leaderId} term ${next.term}`,
+      );
+    } finally {
+      await clients.stop();
+    }
+
+    const lost: string[] = [];
+    let finalReads = 0;
+    for (const id of staying) {
+      for (const [key, attempts] of clients.attempts) {
+        const callMs = nowMs();
+        const value = await c.get(id, key);
+        clients.history.push({
+          clientId: 100 + finalReads,
+          input: { op: 'get', key },
+          output: { value },
+          callMs,
+          returnMs: nowMs(),
+        });
+        finalReads += 1;
+        const why = violation(attempts, value);
+        if (why) lost.push(`${id} ${key}: ${why}`);
+      }
+    }
+    const linearizable = checkKvHistory(clients.history, { timeoutMs: 20_000 });
+    console.log(
+      `membership: ${clients.writes.length} writes acknowledged, ${clients.history.length} operations checked ` +
+        `(${linearizable.ok === true ? 'linearizable' : 'NOT linearizable'}), lost ${lost.length}, rejections ${JSON.stringify(Object.fromEntries(clients.codes))}`,
+    );
+    expect(lost, `acknowledged writes lost (replay: ${replay()})`).toEqual([]);
+    expect(linearizable.ok, `${describeViolation(linearizable)} (replay: ${replay()})`).toBe(true);
+    expect(twoLeadersInATerm(c.timeline), formatRoleTimeline(c.timeline, { t0: c.t0 })).toEqual([]);
+  }, 180_000);
+});
