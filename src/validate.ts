@@ -209,7 +209,7 @@ const memberOf = (member: unknown, at: string, needsAddress: boolean): MemberInp
         'INVALID_ARGUMENT',
         `${at}: with the TLS transport a member is { nodeId, host, port }`,
       );
-    return { nodeId: member };
+    return memberOf({ nodeId: member }, at, false);
   }
   if (typeof member !== 'object' || member === null || Array.isArray(member))
     throw diskeyvalError('INVALID_ARGUMENT', `${at} must be { nodeId, host, port }`);
