@@ -15,8 +15,10 @@
  *
  * Checked: every acknowledged write is on every remaining node with its value or a later write's
  * (one writer per key), the whole client history is linearizable (test/support/linearizability.ts),
- * no two leaders in one term. Printed: the time each change took (the call, as the caller saw it)
- * and the write latency p50/p99 of writes started during each change, next to the steady state.
+ * no two leaders in one term. Printed: the time each change took (the call, as the caller saw it),
+ * the write latency p50/p99 of writes started during each change (from its call until 20 writes
+ * were acknowledged after it: for the shrink, after the new leader took over) next to the steady
+ * state, and the longest gap between acknowledged writes during the shrink.
  * Environment: DISKEYVAL_MEMBERSHIP_SEED=s for the readers' key pick (default 1; in the replay
  * command). Every wait is on an event or a reply, with a bound; nothing sleeps.
  */
@@ -42,7 +44,7 @@ const HOST = '127.0.0.1';
 const ORIGINAL = ['node-1', 'node-2', 'node-3'];
 const JOINING = ['node-4', 'node-5'];
 const ALL = [...ORIGINAL, ...JOINING];
-const WRITERS = 3;
+const WRITERS = 8;
 const READERS = 2;
 const KEYS_PER_WRITER = 4;
 const PROGRESS = 20;
@@ -185,6 +187,18 @@ const latencyOf = (writes: readonly Write[], fromMs: number, toMs: number) => {
   return { count: sorted.length, p50: round(percentile(sorted, 50)), p99: round(percentile(sorted, 99)) };
 };
 
+/** The longest gap between acknowledged writes over [fromMs, toMs], counting the last ack before it. */
+const longestGapMs = (writes: readonly Write[], fromMs: number, toMs: number): number => {
+  const acks = writes.map((write) => write.callMs + write.latencyMs).sort((a, b) => a - b);
+  let previous = acks.filter((t) => t < fromMs).pop() ?? fromMs;
+  let gap = 0;
+  for (const t of acks.filter((at) => at >= fromMs && at <= toMs)) {
+    gap = Math.max(gap, t - previous);
+    previous = t;
+  }
+  return Math.round(Math.max(gap, toMs - previous));
+};
+
 /** The rejection code of a command, or 'resolved'. */
 const codeOf = async (promise: Promise<unknown>): Promise<string> => {
   const outcome = await outcomeOf(promise);
@@ -275,12 +289,12 @@ describe('membership: 3 -> 5 -> 3 on real processes under writes', () => {
       );
       const concurrent = codeOf(c.call(first.leaderId, { cmd: 'reconfigure', members: allMembers }));
       await growing;
-      grow.toMs = nowMs();
-      grow.ms = grow.toMs - grow.fromMs;
+      grow.ms = nowMs() - grow.fromMs;
       expect(await concurrent).toBe('CHANGE_IN_PROGRESS');
       for (const id of ALL) await waitForConfiguration(c, id, ALL, grow.fromMs);
       targets = [...ALL];
       await clients.progress(PROGRESS, 'after the growth');
+      grow.toMs = nowMs();
 
       // 3. Shrink to three: without the leader and one new node, called on a member that stays.
       const leader = (await c.waitForLeader(BOUND_MS, { agreed: true })).leaderId;
@@ -293,28 +307,31 @@ describe('membership: 3 -> 5 -> 3 on real processes under writes', () => {
         { cmd: 'reconfigure', members: staying.map((id) => members[id]) },
         { timeoutMs: BOUND_MS },
       );
-      shrink.toMs = nowMs();
-      shrink.ms = shrink.toMs - shrink.fromMs;
+      shrink.ms = nowMs() - shrink.fromMs;
       const next = await c.waitForLeader(BOUND_MS, { agreed: false, exclude: removed });
       expect(staying).toContain(next.leaderId);
       for (const id of staying) await waitForConfiguration(c, id, staying, shrink.fromMs);
       for (const id of removed)
         await waitForWarning(c, id, 'REMOVED', { sinceMs: shrink.fromMs, timeoutMs: BOUND_MS });
       await clients.progress(PROGRESS, 'after the shrink');
+      shrink.toMs = nowMs();
       for (const id of removed) expect(await codeOf(c.set(id, 'after-removal', 1))).toBe('REMOVED');
       expect(await codeOf(c.call(removed[1]!, { cmd: 'reconfigure', members: allMembers }))).toBe('REMOVED');
       await c.call(removed[1]!, { cmd: 'endNode' });
       expect(await codeOf(c.call(removed[1]!, { cmd: 'reconfigure', members: allMembers }))).toBe('STOPPED');
 
+      // A change's window: from its call until PROGRESS writes were acknowledged after it completed
+      // (for the shrink: after the new leader took over).
       const steady = latencyOf(clients.writes, steadyFromMs, steadyToMs);
       const during = (window: { fromMs: number; toMs: number }) =>
         latencyOf(clients.writes, window.fromMs, window.toMs);
+      const gap = longestGapMs(clients.writes, shrink.fromMs, shrink.toMs);
       console.log(
         `membership 3 -> 5 -> 3 (seed ${SEED}): grow ${Math.round(grow.ms)} ms, shrink (leader ${removed[0]} and ${removed[1]} removed) ${Math.round(shrink.ms)} ms; ` +
           `write latency p50/p99: steady ${steady.p50}/${steady.p99} ms (${steady.count} writes), ` +
           `during the growth ${during(grow).p50}/${during(grow).p99} ms (${during(grow).count}), ` +
           `during the shrink ${during(shrink).p50}/${during(shrink).p99} ms (${during(shrink).count}); ` +
-          `new leader ${next.leaderId} term ${next.term}`,
+          `new leader ${next.leaderId} term ${next.term}, longest gap between acknowledged writes in the shrink ${gap} ms`,
       );
     } finally {
       await clients.stop();
