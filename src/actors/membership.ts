@@ -140,8 +140,8 @@ const answered = (
   const pending = state.pending;
   if (pending === null || pending.requestId !== requestId) return;
   if (answer.accepted) {
-    if (answer.unchanged) return finish(state, null);
-    pending.acceptedIndex = answer.index;
+    if (answer.unchanged) finish(state, null);
+    else pending.acceptedIndex = answer.index;
     return;
   }
   // Our own change, accepted by a leader since gone, may be what is in progress: wait for it.
@@ -161,7 +161,7 @@ const answered = (
 };
 
 /** A configuration applied here: the call is done when it is its C_new; lost when another took its index. */
-const configApplied = (state: State, index: number, config: Configuration): void => {
+const configApplied = (state: State, index: number, config: Configuration) => {
   const pending = state.pending;
   if (pending === null || pending.acceptedIndex === null || index < pending.acceptedIndex) return;
   if (!isJoint(config) && index > pending.acceptedIndex && sameVoters(config.voters, pending.call.voters))
@@ -232,7 +232,7 @@ const startCall = (state: State, call: ReconfigureCall): void => {
   attempt(state);
 };
 
-const onEvent = (state: State, event: MembershipEvent): void => {
+const onEvent = (state: State, event: MembershipEvent) => {
   switch (event.type) {
     case 'reconfigureCall':
       return startCall(state, event.call);
