@@ -217,6 +217,31 @@ const raftInputOf = (options: NodeOptions, boot: Boot) => {
   };
 };
 
+/** The root's action on `membersChanged`: spawn the new members' peers, stop the removed members'. */
+const followMembers = (
+  self: NodeId,
+  peerIds: Set<NodeId>,
+  views: Views,
+  spawnPeer: (peerId: NodeId) => unknown,
+  announceRole: (peerId: NodeId) => void,
+) =>
+  enqueueActions(({ enqueue, event }) => {
+    const members = new Set((event as RootEvent).members.filter((member) => member !== self));
+    for (const peerId of [...peerIds]) {
+      if (members.has(peerId)) continue;
+      peerIds.delete(peerId);
+      // Its counters leave the metrics with it.
+      views.peers.delete(peerId);
+      enqueue.stopChild(`peer:${peerId}`);
+    }
+    for (const peerId of members) {
+      if (peerIds.has(peerId)) continue;
+      peerIds.add(peerId);
+      enqueue(spawnPeer(peerId) as never);
+      enqueue(() => announceRole(peerId));
+    }
+  });
+
 /** Everything the root's children need, besides what the log restarted from. */
 type Wiring = {
   options: NodeOptions;
@@ -326,21 +351,7 @@ const nodeMachineOf = (wiring: Wiring, boot: Boot) => {
       // The configuration in force changed (membership.ts): spawn the new members' peers, stop the
       // removed members' (their counters leave the metrics with them).
       membersChanged: {
-        actions: enqueueActions(({ enqueue, event }) => {
-          const members = new Set((event as RootEvent).members.filter((member) => member !== options.id));
-          for (const peerId of [...peerIds]) {
-            if (members.has(peerId)) continue;
-            peerIds.delete(peerId);
-            views.peers.delete(peerId);
-            enqueue.stopChild(`peer:${peerId}`);
-          }
-          for (const peerId of members) {
-            if (peerIds.has(peerId)) continue;
-            peerIds.add(peerId);
-            enqueue(spawnPeer(peerId) as never);
-            enqueue(() => wiring.announceRole(peerId));
-          }
-        }),
+        actions: followMembers(options.id, peerIds, views, spawnPeer, wiring.announceRole) as never,
       },
     },
     entry: [
