@@ -6,7 +6,7 @@
 import { assert } from '../assert.js';
 import { noopData } from '../cluster-id.js';
 import { commitIndexByQuorum } from '../commit.js';
-import { hasQuorum } from '../configuration.js';
+import { hasQuorum, isJoint } from '../configuration.js';
 import type {
   AppendEntriesResponse,
   Entry,
@@ -21,6 +21,7 @@ import {
   onAppendRejected,
   onHeartbeatAnswered,
   onSnapshotAnswered,
+  type Progress,
 } from '../progress.js';
 import type { Outcome, RaftContext, RaftEmitted } from '../raft.types.js';
 import { append, lastIndex, lastIndexOfTerm } from '../raft-log.js';
@@ -145,6 +146,8 @@ const nextIndexFromHint = (context: RaftContext, response: AppendEntriesResponse
  * log inconsistency: decrement nextIndex and retry" — by a whole term at a time, with the hint.
  */
 export const handleAppendResponse = (context: RaftContext, response: AppendEntriesResponse): Outcome => {
+  // An answer from a server no longer in the configuration (membership.ts) changes nothing.
+  if (context.progress[response.from] === undefined) return {};
   const wasRecovering = progressOf(context, response.from).recovering;
   const verdict = checkIncarnation(context, response);
   if (verdict === 'stale') return {};
@@ -158,7 +161,7 @@ const appendResponse = (
   wasRecovering: boolean,
 ): Outcome => {
   const progress = progressOf(context, response.from);
-  if (!progress.recovering) progress.recentActive = true;
+  markActive(context, response.from, progress);
   if (response.success) {
     assert(response.matchIndex <= lastIndex(context.log), 'a follower matched past the leader log');
     const advanced = onAppendAccepted(progress, response.matchIndex);
@@ -166,6 +169,8 @@ const appendResponse = (
     const counted = wasRecovering && !progress.recovering;
     const commit = advanced || counted ? advanceCommit(context) : {};
     const committed = after(context, commit);
+    // The commit may have completed a change that removed this follower (membership.ts).
+    if (committed.progress[response.from] === undefined) return commit;
     return merge(commit, { send: appendsFor(committed, response.from, false) });
   }
   const changed = onAppendRejected(progress, response.rejectedIndex, nextIndexFromHint(context, response));
@@ -174,17 +179,21 @@ const appendResponse = (
 
 /** The follower installed our snapshot (or had one that far): it matches up to `matchIndex`. */
 export const handleSnapshotResponse = (context: RaftContext, response: InstallSnapshotResponse): Outcome => {
+  if (context.progress[response.from] === undefined) return {};
   const verdict = checkIncarnation(context, response);
   if (verdict === 'stale') return {};
   const progress = progressOf(context, response.from);
-  if (!progress.recovering) progress.recentActive = true;
+  markActive(context, response.from, progress);
   assert(response.matchIndex <= lastIndex(context.log), 'a follower matched past the leader log');
   const advanced = onSnapshotAnswered(progress, response.matchIndex);
   const commit = advanced ? advanceCommit(context) : {};
-  return merge(commit, { send: appendsFor(after(context, commit), response.from, true) });
+  const committed = after(context, commit);
+  if (committed.progress[response.from] === undefined) return commit;
+  return merge(commit, { send: appendsFor(committed, response.from, true) });
 };
 
 export const handleHeartbeatResponse = (context: RaftContext, response: HeartbeatResponse): Outcome => {
+  if (context.progress[response.from] === undefined) return {};
   const wasRecovering = progressOf(context, response.from).recovering;
   if (checkIncarnation(context, response) === 'stale') return {};
   const progress = progressOf(context, response.from);
@@ -194,6 +203,7 @@ export const handleHeartbeatResponse = (context: RaftContext, response: Heartbea
     return merge(commit, handleHeartbeatResponse(after(context, commit), response));
   }
   onHeartbeatAnswered(progress, context.maxInflight);
+  markActive(context, response.from, progress);
   // A recovering follower confirms no leadership (rule 3): its answer only keeps replication going.
   const rounds = context.readRounds.map((round) =>
     !progress.recovering && round.seq <= response.seq && !round.acks.includes(response.from)
@@ -203,6 +213,17 @@ export const handleHeartbeatResponse = (context: RaftContext, response: Heartbea
   const catchUp =
     progress.matchIndex < lastIndex(context.log) ? appendsFor(context, response.from, true) : [];
   return merge(releaseConfirmedReads(context, rounds), { send: catchUp });
+};
+
+/**
+ * An answer marks its sender active for CheckQuorum unless it recovers (rule 3), with one exception:
+ * a server being added (in C_new only, while joint) that is still catching up is reachable, so the
+ * leader of the change keeps its lease while the new servers recover (membership.ts); it still
+ * counts toward no commit and no read round.
+ */
+const markActive = (context: RaftContext, from: NodeId, progress: Progress): void => {
+  if (!progress.recovering || (isJoint(context.config) && !context.config.outgoing.includes(from)))
+    progress.recentActive = true;
 };
 
 /** CheckQuorum: a leader that has not heard from a majority in an election timeout steps down. */
