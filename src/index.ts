@@ -35,7 +35,6 @@ import {
   DEFAULT_MAX_VALUE_BYTES,
   encodeCheckedValue,
   MAX_KEY_BYTES,
-  type MemberInput,
   validateCallOptions,
   validateKey,
   validateMembers,
@@ -525,22 +524,6 @@ const nodeOptionsOf = (
 
 // ---- membership (README "Membership"; machines/configuration.ts) ------------------------------
 
-/** What the node's handle offers for membership (actors/node.ts). */
-type MembershipHandle = {
-  reconfigure(members: readonly MemberInput[], timeoutMs?: number): Promise<void>;
-  membership(): { config: Configuration; index: number; removed: boolean } | null;
-};
-const membershipHandle = (node: Node): MembershipHandle => {
-  const handle = node as unknown as Partial<MembershipHandle>;
-  return {
-    reconfigure: (members, timeoutMs) =>
-      handle.reconfigure
-        ? handle.reconfigure(members, timeoutMs)
-        : Promise.reject(diskeyvalError('INVALID_ARGUMENT', 'this build has no membership changes')),
-    membership: () => handle.membership?.() ?? null,
-  };
-};
-
 /** The addresses options.peers and this node's own options give (the bootstrap configuration's). */
 const bootstrapAddresses = (options: DiskeyvalOptions): Map<string, MemberAddress> => {
   const addresses = new Map<string, MemberAddress>();
@@ -589,7 +572,7 @@ const membershipOptionsOf = (ctx: HandleContext) => ({
 
 /** The configuration in use: the node's once started, else the bootstrap one (this node and options.peers). */
 const configurationOf = (ctx: HandleContext): Configuration => {
-  const view = ctx.started ? membershipHandle(ctx.node).membership() : null;
+  const view = ctx.started ? ctx.node.membership() : null;
   if (view) return view.config;
   const { nodeId, peers } = ctx.options;
   return simpleConfiguration([nodeId, ...peers.map(peerIdOf)], Object.fromEntries(ctx.addresses));
@@ -622,7 +605,7 @@ const reconfigureOn = async (ctx: HandleContext, members: unknown, options: unkn
   for (const { nodeId, host, port } of checked)
     if (host !== undefined && port !== undefined) ctx.addresses.set(nodeId, { host, port });
   try {
-    await membershipHandle(ctx.node).reconfigure(checked, timeoutMs);
+    await ctx.node.reconfigure(checked, timeoutMs);
   } catch (error) {
     throw failedCall(ctx, error);
   }
@@ -693,7 +676,7 @@ const startHandle = async (ctx: HandleContext): Promise<void> => {
   }
   watchRecovery(ctx);
   // On a restart the log's configuration wins over options.peers (which only bootstrap an empty log).
-  const inUse = membershipHandle(ctx.node).membership();
+  const inUse = ctx.node.membership();
   if (inUse) followConfiguration(ctx, inUse.config);
   const recovery = walRecoveryOf(ctx);
   if (recovery) {
