@@ -12,6 +12,8 @@
  *   close, it got the `Removed`, its next handshake is refused (`removed`) after the `Removed` is
  *   written to it again, and nothing of it is delivered from then on;
  * - `setPeers(..., { removed })` refuses a node told by another member; listing it again admits it;
+ *   the broken variant (a removed member cut at once, as if told already) shows why a leaving member
+ *   stays reachable: the `Removed` answer to it is dropped on the spot;
  * - at most MAX_OUTSIDER_CONNECTIONS non-members are held; the next is refused (`not-member`).
  */
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -174,6 +176,19 @@ describe('tls transport: membership', () => {
     const droppedBefore = n1.endpoint.metrics().dropped;
     ping(n1, n2, 5);
     expect(n1.endpoint.metrics().dropped).toBe(droppedBefore + 1);
+  });
+
+  it('broken variant: a member cut at once (told before it was sent Removed) never gets its Removed answer', async () => {
+    const { n1, n2 } = await clusterAndNewcomer();
+    ping(n1, n2, 1);
+    await n2.until(() => n2.nonces('n1').includes(1), "n1's Ping");
+    // What a transport without the leaving state does: the change closes n2 out at once.
+    n1.endpoint.setPeers([], { removed: ['n2'] });
+    const droppedBefore = n1.endpoint.metrics().dropped;
+    n1.endpoint.send({ type: 'Removed', from: 'n1', to: 'n2', term: 4, configIndex: 17 });
+    // Dropped on the spot: no link to n2 any more. n2, never told, would keep campaigning.
+    expect(n1.endpoint.metrics().dropped).toBe(droppedBefore + 1);
+    expect(n2.removedAnswers()).toEqual([]);
   });
 
   it('setPeers({ removed }) refuses a node told by another member; listing it again admits it', async () => {
