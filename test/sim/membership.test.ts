@@ -97,11 +97,11 @@ const nextVoters = (sim: Simulation, members: string[]): string[] => {
 };
 
 /** One change, called on a random live member (followers forward it); tracked, never awaited blindly. */
-const change = (sim: Simulation, voters: string[]): Tracked | null => {
+const change = (sim: Simulation, voters: string[], on?: string): Tracked | null => {
   const members = sim.members();
   const callers = members.filter((id) => sim.isAlive(id));
   if (callers.length === 0) return null;
-  const caller = sim.rng.pick(callers);
+  const caller = on ?? sim.rng.pick(callers);
   const leader = sim.leader();
   if (leader !== null && !voters.includes(leader)) totals.leaderRemovedInJoint += 1;
   totals.changesCalled += 1;
@@ -140,9 +140,24 @@ const fault = async (sim: Simulation, clients: Clients): Promise<void> => {
   }
 };
 
+const isolateFor = async (sim: Simulation, clients: Clients, id: string): Promise<void> => {
+  sim.partition(
+    sim.ids.filter((other) => other !== id),
+    [id],
+  );
+  await clients.drive(sim.rng.int(300, 700));
+  sim.heal();
+};
+
 const membershipRounds = async (sim: Simulation, clients: Clients, rounds: number): Promise<void> => {
   for (let round = 0; round < rounds; round += 1) {
-    const call = change(sim, nextVoters(sim, sim.members()));
+    const leader = sim.leader();
+    // Sometimes the change is called on the leader and the leader is cut off at once: its C_old,new
+    // reaches no one, a new leader's log wins, and the old leader's configuration is truncated when
+    // it rejoins.
+    const cutOff = leader !== null && sim.rng.chance(0.3);
+    const call = change(sim, nextVoters(sim, sim.members()), cutOff ? leader : undefined);
+    if (cutOff) await isolateFor(sim, clients, leader);
     await fault(sim, clients);
     await clients.drive(sim.rng.int(100, 400));
     if (call !== null) {
