@@ -29,7 +29,7 @@ import {
   simpleConfiguration,
 } from '../machines/configuration.js';
 import type { NodeId, RaftMessage } from '../machines/messages.js';
-import { emptyRecoveryCounters } from '../machines/rules/index.js';
+import { emptyMembershipCounters, emptyRecoveryCounters } from '../machines/rules/index.js';
 import { tickMsOf } from '../machines/ticks.js';
 import type { CallOptions } from './calls.js';
 import { type Clock, createDeadlines } from './deadlines.js';
@@ -634,6 +634,16 @@ const nodeMetrics = (s: NodeState) => {
     staleIncarnationAnswers: counters?.staleIgnored ?? 0,
     recovering: context?.recovering ?? false,
     recovery: { ...(context?.recoveryCounters ?? emptyRecoveryCounters()) },
+    /** Membership (machines/rules/membership.ts): the configuration in force and the hard cases counted. */
+    membership: {
+      configIndex: views.membership?.index ?? 0,
+      voters: [...(views.membership?.config.voters ?? s.options.voters)],
+      outgoing: [...(views.membership?.config.outgoing ?? [])],
+      removed: views.membership?.removed ?? false,
+      changes: views.membership?.changes ?? 0,
+      retries: views.membership?.retries ?? 0,
+      ...(context?.membershipCounters ?? emptyMembershipCounters()),
+    },
     ...(requests?.counters ?? { forwardedWrites: 0, forwardedReads: 0, retries: 0 }),
     pendingWrites: requests?.writes.size ?? 0,
     pendingReads: requests?.reads.size ?? 0,
