@@ -217,6 +217,23 @@ const raftInputOf = (options: NodeOptions, boot: Boot) => {
   };
 };
 
+/** The membership actor's input: the configuration the node starts with, the callbacks of the options. */
+const membershipInputOf = (
+  options: NodeOptions,
+  wiring: Wiring,
+  initial: { config: Configuration; index: number },
+  retryMs: number,
+) => ({
+  ids: systemIdsOf(options.id),
+  id: options.id,
+  clock: wiring.clock,
+  retryMs,
+  initial,
+  onMembership: (config: Configuration, index: number) => options.onMembership?.(config, index),
+  onRemoved: (configIndex: number) => options.onRemoved?.(configIndex),
+  views: wiring.views,
+});
+
 /** The root's action on `membersChanged`: spawn the new members' peers, stop the removed members'. */
 const followMembers = (
   self: NodeId,
@@ -325,16 +342,7 @@ const nodeMachineOf = (wiring: Wiring, boot: Boot) => {
   };
   const logInput = { ids, log: boot.log, defer: wiring.defer, onFatal: wiring.onFatal, views };
   const transportInput = { ids, endpoint: boot.endpoint, onReceive: wiring.onReceive, views };
-  const membershipInput = {
-    ids,
-    id: options.id,
-    clock: wiring.clock,
-    retryMs: requestsInput.rpcTimeoutMs,
-    initial,
-    onMembership: (config: Configuration, index: number) => options.onMembership?.(config, index),
-    onRemoved: (configIndex: number) => options.onRemoved?.(configIndex),
-    views,
-  };
+  const membershipInput = membershipInputOf(options, wiring, initial, requestsInput.rpcTimeoutMs);
   return setup({
     actors: {
       requests: requestsActor,
