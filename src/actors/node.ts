@@ -29,7 +29,7 @@ import {
   simpleConfiguration,
 } from '../machines/configuration.js';
 import type { NodeId, RaftMessage } from '../machines/messages.js';
-import { emptyRecoveryCounters } from '../machines/rules/index.js';
+import { emptyMembershipCounters, emptyRecoveryCounters } from '../machines/rules/index.js';
 import { tickMsOf } from '../machines/ticks.js';
 import type { CallOptions } from './calls.js';
 import { type Clock, createDeadlines } from './deadlines.js';
@@ -217,6 +217,23 @@ const raftInputOf = (options: NodeOptions, boot: Boot) => {
   };
 };
 
+/** The membership actor's input: the configuration the node starts with, the callbacks of the options. */
+const membershipInputOf = (
+  options: NodeOptions,
+  wiring: Wiring,
+  initial: { config: Configuration; index: number },
+  retryMs: number,
+) => ({
+  ids: systemIdsOf(options.id),
+  id: options.id,
+  clock: wiring.clock,
+  retryMs,
+  initial,
+  onMembership: (config: Configuration, index: number) => options.onMembership?.(config, index),
+  onRemoved: (configIndex: number) => options.onRemoved?.(configIndex),
+  views: wiring.views,
+});
+
 /** The root's action on `membersChanged`: spawn the new members' peers, stop the removed members'. */
 const followMembers = (
   self: NodeId,
@@ -325,16 +342,7 @@ const nodeMachineOf = (wiring: Wiring, boot: Boot) => {
   };
   const logInput = { ids, log: boot.log, defer: wiring.defer, onFatal: wiring.onFatal, views };
   const transportInput = { ids, endpoint: boot.endpoint, onReceive: wiring.onReceive, views };
-  const membershipInput = {
-    ids,
-    id: options.id,
-    clock: wiring.clock,
-    retryMs: requestsInput.rpcTimeoutMs,
-    initial,
-    onMembership: (config: Configuration, index: number) => options.onMembership?.(config, index),
-    onRemoved: (configIndex: number) => options.onRemoved?.(configIndex),
-    views,
-  };
+  const membershipInput = membershipInputOf(options, wiring, initial, requestsInput.rpcTimeoutMs);
   return setup({
     actors: {
       requests: requestsActor,
@@ -634,6 +642,16 @@ const nodeMetrics = (s: NodeState) => {
     staleIncarnationAnswers: counters?.staleIgnored ?? 0,
     recovering: context?.recovering ?? false,
     recovery: { ...(context?.recoveryCounters ?? emptyRecoveryCounters()) },
+    /** Membership (machines/rules/membership.ts): the configuration in force and the hard cases counted. */
+    membership: {
+      configIndex: views.membership?.index ?? 0,
+      voters: [...(views.membership?.config.voters ?? s.options.voters)],
+      outgoing: [...(views.membership?.config.outgoing ?? [])],
+      removed: views.membership?.removed ?? false,
+      changes: views.membership?.changes ?? 0,
+      retries: views.membership?.retries ?? 0,
+      ...(context?.membershipCounters ?? emptyMembershipCounters()),
+    },
     ...(requests?.counters ?? { forwardedWrites: 0, forwardedReads: 0, retries: 0 }),
     pendingWrites: requests?.writes.size ?? 0,
     pendingReads: requests?.reads.size ?? 0,

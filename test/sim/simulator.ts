@@ -101,6 +101,12 @@ export type SimOptions = {
    * the configuration, as a user starts a node before adding it; `reconfigure` adds them.
    */
   spares?: number;
+  /**
+   * Spares start as new servers that trust they hold nothing to forget (not recovering: their
+   * answers count at once). Only for broken-variant scenarios that need caught-up servers outside
+   * the configuration; by default spares recover like any blank start.
+   */
+  sparesTrusted?: boolean;
 };
 
 /** Durable-disk runs: the proof that the hard cases happened, summed over the servers. */
@@ -293,11 +299,7 @@ export const createSimulation = (options: SimOptions) => {
       incarnation: server.incarnation,
       // Deterministic per seed, server and start (a real node draws 16 random bytes).
       newClusterId: clusterIdFromSeed(options.seed, ids.indexOf(server.id), server.incarnation),
-      ...(((server.incarnation === 1 && options.firstStart !== 'blank') ||
-        options.amnesiacRecovers === false) &&
-      !isSpare(server.id)
-        ? { recovering: false }
-        : {}),
+      ...(startsTrusted(server) ? { recovering: false } : {}),
       // A server started to be added never bootstraps a cluster of its own.
       ...(isSpare(server.id) ? { join: true } : {}),
       log: server.log,
@@ -323,6 +325,12 @@ export const createSimulation = (options: SimOptions) => {
     server.node = node;
     void node.start();
   };
+
+  /** A start that is not recovering (see `firstStart`, `amnesiacRecovers`, `sparesTrusted`). */
+  function startsTrusted(server: Server): boolean {
+    if (isSpare(server.id)) return options.sparesTrusted === true && server.incarnation === 1;
+    return (server.incarnation === 1 && options.firstStart !== 'blank') || options.amnesiacRecovers === false;
+  }
 
   /** Whether the server's disk holds nothing at all (its restart is amnesiac, or it never ran). */
   function isBlankLog(server: Server): boolean {
