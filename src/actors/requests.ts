@@ -68,9 +68,19 @@ const proposeBatch = (scope: Scope): void => {
   relay(scope.system, scope.self, scope.input.ids.raft, { type: 'propose', batchId, commands });
 };
 
+/**
+ * One `readIndex` event for every read queued since the last one, unless that one is still
+ * unanswered: then they go when its answer comes (`readRoundDone`), all together.
+ */
 const readBatch = (scope: Scope): void => {
   const ids = takeReads(scope.batches);
   if (ids) relay(scope.system, scope.self, scope.input.ids.raft, { type: 'readIndex', ids });
+};
+
+/** The machine answered the read batch in flight (or leadership changed): the next may go. */
+const readRoundDone = (scope: Scope): void => {
+  scope.batches.readRoundOpen = false;
+  readBatch(scope);
 };
 
 /** A client message from another node (the transport checked its shape). */
@@ -135,6 +145,7 @@ const onMachineAnswer = (
         (own) => readsConfirmed(calls, own, event.readIndex),
         send,
       );
+      readRoundDone(scope);
       return;
     case 'readsRejected':
       answerReads(
@@ -144,6 +155,7 @@ const onMachineAnswer = (
         (own) => readsRefused(calls, own),
         send,
       );
+      readRoundDone(scope);
       return;
   }
 };
@@ -180,6 +192,9 @@ export const requestsActor = fromCallback<RequestsEvent, RequestsInput>(
           return;
         case 'leaderChanged':
           leaderChanged(calls, { self: event.self, leaderId: event.self ? input.id : event.leaderId });
+          // The machine answered or rejected the batch in flight as its role changed; the reads
+          // queued behind it go now (a machine that no longer leads rejects them at once).
+          readRoundDone(scope);
           return;
         case 'client':
           receiveClientMessage(scope, event.message);
