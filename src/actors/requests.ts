@@ -3,7 +3,9 @@
  * client calls. It takes the calls made on the node's handle (`calls`, one event per tick, whatever
  * their number), routes them (calls.ts): to its own raft actor as one `propose` / `readIndex` event
  * per tick when this node leads (leader-batches.ts gathers the tick's local and forwarded calls),
- * to the leader as one message per kind otherwise. It settles them from the answers: the raft
+ * to the leader as one message per kind otherwise. Reads go to the raft actor one batch at a time:
+ * those that come while a batch waits for its heartbeat round go together when it is answered, so
+ * one round serves every read queued during the last. It settles them from the answers: the raft
  * actor's (accepted, refused, reads confirmed), the leader's (forwarded calls), the store's
  * (`applied`: a write is done once applied here; a read once the store reached its read index).
  */
