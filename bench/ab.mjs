@@ -16,6 +16,9 @@
  * noise floor. Verdict: "faster" when B/A > 1.1, "within 10%" when B/A >= 0.9; "within noise"
  * when B/A is below that but no further from 1 than A'/A is; else "SLOWER".
  *
+ * Beside the throughput, the CPU the three node processes spent per operation in the timed phase
+ * (median of the runs, and B/A, A'/A): on a shared, loaded machine ops/s swings with what else runs,
+ * the CPU an operation costs much less, so it tells a real change from the machine's noise.
  * Output: the markdown table (paste it into the closing note) on stdout, the progress on stderr,
  * every run's figures in `<out>/ab-<timestamp>.json`. Exit code 1 on a failed run, 2 when a run
  * flagged a row (lost or failed calls, an election). One pass with the defaults (3 x 5 runs of 4
@@ -122,9 +125,13 @@ const collect = (runs) => {
       if (r.na) continue;
       const key = rowKey(r);
       if (!byRow.has(key)) byRow.set(key, { key, A: [], B: [], A2: [] });
-      byRow
-        .get(key)
-        [side].push({ opsPerS: r.opsPerS, p99Ms: r.p99Ms, elapsedS: r.elapsedS, flagged: r.flagged });
+      byRow.get(key)[side].push({
+        opsPerS: r.opsPerS,
+        p99Ms: r.p99Ms,
+        elapsedS: r.elapsedS,
+        flagged: r.flagged,
+        cpuUsPerOp: typeof r.cpuSPer1kOps === 'number' ? r.cpuSPer1kOps * 1000 : null,
+      });
     }
   }
   return [...byRow.values()];
@@ -145,6 +152,7 @@ const summarize = (rows, withAA) =>
       p99: median(row[name].map((r) => r.p99Ms)),
       runs: row[name].length,
       elapsedS: median(row[name].map((r) => r.elapsedS)),
+      cpuUs: median(row[name].map((r) => r.cpuUsPerOp).filter((x) => x !== null)),
       flagged: row[name].some((r) => r.flagged),
     });
     const a = side('A');
@@ -154,13 +162,17 @@ const summarize = (rows, withAA) =>
     const noise = withAA && a.ops && a2.ops ? a2.ops / a.ops : null;
     const short = [a, b].some((x) => x.elapsedS !== null && x.elapsedS < SHORT_PHASE_S);
     const p99Ratio = a.p99 && b.p99 ? b.p99 / a.p99 : null;
-    return { key: row.key, a, b, a2, ratio, noise, p99Ratio, short };
+    const cpuRatio = a.cpuUs && b.cpuUs ? b.cpuUs / a.cpuUs : null;
+    const cpuNoise = withAA && a.cpuUs && a2.cpuUs ? a2.cpuUs / a.cpuUs : null;
+    return { key: row.key, a, b, a2, ratio, noise, p99Ratio, short, cpuRatio, cpuNoise };
   });
 
 const tableOf = (summary, withAA) => {
   const fmtRatio = (x) => (x === null ? 'n/a' : `${x.toFixed(2)}x`);
   const header = ['row', 'A ops/s', 'B ops/s', 'B/A', 'A p99 ms', 'B p99 ms', 'B/A p99'];
   if (withAA) header.push("A' ops/s", "A'/A (noise)");
+  header.push('A / B CPU us per op', 'B/A CPU');
+  if (withAA) header.push("A'/A CPU");
   header.push('verdict');
   return markdownTable(
     header,
@@ -176,10 +188,26 @@ const tableOf = (summary, withAA) => {
         fmtRatio(s.p99Ratio),
       ];
       if (withAA) cells.push(fmtInt(s.a2.ops), fmtRatio(s.noise));
+      const fmtCpu = (x) => (x === null ? 'n/a' : x.toFixed(1));
+      cells.push(`${fmtCpu(s.a.cpuUs)} / ${fmtCpu(s.b.cpuUs)}`, fmtRatio(s.cpuRatio));
+      if (withAA) cells.push(fmtRatio(s.cpuNoise));
       cells.push(verdictOf(s.ratio, s.noise) + flag);
       return cells;
     }),
-    ['l', 'r', 'r', 'r', 'r', 'r', 'r', ...(withAA ? ['r', 'r'] : []), 'l'],
+    [
+      'l',
+      'r',
+      'r',
+      'r',
+      'r',
+      'r',
+      'r',
+      ...(withAA ? ['r', 'r'] : []),
+      'r',
+      'r',
+      ...(withAA ? ['r'] : []),
+      'l',
+    ],
   );
 };
 

@@ -13,20 +13,27 @@
  * called waits until it has applied that far, then reads its own map.
  *
  * Functions over one state object (`Calls`), each short; none keeps a closure per call beyond the
- * caller's own promise and its deadline.
+ * caller's own promise (a call is its own deadline; a listener only for a call with a signal).
  */
 import { diskeyvalError } from '../errors.js';
 import type { NodeId } from '../machines/messages.js';
 import type { ClientProposeResult, ClientReadResult } from './client-messages.js';
-import type { Deadlines } from './deadlines.js';
+import type { Deadline, Deadlines } from './deadlines.js';
 import type { NewCall } from './events.js';
 
 export type CallOptions = { forward?: boolean; timeoutMs?: number; signal?: AbortSignal };
 
 type Phase = 'waiting' | 'sent' | 'accepted' | 'confirmed';
 
-type Call = {
+/**
+ * A call's bookkeeping. It is its own deadline in the deadline queue (deadlines.ts): `expire` is
+ * one shared function, so a call costs no closure of its own (one only with an abort signal).
+ */
+type Call = Deadline & {
+  owner: Calls;
   kind: 'write' | 'read';
+  /** The caller's promise and options, as the handle made them. */
+  newCall: NewCall;
   /** In the waiting queue that the next flush routes. */
   queued: boolean;
   phase: Phase;
@@ -36,7 +43,8 @@ type Call = {
   forward: boolean;
   /** Proposed at least once: from then on its outcome is unknown until it applies or times out. */
   proposed: boolean;
-  finish: (error?: Error) => void;
+  /** Removes itself from the signal's listeners (set only when the call has a signal). */
+  onAbort: (() => void) | null;
 };
 
 type Write = Call & { seq: number; command: Uint8Array };
@@ -98,8 +106,6 @@ export const createCalls = (deps: CallsDeps): Calls => ({
   appliedIndex: 0,
 });
 
-const noop = (): void => undefined;
-
 /** QUORUM_UNAVAILABLE, with the peers this node cannot connect to when it knows them. */
 const quorumUnavailable = (s: Calls, what: string, timeoutMs: number): Error => {
   const unreachable = s.deps.unreachable?.() ?? [];
@@ -116,46 +122,59 @@ const quorumUnavailable = (s: Calls, what: string, timeoutMs: number): Error => 
   );
 };
 
-/**
- * Opens a call: its deadline (the proposal timeout, or the call's own if shorter), its abort
- * signal, and `finish`, which settles it once. False when it settled at once (aborted already).
- */
-const open = <C extends Call>(
-  s: Calls,
-  map: Map<number, C>,
-  key: number,
-  call: C,
-  newCall: NewCall,
-): boolean => {
-  const what = newCall.kind;
-  const { signal, timeoutMs: callTimeoutMs } = newCall;
-  const onAbort =
-    signal === undefined
-      ? null
-      : (): void => finish(diskeyvalError('ABORTED', `${what} aborted by its signal`));
-  const timeoutMs = Math.min(callTimeoutMs ?? Number.POSITIVE_INFINITY, s.deps.proposalTimeoutMs);
-  const deadline = s.deps.deadlines.add(timeoutMs, () =>
-    finish(
-      callTimeoutMs !== undefined && callTimeoutMs < s.deps.proposalTimeoutMs
-        ? diskeyvalError('TIMEOUT', `${what} did not complete within ${callTimeoutMs} ms`)
-        : quorumUnavailable(s, what, timeoutMs),
-    ),
+/** The open calls of the call's kind, and its key there. */
+const slotOf = (call: Call): [Map<number, Call>, number] =>
+  call.kind === 'write'
+    ? [call.owner.writes as Map<number, Call>, (call as Write).seq]
+    : [call.owner.reads as Map<number, Call>, (call as Read).id];
+
+/** Settles a call once: resolves it, or rejects it with `error`; later settles do nothing. */
+const settle = (call: Call, error?: Error): void => {
+  const [open, key] = slotOf(call);
+  if (open.get(key) !== call) return; // settled already
+  call.done = true; // its deadline
+  open.delete(key);
+  const { newCall } = call;
+  if (call.onAbort) newCall.signal?.removeEventListener('abort', call.onAbort);
+  if (error) newCall.reject(error);
+  else newCall.resolve();
+};
+
+/** The proposal timeout, or the call's own if shorter. */
+const timeoutOf = (s: Calls, newCall: NewCall): number =>
+  Math.min(newCall.timeoutMs ?? Number.POSITIVE_INFINITY, s.deps.proposalTimeoutMs);
+
+/** A call's deadline passed: TIMEOUT for its own shorter timeout, else QUORUM_UNAVAILABLE. */
+const expireCall = (deadline: Deadline): void => {
+  const call = deadline as Call;
+  const s = call.owner;
+  const { kind, timeoutMs } = call.newCall;
+  settle(
+    call,
+    timeoutMs !== undefined && timeoutMs < s.deps.proposalTimeoutMs
+      ? diskeyvalError('TIMEOUT', `${kind} did not complete within ${timeoutMs} ms`)
+      : quorumUnavailable(s, kind, timeoutOf(s, call.newCall)),
   );
-  const finish = (error?: Error): void => {
-    if (map.get(key) !== call) return; // settled already
-    deadline.done = true;
-    map.delete(key);
-    if (onAbort) signal?.removeEventListener('abort', onAbort);
-    if (error) newCall.reject(error);
-    else newCall.resolve();
-  };
-  call.finish = finish;
-  map.set(key, call);
-  if (signal?.aborted) {
-    finish(diskeyvalError('ABORTED', `${what} aborted by its signal`));
+};
+
+const aborted = (call: Call): Error => diskeyvalError('ABORTED', `${call.kind} aborted by its signal`);
+
+/**
+ * Opens a call: it joins the open calls and the deadline queue, and listens to its abort signal.
+ * False when it settled at once (aborted already).
+ */
+const open = (s: Calls, call: Call): boolean => {
+  const [calls, key] = slotOf(call);
+  calls.set(key, call);
+  s.deps.deadlines.insert(call, timeoutOf(s, call.newCall));
+  const { signal } = call.newCall;
+  if (signal === undefined) return true;
+  if (signal.aborted) {
+    settle(call, aborted(call));
     return false;
   }
-  if (onAbort) signal?.addEventListener('abort', onAbort, { once: true });
+  call.onAbort = () => settle(call, aborted(call));
+  signal.addEventListener('abort', call.onAbort, { once: true });
   return true;
 };
 
@@ -166,15 +185,20 @@ const lowestPending = (s: Calls): number => {
 };
 
 /** A call's bookkeeping, with the fields of both kinds (one shape: `seq`/`command` or `id` set after). */
-const newState = (newCall: NewCall, kind: 'write' | 'read'): Write & Read => ({
+const newState = (s: Calls, newCall: NewCall, kind: 'write' | 'read'): Write & Read => ({
+  dueMs: 0,
+  expire: expireCall,
+  done: false,
+  owner: s,
   kind,
+  newCall,
   queued: false,
   phase: 'waiting',
   sentAtMs: 0,
   index: 0,
   forward: newCall.forward,
   proposed: false,
-  finish: noop,
+  onAbort: null,
   seq: 0,
   command: EMPTY,
   id: 0,
@@ -198,14 +222,14 @@ export const takeCalls = (s: Calls, calls: NewCall[]): void => {
     if (newCall.kind === 'write') {
       const seq = s.nextSeq++;
       const tag = { session: s.deps.session, seq, lowestPending: Math.min(seq, lowestPending(s)) };
-      const write = newState(newCall, 'write') as Write;
+      const write = newState(s, newCall, 'write') as Write;
       write.seq = seq;
       write.command = newCall.encode!(tag);
-      if (open(s, s.writes, seq, write, newCall)) keep(s, write);
+      if (open(s, write)) keep(s, write);
     } else {
-      const read = newState(newCall, 'read') as Read;
+      const read = newState(s, newCall, 'read') as Read;
       read.id = s.nextReadId++;
-      if (open(s, s.reads, read.id, read, newCall)) keep(s, read);
+      if (open(s, read)) keep(s, read);
     }
   }
   flush(s);
@@ -279,7 +303,7 @@ const route = (s: Calls, waitingWrites: Write[], waitingReads: Read[]): void => 
   // always true for it.
   for (const call of [...waitingWrites.filter((write) => !write.proposed), ...waitingReads]) {
     if (!call.forward)
-      call.finish(diskeyvalError('NOT_LEADER', `${s.deps.id} is not the leader`, { leaderId }));
+      settle(call, diskeyvalError('NOT_LEADER', `${s.deps.id} is not the leader`, { leaderId }));
   }
   if (leaderId !== null) forward(s, leaderId, waitingWrites, waitingReads);
 };
@@ -412,7 +436,10 @@ export const onProposeResult = (s: Calls, message: ClientProposeResult): void =>
       'INVALID_ARGUMENT',
       `the leader ${message.from} refused the command: it does not decode`,
     );
-    for (const seq of message.seqs) s.writes.get(seq)?.finish(error);
+    for (const seq of message.seqs) {
+      const call = s.writes.get(seq);
+      if (call) settle(call, error);
+    }
   } else if (message.notLeader) park(s, s.writes, message.seqs, message);
   else writesAccepted(s, message.seqs, message.firstIndex);
 };
@@ -427,7 +454,10 @@ export const onReadResult = (s: Calls, message: ClientReadResult): void => {
 /** The store applied up to `appliedIndex`; `seqs` of this session settled: their calls are done. */
 export const applied = (s: Calls, appliedIndex: number, seqs: readonly number[]): void => {
   s.appliedIndex = appliedIndex;
-  for (const seq of seqs) s.writes.get(seq)?.finish();
+  for (const seq of seqs) {
+    const call = s.writes.get(seq);
+    if (call) settle(call);
+  }
   afterApply(s);
 };
 
@@ -449,7 +479,7 @@ const releaseReads = (s: Calls): void => {
   if (s.confirmedReads.length === 0) return;
   const pending: Read[] = [];
   for (const call of s.confirmedReads) {
-    if (call.index <= s.appliedIndex) call.finish();
+    if (call.index <= s.appliedIndex) settle(call);
     else pending.push(call);
   }
   s.confirmedReads = pending;
@@ -467,7 +497,7 @@ export const restored = (
 ): void => {
   const settled = new Set(appliedSeqs);
   for (const call of [...s.writes.values()])
-    if (call.seq < settledBelow || settled.has(call.seq)) call.finish();
+    if (call.seq < settledBelow || settled.has(call.seq)) settle(call);
   s.appliedIndex = appliedIndex;
   afterApply(s);
 };
@@ -485,7 +515,7 @@ export const stopCalls = (s: Calls): void => {
   if (s.stopped) return;
   s.stopped = true;
   const error = diskeyvalError('STOPPED', `${s.deps.id} stopped`);
-  for (const call of [...s.writes.values(), ...s.reads.values()]) call.finish(error);
+  for (const call of [...s.writes.values(), ...s.reads.values()]) settle(call, error);
   s.acceptedWrites = [];
   s.confirmedReads = [];
 };

@@ -7,7 +7,8 @@ export type Clock = {
   clearTimeout: (id: unknown) => void;
 };
 
-export type Deadline = { dueMs: number; expire: () => void; done: boolean };
+/** `expire` gets the deadline itself: a caller's object may be its own deadline (`insert`). */
+export type Deadline = { dueMs: number; expire: (deadline: Deadline) => void; done: boolean };
 
 export const createDeadlines = (clock: Clock, nowMs: () => number) => {
   // Every deadline is now + a timeout; with mixed timeouts insertion keeps the order.
@@ -23,7 +24,7 @@ export const createDeadlines = (clock: Clock, nowMs: () => number) => {
       const deadline = queue.shift()!;
       if (!deadline.done) {
         deadline.done = true;
-        deadline.expire();
+        deadline.expire(deadline);
       }
     }
     arm();
@@ -38,8 +39,12 @@ export const createDeadlines = (clock: Clock, nowMs: () => number) => {
     timer = clock.setTimeout(fire, Math.max(0, first.dueMs - nowMs()));
   };
 
-  const add = (timeoutMs: number, expire: () => void): Deadline => {
-    const deadline: Deadline = { dueMs: nowMs() + timeoutMs, expire, done: false };
+  const add = (timeoutMs: number, expire: () => void): Deadline =>
+    insert({ dueMs: 0, expire, done: false }, timeoutMs);
+
+  /** Queues the caller's own deadline object, due in `timeoutMs` (no object or closure made here). */
+  const insert = <D extends Deadline>(deadline: D, timeoutMs: number): D => {
+    deadline.dueMs = nowMs() + timeoutMs;
     let position = queue.length;
     while (position > 0 && queue[position - 1]!.dueMs > deadline.dueMs) position -= 1;
     queue.splice(position, 0, deadline);
@@ -54,7 +59,7 @@ export const createDeadlines = (clock: Clock, nowMs: () => number) => {
     queue.length = 0;
   };
 
-  return { add, clear, pending: (): number => queue.filter((deadline) => !deadline.done).length };
+  return { add, insert, clear, pending: (): number => queue.filter((deadline) => !deadline.done).length };
 };
 
 export type Deadlines = ReturnType<typeof createDeadlines>;

@@ -18,6 +18,12 @@ export type LeaderBatches = {
   batches: Map<number, BatchPart[]>;
   proposals: ClientPropose[];
   reads: ClientRead[];
+  /**
+   * A read batch went to the machine and its answer (`readsReady` or `readsRejected`) has not come
+   * back: reads that arrive meanwhile wait and go together in the next batch, when it does (one
+   * heartbeat round in flight at a time serves every read queued during it).
+   */
+  readRoundOpen: boolean;
   nextLocalReadId: number;
   readsForOthers: Map<number, { from: NodeId; id: number }>;
   counters: { proposalBatches: number; readBatches: number; malformedMessages: number };
@@ -29,6 +35,7 @@ export const createLeaderBatches = (id: NodeId): LeaderBatches => ({
   batches: new Map(),
   proposals: [],
   reads: [],
+  readRoundOpen: false,
   nextLocalReadId: -1,
   readsForOthers: new Map(),
   counters: { proposalBatches: 0, readBatches: 0, malformedMessages: 0 },
@@ -50,9 +57,13 @@ export const takeProposals = (b: LeaderBatches): { batchId: number; commands: Ui
   return { batchId, commands };
 };
 
-/** The tick's reads as one batch of ids (others' reads get local ids below zero). */
+/**
+ * The reads queued since the last batch, as one batch of ids (others' reads get local ids below
+ * zero); null while none is queued or the last batch is still in the machine (see readRoundOpen).
+ */
 export const takeReads = (b: LeaderBatches): number[] | null => {
-  if (b.reads.length === 0) return null;
+  if (b.reads.length === 0 || b.readRoundOpen) return null;
+  b.readRoundOpen = true;
   const ids: number[] = [];
   for (const message of b.reads) {
     for (const id of message.ids) {

@@ -584,7 +584,7 @@ const startNode = async (s: NodeState): Promise<void> => {
   s.root = createActor(nodeMachineOf(wiring, booted), {
     clock: s.clock,
     systemId: s.options.id,
-    ...(inspect ? { inspect: summarizingInspect(inspect) } : {}),
+    ...(inspect ? { inspect: summarizingInspect(inspect, s.clock) } : {}),
   });
   s.root.start();
   s.raft = s.root.system.get(s.ids.raft) as AnyActorRef | undefined;

@@ -3,7 +3,9 @@
  * client calls. It takes the calls made on the node's handle (`calls`, one event per tick, whatever
  * their number), routes them (calls.ts): to its own raft actor as one `propose` / `readIndex` event
  * per tick when this node leads (leader-batches.ts gathers the tick's local and forwarded calls),
- * to the leader as one message per kind otherwise. It settles them from the answers: the raft
+ * to the leader as one message per kind otherwise. Reads go to the raft actor one batch at a time:
+ * those that come while a batch waits for its heartbeat round go together when it is answered, so
+ * one round serves every read queued during the last. It settles them from the answers: the raft
  * actor's (accepted, refused, reads confirmed), the leader's (forwarded calls), the store's
  * (`applied`: a write is done once applied here; a read once the store reached its read index).
  */
@@ -68,9 +70,19 @@ const proposeBatch = (scope: Scope): void => {
   relay(scope.system, scope.self, scope.input.ids.raft, { type: 'propose', batchId, commands });
 };
 
+/**
+ * One `readIndex` event for every read queued since the last one, unless that one is still
+ * unanswered: then they go when its answer comes (`readRoundDone`), all together.
+ */
 const readBatch = (scope: Scope): void => {
   const ids = takeReads(scope.batches);
   if (ids) relay(scope.system, scope.self, scope.input.ids.raft, { type: 'readIndex', ids });
+};
+
+/** The machine answered the read batch in flight (or leadership changed): the next may go. */
+const readRoundDone = (scope: Scope): void => {
+  scope.batches.readRoundOpen = false;
+  readBatch(scope);
 };
 
 /** A client message from another node (the transport checked its shape). */
@@ -135,6 +147,7 @@ const onMachineAnswer = (
         (own) => readsConfirmed(calls, own, event.readIndex),
         send,
       );
+      readRoundDone(scope);
       return;
     case 'readsRejected':
       answerReads(
@@ -144,6 +157,7 @@ const onMachineAnswer = (
         (own) => readsRefused(calls, own),
         send,
       );
+      readRoundDone(scope);
       return;
   }
 };
@@ -180,6 +194,9 @@ export const requestsActor = fromCallback<RequestsEvent, RequestsInput>(
           return;
         case 'leaderChanged':
           leaderChanged(calls, { self: event.self, leaderId: event.self ? input.id : event.leaderId });
+          // The machine answered or rejected the batch in flight as its role changed; the reads
+          // queued behind it go now (a machine that no longer leads rejects them at once).
+          readRoundDone(scope);
           return;
         case 'client':
           receiveClientMessage(scope, event.message);

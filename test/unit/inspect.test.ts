@@ -204,6 +204,20 @@ describe('the node in the XState inspector', () => {
       );
     expect(messages).toContain('RequestVote');
     expect(second.isLeader()).toBe(true);
+    // Role changes reach the inspector as they happen: the raft machine's snapshots whose state
+    // changes are never held back (src/actors/inspection.ts), so the winner's campaign is visible.
+    const secondId = idOf(nodes, second);
+    const roles = recorders
+      .get(secondId)!
+      .events.filter(
+        (event) => event.type === '@xstate.snapshot' && systemIdOf(event.actorRef) === `${secondId}/raft`,
+      )
+      .map((event) => {
+        const value = (event as unknown as { snapshot: { value: unknown } }).snapshot.value;
+        return typeof value === 'string' ? value : Object.keys(value as object)[0];
+      });
+    expect(roles).toContain('candidate');
+    expect(roles.at(-1)).toBe('leader');
   }, 90_000);
 
   it('keeps every snapshot under the bound after 200 writes of 1 KiB, and a burst costs the same events per hop for 10 and 1,000 sets', async () => {
