@@ -511,10 +511,20 @@ export const leaderChanged = (s: Calls, leader: { self: boolean; leaderId: NodeI
   scheduleFlush(s);
 };
 
-export const stopCalls = (s: Calls): void => {
+/**
+ * Every pending call rejects: STOPPED when the node stops; REMOVED when it learned that the cluster
+ * removed it (a write pending then may or may not have taken effect, as with QUORUM_UNAVAILABLE).
+ */
+export const stopCalls = (s: Calls, code: 'STOPPED' | 'REMOVED' = 'STOPPED'): void => {
   if (s.stopped) return;
   s.stopped = true;
-  const error = diskeyvalError('STOPPED', `${s.deps.id} stopped`);
+  const error =
+    code === 'STOPPED'
+      ? diskeyvalError('STOPPED', `${s.deps.id} stopped`)
+      : diskeyvalError(
+          'REMOVED',
+          `${s.deps.id} was removed from the cluster; a pending call may have taken effect`,
+        );
   for (const call of [...s.writes.values(), ...s.reads.values()]) settle(call, error);
   s.acceptedWrites = [];
   s.confirmedReads = [];

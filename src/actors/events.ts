@@ -122,7 +122,9 @@ export type RequestsEvent =
   | { type: 'restored'; appliedIndex: number; settledBelow: number; applied: number[] }
   | { type: 'client'; message: ClientMessage }
   | LeaderChanged
-  | { type: 'stop' };
+  | { type: 'stop' }
+  /** The cluster removed this node: every pending call rejects with REMOVED. */
+  | { type: 'removed' };
 
 export type TransportEvent = {
   type: 'outgoing';

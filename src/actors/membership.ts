@@ -258,6 +258,7 @@ const onEvent = (state: State, event: MembershipEvent) => {
       // A call whose change removed this node is done; any other cannot be any more.
       if (state.pending !== null && !state.pending.call.voters.includes(state.input.id)) finish(state, null);
       else finish(state, codeError('REMOVED', `${state.input.id} was removed from the cluster`));
+      relay(state.system, state.self, state.input.ids.requests, { type: 'removed' });
       state.input.onRemoved(event.configIndex);
       return;
     case 'configApplied':

@@ -204,6 +204,9 @@ export const requestsActor = fromCallback<RequestsEvent, RequestsInput>(
         case 'stop':
           stopCalls(calls);
           return;
+        case 'removed':
+          stopCalls(calls, 'REMOVED');
+          return;
         default:
           onMachineAnswer(scope, event);
       }

@@ -76,7 +76,7 @@ type PendingCall = { client: Client; op: Operation };
 export type Failure = { clientId: number; nodeId: string; input: KvInput; code: string; atMs: number };
 
 /** Error codes after which a write may or may not have been applied. */
-const UNKNOWN_CODES = new Set(['TIMEOUT', 'QUORUM_UNAVAILABLE', 'STOPPED', 'ABORTED']);
+const UNKNOWN_CODES = new Set(['TIMEOUT', 'QUORUM_UNAVAILABLE', 'STOPPED', 'ABORTED', 'REMOVED']);
 
 export const createClients = (sim: Simulation, options: ClientOptions = {}) => {
   const rng = createRng((sim.seed * 2_654_435_761) ^ 0x5bd1e995);
