@@ -383,6 +383,7 @@ const transportFor = (
   options: DiskeyvalOptions,
   log: (event: TlsTransportLogEvent) => void,
   clusterId: () => string | null,
+  clusterSeen: () => void,
 ) => {
   if (options.transport) return { transport: options.transport, tls: null };
   const tls = createTlsTransport({
@@ -394,6 +395,8 @@ const transportFor = (
     ...(options.maxFrameBytes ? { maxFrameBytes: options.maxFrameBytes } : {}),
     log,
     coalesce: dropSupersededAppends,
+    // A member's handshake carries the cluster id: a node being added never bootstraps beside it.
+    onPeerClusterId: () => clusterSeen(),
   });
   return { transport: tls as unknown as RaftTransport, tls };
 };
@@ -424,6 +427,7 @@ const wireTransport = (
   options: DiskeyvalOptions,
   emit: HandleContext['emit'],
   clusterId: () => string | null,
+  clusterSeen: () => void,
 ) => {
   const proposalTimeoutMs = options.proposalTimeoutMs ?? 5000;
   const reachability = createReachability({
@@ -455,7 +459,7 @@ const wireTransport = (
     warnClusterMismatch(event);
     options.onTransportEvent?.(event);
   };
-  const { transport, tls } = transportFor(options, onEvent, clusterId);
+  const { transport, tls } = transportFor(options, onEvent, clusterId, clusterSeen);
   return { transport, tls, reachability };
 };
 
@@ -804,7 +808,12 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
   const counters = { listenerErrors: 0 };
   const { emitter, emit } = createSafeEmitter(counters);
   // The transport asks for the cluster id the node knows (machines/cluster-id.ts) at each check.
-  const wired = wireTransport(options, emit, () => ctx.node.clusterId());
+  const wired = wireTransport(
+    options,
+    emit,
+    () => ctx.node.clusterId(),
+    () => ctx.node?.clusterSeen(),
+  );
   const ctx = {
     options,
     counters,

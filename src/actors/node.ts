@@ -727,6 +727,10 @@ export const createNode = (options: NodeOptions) => {
     recoveryWaitingFor: () => recoveryWaitingFor(s),
     /** The cluster id this node knows (machines/cluster-id.ts), or null while it knows none. */
     clusterId: (): string | null => s.views.store?.clusterId() ?? s.startClusterId,
+    /** The transport met a server that knows a cluster id: never bootstrap another (recovery.ts). */
+    clusterSeen: () => {
+      if (s.root && !s.stopped) relay(s.root.system, undefined, s.ids.raft, { type: 'clusterSeen' });
+    },
     /** Sends a timer event by hand (tests and tools: `electionTimeout`, `checkQuorum`, ...). */
     fire: (event: { type: 'electionTimeout' | 'heartbeatTimeout' | 'checkQuorum' }) => s.raft?.send(event),
     isStopped: () => s.stopped,

@@ -131,6 +131,7 @@ export const raftMachine = setup({
       rules.recordRecoveryAnswer(context, messageOf(event, 'RecoveryResponse')),
     ),
     enterRecovering: rule((context) => rules.enterRecovering(context)),
+    noteClusterSeen: rule((context) => rules.noteClusterSeen(context)),
     retryRecovery: rule((context) => rules.retryRecovery(context)),
     appendWhileRecovering: rule((context, event) =>
       rules.appendWhileRecovering(context, messageOf(event, 'AppendEntries')),
@@ -240,6 +241,7 @@ export const raftMachine = setup({
     propose: { actions: 'rejectProposals' },
     readIndex: { actions: 'rejectReads' },
     reconfigure: { actions: 'rejectReconfigure' },
+    clusterSeen: { actions: 'noteClusterSeen' },
     persisted: { actions: 'recordPersisted' },
     compact: { actions: 'compactLog' },
   },

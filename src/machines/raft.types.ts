@@ -212,6 +212,11 @@ export type RaftEvent =
    * a recovering one toward its retry; candidates and leaders ignore it (their timers are delays).
    */
   | { type: 'tick' }
+  /**
+   * The transport met a server that knows a cluster id (its handshake carried one): a cluster exists,
+   * so a recovering server never bootstraps another (recovery.ts, `heardLog`).
+   */
+  | { type: 'clusterSeen' }
   /** The election timer expires now, whatever the ticks say (tests and tools). */
   | { type: 'electionTimeout' }
   | { type: 'heartbeatTimeout' }

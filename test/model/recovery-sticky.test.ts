@@ -90,6 +90,17 @@ describe('recovery never bootstraps once a member holding a log answered', () =>
     server.actor.stop();
   });
 
+  it('a cluster id seen in a handshake (clusterSeen) blocks bootstrap: a node being added among new nodes waits', () => {
+    const server = blankRecovering();
+    // Its peers are mostly new nodes: a blank majority answers, but the transport met a member.
+    server.actor.send({ type: 'clusterSeen' });
+    answer(server, 's2', {});
+    endRound(server);
+    expect(bootstrapped(server)).toBe(0);
+    expect(server.actor.getSnapshot().context.recovering).toBe(true);
+    server.actor.stop();
+  });
+
   it('a member with a term but no log does not block bootstrap (durable members of a cluster not yet formed)', () => {
     const server = blankRecovering();
     answer(server, 's3', { term: 2, blank: false, holdsLog: false });

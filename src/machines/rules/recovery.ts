@@ -143,6 +143,16 @@ export const retryRecovery = (context: RaftContext): Outcome => {
   return startRecoveryRound(context);
 };
 
+/**
+ * A server that knows a cluster id was met (the transport's handshake): a cluster exists, so this
+ * recovery never bootstraps another, as if a member whose log is not empty had answered. A node being
+ * added whose `peers` are mostly new nodes would otherwise start a cluster of its own.
+ */
+export const noteClusterSeen = (context: RaftContext): Outcome =>
+  context.recovering && !context.recovery.heardLog
+    ? { patch: { recovery: { ...context.recovery, heardLog: true } } }
+    : {};
+
 /** Recovery is over: from now on the server's answers count and it may vote. */
 const recovered = (context: RaftContext, counter: 'recovered' | 'bootstrapped' | 'forced'): Outcome => {
   context.recoveryCounters[counter] += 1;
