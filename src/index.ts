@@ -410,6 +410,8 @@ type HandleContext = {
   emit: (event: NodeEventName, arg: unknown) => void;
   maxValueBytes: number;
   tls: ReturnType<typeof createTlsTransport> | null;
+  /** Which peers cannot be reached (the PEERS_UNREACHABLE warning); follows the configuration. */
+  reachability: { setPeers: (peers: readonly string[]) => void };
   node: Node;
   started: boolean;
   ended: boolean;
@@ -545,6 +547,7 @@ const bootstrapAddresses = (options: DiskeyvalOptions): Map<string, MemberAddres
  */
 const followConfiguration = (ctx: HandleContext, config: Configuration): void => {
   for (const [id, address] of Object.entries(config.addresses)) ctx.addresses.set(id, address);
+  ctx.reachability.setPeers(membersOf(config).filter((nodeId) => nodeId !== ctx.options.nodeId));
   if (!ctx.tls) return;
   const peers = [];
   for (const nodeId of membersOf(config)) {
@@ -821,6 +824,7 @@ export const diskeyval = (options: DiskeyvalOptions): DiskeyvalNode => {
     emit,
     maxValueBytes: sizesOf(options).maxValueBytes,
     tls: wired.tls,
+    reachability: wired.reachability,
     started: false,
     ended: false,
     leader: null,

@@ -22,15 +22,16 @@ export const createReachability = (options: {
   /** Called once per outage in which every peer is unreachable for `afterMs`. */
   onAllUnreachable: (peers: Unreachable[], forMs: number) => void;
 }) => {
+  let peers: readonly string[] = options.peers;
   const reasons = new Map<string, string>();
   /** When the current run of "no peer reachable" began; null while some peer is (or may be) reachable. */
   let allDownSinceMs: number | null = null;
   let warned = false;
 
   const failed = (nodeId: string, reason: string): void => {
-    if (!options.peers.includes(nodeId)) return;
+    if (!peers.includes(nodeId)) return;
     reasons.set(nodeId, reason);
-    if (reasons.size < options.peers.length) return;
+    if (reasons.size < peers.length) return;
     const now = options.nowMs();
     allDownSinceMs ??= now;
     if (!warned && now - allDownSinceMs >= options.afterMs) {
@@ -54,5 +55,11 @@ export const createReachability = (options: {
     }
   };
 
-  return { observe, unreachable };
+  /** The peers follow the configuration in force (membership changes): removed ones are forgotten. */
+  const setPeers = (next: readonly string[]): void => {
+    peers = [...next];
+    for (const nodeId of [...reasons.keys()]) if (!peers.includes(nodeId)) reasons.delete(nodeId);
+  };
+
+  return { observe, unreachable, setPeers };
 };
