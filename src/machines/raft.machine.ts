@@ -116,6 +116,11 @@ export const raftMachine = setup({
     isElectionDue: ({ context }) => rules.isElectionDue(context),
     mayCampaign: ({ context }) => rules.mayCampaign(context),
     isRemovedAnswer: ({ event }) => event.type === 'message' && event.message.type === 'Removed',
+    /** A `Removed` this server accepts (membership.ts): a candidate or leader then stops. */
+    isAcceptedRemoved: ({ context, event }) =>
+      event.type === 'message' &&
+      event.message.type === 'Removed' &&
+      rules.acceptsRemoved(context, event.message),
     isFromRemovedServer: ({ context, event }) =>
       event.type === 'message' && rules.isFromRemovedServer(context, event.message),
     isRemovedLeader: ({ context }) => rules.isRemovedLeader(context),
@@ -202,7 +207,7 @@ export const raftMachine = setup({
     leaveAsRemovedLeader: rule((context) => rules.leaveAsRemovedLeader(context)),
     proposeReconfigure: rule((context, event) =>
       event.type === 'reconfigure'
-        ? rules.proposeReconfigure(context, event.requestId, event.voters, event.addresses)
+        ? rules.startReconfigure(context, event.requestId, event.voters, event.addresses)
         : {},
     ),
     rejectReconfigure: rule((context, event) =>
@@ -302,6 +307,8 @@ export const raftMachine = setup({
     candidate: {
       initial: 'preVote',
       on: {
+        // Told it was removed (membership.ts): it stops campaigning at once.
+        message: { guard: 'isAcceptedRemoved', target: 'follower', actions: 'learnRemoved' },
         // §5.2: a candidate that hears from the leader of its term returns to follower.
         AppendEntries: { target: 'follower', actions: 'appendFromLeader' },
         Heartbeat: { target: 'follower', actions: 'heartbeatFromLeader' },
@@ -346,6 +353,8 @@ export const raftMachine = setup({
         InstallSnapshot: { actions: 'assertOneLeaderPerTerm' },
         InstallSnapshotResponse: { actions: 'handleSnapshotResponse' },
         message: [
+          // Told it was removed by a newer committed configuration (a stale leader): it stops leading.
+          { guard: 'isAcceptedRemoved', target: 'follower', actions: 'learnRemoved' },
           {
             guard: { type: 'isOfCurrentTerm', params: { type: 'AppendEntriesResponse' } },
             actions: 'handleAppendResponse',

@@ -6,7 +6,7 @@
 import { assert } from '../assert.js';
 import { noopData } from '../cluster-id.js';
 import { commitIndexByQuorum } from '../commit.js';
-import { hasQuorum } from '../configuration.js';
+import { hasQuorum, type MemberAddress } from '../configuration.js';
 import type {
   AppendEntriesResponse,
   Entry,
@@ -25,7 +25,7 @@ import {
 import type { Outcome, RaftContext, RaftEmitted } from '../raft.types.js';
 import { append, lastIndex, lastIndexOfTerm } from '../raft-log.js';
 import { recordPersisted } from './all-servers.js';
-import { completeJointChange, tellRemoved } from './membership.js';
+import { completeJointChange, proposeReconfigure, tellRemoved } from './membership.js';
 import { releaseConfirmedReads, startReadRound } from './read-index.js';
 import { appendsFor } from './replication.js';
 import { after, commitOutcome, merge, peersOf, progressOf } from './shared.js';
@@ -98,6 +98,21 @@ export const appendProposals = (context: RaftContext, batchId: number, commands:
   );
 };
 
+/**
+ * A reconfigure request at the leader (membership.ts): C_old,new goes into the log, and the commit
+ * rule runs at once, as after any append: a configuration whose every set is the leader alone (an
+ * address change of a single-server cluster) commits now, and C_new follows, with no other event.
+ */
+export const startReconfigure = (
+  context: RaftContext,
+  requestId: number,
+  voters: readonly NodeId[],
+  addresses: Readonly<Record<NodeId, MemberAddress>>,
+): Outcome => {
+  const proposed = proposeReconfigure(context, requestId, voters, addresses);
+  return merge(proposed, advanceCommit(after(context, proposed)));
+};
+
 export const rejectProposals = (context: RaftContext, batchId: number): Outcome => ({
   emitted: [{ type: 'proposalsRejected', batchId, leaderId: context.leaderId }],
 });
@@ -131,6 +146,17 @@ const checkIncarnation = (
 const probeAfterRestart = (context: RaftContext, peer: NodeId, outcome: Outcome): Outcome =>
   (outcome.send?.length ?? 0) > 0 ? outcome : merge(outcome, { send: appendsFor(context, peer, true) });
 
+/**
+ * A late answer from a server that the configuration in force no longer counts (it left in a
+ * change since the request went out, membership.ts): the leader keeps no progress for it, so the
+ * answer tells nothing and is ignored.
+ */
+const isFormerMember = (context: RaftContext, from: NodeId): boolean => context.progress[from] === undefined;
+
+/** What to send `peer` next, unless it has just left the configuration. */
+const appendsTo = (context: RaftContext, peer: NodeId, evenIfEmpty: boolean) =>
+  isFormerMember(context, peer) ? [] : appendsFor(context, peer, evenIfEmpty);
+
 /** Where the leader resumes after a rejection, from the follower's conflict hint (§5.3). */
 const nextIndexFromHint = (context: RaftContext, response: AppendEntriesResponse): number => {
   if (response.conflictTerm > 0) {
@@ -145,6 +171,7 @@ const nextIndexFromHint = (context: RaftContext, response: AppendEntriesResponse
  * log inconsistency: decrement nextIndex and retry" — by a whole term at a time, with the hint.
  */
 export const handleAppendResponse = (context: RaftContext, response: AppendEntriesResponse): Outcome => {
+  if (isFormerMember(context, response.from)) return {};
   const wasRecovering = progressOf(context, response.from).recovering;
   const verdict = checkIncarnation(context, response);
   if (verdict === 'stale') return {};
@@ -166,7 +193,8 @@ const appendResponse = (
     const counted = wasRecovering && !progress.recovering;
     const commit = advanced || counted ? advanceCommit(context) : {};
     const committed = after(context, commit);
-    return merge(commit, { send: appendsFor(committed, response.from, false) });
+    // The commit may have completed a change that removed the follower (no progress left for it).
+    return merge(commit, { send: appendsTo(committed, response.from, false) });
   }
   const changed = onAppendRejected(progress, response.rejectedIndex, nextIndexFromHint(context, response));
   return changed ? { send: appendsFor(context, response.from, true) } : {};
@@ -174,6 +202,7 @@ const appendResponse = (
 
 /** The follower installed our snapshot (or had one that far): it matches up to `matchIndex`. */
 export const handleSnapshotResponse = (context: RaftContext, response: InstallSnapshotResponse): Outcome => {
+  if (isFormerMember(context, response.from)) return {};
   const verdict = checkIncarnation(context, response);
   if (verdict === 'stale') return {};
   const progress = progressOf(context, response.from);
@@ -181,10 +210,11 @@ export const handleSnapshotResponse = (context: RaftContext, response: InstallSn
   assert(response.matchIndex <= lastIndex(context.log), 'a follower matched past the leader log');
   const advanced = onSnapshotAnswered(progress, response.matchIndex);
   const commit = advanced ? advanceCommit(context) : {};
-  return merge(commit, { send: appendsFor(after(context, commit), response.from, true) });
+  return merge(commit, { send: appendsTo(after(context, commit), response.from, true) });
 };
 
 export const handleHeartbeatResponse = (context: RaftContext, response: HeartbeatResponse): Outcome => {
+  if (isFormerMember(context, response.from)) return {};
   const wasRecovering = progressOf(context, response.from).recovering;
   if (checkIncarnation(context, response) === 'stale') return {};
   const progress = progressOf(context, response.from);
@@ -200,8 +230,13 @@ export const handleHeartbeatResponse = (context: RaftContext, response: Heartbea
       ? { ...round, acks: [...round.acks, response.from] }
       : round,
   );
+  // A follower still recovering gets an AppendEntries even when it holds the whole log: only an
+  // accepted one from its target leader completes its recovery (recovery.ts), and an idle cluster
+  // sends no other (a member being added would wait for the next write to count).
   const catchUp =
-    progress.matchIndex < lastIndex(context.log) ? appendsFor(context, response.from, true) : [];
+    progress.matchIndex < lastIndex(context.log) || progress.recovering
+      ? appendsFor(context, response.from, true)
+      : [];
   return merge(releaseConfirmedReads(context, rounds), { send: catchUp });
 };
 
