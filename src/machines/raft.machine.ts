@@ -150,6 +150,7 @@ export const raftMachine = setup({
     redeliver: raise(({ event }) => event),
     resetElectionTimer: rule((context) => rules.resetElectionTimer(context)),
     countTick: rule((context) => rules.countTick(context)),
+    forgetLeader: rule((context) => rules.forgetLeader(context)),
     grantVote: rule((context, event) => rules.grantVote(context, messageOf(event, 'RequestVote'))),
     rejectVote: rule((context, event) => rules.rejectVote(context, messageOf(event, 'RequestVote'))),
     startPreVote: rule((context) => rules.startPreVote(context)),
@@ -283,12 +284,13 @@ export const raftMachine = setup({
       },
       on: {
         // The election timer (§5.2): the ticks since the last reset reach the drawn timeout. Only a
-        // member that was not removed campaigns (membership.ts).
+        // member that was not removed campaigns (membership.ts); another forgets its leader (forgetLeader).
         tick: [
           { guard: and(['isElectionDue', 'mayCampaign']), target: 'candidate' },
+          { guard: 'isElectionDue', actions: 'forgetLeader' },
           { actions: 'countTick' },
         ],
-        electionTimeout: { guard: 'mayCampaign', target: 'candidate' },
+        electionTimeout: [{ guard: 'mayCampaign', target: 'candidate' }, { actions: 'forgetLeader' }],
         message: [
           // Hearing from the leader restarts the election timer.
           {

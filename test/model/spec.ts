@@ -296,8 +296,8 @@ export const timeout = (s: SpecServer): SpecStep => settle(electionTimeout(s));
 const electionTimeout = (s: SpecServer): SpecStep => {
   if (s.role === 'leader') return unchanged(s);
   if (s.recovering) return retryRecovery(s);
-  // A server that is no member of its configuration, or was told it is removed, starts no election.
-  if (s.role === 'follower' && !mayCampaign(s)) return unchanged(s);
+  // A server that may not campaign (removed, or no member) starts no election; it forgets its leader.
+  if (s.role === 'follower' && !mayCampaign(s)) return unchanged({ ...s, leaderId: null });
   const polling: SpecServer = {
     ...s,
     role: 'candidate',
