@@ -724,7 +724,9 @@ const checkOutputs = (view: StepView): void => {
 /** Membership counters of a step, and the check that a server told it is removed starts no election. */
 const countMembership = (view: StepView, sent: readonly RaftMessage[]): void => {
   const { world, id, before, after, event } = view;
-  const asker = event.type === 'message' ? event.message.from : null;
+  // An answer to a removed server's message, or a leader telling the servers a committed C_new left out.
+  const asker =
+    event.type === 'message' && spec.isFromRemovedServer(before, event.message.from) ? event.message.from : null;
   for (const m of sent) {
     if (m.type === 'Removed') world.stats[m.to === asker ? 'removedAnswers' : 'removedTold'] += 1;
     if (m.type === 'RequestVote' && m.from === id && (before.removed || after.removed))

@@ -21,7 +21,11 @@
  *   member with a nonce (incarnation, round), and completes once a majority of the others that are
  *   not recovering answered, one of them the leader of the highest term, and it holds that leader's
  *   log up to the last index it reported; crash vectors: vote and recovery answers carry the
- *   sender's, and a vote from an incarnation known to be older is dropped.
+ *   sender's, and a vote from an incarnation known to be older is dropped; membership by joint
+ *   consensus (spec-config.ts; Raft paper §6, dissertation §4.3): the newest configuration in the
+ *   log is in force, every majority needs both sets while joint, a leader appends C_old,new on a
+ *   reconfigure request and C_new once that commits, a leader outside a committed C_new steps down,
+ *   and removed servers are told `Removed` and start no election.
  *
  * Every function is pure: it takes a server's state and returns the next one plus the replies
  * the server must send. Two kinds of messages are *not* predicted exactly: a leader's
@@ -1078,6 +1082,7 @@ const receiveInTerm = (s: SpecServer, m: RaftMessage): SpecStep => {
       // The model test never compacts a log, so no snapshot is ever sent; the simulation covers them.
       throw new Error(`the spec has no snapshots, got ${m.type}`);
     case 'Removed':
-      throw new Error('the spec has no membership changes yet, got Removed');
+      // Handled before the term rules (receiveMessage).
+      return unchanged(current);
   }
 };
