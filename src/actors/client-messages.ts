@@ -41,7 +41,69 @@ export type ClientReadResult = {
   leaderId: NodeId | null;
 };
 
+/** A membership change forwarded to the leader (machines/rules/membership.ts); `id` is the caller's. */
+export type ClientReconfigure = {
+  type: 'ClientReconfigure';
+  from: NodeId;
+  to: NodeId;
+  id: number;
+  voters: NodeId[];
+  addresses: Record<NodeId, { host: string; port: number }>;
+};
+
+/** The leader's answer: C_old,new appended at (`index`, `term`), or refused with `code`. */
+export type ClientReconfigureResult = {
+  type: 'ClientReconfigureResult';
+  from: NodeId;
+  to: NodeId;
+  id: number;
+  accepted: boolean;
+  unchanged: boolean;
+  index: number;
+  term: number;
+  code: string | null;
+  leaderId: NodeId | null;
+};
+
+export type MembershipMessage = ClientReconfigure | ClientReconfigureResult;
+
 export type ClientMessage = ClientPropose | ClientProposeResult | ClientRead | ClientReadResult;
+
+const isAddressMap = (value: unknown): boolean =>
+  typeof value === 'object' &&
+  value !== null &&
+  Object.values(value).every(
+    (address) =>
+      typeof address === 'object' &&
+      address !== null &&
+      typeof (address as { host?: unknown }).host === 'string' &&
+      Number.isInteger((address as { port?: unknown }).port),
+  );
+
+/** Checks a membership message from the network before it is trusted; false means drop it. */
+export const isWellFormedMembershipMessage = (
+  message: { type: string } & Record<string, unknown>,
+): boolean => {
+  switch (message.type) {
+    case 'ClientReconfigure':
+      return (
+        Number.isSafeInteger(message.id) &&
+        Array.isArray(message.voters) &&
+        message.voters.length <= 64 &&
+        message.voters.every((voter) => typeof voter === 'string' && voter.length > 0) &&
+        isAddressMap(message.addresses)
+      );
+    case 'ClientReconfigureResult':
+      return (
+        Number.isSafeInteger(message.id) &&
+        typeof message.accepted === 'boolean' &&
+        Number.isSafeInteger(message.index) &&
+        Number.isSafeInteger(message.term)
+      );
+    default:
+      return false;
+  }
+};
 
 const isIdList = (value: unknown): value is number[] =>
   Array.isArray(value) && value.every((item) => Number.isSafeInteger(item));

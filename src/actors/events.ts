@@ -10,9 +10,10 @@
  */
 import type { ActorSystem, AnyActorRef, AnyEventObject } from 'xstate';
 import type { TransportMessage } from '../io/transport.js';
+import { type Configuration, type MemberAddress, membersOf } from '../machines/configuration.js';
 import type { Entry, InstallSnapshot, NodeId, RaftMessage, SnapshotChunkAck } from '../machines/messages.js';
 import type { RaftEmitted, Role } from '../machines/raft.types.js';
-import type { ClientMessage } from './client-messages.js';
+import type { ClientMessage, MembershipMessage } from './client-messages.js';
 import type { InstallOutput, PersistOutput } from './memory-log.js';
 import type { StoreSnapshot } from './store.js';
 
@@ -24,6 +25,7 @@ export const systemIdsOf = (nodeId: NodeId) => ({
   store: `${nodeId}/store`,
   requests: `${nodeId}/requests`,
   transport: `${nodeId}/transport`,
+  membership: `${nodeId}/membership`,
   peer: (peerId: NodeId): string => `${nodeId}/peer:${peerId}`,
 });
 
@@ -122,9 +124,49 @@ export type RequestsEvent =
   | LeaderChanged
   | { type: 'stop' };
 
-export type TransportEvent = { type: 'outgoing'; messages: Array<TransportMessage | ClientMessage> };
+export type TransportEvent = {
+  type: 'outgoing';
+  messages: Array<TransportMessage | ClientMessage | MembershipMessage>;
+};
+
+/** A membership change asked of this node's handle (the `reconfigure` call). */
+export type ReconfigureCall = {
+  voters: NodeId[];
+  addresses: Record<NodeId, MemberAddress>;
+  timeoutMs: number;
+  resolve: () => void;
+  reject: (error: Error) => void;
+};
+
+export type MembershipEvent =
+  | { type: 'reconfigureCall'; call: ReconfigureCall }
+  | Extract<RaftEmitted, { type: 'reconfigureAccepted' | 'reconfigureRejected' | 'membership' | 'removed' }>
+  /** The store applied a configuration (an entry, or a snapshot's) at `index`. */
+  | { type: 'configApplied'; index: number; config: Configuration }
+  | { type: 'client'; message: MembershipMessage }
+  | LeaderChanged
+  | { type: 'stop' };
+
+/** The root's own event: the configuration in force changed, so peers are spawned and stopped. */
+export type RootEvent = { type: 'membersChanged'; members: NodeId[] };
 
 // ---- where the machine's outputs go -------------------------------------------------------------
+
+/**
+ * Messages for one server: through its peer actor, or, for a server outside the configuration in
+ * force (no peer actor: a removed server told `Removed`, a leader that is leaving and still awaits
+ * answers), straight to the transport.
+ */
+const sendToPeer = (
+  system: AnyActorSystem,
+  source: AnyActorRef | undefined,
+  ids: SystemIds,
+  to: NodeId,
+  messages: RaftMessage[],
+): void => {
+  if (system.get(ids.peer(to)) !== undefined) relay(system, source, ids.peer(to), { type: 'send', messages });
+  else relay(system, source, ids.transport, { type: 'outgoing', messages });
+};
 
 /**
  * Carries one output of the raft machine to the actor that owns that part of the world: messages
@@ -141,7 +183,7 @@ export const deliverOutput = (
     case 'send': {
       const messages = output.messages;
       if (messages.length === 1) {
-        relay(system, source, ids.peer(messages[0]!.to), { type: 'send', messages });
+        sendToPeer(system, source, ids, messages[0]!.to, messages);
         return;
       }
       const byPeer = new Map<NodeId, RaftMessage[]>();
@@ -150,7 +192,7 @@ export const deliverOutput = (
         if (list) list.push(message);
         else byPeer.set(message.to, [message]);
       }
-      for (const [to, list] of byPeer) relay(system, source, ids.peer(to), { type: 'send', messages: list });
+      for (const [to, list] of byPeer) sendToPeer(system, source, ids, to, list);
       return;
     }
     case 'committed':
@@ -168,6 +210,16 @@ export const deliverOutput = (
     case 'readsReady':
     case 'readsRejected':
       relay(system, source, ids.requests, output);
+      return;
+    case 'reconfigureAccepted':
+    case 'reconfigureRejected':
+    case 'removed':
+      relay(system, source, ids.membership, output);
+      return;
+    case 'membership':
+      // Peers first (the root spawns and stops them), so the messages that follow find theirs.
+      relay(system, source, ids.root, { type: 'membersChanged', members: membersOf(output.config) });
+      relay(system, source, ids.membership, output);
       return;
     default:
       return;

@@ -11,6 +11,7 @@ import {
   type Actor,
   type AnyActorRef,
   createActor,
+  enqueueActions,
   type InspectionEvent,
   type Observer,
   setup,
@@ -20,25 +21,49 @@ import { encodeCommand, type KvOperation } from '../io/command.js';
 import type { RaftTransport, TransportEndpoint, TransportMessage } from '../io/transport.js';
 import { assert } from '../machines/assert.js';
 import { clusterIdOfLog } from '../machines/cluster-id.js';
+import {
+  type Configuration,
+  decodeConfiguration,
+  type MemberAddress,
+  membersOf,
+  simpleConfiguration,
+} from '../machines/configuration.js';
 import type { NodeId, RaftMessage } from '../machines/messages.js';
-import { emptyRecoveryCounters } from '../machines/rules/index.js';
+import { emptyMembershipCounters, emptyRecoveryCounters } from '../machines/rules/index.js';
 import { tickMsOf } from '../machines/ticks.js';
 import type { CallOptions } from './calls.js';
 import { type Clock, createDeadlines } from './deadlines.js';
-import { hidden as hideDeps, type NewCall, relay, type SystemIds, systemIdsOf } from './events.js';
+import {
+  hidden as hideDeps,
+  type NewCall,
+  type ReconfigureCall,
+  type RootEvent,
+  relay,
+  type SystemIds,
+  systemIdsOf,
+} from './events.js';
 import { summarizingInspect } from './inspection.js';
 import { type LogView, logActor } from './log-actor.js';
+import { type MembershipView, membershipActor } from './membership.js';
 import { createMemoryLog, type LogStorage } from './memory-log.js';
 import { type PeerCounters, type PeerMetrics, peerActor } from './peer.js';
 import { type RaftCounters, type RaftDeps, type RaftStatus, raftActorLogic, statusOf } from './raft.js';
 import { type RequestsView, requestsActor } from './requests.js';
 import type { Change, Store } from './store.js';
+import { configOfSnapshot, type StoreSnapshot } from './store.js';
 import { type StoreCounters, storeActor } from './store-actor.js';
 import { type TransportCounters, transportActor } from './transport.js';
 
 export type NodeOptions = {
   id: NodeId;
+  /** The bootstrap voters (this node included), in force until the log holds a configuration. */
   voters: readonly NodeId[];
+  /** Where the bootstrap voters listen (configuration entries carry the addresses). */
+  addresses?: Readonly<Record<NodeId, MemberAddress>>;
+  /** The configuration in force changed (machines/configuration.ts): the transport follows it. */
+  onMembership?: (config: Configuration, index: number) => void;
+  /** This node learned that a committed configuration removed it. */
+  onRemoved?: (configIndex: number) => void;
   transport: RaftTransport;
   electionTimeoutMs: number;
   heartbeatMs: number;
@@ -116,6 +141,7 @@ export type NodeStatus = {
 
 /** What the handle reads of the actors (each actor sets its part when it starts; never written here). */
 type Views = {
+  membership?: MembershipView;
   store?: Store;
   storeCounters?: StoreCounters;
   log?: LogView;
@@ -159,19 +185,24 @@ type Boot = {
   endpoint: TransportEndpoint;
 };
 
+/** The snapshot a restart begins from, with the configuration its header carries (membership). */
+const snapshotInputOf = (snapshot: StoreSnapshot) => {
+  const config = configOfSnapshot(snapshot.data);
+  return { index: snapshot.index, term: snapshot.term, ...(config ? { config } : {}) };
+};
+
 /** The machine's input: who it is, what the log restarted from, its limits (raft.types.ts). */
 const raftInputOf = (options: NodeOptions, boot: Boot) => {
   const { persisted, log, incarnation } = boot;
   return {
     id: options.id,
     voters: options.voters,
+    ...(options.addresses ? { addresses: options.addresses } : {}),
     electionTimeoutMs: options.electionTimeoutMs,
     heartbeatMs: options.heartbeatMs,
     seed: options.seed,
     hardState: persisted.hardState,
-    ...(persisted.snapshot
-      ? { snapshot: { index: persisted.snapshot.index, term: persisted.snapshot.term } }
-      : {}),
+    ...(persisted.snapshot ? { snapshot: snapshotInputOf(persisted.snapshot) } : {}),
     entries: persisted.entries,
     durable: log.durable === true,
     incarnation,
@@ -186,6 +217,48 @@ const raftInputOf = (options: NodeOptions, boot: Boot) => {
   };
 };
 
+/** The membership actor's input: the configuration the node starts with, the callbacks of the options. */
+const membershipInputOf = (
+  options: NodeOptions,
+  wiring: Wiring,
+  initial: { config: Configuration; index: number },
+  retryMs: number,
+) => ({
+  ids: systemIdsOf(options.id),
+  id: options.id,
+  clock: wiring.clock,
+  retryMs,
+  initial,
+  onMembership: (config: Configuration, index: number) => options.onMembership?.(config, index),
+  onRemoved: (configIndex: number) => options.onRemoved?.(configIndex),
+  views: wiring.views,
+});
+
+/** The root's action on `membersChanged`: spawn the new members' peers, stop the removed members'. */
+const followMembers = (
+  self: NodeId,
+  peerIds: Set<NodeId>,
+  views: Views,
+  spawnPeer: (peerId: NodeId) => unknown,
+  announceRole: (peerId: NodeId) => void,
+) =>
+  enqueueActions(({ enqueue, event }) => {
+    const members = new Set((event as RootEvent).members.filter((member) => member !== self));
+    for (const peerId of [...peerIds]) {
+      if (members.has(peerId)) continue;
+      peerIds.delete(peerId);
+      // Its counters leave the metrics with it.
+      views.peers.delete(peerId);
+      enqueue.stopChild(`peer:${peerId}`);
+    }
+    for (const peerId of members) {
+      if (peerIds.has(peerId)) continue;
+      peerIds.add(peerId);
+      enqueue(spawnPeer(peerId) as never);
+      enqueue(() => announceRole(peerId));
+    }
+  });
+
 /** Everything the root's children need, besides what the log restarted from. */
 type Wiring = {
   options: NodeOptions;
@@ -196,6 +269,22 @@ type Wiring = {
   nowMs: () => number;
   onReceive: (deliver: ((message: TransportMessage) => void) | null) => void;
   onFatal: (error: Error) => void;
+  clock: Clock;
+  /** Tells a peer spawned mid-run the raft actor's current role, term and leader. */
+  announceRole: (peerId: NodeId) => void;
+};
+
+/** The configuration a start begins with: the log's newest (entries, then the snapshot's), else the bootstrap voters. */
+const initialConfigOf = (options: NodeOptions, boot: Boot): { config: Configuration; index: number } => {
+  const { persisted } = boot;
+  const base = persisted.snapshot?.index ?? 0;
+  for (let offset = persisted.entries.length - 1; offset >= 0; offset -= 1) {
+    const entry = persisted.entries[offset]!;
+    if (entry.kind === 'config' && entry.data !== null)
+      return { config: decodeConfiguration(entry.data), index: base + 1 + offset };
+  }
+  const fromSnapshot = persisted.snapshot ? configOfSnapshot(persisted.snapshot.data) : null;
+  return { config: fromSnapshot ?? simpleConfiguration(options.voters, options.addresses), index: base };
 };
 
 /**
@@ -209,7 +298,8 @@ const nodeMachineOf = (wiring: Wiring, boot: Boot) => {
   const sizes = sizesOf(options);
   const hidden = <T extends object>(input: T, actor: string): T =>
     hideDeps(input, { node: options.id, actor });
-  const peerIds = options.voters.filter((voter) => voter !== options.id);
+  const initial = initialConfigOf(options, boot);
+  const peerIds = new Set(membersOf(initial.config).filter((member) => member !== options.id));
   const spawnPeer = (peerId: NodeId) =>
     spawnChild('peer', {
       id: `peer:${peerId}`,
@@ -247,10 +337,12 @@ const nodeMachineOf = (wiring: Wiring, boot: Boot) => {
     onChange: (change: Change) => options.onChange?.(change),
     wantsChanges: options.wantsChanges ?? (() => options.onChange !== undefined),
     onUndecodable: (index: number, reason: string) => options.onUndecodable?.(index, reason),
+    defer: wiring.defer,
     views,
   };
   const logInput = { ids, log: boot.log, defer: wiring.defer, onFatal: wiring.onFatal, views };
   const transportInput = { ids, endpoint: boot.endpoint, onReceive: wiring.onReceive, views };
+  const membershipInput = membershipInputOf(options, wiring, initial, requestsInput.rpcTimeoutMs);
   return setup({
     actors: {
       requests: requestsActor,
@@ -258,10 +350,18 @@ const nodeMachineOf = (wiring: Wiring, boot: Boot) => {
       log: logActor,
       store: storeActor,
       peer: peerActor,
+      membership: membershipActor,
       raft: raftActorLogic(wiring.raftDeps),
     },
   }).createMachine({
     id: options.id,
+    on: {
+      // The configuration in force changed (membership.ts): spawn the new members' peers, stop the
+      // removed members' (their counters leave the metrics with them).
+      membersChanged: {
+        actions: followMembers(options.id, peerIds, views, spawnPeer, wiring.announceRole) as never,
+      },
+    },
     entry: [
       spawnChild('requests', {
         id: 'requests',
@@ -275,7 +375,12 @@ const nodeMachineOf = (wiring: Wiring, boot: Boot) => {
       }),
       spawnChild('log', { id: 'log', systemId: ids.log, input: hidden(logInput, 'log') }),
       spawnChild('store', { id: 'store', systemId: ids.store, input: hidden(storeInput, 'store') }),
-      ...peerIds.map(spawnPeer),
+      spawnChild('membership', {
+        id: 'membership',
+        systemId: ids.membership,
+        input: hidden(membershipInput, 'membership'),
+      }),
+      ...[...peerIds].map(spawnPeer),
       spawnChild('raft', { id: 'raft', systemId: ids.raft, input: raftInputOf(options, boot) }),
     ] as never,
   });
@@ -391,6 +496,10 @@ const callOn = (
   encode: NewCall['encode'],
 ): Promise<void> => {
   if (s.stopped) return Promise.reject(stoppedError(s, 'is not running'));
+  if (s.views.membership?.removed)
+    return Promise.reject(
+      Object.assign(new Error(`${s.options.id} was removed from the cluster`), { code: 'REMOVED' }),
+    );
   return new Promise<void>((resolve, reject) => {
     if (s.tickCalls.length === 0) s.defer(() => handOver(s));
     s.tickCalls.push({
@@ -402,6 +511,28 @@ const callOn = (
       resolve,
       reject,
     });
+  });
+};
+
+const reconfigureOn = (
+  s: NodeState,
+  members: ReadonlyArray<{ nodeId: NodeId; host?: string; port?: number }>,
+  timeoutMs: number | undefined,
+): Promise<void> => {
+  if (s.stopped || !s.root) return Promise.reject(stoppedError(s, 'is not running'));
+  const addresses: Record<NodeId, MemberAddress> = {};
+  for (const member of members)
+    if (member.host !== undefined && member.port !== undefined)
+      addresses[member.nodeId] = { host: member.host, port: member.port };
+  return new Promise<void>((resolve, reject) => {
+    const call: ReconfigureCall = {
+      voters: members.map((member) => member.nodeId),
+      addresses,
+      timeoutMs: timeoutMs ?? Math.max(s.options.proposalTimeoutMs, 10 * s.options.electionTimeoutMs),
+      resolve,
+      reject,
+    };
+    relay(s.root!.system, undefined, s.ids.membership, { type: 'reconfigureCall', call });
   });
 };
 
@@ -436,6 +567,18 @@ const startNode = async (s: NodeState): Promise<void> => {
       stopNode(s).catch(() => undefined);
       s.options.onFatal?.(error);
     },
+    clock: s.clock,
+    announceRole: (peerId) => {
+      if (!s.root || !s.raft) return;
+      const status = statusOf(s.options.id, s.raft);
+      relay(s.root.system, s.raft, s.ids.peer(peerId), {
+        type: 'leaderChanged',
+        role: status.role,
+        term: status.term,
+        leaderId: status.leaderId,
+        self: status.role === 'leader',
+      });
+    },
   };
   const inspect = s.options.inspect;
   s.root = createActor(nodeMachineOf(wiring, booted), {
@@ -458,6 +601,7 @@ const stopNode = (s: NodeState): Promise<void> => {
     s.stopped = true;
     s.raftDeps.stopTimers?.();
     if (s.root) relay(s.root.system, undefined, s.ids.requests, { type: 'stop' });
+    if (s.root) relay(s.root.system, undefined, s.ids.membership, { type: 'stop' });
     for (const pending of s.tickCalls) pending.reject(stoppedError(s, 'stopped'));
     s.tickCalls = [];
     s.root?.stop();
@@ -481,7 +625,9 @@ const recoveryWaitingFor = (s: NodeState): NodeId[] => {
   if (!context?.recovering) return [];
   const answers = Object.values(context.recovery.answers) as Array<{ recovering: boolean; from: NodeId }>;
   const ready = new Set(answers.filter((answer) => !answer.recovering).map((answer) => answer.from));
-  return s.options.voters.filter((voter) => voter !== s.options.id && !ready.has(voter));
+  return membersOf(context.config as Configuration).filter(
+    (member) => member !== s.options.id && !ready.has(member),
+  );
 };
 
 const nodeMetrics = (s: NodeState) => {
@@ -496,6 +642,16 @@ const nodeMetrics = (s: NodeState) => {
     staleIncarnationAnswers: counters?.staleIgnored ?? 0,
     recovering: context?.recovering ?? false,
     recovery: { ...(context?.recoveryCounters ?? emptyRecoveryCounters()) },
+    /** Membership (machines/rules/membership.ts): the configuration in force and the hard cases counted. */
+    membership: {
+      configIndex: views.membership?.index ?? 0,
+      voters: [...(views.membership?.config.voters ?? s.options.voters)],
+      outgoing: [...(views.membership?.config.outgoing ?? [])],
+      removed: views.membership?.removed ?? false,
+      changes: views.membership?.changes ?? 0,
+      retries: views.membership?.retries ?? 0,
+      ...(context?.membershipCounters ?? emptyMembershipCounters()),
+    },
     ...(requests?.counters ?? { forwardedWrites: 0, forwardedReads: 0, retries: 0 }),
     pendingWrites: requests?.writes.size ?? 0,
     pendingReads: requests?.reads.size ?? 0,
@@ -524,7 +680,6 @@ const nodeStateOf = (options: NodeOptions): NodeState => {
     raftCounters,
     raftDeps: {
       ids,
-      peers: options.voters.filter((voter) => voter !== options.id),
       durable: false,
       clock,
       tickMs: tickMsOf(options.electionTimeoutMs),
@@ -575,6 +730,16 @@ export const createNode = (options: NodeOptions) => {
     /** Sends a timer event by hand (tests and tools: `electionTimeout`, `checkQuorum`, ...). */
     fire: (event: { type: 'electionTimeout' | 'heartbeatTimeout' | 'checkQuorum' }) => s.raft?.send(event),
     isStopped: () => s.stopped,
+    /**
+     * Changes the voting membership to `members` (the whole new one) by joint consensus; resolves
+     * once C_new is committed and applied here, or this node was removed by it (membership.ts).
+     */
+    reconfigure: (
+      members: ReadonlyArray<{ nodeId: NodeId; host?: string; port?: number }>,
+      timeoutMs?: number,
+    ) => reconfigureOn(s, members, timeoutMs),
+    /** The configuration in force, its index, and whether this node was removed. */
+    membership: () => s.views.membership ?? null,
     metrics: () => nodeMetrics(s),
     /** The root actor (tests and tools: its system holds every actor of the node). */
     actor: () => s.root,

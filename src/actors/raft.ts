@@ -14,6 +14,7 @@ import type { AnyActorRef, AnyActorScope } from 'xstate';
 import type { NodeId } from '../machines/messages.js';
 import { type RaftMachine, raftMachine, roleOf } from '../machines/raft.machine.js';
 import { goesBeforePersist, type RaftEmitted, type Role } from '../machines/raft.types.js';
+import { peersOf } from '../machines/rules/index.js';
 import type { Clock } from './deadlines.js';
 import type { AnyActorSystem } from './events.js';
 import { deliverOutput, relay, type SystemIds } from './events.js';
@@ -31,7 +32,6 @@ export type RaftCounters = { elections: number };
 
 export type RaftDeps = {
   ids: SystemIds;
-  peers: readonly NodeId[];
   /** The log is durable: outputs that wait for persists go through the log actor's outbox. */
   durable: boolean;
   clock: Clock;
@@ -65,8 +65,10 @@ const route = (router: Router, output: RaftEmitted): void => {
   if (output.type === 'persist') relay(system, self, ids.log, { type: 'persist', output });
   else if (output.type === 'installSnapshot')
     relay(system, self, ids.log, { type: 'installSnapshot', output });
-  // The machine says what may leave before the persists ahead of it are durable (raft.types.ts).
-  else if (!deps.durable || goesBeforePersist(output)) deliverOutput(system, self, ids, output);
+  // The machine says what may leave before the persists ahead of it are durable (raft.types.ts);
+  // a change of the configuration in force promises nothing and spawns the peers the sends need.
+  else if (!deps.durable || goesBeforePersist(output) || output.type === 'membership')
+    deliverOutput(system, self, ids, output);
   else relay(system, self, ids.log, { type: 'afterPersist', output });
 };
 
@@ -129,9 +131,11 @@ const watchRole = (
         leaderId: now.leaderId,
         self: self_,
       };
-      for (const peer of deps.peers) relay(system, self, deps.ids.peer(peer), event);
-      if (before?.leaderId !== now.leaderId || before?.role !== now.role)
+      for (const peer of peersOf(self.getSnapshot().context)) relay(system, self, deps.ids.peer(peer), event);
+      if (before?.leaderId !== now.leaderId || before?.role !== now.role) {
         relay(system, self, deps.ids.requests, event);
+        relay(system, self, deps.ids.membership, event);
+      }
       deps.onRole(now);
     },
     error: () => undefined,

@@ -33,6 +33,11 @@ export type StoreInput = {
   onChange: (change: Change) => void;
   wantsChanges: () => boolean;
   onUndecodable: (index: number, reason: string) => void;
+  /**
+   * Runs `fn` after the current tick: compaction follows the apply pass that made it due, never
+   * inside it (the simulator then checks the commit before the log forgets the entries).
+   */
+  defer: (fn: () => void) => void;
   /** Where the node's handle reads the map and the counters (get, metrics); never written there. */
   views: { store?: Store; storeCounters?: StoreCounters };
 };
@@ -88,7 +93,16 @@ export const storeActor = fromCallback<StoreEvent, StoreInput>(({ input, receive
   input.views.storeCounters = counters;
   relay(system, self, ids.requests, { type: 'applied', appliedIndex: store.appliedIndex(), seqs: [] });
 
-  /** After an apply pass: compact when enough was applied since the last compaction. */
+  let compactionDue = false;
+  /** After an apply pass: compact, after this tick, when enough was applied since the last compaction. */
+  const scheduleCompaction = (): void => {
+    if (compactionDue || store.appliedIndex() - input.keepEntries - compactedTo < input.compactEvery) return;
+    compactionDue = true;
+    input.defer(() => {
+      compactionDue = false;
+      if (self.getSnapshot().status === 'active') maybeCompact();
+    });
+  };
   const maybeCompact = (): void => {
     if (store.appliedIndex() - input.keepEntries - compactedTo < input.compactEvery) return;
     const target = compactionTarget(scope, store.appliedIndex());
@@ -101,16 +115,19 @@ export const storeActor = fromCallback<StoreEvent, StoreInput>(({ input, receive
 
   receive((event) => {
     switch (event.type) {
-      case 'apply':
+      case 'apply': {
         settled = [];
+        const configBefore = store.config();
         store.apply(event.firstIndex, event.entries);
         relay(system, self, ids.requests, {
           type: 'applied',
           appliedIndex: store.appliedIndex(),
           seqs: settled,
         });
-        maybeCompact();
+        announceConfig(scope, configBefore, store.config());
+        scheduleCompaction();
         return;
+      }
       case 'restore': {
         // InstallSnapshot rule 8: the store takes the snapshot's state; calls it covers are done.
         taken = null;
@@ -121,6 +138,7 @@ export const storeActor = fromCallback<StoreEvent, StoreInput>(({ input, receive
         );
         compactedTo = Math.max(compactedTo, event.index);
         counters.snapshotsInstalled += 1;
+        announceConfig(scope, null, store.config());
         const { settledBelow, applied } = store.sessionOf(input.session);
         relay(system, self, ids.requests, {
           type: 'restored',
@@ -144,6 +162,20 @@ export const storeActor = fromCallback<StoreEvent, StoreInput>(({ input, receive
   });
 });
 
+/** A configuration applied (an entry, or a snapshot's): the membership actor settles calls on it. */
+const announceConfig = (
+  { system, self, input }: Scope,
+  before: ReturnType<Store['config']>,
+  after: ReturnType<Store['config']>,
+): void => {
+  if (after === null || (before !== null && before.index === after.index)) return;
+  relay(system, self, input.ids.membership, {
+    type: 'configApplied',
+    index: after.index,
+    config: after.config,
+  });
+};
+
 /**
  * A whole snapshot that the machine would install is parsed before the machine sees it: bad bytes
  * are dropped and counted here (the log and the commit index must not move for them). The store
@@ -158,7 +190,9 @@ const checkSnapshot = (
   try {
     const parsed = store.prepare(message.data!);
     if (parsed.index === message.lastIncludedIndex && parsed.term === message.lastIncludedTerm) {
-      relay(system, self, input.ids.raft, { type: 'message', message });
+      // The configuration at the snapshot's index comes with it (machines/rules/membership.ts).
+      const withConfig = parsed.config === null ? message : { ...message, config: parsed.config };
+      relay(system, self, input.ids.raft, { type: 'message', message: withConfig });
       return;
     }
   } catch {

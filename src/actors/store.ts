@@ -13,6 +13,12 @@ import { Decoder, Encoder } from '@msgpack/msgpack';
 import { decodeRawCommand, decodeValue, type RawKvCommand } from '../io/command.js';
 import { assert, isCount } from '../machines/assert.js';
 import { clusterIdOfEntry, isClusterId } from '../machines/cluster-id.js';
+import {
+  type Configuration,
+  configurationData,
+  configurationFrom,
+  decodeConfiguration,
+} from '../machines/configuration.js';
 import type { Entry } from '../machines/messages.js';
 import { createPackedMap, type PackedMap, readSnapshot, writeSnapshot } from './packed-map.js';
 
@@ -32,6 +38,7 @@ type ParsedSnapshot = {
   map: PackedMap;
   sessions: Map<number, Session>;
   clusterId: string | null;
+  config: Configuration | null;
 };
 const snapshotEncoder = new Encoder({ useBigInt64: true });
 const snapshotDecoder = new Decoder({ useBigInt64: true });
@@ -104,6 +111,12 @@ type StoreState = StoreCallbacks & {
   undecodable: number;
   /** The cluster id of the applied log (its first entry's, or the snapshot's); null until known. */
   clusterId: string | null;
+  /**
+   * The configuration of the last config entry applied (or the snapshot's), and its index: a
+   * snapshot carries it (machines/configuration.ts); null while the cluster was never reconfigured.
+   */
+  config: Configuration | null;
+  configIndex: number;
   /** A snapshot parsed by `prepare`, kept for the `restore` of the same bytes that follows. */
   prepared: { data: Uint8Array; state: ParsedSnapshot } | null;
 };
@@ -147,6 +160,10 @@ const apply = (s: StoreState, firstIndex: number, entries: readonly Entry[]): vo
     s.appliedTerm = entry.term;
     if (entry.kind !== 'command' || entry.data === null) {
       s.clusterId ??= clusterIdOfEntry(index, entry);
+      if (entry.kind === 'config' && entry.data !== null) {
+        s.config = decodeConfiguration(entry.data);
+        s.configIndex = index;
+      }
       continue;
     }
     const decoded = decodeEntry(entry.data);
@@ -172,6 +189,7 @@ const snapshotOf = (s: StoreState): StoreSnapshot => {
     s.appliedTerm,
     tables,
     s.clusterId,
+    s.config === null ? null : configurationData(s.config),
   ]);
   const prefix = new Uint8Array(4 + header.byteLength);
   new DataView(prefix.buffer).setUint32(0, header.byteLength);
@@ -192,6 +210,10 @@ const restore = (s: StoreState, data: Uint8Array): { index: number; term: number
   s.appliedIndex = index;
   s.appliedTerm = term;
   s.clusterId = parsed.clusterId ?? s.clusterId;
+  if (parsed.config !== null) {
+    s.config = parsed.config;
+    s.configIndex = index;
+  }
   for (const change of changes) s.onChange(change);
   return { index, term };
 };
@@ -205,12 +227,7 @@ const parseSnapshot = (data: Uint8Array): ParsedSnapshot => {
   } catch (error) {
     throw malformedSnapshot((error as Error).message);
   }
-  // Snapshots written before the cluster id existed have 4 fields; the fifth is the id (or null).
-  if (!Array.isArray(decoded) || decoded.length < 4 || decoded.length > 5 || decoded[0] !== SNAPSHOT_VERSION)
-    throw malformedSnapshot(`not a version ${SNAPSHOT_VERSION} snapshot`);
-  const [, index, term, tables, clusterId = null] = decoded as [number, unknown, unknown, unknown, unknown];
-  if (!isCount(index) || !isCount(term) || !Array.isArray(tables)) throw malformedSnapshot('bad header');
-  if (clusterId !== null && !isClusterId(clusterId)) throw malformedSnapshot('bad cluster id');
+  const { index, term, tables, clusterId, config } = headerFields(decoded);
   if (tables.length % 3 !== 0) throw malformedSnapshot('odd table length');
   const nextSessions = new Map<number, Session>();
   for (let i = 0; i < tables.length; i += 3) {
@@ -225,7 +242,31 @@ const parseSnapshot = (data: Uint8Array): ParsedSnapshot => {
   } catch (error) {
     throw malformedSnapshot((error as Error).message);
   }
-  return { index, term, map: nextMap, sessions: nextSessions, clusterId: clusterId as string | null };
+  return { index, term, map: nextMap, sessions: nextSessions, clusterId, config };
+};
+
+/**
+ * The header's fields, checked. Snapshots written before the cluster id existed have 4 fields; the
+ * fifth is the id (or null), the sixth the configuration (or null: never reconfigured).
+ */
+const headerFields = (decoded: unknown) => {
+  if (!Array.isArray(decoded) || decoded.length < 4 || decoded.length > 6 || decoded[0] !== SNAPSHOT_VERSION)
+    throw malformedSnapshot(`not a version ${SNAPSHOT_VERSION} snapshot`);
+  const [, index, term, tables, clusterId = null, configData = null] = decoded as unknown[];
+  if (!isCount(index) || !isCount(term) || !Array.isArray(tables)) throw malformedSnapshot('bad header');
+  if (clusterId !== null && !isClusterId(clusterId)) throw malformedSnapshot('bad cluster id');
+  const config = configData === null ? null : configurationFrom(configData);
+  if (configData !== null && config === null) throw malformedSnapshot('bad configuration');
+  return { index, term, tables, clusterId: clusterId as string | null, config };
+};
+
+/** The configuration a snapshot's header carries (null when none or unreadable): restarts read it. */
+export const configOfSnapshot = (data: Uint8Array): Configuration | null => {
+  try {
+    return headerFields(snapshotDecoder.decode(splitSnapshot(data).header)).config;
+  } catch {
+    return null;
+  }
 };
 
 /** Whether (session, seq) has been applied (or settled) in the current state. */
@@ -264,16 +305,18 @@ export const createStore = (
     duplicates: 0,
     undecodable: 0,
     clusterId: null,
+    config: null,
+    configIndex: 0,
     prepared: null,
   };
   return {
     apply: (firstIndex: number, entries: readonly Entry[]): void => apply(s, firstIndex, entries),
     snapshot: (): StoreSnapshot => snapshotOf(s),
     /** Parses a snapshot (throws MALFORMED_SNAPSHOT) and keeps the parse for the `restore` that follows. */
-    prepare: (data: Uint8Array): { index: number; term: number } => {
+    prepare: (data: Uint8Array): { index: number; term: number; config: Configuration | null } => {
       const state = parseSnapshot(data);
       s.prepared = { data, state };
-      return { index: state.index, term: state.term };
+      return { index: state.index, term: state.term, config: state.config };
     },
     restore: (data: Uint8Array) => restore(s, data),
     wasApplied: (sessionId: number, seq: number): boolean => wasApplied(s, sessionId, seq),
@@ -292,6 +335,9 @@ export const createStore = (
     appliedIndex: (): number => s.appliedIndex,
     /** The cluster id of the applied state (cluster-id.ts), null until its first entry is applied. */
     clusterId: (): string | null => s.clusterId,
+    /** The configuration of the applied state and its index (null: never reconfigured). */
+    config: (): { config: Configuration; index: number } | null =>
+      s.config === null ? null : { config: s.config, index: s.configIndex },
     duplicates: (): number => s.duplicates,
     /** Entries applied as no-ops because they did not decode. */
     undecodable: (): number => s.undecodable,

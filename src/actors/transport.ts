@@ -15,7 +15,12 @@ import {
   RAFT_MESSAGE_TYPES,
   type RaftMessage,
 } from '../machines/messages.js';
-import { type ClientMessage, isWellFormedClientMessage } from './client-messages.js';
+import {
+  type ClientMessage,
+  isWellFormedClientMessage,
+  isWellFormedMembershipMessage,
+  type MembershipMessage,
+} from './client-messages.js';
 import type { AnyActorSystem } from './events.js';
 import { relay, type SystemIds, type TransportEvent } from './events.js';
 
@@ -62,6 +67,13 @@ const route = (
     else if (raft.type === 'InstallSnapshotResponse')
       relay(system, self, ids.peer(from), { type: 'snapshotAnswered', matchIndex: raft.matchIndex });
     relay(system, self, ids.raft, { type: 'message', message: raft });
+  } else if (type === 'ClientReconfigure' || type === 'ClientReconfigureResult') {
+    if (isWellFormedMembershipMessage(message as unknown as { type: string } & Record<string, unknown>))
+      relay(system, self, ids.membership, {
+        type: 'client',
+        message: message as unknown as MembershipMessage,
+      });
+    else counters.malformedMessages += 1;
   } else if (
     CLIENT_TYPES.has(type) &&
     isWellFormedClientMessage(message as unknown as { type: string } & Record<string, unknown>)

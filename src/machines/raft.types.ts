@@ -266,13 +266,14 @@ export type RaftEmitted =
    * `unchanged`: the configuration in force (committed, at `index`) already is the one asked for. */
   | { type: 'reconfigureAccepted'; requestId: number; index: number; term: number; unchanged: boolean }
   /**
-   * A reconfigure was refused: `NOT_LEADER` (ask `leaderId`), `CHANGE_IN_PROGRESS` (a configuration
-   * in the log is joint or not yet committed), or `INVALID_ARGUMENT`.
+   * A reconfigure was refused: `NOT_LEADER` (ask `leaderId`), `LEADER_NOT_READY` (the leader has not
+   * committed an entry of its term yet: ask again), `CHANGE_IN_PROGRESS` (the configuration in force
+   * is joint or not yet committed), or `INVALID_ARGUMENT`.
    */
   | {
       type: 'reconfigureRejected';
       requestId: number;
-      code: 'NOT_LEADER' | 'CHANGE_IN_PROGRESS' | 'INVALID_ARGUMENT';
+      code: 'NOT_LEADER' | 'LEADER_NOT_READY' | 'CHANGE_IN_PROGRESS' | 'INVALID_ARGUMENT';
       leaderId: NodeId | null;
     }
   /** The configuration in force changed (a config entry appended or truncated, a snapshot installed). */

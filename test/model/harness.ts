@@ -179,6 +179,8 @@ export type Stats = {
   changesUnchanged: number;
   changesInProgress: number;
   changesInvalid: number;
+  /** Refused as LEADER_NOT_READY: the leader had not committed an entry of its term yet. */
+  leaderNotReady: number;
   /** C_old,new entries and C_new entries committed (each index once per run). */
   jointCommitted: number;
   changesCommitted: number;
@@ -226,6 +228,7 @@ export const emptyStats = (): Stats => ({
   changesUnchanged: 0,
   changesInProgress: 0,
   changesInvalid: 0,
+  leaderNotReady: 0,
   jointCommitted: 0,
   changesCommitted: 0,
   leadersRemoved: 0,
@@ -651,6 +654,7 @@ const checkMembershipOutput = (view: StepView, out: RaftEmitted): boolean => {
           `${id} rejected a reconfiguration with ${out.code} (leader ${out.leaderId}); spec: ${JSON.stringify(answer)}`,
         );
       if (out.code === 'CHANGE_IN_PROGRESS') world.stats.changesInProgress += 1;
+      if (out.code === 'LEADER_NOT_READY') world.stats.leaderNotReady += 1;
       if (out.code === 'INVALID_ARGUMENT') world.stats.changesInvalid += 1;
       return true;
     case 'membership': {
@@ -726,7 +730,9 @@ const countMembership = (view: StepView, sent: readonly RaftMessage[]): void => 
   const { world, id, before, after, event } = view;
   // An answer to a removed server's message, or a leader telling the servers a committed C_new left out.
   const asker =
-    event.type === 'message' && spec.isFromRemovedServer(before, event.message.from) ? event.message.from : null;
+    event.type === 'message' && spec.isFromRemovedServer(before, event.message.from)
+      ? event.message.from
+      : null;
   for (const m of sent) {
     if (m.type === 'Removed') world.stats[m.to === asker ? 'removedAnswers' : 'removedTold'] += 1;
     if (m.type === 'RequestVote' && m.from === id && (before.removed || after.removed))

@@ -480,18 +480,21 @@ export const checkQuorum = (s: SpecServer): SpecStep => {
 export const heartbeatTimeout = (s: SpecServer): SpecStep => unchanged(s);
 
 /** What the spec answers a reconfigure request (the machine's reconfigureAccepted / reconfigureRejected). */
+export type RefusalCode = 'NOT_LEADER' | 'LEADER_NOT_READY' | 'CHANGE_IN_PROGRESS' | 'INVALID_ARGUMENT';
+
 export type ReconfigureAnswer =
   | { accepted: true; index: number; term: number; unchanged: boolean }
   | {
       accepted: false;
-      code: 'NOT_LEADER' | 'CHANGE_IN_PROGRESS' | 'INVALID_ARGUMENT';
+      code: RefusalCode;
       leaderId: NodeId | null;
     };
 
 /**
  * A reconfigure request (§6): only a leader takes it; the voters must be a non-empty list without
  * repeats; one change at a time: refused while the configuration in force is joint or not yet
- * committed, or before the leader committed an entry of its own term (dissertation §4.1); asking
+ * committed (CHANGE_IN_PROGRESS), and before the leader committed an entry of its own term
+ * (LEADER_NOT_READY; dissertation §4.1); asking
  * for the configuration in force is answered at once; otherwise C_old,new is appended (in force at
  * once: its peers join the leader's view) and the leader's commit rule runs.
  */
@@ -500,7 +503,7 @@ export const reconfigure = (
   voters: readonly NodeId[],
   addresses: Readonly<Record<NodeId, SpecAddress>>,
 ): SpecStep & { answer: ReconfigureAnswer } => {
-  const refuse = (code: 'NOT_LEADER' | 'CHANGE_IN_PROGRESS' | 'INVALID_ARGUMENT') => ({
+  const refuse = (code: RefusalCode) => ({
     server: s,
     send: [],
     answer: { accepted: false as const, code, leaderId: s.leaderId },
@@ -510,8 +513,9 @@ export const reconfigure = (
     return refuse('INVALID_ARGUMENT');
   const inForce = configOf(s);
   const committedOwnTerm = termAt(s.log, s.commitIndex) === s.currentTerm;
-  if (isJointConfig(inForce.config) || inForce.index > s.commitIndex || !committedOwnTerm)
-    return refuse('CHANGE_IN_PROGRESS');
+  if (isJointConfig(inForce.config) || inForce.index > s.commitIndex) return refuse('CHANGE_IN_PROGRESS');
+  // The last leader's configuration may be uncommitted elsewhere: first a commit of its own term.
+  if (!committedOwnTerm) return refuse('LEADER_NOT_READY');
   if (asksForCurrent(inForce.config, voters, addresses))
     return {
       server: s,
@@ -812,9 +816,18 @@ const admitIncarnation = (
   };
 };
 
-/** An answer marks its sender active for CheckQuorum unless it recovers (rule 3). */
-const heardFrom = (s: SpecServer, from: NodeId): SpecServer =>
-  s.recoveringOf[from] ? s : { ...s, recentActive: { ...s.recentActive, [from]: true } };
+/**
+ * An answer marks its sender active for CheckQuorum unless it recovers (rule 3), except a server
+ * being added (in C_new only, while joint): it is reachable, and the leader of the change keeps its
+ * lease while the new servers catch up (they still count toward no commit).
+ */
+const heardFrom = (s: SpecServer, from: NodeId): SpecServer => {
+  const { config } = configOf(s);
+  const beingAdded = isJointConfig(config) && !config.outgoing.includes(from);
+  return s.recoveringOf[from] && !beingAdded
+    ? s
+    : { ...s, recentActive: { ...s.recentActive, [from]: true } };
+};
 
 /**
  * HandleAppendEntriesResponse: within one incarnation of the follower, match only moves forward

@@ -497,6 +497,8 @@ export type ClientRunOptions = {
   compaction?: { compactEvery: number; keepEntries: number; snapshotChunkBytes: number };
   /** The servers' logs (simulator.ts): 'durable' runs the simulated disk that loses unsynced writes. */
   disk?: 'memory' | 'durable';
+  /** Servers started blank outside the configuration, for membership changes (simulator.ts). */
+  spares?: number;
 };
 
 export type ClientRunResult = { sim: Simulation; clients: Clients; duplicates: number; updates: number };
@@ -521,6 +523,7 @@ export const clientRun = async (
     ...(options.proposalTimeoutMs ? { proposalTimeoutMs: options.proposalTimeoutMs } : {}),
     ...options.compaction,
     ...(options.disk ? { disk: options.disk } : {}),
+    ...(options.spares ? { spares: options.spares } : {}),
   });
   await waitForLeader(sim);
   const clients = createClients(sim, options.clients);

@@ -96,6 +96,17 @@ export type SimOptions = {
    * member that votes at once, as diskeyval did before recovery existed.
    */
   amnesiacRecovers?: boolean;
+  /**
+   * Membership (issue 13): this many more servers (`s{nodes+1}`..) start blank with `join`, outside
+   * the configuration, as a user starts a node before adding it; `reconfigure` adds them.
+   */
+  spares?: number;
+  /**
+   * Spares start as new servers that trust they hold nothing to forget (not recovering: their
+   * answers count at once). Only for broken-variant scenarios that need caught-up servers outside
+   * the configuration; by default spares recover like any blank start.
+   */
+  sparesTrusted?: boolean;
 };
 
 /** Durable-disk runs: the proof that the hard cases happened, summed over the servers. */
@@ -137,7 +148,10 @@ export const createSimulation = (options: SimOptions) => {
   const rng = createRng(options.seed);
   const agenda = createAgenda();
   const checker = createSafetyChecker();
-  const ids = Array.from({ length: options.nodes }, (_, index) => `s${index + 1}`);
+  const ids = Array.from({ length: options.nodes + (options.spares ?? 0) }, (_, index) => `s${index + 1}`);
+  /** The bootstrap voters: the first `nodes` servers; spares are added by `reconfigure`. */
+  const initialVoters = ids.slice(0, options.nodes);
+  const isSpare = (id: string): boolean => !initialVoters.includes(id);
   const servers = new Map<string, Server>();
   const endpoints = new Map<string, (message: TransportMessage) => void>();
   let network: NetworkFaults = { ...RELIABLE, ...options.network };
@@ -272,9 +286,10 @@ export const createSimulation = (options: SimOptions) => {
   const boot = (server: Server): void => {
     server.incarnation += 1;
     if (server.disk) server.log = logFor(server);
+    const amnesiac = server.incarnation > 1 && isBlankLog(server);
     const node = createNode({
       id: server.id,
-      voters: ids,
+      voters: bootVotersOf(server.id, amnesiac),
       transport,
       electionTimeoutMs: options.electionTimeoutMs ?? 150,
       heartbeatMs: options.heartbeatMs ?? 50,
@@ -284,9 +299,9 @@ export const createSimulation = (options: SimOptions) => {
       incarnation: server.incarnation,
       // Deterministic per seed, server and start (a real node draws 16 random bytes).
       newClusterId: clusterIdFromSeed(options.seed, ids.indexOf(server.id), server.incarnation),
-      ...((server.incarnation === 1 && options.firstStart !== 'blank') || options.amnesiacRecovers === false
-        ? { recovering: false }
-        : {}),
+      ...(startsTrusted(server) ? { recovering: false } : {}),
+      // A server started to be added never bootstraps a cluster of its own.
+      ...(isSpare(server.id) ? { join: true } : {}),
       log: server.log,
       clock: clockFor(server),
       nowMs: () => nowMs,
@@ -310,6 +325,38 @@ export const createSimulation = (options: SimOptions) => {
     server.node = node;
     void node.start();
   };
+
+  /** A start that is not recovering (see `firstStart`, `amnesiacRecovers`, `sparesTrusted`). */
+  function startsTrusted(server: Server): boolean {
+    if (isSpare(server.id)) return options.sparesTrusted === true && server.incarnation === 1;
+    return (server.incarnation === 1 && options.firstStart !== 'blank') || options.amnesiacRecovers === false;
+  }
+
+  /** Whether the server's disk holds nothing at all (its restart is amnesiac, or it never ran). */
+  function isBlankLog(server: Server): boolean {
+    const persisted = persistedOf(server);
+    return persisted.hardState.term === 0 && persisted.entries.length === 0 && persisted.snapshot === null;
+  }
+
+  /**
+   * The members a server is started with, as an operator would: the bootstrap voters at first; on an
+   * amnesiac restart the members of the newest configuration any live server holds (a spare not yet
+   * added keeps listing the bootstrap voters), itself included.
+   */
+  function bootVotersOf(id: string, amnesiac: boolean): string[] {
+    const base = amnesiac ? (newestMembers() ?? initialVoters) : initialVoters;
+    return base.includes(id) ? base : [...base, id];
+  }
+
+  function newestMembers(): string[] | null {
+    let best: { index: number; members: string[] } | null = null;
+    for (const server of servers.values()) {
+      const view = server.node && !server.node.isStopped() ? server.node.membership() : null;
+      if (view && (best === null || view.index > best.index))
+        best = { index: view.index, members: [...new Set([...view.config.voters, ...view.config.outgoing])] };
+    }
+    return best?.members ?? null;
+  }
 
   /** A memory-log server takes `log` as its disk from now on (a restart that lost some or all of it). */
   const replaceMemoryLog = (server: Server, log: MemoryLog): void => {
@@ -482,16 +529,17 @@ export const createSimulation = (options: SimOptions) => {
     return best?.id ?? null;
   };
 
-  /** A leader that a majority of live, connected servers follow in its term. */
+  /** A leader that a majority of the live, connected voters of its configuration follow in its term. */
   const stableLeader = (): string | null => {
     const id = leader();
     if (id === null) return null;
     const term = statusOf(id)!.term;
-    const followers = ids.filter((other) => {
+    const voters = serverOf(id).node?.membership()?.config.voters ?? initialVoters;
+    const followers = voters.filter((other) => {
       const status = statusOf(other);
       return status !== null && status.term === term && status.leaderId === id && canTalk(id, other);
     });
-    return followers.length >= Math.floor(ids.length / 2) + 1 ? id : null;
+    return followers.length >= Math.floor(voters.length / 2) + 1 ? id : null;
   };
 
   const propose = (id: string, value: string, key = 'k'): Proposal => {
@@ -587,6 +635,10 @@ export const createSimulation = (options: SimOptions) => {
   return {
     seed: options.seed,
     ids,
+    /** The bootstrap voters (the rest are spares, added by `reconfigure`). */
+    initialVoters,
+    /** The members of the newest configuration a live server holds (bootstrap voters before any). */
+    members: (): string[] => newestMembers() ?? initialVoters,
     rng,
     /** The cluster id the servers agreed on, or null while none knows one. */
     clusterId: () => clusterId,

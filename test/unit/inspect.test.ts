@@ -155,7 +155,9 @@ describe('the node in the XState inspector', () => {
     expect([...actors].sort()).toEqual(
       [
         leaderId,
-        ...['raft', 'log', 'store', 'requests', 'transport'].map((actor) => `${leaderId}/${actor}`),
+        ...['raft', 'log', 'store', 'requests', 'transport', 'membership'].map(
+          (actor) => `${leaderId}/${actor}`,
+        ),
         ...others.map((peer) => `${leaderId}/peer:${peer}`),
       ].sort(),
     );

@@ -6,7 +6,7 @@
 import { assert } from '../assert.js';
 import { noopData } from '../cluster-id.js';
 import { commitIndexByQuorum } from '../commit.js';
-import { hasQuorum, type MemberAddress } from '../configuration.js';
+import { hasQuorum, isJoint, type MemberAddress } from '../configuration.js';
 import type {
   AppendEntriesResponse,
   Entry,
@@ -21,6 +21,7 @@ import {
   onAppendRejected,
   onHeartbeatAnswered,
   onSnapshotAnswered,
+  type Progress,
 } from '../progress.js';
 import type { Outcome, RaftContext, RaftEmitted } from '../raft.types.js';
 import { append, lastIndex, lastIndexOfTerm } from '../raft-log.js';
@@ -146,17 +147,6 @@ const checkIncarnation = (
 const probeAfterRestart = (context: RaftContext, peer: NodeId, outcome: Outcome): Outcome =>
   (outcome.send?.length ?? 0) > 0 ? outcome : merge(outcome, { send: appendsFor(context, peer, true) });
 
-/**
- * A late answer from a server that the configuration in force no longer counts (it left in a
- * change since the request went out, membership.ts): the leader keeps no progress for it, so the
- * answer tells nothing and is ignored.
- */
-const isFormerMember = (context: RaftContext, from: NodeId): boolean => context.progress[from] === undefined;
-
-/** What to send `peer` next, unless it has just left the configuration. */
-const appendsTo = (context: RaftContext, peer: NodeId, evenIfEmpty: boolean) =>
-  isFormerMember(context, peer) ? [] : appendsFor(context, peer, evenIfEmpty);
-
 /** Where the leader resumes after a rejection, from the follower's conflict hint (§5.3). */
 const nextIndexFromHint = (context: RaftContext, response: AppendEntriesResponse): number => {
   if (response.conflictTerm > 0) {
@@ -171,7 +161,8 @@ const nextIndexFromHint = (context: RaftContext, response: AppendEntriesResponse
  * log inconsistency: decrement nextIndex and retry" — by a whole term at a time, with the hint.
  */
 export const handleAppendResponse = (context: RaftContext, response: AppendEntriesResponse): Outcome => {
-  if (isFormerMember(context, response.from)) return {};
+  // An answer from a server no longer in the configuration (membership.ts) changes nothing.
+  if (context.progress[response.from] === undefined) return {};
   const wasRecovering = progressOf(context, response.from).recovering;
   const verdict = checkIncarnation(context, response);
   if (verdict === 'stale') return {};
@@ -185,7 +176,7 @@ const appendResponse = (
   wasRecovering: boolean,
 ): Outcome => {
   const progress = progressOf(context, response.from);
-  if (!progress.recovering) progress.recentActive = true;
+  markActive(context, response.from, progress);
   if (response.success) {
     assert(response.matchIndex <= lastIndex(context.log), 'a follower matched past the leader log');
     const advanced = onAppendAccepted(progress, response.matchIndex);
@@ -193,8 +184,9 @@ const appendResponse = (
     const counted = wasRecovering && !progress.recovering;
     const commit = advanced || counted ? advanceCommit(context) : {};
     const committed = after(context, commit);
-    // The commit may have completed a change that removed the follower (no progress left for it).
-    return merge(commit, { send: appendsTo(committed, response.from, false) });
+    // The commit may have completed a change that removed this follower (membership.ts).
+    if (committed.progress[response.from] === undefined) return commit;
+    return merge(commit, { send: appendsFor(committed, response.from, false) });
   }
   const changed = onAppendRejected(progress, response.rejectedIndex, nextIndexFromHint(context, response));
   return changed ? { send: appendsFor(context, response.from, true) } : {};
@@ -202,19 +194,21 @@ const appendResponse = (
 
 /** The follower installed our snapshot (or had one that far): it matches up to `matchIndex`. */
 export const handleSnapshotResponse = (context: RaftContext, response: InstallSnapshotResponse): Outcome => {
-  if (isFormerMember(context, response.from)) return {};
+  if (context.progress[response.from] === undefined) return {};
   const verdict = checkIncarnation(context, response);
   if (verdict === 'stale') return {};
   const progress = progressOf(context, response.from);
-  if (!progress.recovering) progress.recentActive = true;
+  markActive(context, response.from, progress);
   assert(response.matchIndex <= lastIndex(context.log), 'a follower matched past the leader log');
   const advanced = onSnapshotAnswered(progress, response.matchIndex);
   const commit = advanced ? advanceCommit(context) : {};
-  return merge(commit, { send: appendsTo(after(context, commit), response.from, true) });
+  const committed = after(context, commit);
+  if (committed.progress[response.from] === undefined) return commit;
+  return merge(commit, { send: appendsFor(committed, response.from, true) });
 };
 
 export const handleHeartbeatResponse = (context: RaftContext, response: HeartbeatResponse): Outcome => {
-  if (isFormerMember(context, response.from)) return {};
+  if (context.progress[response.from] === undefined) return {};
   const wasRecovering = progressOf(context, response.from).recovering;
   if (checkIncarnation(context, response) === 'stale') return {};
   const progress = progressOf(context, response.from);
@@ -224,6 +218,7 @@ export const handleHeartbeatResponse = (context: RaftContext, response: Heartbea
     return merge(commit, handleHeartbeatResponse(after(context, commit), response));
   }
   onHeartbeatAnswered(progress, context.maxInflight);
+  markActive(context, response.from, progress);
   // A recovering follower confirms no leadership (rule 3): its answer only keeps replication going.
   const rounds = context.readRounds.map((round) =>
     !progress.recovering && round.seq <= response.seq && !round.acks.includes(response.from)
@@ -238,6 +233,17 @@ export const handleHeartbeatResponse = (context: RaftContext, response: Heartbea
       ? appendsFor(context, response.from, true)
       : [];
   return merge(releaseConfirmedReads(context, rounds), { send: catchUp });
+};
+
+/**
+ * An answer marks its sender active for CheckQuorum unless it recovers (rule 3), with one exception:
+ * a server being added (in C_new only, while joint) that is still catching up is reachable, so the
+ * leader of the change keeps its lease while the new servers recover (membership.ts); it still
+ * counts toward no commit and no read round.
+ */
+const markActive = (context: RaftContext, from: NodeId, progress: Progress): void => {
+  if (!progress.recovering || (isJoint(context.config) && !context.config.outgoing.includes(from)))
+    progress.recentActive = true;
 };
 
 /** CheckQuorum: a leader that has not heard from a majority in an election timeout steps down. */

@@ -142,7 +142,7 @@ const appendConfig = (context: RaftContext, config: Configuration): { outcome: O
 const rejection = (
   context: RaftContext,
   requestId: number,
-  code: 'NOT_LEADER' | 'CHANGE_IN_PROGRESS' | 'INVALID_ARGUMENT',
+  code: 'NOT_LEADER' | 'LEADER_NOT_READY' | 'CHANGE_IN_PROGRESS' | 'INVALID_ARGUMENT',
 ): Outcome => ({
   emitted: [{ type: 'reconfigureRejected', requestId, code, leaderId: context.leaderId }],
 });
@@ -164,8 +164,10 @@ export const proposeReconfigure = (
   const unique = new Set(voters);
   if (voters.length === 0 || unique.size !== voters.length || voters.length > MAX_VOTERS)
     return rejection(context, requestId, 'INVALID_ARGUMENT');
-  if (isJoint(context.config) || !isConfigCommitted(context) || !hasCommittedInCurrentTerm(context))
+  if (isJoint(context.config) || !isConfigCommitted(context))
     return rejection(context, requestId, 'CHANGE_IN_PROGRESS');
+  // A configuration of the last leader may still be uncommitted elsewhere: wait for our own commit.
+  if (!hasCommittedInCurrentTerm(context)) return rejection(context, requestId, 'LEADER_NOT_READY');
   const index = configIndexOf(context);
   if (sameVoters(voters, context.config.voters) && sameAddresses(context.config, voters, addresses)) {
     const term = termAt(context.log, index) ?? 0;
