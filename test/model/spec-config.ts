@@ -120,13 +120,22 @@ export const sameConfig = (x: SpecConfig, y: SpecConfig): boolean =>
   sameIds(Object.keys(x.addresses).sort(), Object.keys(y.addresses).sort()) &&
   Object.keys(x.addresses).every((id) => sameAddress(x.addresses[id], y.addresses[id]));
 
+/** Spec logs are never changed in place (a change makes a new array): the answer per log and bootstrap. */
+const inForceOf = new WeakMap<readonly Entry[], { bootstrap: readonly NodeId[]; inForce: ConfigInForce }>();
+
 /** The newest config entry of `log`, else the bootstrap voters. */
 export const configInForce = (log: readonly Entry[], bootstrap: readonly NodeId[]): ConfigInForce => {
+  const known = inForceOf.get(log);
+  if (known !== undefined && known.bootstrap === bootstrap) return known.inForce;
+  let inForce: ConfigInForce = { index: 0, term: 0, config: bootstrapConfig(bootstrap) };
   for (let i = log.length; i >= 1; i -= 1) {
     const entry = log[i - 1]!;
-    if (entry.kind === 'config') return { index: i, term: entry.term, config: configOfEntry(entry) };
+    if (entry.kind !== 'config') continue;
+    inForce = { index: i, term: entry.term, config: configOfEntry(entry) };
+    break;
   }
-  return { index: 0, term: 0, config: bootstrapConfig(bootstrap) };
+  inForceOf.set(log, { bootstrap, inForce });
+  return inForce;
 };
 
 /** The configuration in force just before `index` (the newest config entry below it). */
