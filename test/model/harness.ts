@@ -29,6 +29,7 @@ import {
   implementationConfigProblems,
   onAmnesia,
   onRestart,
+  removedServerCampaigns,
 } from './invariants.js';
 import * as spec from './spec.js';
 import {
@@ -727,7 +728,7 @@ const checkOutputs = (view: StepView): void => {
 
 /** Membership counters of a step, and the check that a server told it is removed starts no election. */
 const countMembership = (view: StepView, sent: readonly RaftMessage[]): void => {
-  const { world, id, before, after, event } = view;
+  const { world, before, after, event } = view;
   // An answer to a removed server's message, or a leader telling the servers a committed C_new left out.
   const asker =
     event.type === 'message' && spec.isFromRemovedServer(before, event.message.from)
@@ -735,12 +736,9 @@ const countMembership = (view: StepView, sent: readonly RaftMessage[]): void => 
       : null;
   for (const m of sent) {
     if (m.type === 'Removed') world.stats[m.to === asker ? 'removedAnswers' : 'removedTold'] += 1;
-    if (m.type === 'RequestVote' && m.from === id && (before.removed || after.removed))
-      fail(
-        world,
-        `a removed server campaigns: ${id} sent ${describeMessage(m)} after it was told it is removed`,
-      );
   }
+  const campaign = removedServerCampaigns(before, after, sent);
+  if (campaign !== null) fail(world, campaign);
   if (before.role === 'leader' && after.role !== 'leader' && after.removed && !before.removed)
     world.stats.leadersRemoved += 1;
   // A configuration entry that the write took out of the log (truncated or overwritten).

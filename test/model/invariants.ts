@@ -3,7 +3,7 @@
  * cluster state after every step of a model run. A `History` keeps what a single state cannot
  * show: who led which term, what was committed, the vote of each server in each term.
  */
-import type { Entry, NodeId } from '../../src/machines/messages.js';
+import type { Entry, NodeId, RaftMessage } from '../../src/machines/messages.js';
 import type { RaftContext } from '../../src/machines/raft.types.js';
 import { peers, type SpecServer, sameEntry, termAt } from './spec.js';
 import { configOfEntry, sameConfig } from './spec-config.js';
@@ -226,4 +226,20 @@ export const implementationConfigProblems = (id: NodeId, context: RaftContext): 
   return newest?.index === context.configs[0]?.index && context.configs.length === 1
     ? []
     : [`${id}: its log holds no config entry, yet ${context.configs.length} configurations are known`];
+};
+
+/**
+ * A removed server disrupts no one: a server told it is removed (before or in the step) sends no
+ * vote request of its own, pre-vote or not, so it bumps no term and changes no leader.
+ */
+export const removedServerCampaigns = (
+  before: SpecServer,
+  after: SpecServer,
+  sent: readonly RaftMessage[],
+): string | null => {
+  if (!before.removed && !after.removed) return null;
+  const request = sent.find((m) => m.type === 'RequestVote' && m.from === after.id);
+  return request === undefined
+    ? null
+    : `a removed server campaigns: ${after.id} sent a ${request.type} for term ${request.term} after it was told it is removed`;
 };
