@@ -116,6 +116,11 @@ export const raftMachine = setup({
     isElectionDue: ({ context }) => rules.isElectionDue(context),
     mayCampaign: ({ context }) => rules.mayCampaign(context),
     isRemovedAnswer: ({ event }) => event.type === 'message' && event.message.type === 'Removed',
+    /** A `Removed` this server accepts (membership.ts): a candidate or leader then stops. */
+    isAcceptedRemoved: ({ context, event }) =>
+      event.type === 'message' &&
+      event.message.type === 'Removed' &&
+      rules.acceptsRemoved(context, event.message),
     isFromRemovedServer: ({ context, event }) =>
       event.type === 'message' && rules.isFromRemovedServer(context, event.message),
     isRemovedLeader: ({ context }) => rules.isRemovedLeader(context),
@@ -146,6 +151,7 @@ export const raftMachine = setup({
     redeliver: raise(({ event }) => event),
     resetElectionTimer: rule((context) => rules.resetElectionTimer(context)),
     countTick: rule((context) => rules.countTick(context)),
+    forgetLeader: rule((context) => rules.forgetLeader(context)),
     grantVote: rule((context, event) => rules.grantVote(context, messageOf(event, 'RequestVote'))),
     rejectVote: rule((context, event) => rules.rejectVote(context, messageOf(event, 'RequestVote'))),
     startPreVote: rule((context) => rules.startPreVote(context)),
@@ -203,7 +209,7 @@ export const raftMachine = setup({
     leaveAsRemovedLeader: rule((context) => rules.leaveAsRemovedLeader(context)),
     proposeReconfigure: rule((context, event) =>
       event.type === 'reconfigure'
-        ? rules.proposeReconfigure(context, event.requestId, event.voters, event.addresses)
+        ? rules.startReconfigure(context, event.requestId, event.voters, event.addresses)
         : {},
     ),
     rejectReconfigure: rule((context, event) =>
@@ -280,12 +286,13 @@ export const raftMachine = setup({
       },
       on: {
         // The election timer (§5.2): the ticks since the last reset reach the drawn timeout. Only a
-        // member that was not removed campaigns (membership.ts).
+        // member that was not removed campaigns (membership.ts); another forgets its leader (forgetLeader).
         tick: [
           { guard: and(['isElectionDue', 'mayCampaign']), target: 'candidate' },
+          { guard: 'isElectionDue', actions: 'forgetLeader' },
           { actions: 'countTick' },
         ],
-        electionTimeout: { guard: 'mayCampaign', target: 'candidate' },
+        electionTimeout: [{ guard: 'mayCampaign', target: 'candidate' }, { actions: 'forgetLeader' }],
         message: [
           // Hearing from the leader restarts the election timer.
           {
@@ -304,6 +311,8 @@ export const raftMachine = setup({
     candidate: {
       initial: 'preVote',
       on: {
+        // Told it was removed (membership.ts): it stops campaigning at once.
+        message: { guard: 'isAcceptedRemoved', target: 'follower', actions: 'learnRemoved' },
         // §5.2: a candidate that hears from the leader of its term returns to follower.
         AppendEntries: { target: 'follower', actions: 'appendFromLeader' },
         Heartbeat: { target: 'follower', actions: 'heartbeatFromLeader' },
@@ -348,6 +357,8 @@ export const raftMachine = setup({
         InstallSnapshot: { actions: 'assertOneLeaderPerTerm' },
         InstallSnapshotResponse: { actions: 'handleSnapshotResponse' },
         message: [
+          // Told it was removed by a newer committed configuration (a stale leader): it stops leading.
+          { guard: 'isAcceptedRemoved', target: 'follower', actions: 'learnRemoved' },
           {
             guard: { type: 'isOfCurrentTerm', params: { type: 'AppendEntriesResponse' } },
             actions: 'handleAppendResponse',

@@ -3,8 +3,10 @@
  * cluster state after every step of a model run. A `History` keeps what a single state cannot
  * show: who led which term, what was committed, the vote of each server in each term.
  */
-import type { Entry, NodeId } from '../../src/machines/messages.js';
-import { type SpecServer, sameEntry, termAt } from './spec.js';
+import type { Entry, NodeId, RaftMessage } from '../../src/machines/messages.js';
+import type { RaftContext } from '../../src/machines/raft.types.js';
+import { peers, type SpecServer, sameEntry, termAt } from './spec.js';
+import { configOfEntry, sameConfig } from './spec-config.js';
 
 export type History = {
   /** Election Safety: the one server that led each term. */
@@ -81,7 +83,12 @@ const logMatching = (a: SpecServer, b: SpecServer): string | null => {
  * leader knows of a follower never goes down.
  */
 const matchWithinIncarnation = (s: SpecServer, history: History, problems: string[]): void => {
-  for (const peer of s.voters) {
+  // A peer that left the leader's configuration is forgotten: added again, it starts from 0.
+  const prefix = `${s.id}@${s.currentTerm}>`;
+  const members = peers(s);
+  for (const key of history.matchOf.keys())
+    if (key.startsWith(prefix) && !members.includes(key.slice(prefix.length))) history.matchOf.delete(key);
+  for (const peer of members) {
     if (peer === s.id) continue;
     const key = `${s.id}@${s.currentTerm}>${peer}`;
     const now = { incarnation: s.incarnationOf[peer] ?? 0, match: s.matchIndex[peer] ?? 0 };
@@ -193,4 +200,46 @@ export const checkSafety = (servers: readonly SpecServer[], history: History): s
     }
   }
   return problems;
+};
+
+/**
+ * A configuration in force is the newest in the log (dissertation §4.1), read off the
+ * implementation's own state: its configuration in force is the one of the newest config entry its
+ * log holds (committed or not), at that entry's index; with none, the base it started from.
+ */
+export const implementationConfigProblems = (id: NodeId, context: RaftContext): string[] => {
+  const { entries, offset } = context.log;
+  const newest = context.configs[context.configs.length - 1];
+  for (let i = entries.length - 1; i >= 0; i -= 1) {
+    const entry = entries[i]!;
+    if (entry.kind !== 'config') continue;
+    const index = offset + i + 1;
+    const problems: string[] = [];
+    if (newest?.index !== index)
+      problems.push(
+        `${id}: the configuration in force is the one at ${newest?.index}, the newest in its log is at ${index}`,
+      );
+    if (!sameConfig(configOfEntry(entry), context.config))
+      problems.push(`${id}: the configuration in force is not the newest in its log (at ${index})`);
+    return problems;
+  }
+  return newest?.index === context.configs[0]?.index && context.configs.length === 1
+    ? []
+    : [`${id}: its log holds no config entry, yet ${context.configs.length} configurations are known`];
+};
+
+/**
+ * A removed server disrupts no one: a server told it is removed (before or in the step) sends no
+ * vote request of its own, pre-vote or not, so it bumps no term and changes no leader.
+ */
+export const removedServerCampaigns = (
+  before: SpecServer,
+  after: SpecServer,
+  sent: readonly RaftMessage[],
+): string | null => {
+  if (!before.removed && !after.removed) return null;
+  const request = sent.find((m) => m.type === 'RequestVote' && m.from === after.id);
+  return request === undefined
+    ? null
+    : `a removed server campaigns: ${after.id} sent a ${request.type} for term ${request.term} after it was told it is removed`;
 };

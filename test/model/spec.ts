@@ -21,7 +21,11 @@
  *   member with a nonce (incarnation, round), and completes once a majority of the others that are
  *   not recovering answered, one of them the leader of the highest term, and it holds that leader's
  *   log up to the last index it reported; crash vectors: vote and recovery answers carry the
- *   sender's, and a vote from an incarnation known to be older is dropped.
+ *   sender's, and a vote from an incarnation known to be older is dropped; membership by joint
+ *   consensus (spec-config.ts; Raft paper §6, dissertation §4.3): the newest configuration in the
+ *   log is in force, every majority needs both sets while joint, a leader appends C_old,new on a
+ *   reconfigure request and C_new once that commits, a leader outside a committed C_new steps down,
+ *   and removed servers are told `Removed` and start no election.
  *
  * Every function is pure: it takes a server's state and returns the next one plus the replies
  * the server must send. Two kinds of messages are *not* predicted exactly: a leader's
@@ -43,6 +47,25 @@ import type {
   RequestVoteResponse,
 } from '../../src/machines/messages.js';
 import { RECOVERING_VOTE } from '../../src/machines/messages.js';
+import {
+  asksForCurrent,
+  type ConfigInForce,
+  configBefore,
+  configEntry,
+  configInForce,
+  configOfEntry,
+  finalOf,
+  isJointConfig,
+  isMemberOf,
+  jointOf,
+  MOST_VOTERS,
+  membersOfConfig,
+  quorumOf,
+  recoveryQuorumOf,
+  type SpecAddress,
+  sameConfig,
+  someSetMajority,
+} from './spec-config.js';
 
 /** A recovering server's round: its answers, and the leader it copies from once it has one. */
 export type SpecRecovery = {
@@ -60,8 +83,15 @@ export type SpecPhase = 'preVote' | 'campaign';
 
 export type SpecServer = {
   readonly id: NodeId;
-  /** Every voter, this server included. */
-  readonly voters: readonly NodeId[];
+  /**
+   * The bootstrap voters (this server included): the configuration in force while the log holds no
+   * config entry (`configOf`: the newest config entry in the log is in force, committed or not).
+   */
+  readonly bootstrap: readonly NodeId[];
+  /** Told that a committed configuration removed it (a `Removed` message, or it led and left). */
+  readonly removed: boolean;
+  /** Never bootstrap a new cluster while recovering (a server started to be added). */
+  readonly join: boolean;
   readonly role: SpecRole;
   /** Only for candidates; null otherwise. */
   readonly phase: SpecPhase | null;
@@ -94,7 +124,12 @@ export type SpecServer = {
 };
 
 /** What a step of the spec produces: the next state and the messages it must send. */
-export type SpecStep = { readonly server: SpecServer; readonly send: readonly RaftMessage[] };
+export type SpecStep = {
+  readonly server: SpecServer;
+  readonly send: readonly RaftMessage[];
+  /** The leader's state its AppendEntries and Heartbeats of the step were sent from, when it left in the step. */
+  readonly sentAs?: SpecServer;
+};
 
 /** The persistent part of a server: what survives Restart. */
 export type Persistent = { term: number; votedFor: NodeId | null; log: readonly Entry[] };
@@ -102,9 +137,24 @@ export type Persistent = { term: number; votedFor: NodeId | null; log: readonly 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-export const majority = (voters: readonly NodeId[]): number => Math.floor(voters.length / 2) + 1;
+/** The configuration in force: the newest config entry in the log, else the bootstrap voters. */
+export const configOf = (s: SpecServer): ConfigInForce => configInForce(s.log, s.bootstrap);
 
-export const peers = (s: SpecServer): NodeId[] => s.voters.filter((v) => v !== s.id);
+/** The other members of the configuration in force (both sets while it is joint). */
+export const peers = (s: SpecServer): NodeId[] =>
+  membersOfConfig(configOf(s).config).filter((v) => v !== s.id);
+
+/**
+ * Only a member of its configuration in force that was not told it is removed starts elections, or,
+ * while that configuration is not known to be committed, a member of the one before it (a leader
+ * that appended a C_new without itself may hold its only copy: the others need its vote).
+ */
+export const mayCampaign = (s: SpecServer): boolean => {
+  if (s.removed) return false;
+  const { index, config } = configOf(s);
+  if (isMemberOf(config, s.id)) return true;
+  return index > s.commitIndex && index > 0 && isMemberOf(configBefore(s.log, s.bootstrap, index), s.id);
+};
 
 /** Term of the entry at 1-based `index`: 0 for index 0, undefined past the end. */
 export const termAt = (log: readonly Entry[], index: number): number | undefined => {
@@ -126,13 +176,13 @@ const sameBytes = (a: Uint8Array | null, b: Uint8Array | null): boolean => {
   return true;
 };
 
+/** Config entries are compared by what they say (the order of addresses in the encoding is free). */
 export const sameEntry = (a: Entry, b: Entry): boolean =>
-  a.term === b.term && a.kind === b.kind && sameBytes(a.data, b.data);
+  a.term === b.term &&
+  a.kind === b.kind &&
+  (a.kind === 'config' ? sameConfig(configOfEntry(a), configOfEntry(b)) : sameBytes(a.data, b.data));
 
 const unchanged = (server: SpecServer): SpecStep => ({ server, send: [] });
-
-const countVotes = (s: SpecServer, granted: boolean): number =>
-  s.voters.filter((v) => s.votes[v] === granted).length;
 
 // ---------------------------------------------------------------------------------------------
 // Init and Restart
@@ -143,9 +193,12 @@ export const initServer = (
   persistent?: Persistent,
   incarnation = 1,
   recovering = false,
+  join = false,
 ): SpecServer => ({
   id,
-  voters: [...voters].sort(),
+  bootstrap: [...voters].sort(),
+  removed: false,
+  join,
   role: 'follower',
   phase: null,
   currentTerm: persistent?.term ?? 0,
@@ -182,23 +235,33 @@ export const restart = (s: SpecServer, incarnation: number, keptEntries = s.log.
   const persistent = persistentOf(s);
   return initServer(
     s.id,
-    s.voters,
+    s.bootstrap,
     { ...persistent, log: persistent.log.slice(0, keptEntries) },
     incarnation,
+    false,
+    s.join,
   );
 };
 
-/**
- * Amnesia: the server lost everything (a memory node's restart) and starts as a new incarnation,
- * recovering: its first round of RecoveryRequests goes out at once.
- */
 /** What a server does as it starts: a recovering one sends its first round of RecoveryRequests. */
 export const startup = (s: SpecServer): SpecStep => (s.recovering ? startRecoveryRound(s) : unchanged(s));
 
-export const amnesiacRestart = (s: SpecServer, incarnation: number): SpecStep => {
+/**
+ * Amnesia: the server lost everything and starts recovering as a new incarnation, with `voters`
+ * as its bootstrap configuration (what its operator names: its membership when it forgot).
+ */
+export const amnesiacRestart = (
+  s: SpecServer,
+  incarnation: number,
+  voters: readonly NodeId[] = s.bootstrap,
+): SpecStep => {
   if (incarnation <= s.incarnation) throw new Error(`spec: incarnation ${incarnation} <= ${s.incarnation}`);
-  return startRecoveryRound(initServer(s.id, s.voters, undefined, incarnation, true));
+  return startRecoveryRound(initServer(s.id, voters, undefined, incarnation, true, s.join));
 };
+
+/** A server started to be added: an empty log, `voters` naming the new membership, recovering, never bootstrapping. */
+export const joinStart = (id: NodeId, voters: readonly NodeId[], incarnation: number): SpecStep =>
+  startRecoveryRound(initServer(id, voters, undefined, incarnation, true, true));
 
 // ---------------------------------------------------------------------------------------------
 // Becoming follower, candidate, leader
@@ -232,9 +295,13 @@ const requestVotes = (s: SpecServer, term: number, preVote: boolean): RequestVot
  * Timeout (PreVote variant): a follower or candidate polls the others for term currentTerm + 1
  * without changing its term or vote. A leader ignores the election timer.
  */
-export const timeout = (s: SpecServer): SpecStep => {
+export const timeout = (s: SpecServer): SpecStep => settle(electionTimeout(s));
+
+const electionTimeout = (s: SpecServer): SpecStep => {
   if (s.role === 'leader') return unchanged(s);
   if (s.recovering) return retryRecovery(s);
+  // A server that may not campaign (removed, or no member) starts no election; it forgets its leader.
+  if (s.role === 'follower' && !mayCampaign(s)) return unchanged({ ...s, leaderId: null });
   const polling: SpecServer = {
     ...s,
     role: 'candidate',
@@ -262,47 +329,71 @@ const campaign = (s: SpecServer): SpecStep => {
   return tally({ server: candidate, send: requestVotes(candidate, term, false) });
 };
 
-/** BecomeLeader, plus the extension: the new leader appends a no-op entry of its term (§8). */
-const becomeLeader = (s: SpecServer): SpecServer => {
-  const matchIndex: Record<NodeId, number> = {};
-  const recentActive: Record<NodeId, boolean> = {};
-  const incarnationOf: Record<NodeId, number> = {};
-  const recoveringOf: Record<NodeId, boolean> = {};
+/** A leader's view of its peers: unheard, nothing matched, active until the first CheckQuorum. */
+const freshPeer = (s: SpecServer, p: NodeId, maps: LeaderMaps): void => {
+  maps.matchIndex[p] = 0;
+  maps.recentActive[p] = true;
+  // Unheard peers count for nothing yet; their known incarnation (crash vector) rules out older answers.
+  maps.recoveringOf[p] = true;
+  if (s.crashVector[p] !== undefined) maps.incarnationOf[p] = s.crashVector[p]!;
+  else delete maps.incarnationOf[p];
+};
+
+type LeaderMaps = {
+  matchIndex: Record<NodeId, number>;
+  recentActive: Record<NodeId, boolean>;
+  incarnationOf: Record<NodeId, number>;
+  recoveringOf: Record<NodeId, boolean>;
+};
+
+/**
+ * The leader's peers follow its configuration in force: a new member starts fresh, a member that
+ * left is forgotten (so one added again later starts fresh too).
+ */
+const syncPeers = (s: SpecServer): SpecServer => {
+  const maps: LeaderMaps = { matchIndex: {}, recentActive: {}, incarnationOf: {}, recoveringOf: {} };
   for (const p of peers(s)) {
-    matchIndex[p] = 0;
-    recentActive[p] = true;
-    // Unheard peers count for nothing yet; their known incarnation (crash vector) rules out older answers.
-    recoveringOf[p] = true;
-    if (s.crashVector[p] !== undefined) incarnationOf[p] = s.crashVector[p]!;
+    if (!(p in s.matchIndex)) {
+      freshPeer(s, p, maps);
+      continue;
+    }
+    maps.matchIndex[p] = s.matchIndex[p]!;
+    maps.recentActive[p] = s.recentActive[p]!;
+    maps.recoveringOf[p] = s.recoveringOf[p]!;
+    if (s.incarnationOf[p] !== undefined) maps.incarnationOf[p] = s.incarnationOf[p]!;
   }
-  return advanceCommitIndex({
+  return { ...s, ...maps };
+};
+
+/** BecomeLeader, plus the extension: the new leader appends a no-op entry of its term (§8). */
+const becomeLeader = (s: SpecServer): SpecStep => {
+  const maps: LeaderMaps = { matchIndex: {}, recentActive: {}, incarnationOf: {}, recoveringOf: {} };
+  for (const p of peers(s)) freshPeer(s, p, maps);
+  return leaderCommits({
     ...s,
     role: 'leader',
     phase: null,
     leaderId: s.id,
     log: [...s.log, { term: s.currentTerm, kind: 'noop', data: null }],
-    matchIndex,
-    recentActive,
-    incarnationOf,
-    recoveringOf,
+    ...maps,
   });
 };
 
 /**
- * Counts the answers of a poll or election: a majority of grants moves a poll to a campaign and a
- * campaign to leadership; a majority of refusals sends the candidate back to follower.
+ * Counts the answers of a poll or election: a majority of grants (of both sets while joint) moves
+ * a poll to a campaign and a campaign to leadership; a majority of refusals in either set sends the
+ * candidate back to follower.
  */
 const tally = (step: SpecStep): SpecStep => {
   const s = step.server;
   if (s.role !== 'candidate') return step;
-  if (countVotes(s, true) >= majority(s.voters)) {
-    if (s.phase === 'preVote') {
-      const next = campaign(s);
-      return { server: next.server, send: [...step.send, ...next.send] };
-    }
-    return { server: becomeLeader(s), send: step.send };
+  const { config } = configOf(s);
+  if (quorumOf(config, (v) => s.votes[v] === true)) {
+    const next = s.phase === 'preVote' ? campaign(s) : becomeLeader(s);
+    return { server: next.server, send: [...step.send, ...next.send] };
   }
-  if (countVotes(s, false) >= majority(s.voters)) return { server: becomeFollower(s), send: step.send };
+  if (someSetMajority(config, (v) => s.votes[v] === false))
+    return { server: becomeFollower(s), send: step.send };
   return step;
 };
 
@@ -316,28 +407,70 @@ export const clientRequest = (
 ): SpecStep & { accepted: boolean } => {
   if (s.role !== 'leader') return { server: s, send: [], accepted: false };
   const entries: Entry[] = commands.map((data) => ({ term: s.currentTerm, kind: 'command', data }));
-  return { server: advanceCommitIndex({ ...s, log: [...s.log, ...entries] }), send: [], accepted: true };
+  return settle({ ...leaderCommits({ ...s, log: [...s.log, ...entries] }), accepted: true });
 };
 
 /**
- * AdvanceCommitIndex: the largest N > commitIndex stored on a majority (the leader counts its own
- * log) whose entry is of the current term. Earlier terms commit only as a prefix (Figure 8).
+ * AdvanceCommitIndex: the largest N > commitIndex stored on a majority of every voter set of the
+ * configuration in force (the leader counts its own log where it is a voter) whose entry is of the
+ * current term. Earlier terms commit only as a prefix (Figure 8).
  */
 export const advanceCommitIndex = (s: SpecServer): SpecServer => {
   if (s.role !== 'leader') return s;
+  const { config } = configOf(s);
   for (let n = s.log.length; n > s.commitIndex; n -= 1) {
     if (termAt(s.log, n) !== s.currentTerm) break;
-    const replicas = 1 + peers(s).filter((p) => !s.recoveringOf[p] && (s.matchIndex[p] ?? 0) >= n).length;
-    if (replicas >= majority(s.voters)) return { ...s, commitIndex: n };
+    const holds = (v: NodeId): boolean =>
+      v === s.id || (!s.recoveringOf[v] && v in s.matchIndex && s.matchIndex[v]! >= n);
+    if (quorumOf(config, holds)) return { ...s, commitIndex: n };
   }
   return s;
 };
 
-/** CheckQuorum: a leader that has not heard from a majority since the last check steps down. */
+/**
+ * The leader's commit, with what membership adds to it: when C_new commits, the servers it removed
+ * are told (`Removed`); when C_old,new commits, C_new is appended (which may commit in turn).
+ */
+const leaderCommits = (s: SpecServer): SpecStep => {
+  let server = s;
+  const send: RaftMessage[] = [];
+  for (let round = 0; round < 3; round += 1) {
+    const before = server.commitIndex;
+    server = advanceCommitIndex(server);
+    if (server.commitIndex > before) send.push(...tellRemoved(server, before));
+    const { index, config } = configOf(server);
+    if (!isJointConfig(config) || index > server.commitIndex) break;
+    server = syncPeers({ ...server, log: [...server.log, configEntry(server.currentTerm, finalOf(config))] });
+  }
+  return { server, send };
+};
+
+/** C_new just committed: tell the servers of the configuration before it that it left out. */
+const tellRemoved = (s: SpecServer, previousCommit: number): RaftMessage[] => {
+  const { index, config } = configOf(s);
+  if (isJointConfig(config) || index <= previousCommit || index > s.commitIndex) return [];
+  const before = configBefore(s.log, s.bootstrap, index);
+  return membersOfConfig(before)
+    .filter((id) => id !== s.id && !isMemberOf(config, id))
+    .map((to) => removedMessage(s, to));
+};
+
+const removedMessage = (s: SpecServer, to: NodeId): RaftMessage => ({
+  type: 'Removed',
+  from: s.id,
+  to,
+  term: s.currentTerm,
+  configIndex: configOf(s).index,
+});
+
+/**
+ * CheckQuorum: a leader that has not heard from a majority (of both sets while joint; itself
+ * counted where it is a voter) since the last check steps down.
+ */
 export const checkQuorum = (s: SpecServer): SpecStep => {
   if (s.role !== 'leader') return unchanged(s);
-  const active = 1 + peers(s).filter((p) => s.recentActive[p] === true).length;
-  if (active < majority(s.voters)) return unchanged(becomeFollower(s));
+  if (!quorumOf(configOf(s).config, (v) => v === s.id || s.recentActive[v] === true))
+    return unchanged(becomeFollower(s));
   const cleared: Record<NodeId, boolean> = {};
   for (const p of peers(s)) cleared[p] = false;
   return unchanged({ ...s, recentActive: cleared });
@@ -346,14 +479,92 @@ export const checkQuorum = (s: SpecServer): SpecStep => {
 /** The heartbeat timer only makes a leader send Heartbeats (checked by `leaderMayHaveSent`). */
 export const heartbeatTimeout = (s: SpecServer): SpecStep => unchanged(s);
 
+/** What the spec answers a reconfigure request (the machine's reconfigureAccepted / reconfigureRejected). */
+export type RefusalCode = 'NOT_LEADER' | 'LEADER_NOT_READY' | 'CHANGE_IN_PROGRESS' | 'INVALID_ARGUMENT';
+
+export type ReconfigureAnswer =
+  | { accepted: true; index: number; term: number; unchanged: boolean }
+  | {
+      accepted: false;
+      code: RefusalCode;
+      leaderId: NodeId | null;
+    };
+
+/**
+ * A reconfigure request (§6): only a leader takes it; the voters must be a non-empty list without
+ * repeats; one change at a time: refused while the configuration in force is joint or not yet
+ * committed (CHANGE_IN_PROGRESS), and before the leader committed an entry of its own term
+ * (LEADER_NOT_READY; dissertation §4.1); asking
+ * for the configuration in force is answered at once; otherwise C_old,new is appended (in force at
+ * once: its peers join the leader's view) and the leader's commit rule runs.
+ */
+export const reconfigure = (
+  s: SpecServer,
+  voters: readonly NodeId[],
+  addresses: Readonly<Record<NodeId, SpecAddress>>,
+): SpecStep & { answer: ReconfigureAnswer } => {
+  const refuse = (code: RefusalCode) => ({
+    server: s,
+    send: [],
+    answer: { accepted: false as const, code, leaderId: s.leaderId },
+  });
+  if (s.role !== 'leader') return refuse('NOT_LEADER');
+  if (voters.length === 0 || new Set(voters).size !== voters.length || voters.length > MOST_VOTERS)
+    return refuse('INVALID_ARGUMENT');
+  const inForce = configOf(s);
+  const committedOwnTerm = termAt(s.log, s.commitIndex) === s.currentTerm;
+  if (isJointConfig(inForce.config) || inForce.index > s.commitIndex) return refuse('CHANGE_IN_PROGRESS');
+  // The last leader's configuration may be uncommitted elsewhere: first a commit of its own term.
+  if (!committedOwnTerm) return refuse('LEADER_NOT_READY');
+  if (asksForCurrent(inForce.config, voters, addresses))
+    return {
+      server: s,
+      send: [],
+      answer: { accepted: true, index: inForce.index, term: inForce.term, unchanged: true },
+    };
+  const joint = configEntry(s.currentTerm, jointOf(inForce.config, voters, addresses));
+  const step = settle(leaderCommits(syncPeers({ ...s, log: [...s.log, joint] })));
+  return {
+    ...step,
+    answer: { accepted: true, index: s.log.length + 1, term: s.currentTerm, unchanged: false },
+  };
+};
+
+/** A leader outside its committed C_new steps down, told it is removed (§6). */
+export const leavesAsRemoved = (s: SpecServer): boolean => {
+  if (s.role !== 'leader') return false;
+  const { index, config } = configOf(s);
+  return !isJointConfig(config) && !config.voters.includes(s.id) && index <= s.commitIndex;
+};
+
+/**
+ * After any action: a removed leader leaves (the machine's `always` on the leader state). What it
+ * sent in the step it sent as the leader it was (`sentAs`).
+ */
+export const settle = <T extends SpecStep>(step: T): T =>
+  leavesAsRemoved(step.server)
+    ? {
+        ...step,
+        server: { ...becomeFollower(step.server), leaderId: null, removed: true },
+        sentAs: step.server,
+      }
+    : step;
+
 /**
  * The AppendEntries and Heartbeat actions, read as predicates: null when `s` (the sender's state
- * right after it sent `m`) may send `m`, otherwise the reason it may not.
+ * right after it sent `m`) may send `m`, otherwise the reason it may not. `peersBefore`: the
+ * sender's peers before the step that sent `m`.
  */
-export const leaderMayHaveSent = (s: SpecServer, m: AppendEntries | Heartbeat): string | null => {
+export const leaderMayHaveSent = (
+  s: SpecServer,
+  m: AppendEntries | Heartbeat,
+  peersBefore: readonly NodeId[] = [],
+): string | null => {
   if (s.role !== 'leader') return `${s.id} is a ${s.role}, not a leader`;
   if (m.from !== s.id) return `from ${m.from}, sent by ${s.id}`;
-  if (m.to === s.id || !s.voters.includes(m.to)) return `addressed to ${m.to}`;
+  // To a member of its configuration, or of the one before the step (a change may end in the step).
+  if (m.to === s.id || !(peers(s).includes(m.to) || peersBefore.includes(m.to)))
+    return `addressed to ${m.to}`;
   if (m.term !== s.currentTerm) return `term ${m.term}, leader is at ${s.currentTerm}`;
   if (m.type === 'Heartbeat') {
     const expected = Math.min(s.matchIndex[m.to] ?? 0, s.commitIndex);
@@ -525,6 +736,7 @@ const handleAppendEntriesRequest = (s: SpecServer, m: AppendEntries): SpecStep =
   }
   const lastNew = m.prevLogIndex + m.entries.length;
   const commitIndex = Math.max(follower.commitIndex, Math.min(m.leaderCommit, lastNew));
+  const rejoined = follower.removed && rejoins(follower, log);
   const response: AppendEntriesResponse = {
     type: 'AppendEntriesResponse',
     from: s.id,
@@ -538,7 +750,23 @@ const handleAppendEntriesRequest = (s: SpecServer, m: AppendEntries): SpecStep =
     incarnation: s.incarnation,
     ...marked(s),
   };
-  return { server: { ...follower, log, commitIndex }, send: [response] };
+  return {
+    server: { ...follower, log, commitIndex, removed: !rejoined && follower.removed },
+    send: [response],
+  };
+};
+
+/**
+ * A server told it was removed is a member again once a write to its log changes the configuration
+ * in force (another entry, or another index) to one that includes it.
+ */
+const rejoins = (s: SpecServer, log: readonly Entry[]): boolean => {
+  const before = configOf(s);
+  const after = configInForce(log, s.bootstrap);
+  const changed =
+    after.index !== before.index ||
+    (after.index > 0 && !sameEntry(log[after.index - 1]!, s.log[after.index - 1]!));
+  return changed && isMemberOf(after.config, s.id);
 };
 
 /** Heartbeat (m.term = currentTerm): the leader is alive; commit min(commit, our last index). */
@@ -588,22 +816,33 @@ const admitIncarnation = (
   };
 };
 
-/** An answer marks its sender active for CheckQuorum unless it recovers (rule 3). */
-const heardFrom = (s: SpecServer, from: NodeId): SpecServer =>
-  s.recoveringOf[from] ? s : { ...s, recentActive: { ...s.recentActive, [from]: true } };
+/**
+ * An answer marks its sender active for CheckQuorum unless it recovers (rule 3), except a server
+ * being added (in C_new only, while joint): it is reachable, and the leader of the change keeps its
+ * lease while the new servers catch up (they still count toward no commit).
+ */
+const heardFrom = (s: SpecServer, from: NodeId): SpecServer => {
+  const { config } = configOf(s);
+  const beingAdded = isJointConfig(config) && !config.outgoing.includes(from);
+  return s.recoveringOf[from] && !beingAdded
+    ? s
+    : { ...s, recentActive: { ...s.recentActive, [from]: true } };
+};
 
 /**
  * HandleAppendEntriesResponse: within one incarnation of the follower, match only moves forward
  * (responses may be reordered or duplicated); a new incarnation starts it again from 0.
  */
 const handleAppendEntriesResponse = (s: SpecServer, m: AppendEntriesResponse): SpecStep => {
-  if (s.role !== 'leader') return unchanged(s);
+  // A leader counts the answers of the members of its configuration only (a late one from a server
+  // that left is ignored).
+  if (s.role !== 'leader' || !peers(s).includes(m.from)) return unchanged(s);
   const admitted = admitIncarnation(s, m.from, m.incarnation, m.recovering === true);
   if (admitted === null) return unchanged(s);
   const heard = heardFrom(admitted, m.from);
   if (!m.success) return unchanged(heard);
   const matchIndex = { ...heard.matchIndex, [m.from]: Math.max(heard.matchIndex[m.from] ?? 0, m.matchIndex) };
-  return unchanged(advanceCommitIndex({ ...heard, matchIndex }));
+  return leaderCommits({ ...heard, matchIndex });
 };
 
 /** A heartbeat answer tells the leader that the follower is alive (CheckQuorum), and its incarnation. */
@@ -611,11 +850,11 @@ const handleHeartbeatResponse = (
   s: SpecServer,
   m: Extract<RaftMessage, { type: 'HeartbeatResponse' }>,
 ): SpecStep => {
-  if (s.role !== 'leader') return unchanged(s);
+  if (s.role !== 'leader' || !peers(s).includes(m.from)) return unchanged(s);
   const admitted = admitIncarnation(s, m.from, m.incarnation, m.recovering === true);
   if (admitted === null) return unchanged(s);
   // A follower that just finished recovering counts from now on: its match may commit more.
-  return unchanged(advanceCommitIndex(heardFrom(admitted, m.from)));
+  return leaderCommits(heardFrom(admitted, m.from));
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -627,9 +866,10 @@ const raiseCrashVector = (
   vector: Readonly<Record<NodeId, number>> | undefined,
 ): SpecServer => {
   if (vector === undefined) return s;
+  const { config } = configOf(s);
   let next = s;
   for (const [member, incarnation] of Object.entries(vector)) {
-    if (!s.voters.includes(member) || incarnation <= (next.crashVector[member] ?? 0)) continue;
+    if (!isMemberOf(config, member) || incarnation <= (next.crashVector[member] ?? 0)) continue;
     next = { ...next, crashVector: { ...next.crashVector, [member]: incarnation } };
     if (member in next.votes && (next.voteIncarnations[member] ?? 0) < incarnation) {
       const votes = { ...next.votes };
@@ -667,6 +907,9 @@ const startRecoveryRound = (s: SpecServer): SpecStep => {
     incarnation: s.incarnation,
     round,
   }));
+  // A single-member configuration has no one to ask: it decides at once.
+  if (send.length === 0 && canBootstrap(next))
+    return unchanged({ ...next, recovering: false, votedFor: null });
   return { server: next, send };
 };
 
@@ -683,9 +926,11 @@ const retryRecovery = (s: SpecServer): SpecStep => {
  * answer of the round holds anything.
  */
 const canBootstrap = (s: SpecServer): boolean => {
-  if (!s.recovering || s.recovery.target !== null || !isBlank(s) || s.recovery.heardLog) return false;
+  if (s.join || !s.recovering || s.recovery.target !== null || !isBlank(s) || s.recovery.heardLog)
+    return false;
   const answers = Object.values(s.recovery.answers);
-  return answers.every((a) => a.blank) && answers.length + 1 >= majority(s.voters);
+  const answered = (id: NodeId): boolean => id === s.id || s.recovery.answers[id] !== undefined;
+  return answers.every((a) => a.blank) && quorumOf(configOf(s).config, answered);
 };
 
 /** A new term while recovering: a round that followed a leader starts over; one collecting goes on. */
@@ -708,7 +953,7 @@ const handleRecoveryRequest = (s: SpecServer, m: RecoveryRequest): SpecStep => {
     recovering: s.recovering,
     blank: isBlank(s),
     holdsLog: s.log.length > 0,
-    leaderLastIndex: s.role === 'leader' ? s.log.length : -1,
+    leaderLastIndex: s.role === 'leader' && peers(s).includes(m.from) ? s.log.length : -1,
     crashVector: raised.crashVector,
   };
   return { server: raised, send: [response] };
@@ -734,8 +979,9 @@ const handleRecoveryResponse = (s: SpecServer, m: RecoveryResponse): SpecStep =>
   const ready = answers.filter((a) => !a.recovering);
   const term = Math.max(withAnswer.currentTerm, ...ready.map((a) => a.term));
   const leader = ready.find((a) => a.leaderLastIndex >= 0 && a.term === term);
-  const othersMajority = Math.floor((s.voters.length - 1) / 2) + 1;
-  if (leader === undefined || ready.length < othersMajority) return unchanged(withAnswer);
+  const answered = (id: NodeId): boolean => ready.some((a) => a.from === id);
+  if (leader === undefined || !recoveryQuorumOf(configOf(s).config, s.id, answered))
+    return unchanged(withAnswer);
   return unchanged({
     ...withAnswer,
     currentTerm: term,
@@ -780,7 +1026,45 @@ const appendWhileRecovering = (s: SpecServer, m: AppendEntries): SpecStep => {
  * pre-vote answer never move terms; any other message of a higher term runs UpdateTerm), then
  * the handler of the message's type.
  */
-export const receive = (s: SpecServer, m: RaftMessage): SpecStep => {
+export const receive = (s: SpecServer, m: RaftMessage): SpecStep => settle(receiveMessage(s, m));
+
+/**
+ * Membership first, outside the term rules: a `Removed` message tells this server that a committed
+ * configuration removed it (unless its own configuration in force is newer and includes it), and a
+ * member whose committed configuration removed the sender answers what it sends with `Removed`,
+ * except the replication traffic of the current term (`isReplicationOfTerm`), which is handled as
+ * such: it comes from the leader of the term, or answers it (a leader ignores answers from servers
+ * outside its configuration).
+ */
+const receiveMessage = (s: SpecServer, m: RaftMessage): SpecStep => {
+  if (m.type === 'Removed') return unchanged(learnRemoved(s, m.configIndex));
+  if (isFromRemovedServer(s, m.from) && !isReplicationOfTerm(s, m))
+    return { server: s, send: [removedMessage(s, m.from)] };
+  return receiveInTerm(s, m);
+};
+
+/** AppendEntries and Heartbeats of the current term at a follower, and their answers at the leader. */
+const isReplicationOfTerm = (s: SpecServer, m: RaftMessage): boolean => {
+  if (m.term !== s.currentTerm) return false;
+  if (s.role === 'follower') return m.type === 'AppendEntries' || m.type === 'Heartbeat';
+  if (s.role === 'leader') return m.type === 'AppendEntriesResponse' || m.type === 'HeartbeatResponse';
+  return false;
+};
+
+/** Told it was removed (unless it knew, or its own newer configuration includes it): a candidate or leader stops. */
+const learnRemoved = (s: SpecServer, configIndex: number): SpecServer => {
+  const inForce = configOf(s);
+  if (s.removed || (isMemberOf(inForce.config, s.id) && inForce.index > configIndex)) return s;
+  return { ...becomeFollower(s), removed: true };
+};
+
+/** The sender is on the removed list of this server's committed configuration in force, and no member. */
+export const isFromRemovedServer = (s: SpecServer, from: NodeId): boolean => {
+  const { index, config } = configOf(s);
+  return index <= s.commitIndex && config.removed.includes(from) && !isMemberOf(config, from);
+};
+
+const receiveInTerm = (s: SpecServer, m: RaftMessage): SpecStep => {
   if (m.type === 'RecoveryRequest') return handleRecoveryRequest(s, m);
   if (m.type === 'RecoveryResponse') return handleRecoveryResponse(s, m);
   if (m.term < s.currentTerm) return answerStale(s, m);
@@ -788,7 +1072,7 @@ export const receive = (s: SpecServer, m: RaftMessage): SpecStep => {
   if (m.type === 'RequestVoteResponse' && m.preVote && m.voteGranted) return handleRequestVoteResponse(s, m);
   if (m.term > s.currentTerm && s.recovering) {
     const entered = enterRecovering(updateTerm(s, m));
-    const handled = receive(entered.server, m);
+    const handled = receiveInTerm(entered.server, m);
     return { ...handled, send: [...entered.send, ...handled.send] };
   }
   const current = m.term > s.currentTerm ? updateTerm(s, m) : s;
@@ -811,6 +1095,7 @@ export const receive = (s: SpecServer, m: RaftMessage): SpecStep => {
       // The model test never compacts a log, so no snapshot is ever sent; the simulation covers them.
       throw new Error(`the spec has no snapshots, got ${m.type}`);
     case 'Removed':
-      throw new Error('the spec has no membership changes yet, got Removed');
+      // Handled before the term rules (receiveMessage).
+      return unchanged(current);
   }
 };

@@ -7,7 +7,7 @@ import type { AppendEntries, AppendEntriesResponse, Heartbeat, HeartbeatResponse
 import type { Outcome, RaftContext, RaftEmitted } from '../raft.types.js';
 import { conflictHint, lastIndex, matchesAt, mergeEntries, slice } from '../raft-log.js';
 import { configsAfterWrite } from './membership.js';
-import { commitOutcome, markRecovering } from './shared.js';
+import { commitOutcome, drawElectionTimeout, markRecovering } from './shared.js';
 
 /**
  * The follower's election timer (§5.2) counts the node's ticks (ticks.ts): an election, or a
@@ -18,6 +18,16 @@ export const isElectionDue = (context: RaftContext): boolean =>
 
 export const countTick = (context: RaftContext): Outcome => ({
   patch: { electionElapsedTicks: context.electionElapsedTicks + 1 },
+});
+
+/**
+ * The election timer of a follower that may not campaign (membership.ts, mayCampaign): it starts no
+ * election, but the leader it followed is gone as far as it knows, so it stops refusing pre-votes
+ * for that leader's sake (otherwise a removed server added again, or one outside its own
+ * configuration, would refuse every candidate forever); the count starts over.
+ */
+export const forgetLeader = (context: RaftContext): Outcome => ({
+  patch: { leaderId: null, ...drawElectionTimeout(context) },
 });
 
 /** Hearing from the leader, granting a vote or becoming follower starts the count over. */

@@ -6,7 +6,7 @@
 import { assert } from '../assert.js';
 import { noopData } from '../cluster-id.js';
 import { commitIndexByQuorum } from '../commit.js';
-import { hasQuorum, isJoint } from '../configuration.js';
+import { hasQuorum, isJoint, type MemberAddress } from '../configuration.js';
 import type {
   AppendEntriesResponse,
   Entry,
@@ -26,7 +26,7 @@ import {
 import type { Outcome, RaftContext, RaftEmitted } from '../raft.types.js';
 import { append, lastIndex, lastIndexOfTerm } from '../raft-log.js';
 import { recordPersisted } from './all-servers.js';
-import { completeJointChange, tellRemoved } from './membership.js';
+import { completeJointChange, proposeReconfigure, tellRemoved } from './membership.js';
 import { releaseConfirmedReads, startReadRound } from './read-index.js';
 import { appendsFor } from './replication.js';
 import { after, commitOutcome, merge, peersOf, progressOf } from './shared.js';
@@ -97,6 +97,21 @@ export const appendProposals = (context: RaftContext, batchId: number, commands:
     },
     advanceCommit(context),
   );
+};
+
+/**
+ * A reconfigure request at the leader (membership.ts): C_old,new goes into the log, and the commit
+ * rule runs at once, as after any append: a configuration whose every set is the leader alone (an
+ * address change of a single-server cluster) commits now, and C_new follows, with no other event.
+ */
+export const startReconfigure = (
+  context: RaftContext,
+  requestId: number,
+  voters: readonly NodeId[],
+  addresses: Readonly<Record<NodeId, MemberAddress>>,
+): Outcome => {
+  const proposed = proposeReconfigure(context, requestId, voters, addresses);
+  return merge(proposed, advanceCommit(after(context, proposed)));
 };
 
 export const rejectProposals = (context: RaftContext, batchId: number): Outcome => ({
@@ -210,8 +225,13 @@ export const handleHeartbeatResponse = (context: RaftContext, response: Heartbea
       ? { ...round, acks: [...round.acks, response.from] }
       : round,
   );
+  // A follower still recovering gets an AppendEntries even when it holds the whole log: only an
+  // accepted one from its target leader completes its recovery (recovery.ts), and an idle cluster
+  // sends no other (a member being added would wait for the next write to count).
   const catchUp =
-    progress.matchIndex < lastIndex(context.log) ? appendsFor(context, response.from, true) : [];
+    progress.matchIndex < lastIndex(context.log) || progress.recovering
+      ? appendsFor(context, response.from, true)
+      : [];
   return merge(releaseConfirmedReads(context, rounds), { send: catchUp });
 };
 

@@ -241,12 +241,19 @@ export const answerRemovedServer = (context: RaftContext, message: RaftMessage):
 };
 
 /**
+ * Whether a `Removed` message tells this server something: it was not told already, and its own
+ * log holds no newer configuration that includes it. A candidate or a leader that accepts one stops
+ * at once (raft.machine.ts): a removed server neither campaigns nor leads.
+ */
+export const acceptsRemoved = (context: RaftContext, message: Removed): boolean =>
+  !context.removed && !(isMember(context.config, context.id) && configIndexOf(context) > message.configIndex);
+
+/**
  * A member says a committed configuration removed this server. Ignored when this server's own log
  * holds a newer configuration that includes it (it was added again since).
  */
 export const learnRemoved = (context: RaftContext, message: Removed): Outcome => {
-  if (context.removed) return {};
-  if (isMember(context.config, context.id) && configIndexOf(context) > message.configIndex) return {};
+  if (!acceptsRemoved(context, message)) return {};
   return {
     patch: { removed: true },
     emitted: [{ type: 'removed', configIndex: message.configIndex }],
@@ -268,7 +275,14 @@ export const leaveAsRemovedLeader = (context: RaftContext): Outcome => {
 /**
  * Only a voter of the configuration in force that was not told it is removed starts elections
  * (etcd-io/raft's "promotable"): a server being added before its log holds the change, or one
- * removed, stays quiet.
+ * removed, stays quiet. One exception: while a C_new that leaves this server out is not known to be
+ * committed, a member of the configuration before it still campaigns (counting votes under C_new):
+ * a leader that appended C_new and restarted may hold the only copy of it, and without it C_old,new
+ * (which needs its vote) could elect no one; once elected it commits C_new and steps down.
  */
-export const mayCampaign = (context: RaftContext): boolean =>
-  !context.removed && isMember(context.config, context.id);
+export const mayCampaign = (context: RaftContext): boolean => {
+  if (context.removed) return false;
+  if (isMember(context.config, context.id)) return true;
+  const before = context.configs.length > 1 ? context.configs[context.configs.length - 2]!.config : null;
+  return !isConfigCommitted(context) && before !== null && isMember(before, context.id);
+};
