@@ -39,19 +39,20 @@ type Relay = (source: AnyActorRef | undefined, target: AnyActorRef, event: AnyEv
 /**
  * Sends `event` to the actor with system id `targetId`, from `source`. XState's own relay (what
  * `sendTo` uses) when the system has it, so the inspector records the sender; `send` otherwise.
- * An actor that is gone (stopped, or a peer no longer a member) gets nothing.
+ * An actor that is gone (stopped, or a peer no longer a member) gets nothing: returns false.
  */
 export const relay = (
   system: AnyActorSystem,
   source: AnyActorRef | undefined,
   targetId: string,
   event: AnyEventObject,
-): void => {
+): boolean => {
   const target = system.get(targetId) as AnyActorRef | undefined;
-  if (target === undefined) return;
+  if (target === undefined) return false;
   const internal = (system as unknown as { _relay?: Relay })._relay;
   if (internal) internal(source, target, event);
   else target.send(event);
+  return true;
 };
 
 /**
@@ -166,8 +167,8 @@ const sendToPeer = (
   to: NodeId,
   messages: RaftMessage[],
 ): void => {
-  if (system.get(ids.peer(to)) !== undefined) relay(system, source, ids.peer(to), { type: 'send', messages });
-  else relay(system, source, ids.transport, { type: 'outgoing', messages });
+  if (!relay(system, source, ids.peer(to), { type: 'send', messages }))
+    relay(system, source, ids.transport, { type: 'outgoing', messages });
 };
 
 /**

@@ -59,8 +59,9 @@ type Scope = {
   batches: LeaderBatches;
 };
 
-const sendOut = (scope: Scope, message: ClientMessage): void =>
+const sendOut = (scope: Scope, message: ClientMessage): void => {
   relay(scope.system, scope.self, scope.input.ids.transport, { type: 'outgoing', messages: [message] });
+};
 
 /** One `propose` event for every write that reached this leader in the tick, local or forwarded. */
 const proposeBatch = (scope: Scope): void => {

@@ -69,6 +69,21 @@ export const hasQuorum = (config: Configuration, has: (id: NodeId) => boolean): 
   return inSet(config.voters) && (config.outgoing.length === 0 || inSet(config.outgoing));
 };
 
+/** Members of `set` listed in `ids` (both short: a loop, no allocation). */
+const countListed = (set: readonly NodeId[], ids: readonly NodeId[]): number => {
+  let count = 0;
+  for (const id of set) if (ids.includes(id)) count += 1;
+  return count;
+};
+
+/**
+ * `hasQuorum` for a list of ids (the read-index acks, on the read path): whether they hold a
+ * majority of C_new and, when joint, of C_old. No closure, no array made per call.
+ */
+export const listsQuorum = (config: Configuration, ids: readonly NodeId[]): boolean =>
+  isMajority(countListed(config.voters, ids), config.voters.length) &&
+  (config.outgoing.length === 0 || isMajority(countListed(config.outgoing, ids), config.outgoing.length));
+
 /**
  * The largest index matched by a majority of C_new and, when joint, of C_old (Figure 2's commit rule
  * under joint consensus: the smaller of the two sets' quorum indexes).

@@ -3,7 +3,7 @@
  * records the commit index as its read index, and is released once a heartbeat round that started
  * after it was answered by a majority.
  */
-import { hasQuorum, membersOf } from '../configuration.js';
+import { listsQuorum, membersOf } from '../configuration.js';
 import type { Outcome, RaftContext, RaftEmitted, ReadRound } from '../raft.types.js';
 import { termAt } from '../raft-log.js';
 import { broadcastHeartbeat } from './replication.js';
@@ -40,7 +40,7 @@ export const releaseConfirmedReads = (context: RaftContext, rounds: ReadRound[])
   let confirmed = -1;
   rounds.forEach((round, position) => {
     // The acks include the leader's own; a majority of both sets while joint (§6).
-    if (hasQuorum(context.config, (id) => round.acks.includes(id))) confirmed = position;
+    if (listsQuorum(context.config, round.acks)) confirmed = position;
   });
   if (confirmed < 0) return { patch: { readRounds: rounds } };
   const released = rounds.slice(0, confirmed + 1);
