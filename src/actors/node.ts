@@ -21,15 +21,9 @@ import { encodeCommand, type KvOperation } from '../io/command.js';
 import type { RaftTransport, TransportEndpoint, TransportMessage } from '../io/transport.js';
 import { assert } from '../machines/assert.js';
 import { clusterIdOfLog } from '../machines/cluster-id.js';
-import {
-  type Configuration,
-  decodeConfiguration,
-  type MemberAddress,
-  membersOf,
-  simpleConfiguration,
-} from '../machines/configuration.js';
+import { type Configuration, type MemberAddress, membersOf } from '../machines/configuration.js';
 import type { NodeId, RaftMessage } from '../machines/messages.js';
-import { emptyMembershipCounters, emptyRecoveryCounters } from '../machines/rules/index.js';
+import { emptyMembershipCounters, emptyRecoveryCounters, initialConfigs } from '../machines/rules/index.js';
 import { tickMsOf } from '../machines/ticks.js';
 import type { CallOptions } from './calls.js';
 import { type Clock, createDeadlines } from './deadlines.js';
@@ -274,19 +268,6 @@ type Wiring = {
   announceRole: (peerId: NodeId) => void;
 };
 
-/** The configuration a start begins with: the log's newest (entries, then the snapshot's), else the bootstrap voters. */
-const initialConfigOf = (options: NodeOptions, boot: Boot): { config: Configuration; index: number } => {
-  const { persisted } = boot;
-  const base = persisted.snapshot?.index ?? 0;
-  for (let offset = persisted.entries.length - 1; offset >= 0; offset -= 1) {
-    const entry = persisted.entries[offset]!;
-    if (entry.kind === 'config' && entry.data !== null)
-      return { config: decodeConfiguration(entry.data), index: base + 1 + offset };
-  }
-  const fromSnapshot = persisted.snapshot ? configOfSnapshot(persisted.snapshot.data) : null;
-  return { config: fromSnapshot ?? simpleConfiguration(options.voters, options.addresses), index: base };
-};
-
 /**
  * The root actor's machine: it spawns its children when it starts, in an order that lets each
  * find the ones it talks to at once (the raft actor last: it may send on its first step). The
@@ -298,7 +279,9 @@ const nodeMachineOf = (wiring: Wiring, boot: Boot) => {
   const sizes = sizesOf(options);
   const hidden = <T extends object>(input: T, actor: string): T =>
     hideDeps(input, { node: options.id, actor });
-  const initial = initialConfigOf(options, boot);
+  const raftInput = raftInputOf(options, boot);
+  // The configuration the machine starts with (its own rule: the log's newest, else the bootstrap voters).
+  const initial = initialConfigs(raftInput).at(-1)!;
   const peerIds = new Set(membersOf(initial.config).filter((member) => member !== options.id));
   const spawnPeer = (peerId: NodeId) =>
     spawnChild('peer', {
@@ -381,7 +364,7 @@ const nodeMachineOf = (wiring: Wiring, boot: Boot) => {
         input: hidden(membershipInput, 'membership'),
       }),
       ...[...peerIds].map(spawnPeer),
-      spawnChild('raft', { id: 'raft', systemId: ids.raft, input: raftInputOf(options, boot) }),
+      spawnChild('raft', { id: 'raft', systemId: ids.raft, input: raftInput }),
     ] as never,
   });
 };

@@ -57,7 +57,7 @@ export const emptyMembershipCounters = (): MembershipCounters => ({
  * The configurations a (re)started server knows (membership.ts): the snapshot's, else the bootstrap
  * voters of the input, then one per config entry in the log. The log's win over the input.
  */
-const initialConfigs = (input: RaftInput): ConfigAt[] => {
+export const initialConfigs = (input: RaftInput): ConfigAt[] => {
   const snapshotIndex = input.snapshot?.index ?? 0;
   const base = input.snapshot?.config ?? simpleConfiguration(input.voters, input.addresses);
   const configs: ConfigAt[] = [{ index: snapshotIndex, config: base }];
