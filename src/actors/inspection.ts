@@ -4,7 +4,11 @@
  *
  * - Events between actors go with their type and small fields, every byte array replaced by its
  *   length and every long array by its count, so that watching a node never ships the log's
- *   entries or values.
+ *   entries or values. An event is summarized once, however many inspection events carry it.
+ * - XState's reports of each action run (`@xstate.action`) and each microstep (`@xstate.microstep`)
+ *   do not go: the Stately inspector drops them, and on a write they are about as many as
+ *   everything else together (each would cost the observer a call and, with
+ *   `createWebSocketInspector`, a timer). The raft machine's state changes show in its snapshots.
  * - A callback actor's snapshot goes once (the first time it is reported): XState reports an
  *   actor's snapshot after every event it takes, but a callback actor (every actor of a node but
  *   the root and the raft machine) has no context and keeps the same snapshot object from start
@@ -48,10 +52,16 @@ const summarize = (value: unknown, depth: number): unknown => {
   return out;
 };
 
-/** The inspection event with its `event` (the one sent between actors) summarized. */
-const summarized = (inspection: InspectionEvent): InspectionEvent => {
+/** The inspection event with its `event` (the one sent between actors) summarized, once per event. */
+const summarized = (inspection: InspectionEvent, summaries: WeakMap<object, unknown>): InspectionEvent => {
   if (!('event' in inspection) || inspection.event === undefined) return inspection;
-  return { ...inspection, event: summarize(inspection.event, 0) } as InspectionEvent;
+  const event = inspection.event as object;
+  let summary = summaries.get(event);
+  if (summary === undefined) {
+    summary = summarize(event, 0);
+    summaries.set(event, summary);
+  }
+  return { ...inspection, event: summary } as InspectionEvent;
 };
 
 type SnapshotLike = {
@@ -64,14 +74,31 @@ type SnapshotLike = {
  * What must be seen the moment it changes: status, state value, and for the raft machine its
  * term, leader and recovering flag (what a role watcher reads).
  */
-const milestoneOf = (snapshot: unknown): string => {
+type Milestone = { status: unknown; value: unknown; term: unknown; leaderId: unknown; recovering: unknown };
+
+const milestoneOf = (snapshot: unknown): Milestone => {
   const { status, value, context } = snapshot as SnapshotLike;
-  return JSON.stringify([status, value, context?.currentTerm, context?.leaderId, context?.recovering]);
+  return {
+    status,
+    // A state value is a string or a small object (a nested state): compared as JSON then.
+    value: typeof value === 'object' && value !== null ? JSON.stringify(value) : value,
+    term: context?.currentTerm,
+    leaderId: context?.leaderId,
+    recovering: context?.recovering,
+  };
 };
+
+const sameMilestone = (a: Milestone | undefined, b: Milestone): boolean =>
+  a !== undefined &&
+  a.status === b.status &&
+  a.value === b.value &&
+  a.term === b.term &&
+  a.leaderId === b.leaderId &&
+  a.recovering === b.recovering;
 
 type Window = {
   /** Each machine actor's last milestone sent. */
-  milestones: WeakMap<object, string>;
+  milestones: WeakMap<object, Milestone>;
   /** Per actor, the latest snapshot held back in the current window. */
   held: Map<object, InspectionEvent>;
   timer: unknown;
@@ -98,7 +125,7 @@ const machineSnapshot = (
   send: (event: InspectionEvent) => void,
 ): void => {
   const milestone = milestoneOf(event.snapshot);
-  const changed = window.milestones.get(event.actorRef) !== milestone;
+  const changed = !sameMilestone(window.milestones.get(event.actorRef), milestone);
   if (!changed && window.timer !== null) {
     window.held.set(event.actorRef, event);
     return;
@@ -115,10 +142,12 @@ const machineSnapshot = (
  */
 export const summarizingInspect = (inspect: Inspect, clock: Clock): ((event: InspectionEvent) => void) => {
   const next = typeof inspect === 'function' ? inspect : (event: InspectionEvent) => inspect.next?.(event);
-  const send = (event: InspectionEvent): void => next(summarized(event));
+  const summaries = new WeakMap<object, unknown>();
+  const send = (event: InspectionEvent): void => next(summarized(event, summaries));
   const seen = new WeakMap<object, unknown>();
   const window: Window = { milestones: new WeakMap(), held: new Map(), timer: null };
   return (event) => {
+    if (event.type === '@xstate.action' || event.type === '@xstate.microstep') return;
     if (event.type === '@xstate.snapshot') {
       if ((event.snapshot as SnapshotLike).context !== undefined) {
         machineSnapshot(window, clock, event, send);

@@ -292,6 +292,7 @@ const nodeMachineOf = (wiring: Wiring, boot: Boot) => {
           ids,
           self: options.id,
           peerId,
+          wire: boot.endpoint,
           chunkBytes: sizes.chunkBytes,
           windowBytes: sizes.windowBytes,
           views,

@@ -4,7 +4,7 @@
  */
 
 import { type AnyActorRef, fromCallback } from 'xstate';
-import type { TransportMessage } from '../io/transport.js';
+import type { TransportEndpoint, TransportMessage } from '../io/transport.js';
 import { assert } from '../machines/assert.js';
 import type { AppendEntries, InstallSnapshot, NodeId, RaftMessage } from '../machines/messages.js';
 import type { AnyActorSystem } from './events.js';
@@ -37,6 +37,12 @@ export type PeerInput = {
   ids: SystemIds;
   self: NodeId;
   peerId: NodeId;
+  /**
+   * The wire to the member: this peer writes its messages to the transport itself (as each peer of
+   * etcd's rafthttp owns its stream), so a write costs one event on this hop (raft -> peer), not two.
+   * The transport endpoint actor sorts what arrives and sends the client calls.
+   */
+  wire: Pick<TransportEndpoint, 'send'>;
   /** Largest piece of a snapshot in one message, and how many bytes may be unacknowledged. */
   chunkBytes: number;
   windowBytes: number;
@@ -56,14 +62,14 @@ type PeerState = {
   assembly: Assembly | null;
 };
 
-/** Messages to this peer go to the transport as one event, counted here. */
+/** Messages to this peer go on its wire (the transport batches a tick's messages per member), counted here. */
 const transmit = (state: PeerState, messages: RaftMessage[]): void => {
-  if (messages.length === 0) return;
+  const { wire } = state.input;
   for (const message of messages) {
     state.metrics.messagesSent += 1;
     if (message.type === 'AppendEntries') state.metrics.entriesSent += message.entries.length;
+    wire.send(message as unknown as TransportMessage);
   }
-  relay(state.system, state.self, state.input.ids.transport, { type: 'outgoing', messages });
 };
 
 /** The raft machine's messages for this peer; InstallSnapshot requests take the store's snapshot. */
@@ -160,10 +166,7 @@ const receiveChunk = (state: PeerState, message: InstallSnapshot): void => {
 
 const transmitAck = (state: PeerState, ack: RaftMessage | ReturnType<typeof chunkAck>): void => {
   state.metrics.messagesSent += 1;
-  relay(state.system, state.self, state.input.ids.transport, {
-    type: 'outgoing',
-    messages: [ack as unknown as TransportMessage],
-  });
+  state.input.wire.send(ack as unknown as TransportMessage);
 };
 
 /** The events of a transfer this node sends (it leads): acks, heartbeat answers, the machine's. */
