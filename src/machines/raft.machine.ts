@@ -142,6 +142,7 @@ export const raftMachine = setup({
     appendWhileRecovering: rule((context, event) =>
       rules.appendWhileRecovering(context, messageOf(event, 'AppendEntries')),
     ),
+    promptRecovery: rule((context) => rules.promptRecovery(context)),
     installWhileRecovering: rule((context, event) =>
       rules.installWhileRecovering(context, messageOf(event, 'InstallSnapshot')),
     ),
@@ -275,14 +276,14 @@ export const raftMachine = setup({
             message: [
               {
                 guard: { type: 'isOfCurrentTerm', params: { type: 'AppendEntries' } },
-                actions: 'appendWhileRecovering',
+                actions: ['appendWhileRecovering', 'promptRecovery'],
               },
               {
                 guard: { type: 'isOfCurrentTerm', params: { type: 'Heartbeat' } },
-                actions: 'heartbeatFromLeader',
+                actions: ['heartbeatFromLeader', 'promptRecovery'],
               },
             ],
-            InstallSnapshot: { actions: 'installWhileRecovering' },
+            InstallSnapshot: { actions: ['installWhileRecovering', 'promptRecovery'] },
           },
         },
       },

@@ -119,6 +119,26 @@ export const startRecoveryRound = (context: RaftContext): Outcome => {
   return canBootstrap(asked) ? merge(started, recovered(asked, 'bootstrapped')) : started;
 };
 
+/** Ticks a round runs before a leader's message may start the next one (`promptRecovery`). */
+export const PROMPT_AFTER_TICKS = 2;
+
+/**
+ * A leader's message (AppendEntries, heartbeat, snapshot) reached a recovering server whose round
+ * follows no leader yet: its requests went unanswered (a member answers a server being added only
+ * once a configuration lists it, as a learner, and the leader's message may outrun that) or are
+ * lost. A new round starts now rather than at the retry timer, so a server being added recovers
+ * within a few round trips of the leader reaching it. Rounds still start at most once every
+ * PROMPT_AFTER_TICKS ticks (the round's start resets the count), so a leader's messages never
+ * flood the members with requests; like the retry timer, this is timing only: a round may start at
+ * any moment without harm.
+ */
+export const promptRecovery = (context: RaftContext): Outcome =>
+  context.recovering &&
+  context.recovery.target === null &&
+  context.electionElapsedTicks >= PROMPT_AFTER_TICKS
+    ? startRecoveryRound(context)
+    : {};
+
 /**
  * Entering the recovering state: at the start, and again on every new term. A round that already
  * follows a leader starts over (that leader may be gone, and its term is over); a round still
