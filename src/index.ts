@@ -122,13 +122,14 @@ export type LeaderEvent = { nodeId: string | null; term: number };
  * (C_new), `outgoing` the members of the configuration being left while a change is in its joint
  * phase (C_old; empty otherwise), `index` the log index of the entry that holds it.
  */
-export type MembershipEvent = { voters: string[]; outgoing: string[]; index: number };
+export type MembershipEvent = { voters: string[]; outgoing: string[]; learners: string[]; index: number };
 
 /**
  * One member of the configuration in use, as `getPeers()` lists it: where it listens (absent with a
  * custom transport), whether it is this node, its role as this node knows it, and its part in a
- * change: `voter` (in the old and the new configuration, or no change is going on), `joining` (in
- * the new one only) or `leaving` (in the old one only).
+ * change: `voter` (in the old and the new configuration, or no change is going on), `learner` (being
+ * added, still catching up: it gets the log and votes in nothing), `joining` (in the new
+ * configuration only) or `leaving` (in the old one only).
  */
 export type PeerInfo = {
   nodeId: string;
@@ -136,7 +137,7 @@ export type PeerInfo = {
   port?: number;
   self: boolean;
   role: 'leader' | 'candidate' | 'follower';
-  voting: 'voter' | 'joining' | 'leaving';
+  voting: 'voter' | 'learner' | 'joining' | 'leaving';
 };
 
 /** A member for `reconfigure`: `{ nodeId, host, port }`; a bare id or `{ nodeId }` only with a custom transport. */
@@ -541,8 +542,8 @@ const bootstrapAddresses = (options: DiskeyvalOptions): Map<string, MemberAddres
 };
 
 /**
- * The transport follows the configuration in use: it admits and dials the members of C_new and,
- * while a change is joint, of C_old (io/tls-transport.ts `setPeers`; a member it takes out stays
+ * The transport follows the configuration in use: it admits and dials the members of C_new, while a
+ * change is joint of C_old, and while it catches up its learners (io/tls-transport.ts `setPeers`; a member it takes out stays
  * reachable until it is told it was removed). A custom transport routes by id and is left alone.
  */
 const followConfiguration = (ctx: HandleContext, config: Configuration): void => {
@@ -565,6 +566,7 @@ const membershipOptionsOf = (ctx: HandleContext) => ({
     ctx.emit('membership', {
       voters: [...config.voters],
       outgoing: [...config.outgoing],
+      learners: [...config.learners],
       index,
     } satisfies MembershipEvent);
   },
@@ -599,7 +601,13 @@ const peersOfHandle = (ctx: HandleContext): PeerInfo[] => {
       ...(address ? { host: address.host, port: address.port } : {}),
       self,
       role,
-      voting: inNew && inOld ? 'voter' : inNew ? 'joining' : 'leaving',
+      voting: config.learners.includes(nodeId)
+        ? 'learner'
+        : inNew && inOld
+          ? 'voter'
+          : inNew
+            ? 'joining'
+            : 'leaving',
     };
   });
 };

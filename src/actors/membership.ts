@@ -4,10 +4,11 @@
  * actor asks and waits).
  *
  * A call asks the raft machine (or, on a follower, the leader's membership actor through the
- * transport) to start a change to the given voters. Once C_old,new is appended at index i, the call
- * waits until this node's store applies a simple configuration with exactly those voters at an
- * index past i (C_new, committed and applied here), or until this node learns that the change
- * removed it. A change lost with its leader (the entry at i turned out to be another one), a
+ * transport) to start a change to the given voters. Once the change's first entry is appended at
+ * index i (its catch-up configuration when it adds servers, else C_old,new), the call waits until
+ * this node's store applies a simple configuration with exactly those voters at an index from i on
+ * (C_new, committed and applied here), or until this node learns that the change removed it. A
+ * later change that replaced it while its new servers caught up rejects it (CHANGE_IN_PROGRESS). A change lost with its leader (the entry at i turned out to be another one), a
  * refusal because the new leader has not committed yet, and a lost forward are tried again until
  * the call's deadline (then QUORUM_UNAVAILABLE: the change may still complete). One call at a
  * time per node; the leader refuses a second change while one is in progress (CHANGE_IN_PROGRESS).
@@ -17,7 +18,13 @@
  * `leaderChanged` (raft). Sends: `reconfigure` to raft, `outgoing` to the transport.
  */
 import { type AnyActorRef, fromCallback } from 'xstate';
-import { type Configuration, isJoint, type MemberAddress, sameVoters } from '../machines/configuration.js';
+import {
+  type Configuration,
+  isCatchingUp,
+  isJoint,
+  type MemberAddress,
+  sameVoters,
+} from '../machines/configuration.js';
 import type { NodeId } from '../machines/messages.js';
 import type { ClientReconfigure, ClientReconfigureResult } from './client-messages.js';
 import type { Clock } from './deadlines.js';
@@ -160,14 +167,29 @@ const answered = (
   finish(state, codeError(answer.code ?? 'INVALID_ARGUMENT', message));
 };
 
-/** A configuration applied here: the call is done when it is its C_new; lost when another took its index. */
+/**
+ * A configuration applied here: the call is done when it is its C_new; lost when another took its
+ * index (asked again); rejected CHANGE_IN_PROGRESS when a later change replaced it (a call made while
+ * its new servers were still catching up, membership.ts).
+ */
 const configApplied = (state: State, index: number, config: Configuration) => {
   const pending = state.pending;
   if (pending === null || pending.acceptedIndex === null || index < pending.acceptedIndex) return;
-  if (!isJoint(config) && index > pending.acceptedIndex && sameVoters(config.voters, pending.call.voters))
-    return finish(state, null);
-  const ours = isJoint(config) && sameVoters(config.voters, pending.call.voters);
-  if (index === pending.acceptedIndex && !ours) retry(state);
+  const { voters } = pending.call;
+  const simple = !isJoint(config) && !isCatchingUp(config);
+  if (simple && sameVoters(config.voters, voters)) return finish(state, null);
+  const ours =
+    (isJoint(config) && sameVoters(config.voters, voters)) ||
+    (isCatchingUp(config) && sameVoters(config.target, voters));
+  if (ours) return;
+  if (index === pending.acceptedIndex) return retry(state);
+  finish(
+    state,
+    codeError(
+      'CHANGE_IN_PROGRESS',
+      'another membership change replaced this one before its new nodes caught up',
+    ),
+  );
 };
 
 /** A follower's forwarded change, on the leader: asked of the machine, answered when it answers. */

@@ -16,6 +16,10 @@
  *   member). Adding a server again takes it off the list.
  * - `addresses` says where each member listens, so a server's transport can reach members it was
  *   never configured with; an entry may lack an address (custom transports route by id).
+ * - **Learners** (dissertation §4.2.1, "catching up new servers"): a change that adds servers first
+ *   goes through a catch-up configuration, `learners` the servers being added and `target` the
+ *   voters the change goes to (`voters` still C_old). Learners get the log like any peer, but count
+ *   toward no majority and never campaign; once they hold the log the leader appends C_old,new.
  *
  * Pure functions only; `quorum.ts` has the majority arithmetic of one set.
  */
@@ -35,6 +39,10 @@ export type Configuration = {
   readonly removed: readonly NodeId[];
   /** Where members listen, by id (absent for members reached by id alone). */
   readonly addresses: Readonly<Record<NodeId, MemberAddress>>;
+  /** While a change catches up new servers: those servers (sorted), non-voting; empty otherwise. */
+  readonly learners: readonly NodeId[];
+  /** While a change catches up new servers: the voters it goes to (sorted, ⊇ learners); else empty. */
+  readonly target: readonly NodeId[];
 };
 
 /** The `removed` list keeps at most this many ids (the oldest go first). */
@@ -46,14 +54,59 @@ export const MAX_VOTERS = 64;
 export const simpleConfiguration = (
   voters: readonly NodeId[],
   addresses: Readonly<Record<NodeId, MemberAddress>> = {},
-): Configuration => ({ voters: [...voters].sort(), outgoing: [], removed: [], addresses: { ...addresses } });
+): Configuration => ({
+  voters: [...voters].sort(),
+  outgoing: [],
+  removed: [],
+  addresses: { ...addresses },
+  learners: [],
+  target: [],
+});
 
 export const isJoint = (config: Configuration): boolean => config.outgoing.length > 0;
 
-/** Every server the configuration counts: C_new ∪ C_old (sorted, no duplicates). */
+/** A change catching up new servers (learners) before its C_old,new. */
+export const isCatchingUp = (config: Configuration): boolean => config.learners.length > 0;
+
+/**
+ * Every server the configuration replicates to: C_new ∪ C_old ∪ learners (sorted, no duplicates).
+ * Majorities count only voters (`hasQuorum`, `quorumIndex`); `isMember` leaves learners out.
+ */
 export const membersOf = (config: Configuration): NodeId[] => {
-  if (config.outgoing.length === 0) return config.voters as NodeId[];
-  return [...new Set([...config.voters, ...config.outgoing])].sort();
+  if (config.outgoing.length === 0 && config.learners.length === 0) return config.voters as NodeId[];
+  return [...new Set([...config.voters, ...config.outgoing, ...config.learners])].sort();
+};
+
+/** The configuration without its catch-up: the voters and their addresses (a simple one stays as is). */
+export const withoutLearners = (config: Configuration): Configuration => {
+  if (!isCatchingUp(config)) return config;
+  const addresses: Record<NodeId, MemberAddress> = {};
+  for (const id of config.voters)
+    if (config.addresses[id] !== undefined) addresses[id] = config.addresses[id];
+  return { ...config, addresses, learners: [], target: [] };
+};
+
+/**
+ * C_learn for a change from the simple `current` to `voters`, which adds `learners` (§4.2.1): the
+ * voters stay C_old; addresses merged as for C_old,new.
+ */
+export const catchUpConfiguration = (
+  current: Configuration,
+  voters: readonly NodeId[],
+  addresses: Readonly<Record<NodeId, MemberAddress>>,
+): Configuration => {
+  assert(!isJoint(current) && !isCatchingUp(current), 'a catch-up starts from a simple configuration');
+  const target = [...voters].sort();
+  const learners = target.filter((id) => !current.voters.includes(id));
+  assert(learners.length > 0, 'a catch-up adds servers');
+  return {
+    voters: current.voters,
+    outgoing: [],
+    removed: current.removed.filter((id) => !target.includes(id)),
+    addresses: mergedAddresses(current, target, addresses),
+    learners,
+    target,
+  };
 };
 
 export const isMember = (config: Configuration, id: NodeId): boolean =>
@@ -118,19 +171,36 @@ export const jointConfiguration = (
   voters: readonly NodeId[],
   addresses: Readonly<Record<NodeId, MemberAddress>>,
 ): Configuration => {
-  assert(!isJoint(current), 'a change starts from a simple configuration');
+  assert(!isJoint(current) && !isCatchingUp(current), 'a change starts from a simple configuration');
   const sorted = [...voters].sort();
-  const merged: Record<NodeId, MemberAddress> = {};
-  for (const id of [...current.voters, ...sorted]) {
-    const address = addresses[id] ?? current.addresses[id];
-    if (address !== undefined) merged[id] = address;
-  }
   return {
     voters: sorted,
     outgoing: current.voters,
     removed: current.removed.filter((id) => !sorted.includes(id)),
-    addresses: merged,
+    addresses: mergedAddresses(current, sorted, addresses),
+    learners: [],
+    target: [],
   };
+};
+
+/** Addresses of C_old's voters and of `voters`, the new ones first (`addresses`), else the known. */
+const mergedAddresses = (
+  current: Configuration,
+  voters: readonly NodeId[],
+  addresses: Readonly<Record<NodeId, MemberAddress>>,
+): Record<NodeId, MemberAddress> => {
+  const merged: Record<NodeId, MemberAddress> = {};
+  for (const id of [...current.voters, ...voters]) {
+    const address = addresses[id] ?? current.addresses[id];
+    if (address !== undefined) merged[id] = address;
+  }
+  return merged;
+};
+
+/** C_old,new once a catch-up is done: its learners become voters with the rest of the target. */
+export const jointAfterCatchUp = (catchUp: Configuration): Configuration => {
+  assert(isCatchingUp(catchUp), 'C_old,new after a catch-up');
+  return jointConfiguration({ ...catchUp, learners: [], target: [] }, catchUp.target, {});
 };
 
 /** C_new after C_old,new: the servers of C_old not in C_new join `removed`. */
@@ -142,7 +212,7 @@ export const finalConfiguration = (joint: Configuration): Configuration => {
   );
   const addresses: Record<NodeId, MemberAddress> = {};
   for (const id of joint.voters) if (joint.addresses[id] !== undefined) addresses[id] = joint.addresses[id];
-  return { voters: joint.voters, outgoing: [], removed: removed.sort(), addresses };
+  return { voters: joint.voters, outgoing: [], removed: removed.sort(), addresses, learners: [], target: [] };
 };
 
 export const sameVoters = (a: readonly NodeId[], b: readonly NodeId[]): boolean =>
@@ -163,15 +233,26 @@ const isIdList = (value: unknown): value is NodeId[] =>
 /** Parses a configuration from plain data (an entry's decoded data, a snapshot header); null when malformed. */
 export const configurationFrom = (value: unknown): Configuration | null => {
   if (typeof value !== 'object' || value === null) return null;
-  const { v, o, r, a } = value as Record<string, unknown>;
-  if (!isIdList(v) || !isIdList(o) || !isIdList(r) || v.length === 0) return null;
+  const { v, o, r, a, l = [], t = [] } = value as Record<string, unknown>;
+  if (!isIdList(v) || !isIdList(o) || !isIdList(r) || !isIdList(l) || !isIdList(t) || v.length === 0)
+    return null;
+  // A catch-up is not joint, its learners are not voters and are among the target's.
+  if (l.length > 0 && (o.length > 0 || l.some((id) => v.includes(id) || !t.includes(id)))) return null;
+  if (l.length === 0 && t.length > 0) return null;
   if (typeof a !== 'object' || a === null) return null;
   const addresses: Record<NodeId, MemberAddress> = {};
   for (const [id, pair] of Object.entries(a as Record<string, unknown>)) {
     if (!Array.isArray(pair) || typeof pair[0] !== 'string' || !Number.isInteger(pair[1])) return null;
     addresses[id] = { host: pair[0], port: pair[1] as number };
   }
-  return { voters: [...v].sort(), outgoing: [...o].sort(), removed: [...r].sort(), addresses };
+  return {
+    voters: [...v].sort(),
+    outgoing: [...o].sort(),
+    removed: [...r].sort(),
+    addresses,
+    learners: [...l].sort(),
+    target: [...t].sort(),
+  };
 };
 
 export const decodeConfiguration = (data: Uint8Array): Configuration => {
@@ -180,10 +261,21 @@ export const decodeConfiguration = (data: Uint8Array): Configuration => {
   return config;
 };
 
-/** The plain-data form of a configuration (what `encodeConfiguration` writes), for snapshot headers. */
-export const configurationData = (config: Configuration): unknown => ({
-  v: config.voters,
-  o: config.outgoing,
-  r: config.removed,
-  a: Object.fromEntries(Object.entries(config.addresses).map(([id, a]) => [id, [a.host, a.port]])),
-});
+/**
+ * The plain-data form of a configuration (what `encodeConfiguration` writes), for snapshot headers:
+ * `{v, o, r, a}`, then `l` and `t` only while catching up (a configuration without learners encodes
+ * as it did before learners existed).
+ */
+export const configurationData = (config: Configuration): unknown => {
+  const data: Record<string, unknown> = {
+    v: config.voters,
+    o: config.outgoing,
+    r: config.removed,
+    a: Object.fromEntries(Object.entries(config.addresses).map(([id, a]) => [id, [a.host, a.port]])),
+  };
+  if (config.learners.length > 0) {
+    data.l = config.learners;
+    data.t = config.target;
+  }
+  return data;
+};

@@ -124,6 +124,7 @@ export const raftMachine = setup({
     isFromRemovedServer: ({ context, event }) =>
       event.type === 'message' && rules.isFromRemovedServer(context, event.message),
     isRemovedLeader: ({ context }) => rules.isRemovedLeader(context),
+    isCatchUpDone: ({ context }) => rules.isCatchUpDone(context),
   },
   actions: {
     adoptHigherTerm: rule((context, event) => rules.adoptHigherTerm(context, incoming(event))),
@@ -207,6 +208,7 @@ export const raftMachine = setup({
     ),
     answerRemovedServer: rule((context, event) => rules.answerRemovedServer(context, incoming(event))),
     leaveAsRemovedLeader: rule((context) => rules.leaveAsRemovedLeader(context)),
+    completeCatchUp: rule((context) => rules.completeCatchUp(context)),
     proposeReconfigure: rule((context, event) =>
       event.type === 'reconfigure'
         ? rules.startReconfigure(context, event.requestId, event.voters, event.addresses)
@@ -349,8 +351,12 @@ export const raftMachine = setup({
       entry: 'becomeLeader',
       exit: 'abandonLeadership',
       type: 'parallel',
-      // §6: a leader outside C_new steps down once C_new is committed.
-      always: { guard: 'isRemovedLeader', target: 'follower', actions: 'leaveAsRemovedLeader' },
+      // §6: a leader outside C_new steps down once C_new is committed. §4.2.1: once the servers a
+      // change adds have caught up as learners, C_old,new follows.
+      always: [
+        { guard: 'isRemovedLeader', target: 'follower', actions: 'leaveAsRemovedLeader' },
+        { guard: 'isCatchUpDone', actions: 'completeCatchUp' },
+      ],
       on: {
         AppendEntries: { actions: 'assertOneLeaderPerTerm' },
         Heartbeat: { actions: 'assertOneLeaderPerTerm' },

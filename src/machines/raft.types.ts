@@ -122,6 +122,12 @@ export type MembershipCounters = {
   removedAnswers: number;
   /** Messages from removed servers that tried to campaign (a RequestVote, pre-vote or not). */
   removedCampaigns: number;
+  /** Catch-up configurations appended (a change that adds servers, §4.2.1). */
+  catchUps: number;
+  /** Catch-ups whose learners caught up: C_old,new appended. */
+  catchUpsCompleted: number;
+  /** Catch-ups cancelled by a call for the voters in force. */
+  catchUpsCancelled: number;
 };
 
 export type RaftContext = {

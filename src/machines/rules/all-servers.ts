@@ -51,6 +51,9 @@ export const emptyMembershipCounters = (): MembershipCounters => ({
   leaderRemoved: 0,
   removedAnswers: 0,
   removedCampaigns: 0,
+  catchUps: 0,
+  catchUpsCompleted: 0,
+  catchUpsCancelled: 0,
 });
 
 /**

@@ -10,6 +10,14 @@
  *   appends C_new (`completeJointChange`, also run by a new leader that finds a committed joint
  *   configuration). One change at a time: a configuration that is joint or not yet committed, or a
  *   leader that has not yet committed an entry of its term, refuses another (CHANGE_IN_PROGRESS).
+ * - **Catching up new servers first** (dissertation §4.2.1): a change that adds servers appends a
+ *   catch-up configuration instead (C_old's voters, the new servers as learners, the target
+ *   voters). Learners get the log but count toward nothing; once every learner holds the log up to
+ *   that entry, answers in its current incarnation and no longer recovers, the leader appends
+ *   C_old,new (`completeCatchUp`, run after every event a leader takes, so a new leader goes on too).
+ *   Until then no majority depends on a server that is still copying the log, so losing the leader
+ *   in that window stalls nothing. A committed catch-up is replaced by a new call (a call for the
+ *   current voters cancels it): that is how a change whose new servers never come up is undone.
  * - **Removal**: a leader outside C_new replicates C_new without counting itself and steps down
  *   once it is committed (`isRemovedLeader`); when C_new commits the leader tells the servers it
  *   removed, and every member answers a removed server's messages with `Removed` (as etcd does), so
@@ -17,17 +25,21 @@
  */
 import {
   type Configuration,
+  catchUpConfiguration,
   decodeConfiguration,
   encodeConfiguration,
   finalConfiguration,
+  isCatchingUp,
   isJoint,
   isMember,
   isRemoved,
+  jointAfterCatchUp,
   jointConfiguration,
   MAX_VOTERS,
   type MemberAddress,
   membersOf,
   sameVoters,
+  withoutLearners,
 } from '../configuration.js';
 import type { Entry, NodeId, RaftMessage, Removed } from '../messages.js';
 import { createProgress, type Progress } from '../progress.js';
@@ -54,7 +66,10 @@ const changed = (context: RaftContext, configs: ConfigAt[]): Outcome => {
   const last = newest(configs);
   const before = newest(context.configs);
   const inForce = last.index !== before.index || last.config !== before.config;
-  const rejoined = context.removed && inForce && isMember(last.config, context.id);
+  const rejoined =
+    context.removed &&
+    inForce &&
+    (isMember(last.config, context.id) || last.config.learners.includes(context.id));
   return {
     patch: rejoined ? { configs, config: last.config, removed: false } : { configs, config: last.config },
     emitted: inForce ? [{ type: 'membership', config: last.config, index: last.index }] : [],
@@ -152,8 +167,10 @@ export const rejectReconfigure = (context: RaftContext, requestId: number): Outc
   rejection(context, requestId, 'NOT_LEADER');
 
 /**
- * The leader starts a change to `voters` (§6): C_old,new goes into the log, in force at once. A
- * change whose voters and addresses equal the configuration in force is answered at once.
+ * The leader starts a change to `voters` (§6): C_old,new goes into the log, in force at once, or,
+ * when the change adds servers, the catch-up configuration that makes them learners first (§4.2.1).
+ * A change whose voters and addresses equal the configuration in force is answered at once; the
+ * same call during a catch-up cancels it. A committed catch-up is replaced by a new change.
  */
 export const proposeReconfigure = (
   context: RaftContext,
@@ -168,21 +185,51 @@ export const proposeReconfigure = (
     return rejection(context, requestId, 'CHANGE_IN_PROGRESS');
   // A configuration of the last leader may still be uncommitted elsewhere: wait for our own commit.
   if (!hasCommittedInCurrentTerm(context)) return rejection(context, requestId, 'LEADER_NOT_READY');
-  const index = configIndexOf(context);
-  if (sameVoters(voters, context.config.voters) && sameAddresses(context.config, voters, addresses)) {
+  const base = withoutLearners(context.config);
+  const catchingUp = isCatchingUp(context.config);
+  if (sameVoters(voters, base.voters) && sameAddresses(base, voters, addresses)) {
+    if (catchingUp) {
+      context.membershipCounters.catchUpsCancelled += 1;
+      return accepted(context, requestId, appendConfig(context, base));
+    }
+    const index = configIndexOf(context);
     const term = termAt(context.log, index) ?? 0;
     return { emitted: [{ type: 'reconfigureAccepted', requestId, index, term, unchanged: true }] };
   }
-  const joint = jointConfiguration(context.config, voters, addresses);
-  const { outcome, index: jointIndex } = appendConfig(context, joint);
-  const accepted: RaftEmitted = {
-    type: 'reconfigureAccepted',
-    requestId,
-    index: jointIndex,
-    term: context.currentTerm,
-    unchanged: false,
-  };
-  return merge(outcome, { emitted: [accepted] });
+  const adds = voters.some((id) => !base.voters.includes(id));
+  if (adds) context.membershipCounters.catchUps += 1;
+  const next = adds
+    ? catchUpConfiguration(base, voters, addresses)
+    : jointConfiguration(base, voters, addresses);
+  return accepted(context, requestId, appendConfig(context, next));
+};
+
+const accepted = (
+  context: RaftContext,
+  requestId: number,
+  { outcome, index }: { outcome: Outcome; index: number },
+): Outcome =>
+  merge(outcome, {
+    emitted: [{ type: 'reconfigureAccepted', requestId, index, term: context.currentTerm, unchanged: false }],
+  });
+
+/**
+ * Whether the leader's catch-up is done (§4.2.1): the catch-up configuration is committed, and every
+ * learner holds the log up to it, in answers of its current incarnation that are not recovering.
+ */
+export const isCatchUpDone = (context: RaftContext): boolean => {
+  if (!isCatchingUp(context.config) || !isConfigCommitted(context)) return false;
+  const index = configIndexOf(context);
+  return context.config.learners.every((id) => {
+    const progress = context.progress[id];
+    return progress !== undefined && !progress.recovering && progress.matchIndex >= index;
+  });
+};
+
+/** The learners caught up: C_old,new goes into the log (the change goes on as any other). */
+export const completeCatchUp = (context: RaftContext): Outcome => {
+  context.membershipCounters.catchUpsCompleted += 1;
+  return appendConfig(context, jointAfterCatchUp(context.config)).outcome;
 };
 
 const sameAddresses = (
