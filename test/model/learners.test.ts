@@ -107,7 +107,8 @@ describe('the learner phase of a membership change', () => {
 
   it('the leader lost while the new servers still recover: the old voters elect a leader that goes on', () => {
     // {a,b,c} -> {d,e} (replace, pick 0). Before the learner phase, a committed C_old,new {d,e|a,b,c}
-    // with d and e still recovering left no electable majority of {d,e} once the leader was lost.
+    // with d and e still recovering left no electable majority of {d,e} once the leader was lost:
+    // this same script, run on the machine and spec of before, healed to no leader (a stalled join).
     const { servers, stats } = run(CONFIG, [
       timeout(0),
       deliverMany(40),

@@ -264,7 +264,10 @@ export const tellRemoved = (context: RaftContext, previousCommitIndex: number): 
   if (isJoint(context.config) || index <= previousCommitIndex || index > context.commitIndex) return {};
   const before = context.configs.length > 1 ? context.configs[context.configs.length - 2]!.config : null;
   if (before === null) return {};
-  const leaving = membersOf(before).filter((id) => !isMember(context.config, id) && id !== context.id);
+  // A learner of the configuration in force is still being added: not told (§4.2.1).
+  const leaving = membersOf(before).filter(
+    (id) => !membersOf(context.config).includes(id) && id !== context.id,
+  );
   return { send: leaving.map((id) => removedAnswer(context, id)) };
 };
 
