@@ -6,7 +6,7 @@
  * C_old,new, then C_new as before. A request for the voters in force while catching up cancels it.
  */
 import { describe, expect, it } from 'vitest';
-import { type Cmd, createWorld, heal, type ModelConfig, runCmd, stopWorld } from './harness.js';
+import { type Cmd, createWorld, heal, type ModelConfig, runCmd, stopWorld, type World } from './harness.js';
 import * as spec from './spec.js';
 import { configOfEntry, isCatchUpConfig, isJointConfig } from './spec-config.js';
 
@@ -127,5 +127,66 @@ describe('the learner phase of a membership change', () => {
     expect(configs[1]!.term).toBeGreaterThan(1);
     expect(stats.catchUpsCompleted).toBe(1);
     expect(stats.stalledJoins).toBe(0);
+  });
+
+  it('a catch-up replaced by a narrower one tells only the server it drops (it told the learner it kept too)', () => {
+    // {a} + b, e (grow by two, pick 3), then {a} + b (grow, pick 0): C_learn {a +b} replaces C_learn
+    // {a +be}. Found by the membership runs: the machine compared with isMember (learners left out)
+    // and sent Removed to b as well, a server still being added.
+    const { servers, stats } = run({ ...CONFIG, servers: 1, spares: 4 }, [
+      timeout(0),
+      reconfigure('grow', 3),
+      reconfigure('grow', 0),
+    ]);
+    const a = byId(servers, 'a');
+    expect(configKinds(a).slice(0, 2)).toEqual(['learn', 'learn']);
+    expect(stats.removedTold).toBe(1);
+    expect(byId(servers, 'e').removed).toBe(true);
+    expect(byId(servers, 'b').removed).toBe(false);
+    expect(spec.configOf(a).config.voters).toEqual(['a', 'b']);
+  });
+
+  it('a server added again ignores a Removed older than the catch-up that lists it (it learned REMOVED)', () => {
+    // Found writing the spec: d, removed by C_new at 6, is added again (C_learn at 7) while the leader's
+    // Removed of 6 is still in flight; d holds C_learn when the Removed comes. The machine compared
+    // with isMember (learners left out), took the Removed and announced it was removed to the API.
+    type Message = World['network'][number];
+    const world = createWorld(CONFIG);
+    /** Delivers the oldest message `held` does not keep back, until none is left (bounded). */
+    const deliverAllBut = (held: (m: Message) => boolean, most = 400) => {
+      for (let i = 0; i < most; i += 1) {
+        const m = world.network.find((x) => !held(x));
+        if (m === undefined) return;
+        runCmd(world, { kind: 'deliverWhere', match: { from: m.from, to: m.to, type: m.type } });
+      }
+    };
+    const nothing = () => false;
+    const staleRemoved = (m: Message) => m.type === 'Removed' && m.to === 'd';
+    try {
+      runCmd(world, timeout(0));
+      deliverAllBut(nothing);
+      runCmd(world, reconfigure('grow', 0));
+      for (let round = 0; round < 6; round += 1) {
+        deliverAllBut(nothing);
+        runCmd(world, { kind: 'heartbeat', server: 'leader' });
+        runCmd(world, timeout(3));
+      }
+      deliverAllBut(nothing);
+      expect(spec.configOf(world.spec.a!).config.voters).toEqual(['a', 'b', 'c', 'd']);
+      // {a,b,c} (subset 0b111 of the pool): d is removed; the Removed to d stays in flight.
+      runCmd(world, reconfigure('subset', 7));
+      deliverAllBut(staleRemoved);
+      expect(world.spec.d!.removed).toBe(false);
+      runCmd(world, reconfigure('grow', 0));
+      for (let i = 0; i < 200 && !isCatchUpConfig(spec.configOf(world.spec.d!).config); i += 1)
+        deliverAllBut(staleRemoved, 1);
+      expect(spec.configOf(world.spec.d!).config.learners).toEqual(['d']);
+      runCmd(world, { kind: 'deliverWhere', match: { to: 'd', type: 'Removed' } });
+      expect(world.spec.d!.removed).toBe(false);
+      heal(world);
+      expect(spec.configOf(world.spec.a!).config.voters).toEqual(['a', 'b', 'c', 'd']);
+    } finally {
+      stopWorld(world);
+    }
   });
 });

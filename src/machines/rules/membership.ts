@@ -292,11 +292,12 @@ export const answerRemovedServer = (context: RaftContext, message: RaftMessage):
 
 /**
  * Whether a `Removed` message tells this server something: it was not told already, and its own
- * log holds no newer configuration that includes it. A candidate or a leader that accepts one stops
+ * log holds no newer configuration that includes it (as a learner too: it is being added again). A candidate or a leader that accepts one stops
  * at once (raft.machine.ts): a removed server neither campaigns nor leads.
  */
 export const acceptsRemoved = (context: RaftContext, message: Removed): boolean =>
-  !context.removed && !(isMember(context.config, context.id) && configIndexOf(context) > message.configIndex);
+  !context.removed &&
+  !(membersOf(context.config).includes(context.id) && configIndexOf(context) > message.configIndex);
 
 /**
  * A member says a committed configuration removed this server. Ignored when this server's own log
