@@ -292,9 +292,13 @@ const isIdList = (value: unknown, max: number): value is string[] =>
 /** Whether `value` is a Configuration object as InstallSnapshot carries it (configuration.ts). */
 export const isConfigurationShape = (value: unknown): boolean => {
   if (!isRecord(value)) return false;
-  const { voters, outgoing, removed, addresses } = value;
+  const { voters, outgoing, removed, addresses, learners, target } = value;
   if (!isIdList(voters, MAX_VOTERS) || voters.length === 0 || !isIdList(outgoing, MAX_VOTERS)) return false;
   if (!isIdList(removed, MAX_REMOVED_IDS) || !isRecord(addresses)) return false;
+  // A catch-up (machines/configuration.ts): learners not voters, among the target, never joint.
+  if (!isIdList(learners, MAX_VOTERS) || !isIdList(target, MAX_VOTERS)) return false;
+  if (learners.length === 0 ? target.length > 0 : outgoing.length > 0) return false;
+  if (learners.some((id) => voters.includes(id) || !target.includes(id))) return false;
   return Object.values(addresses).every(
     (address) =>
       isRecord(address) &&

@@ -27,9 +27,11 @@ import {
 import { encodeHeader, encodeRecord, scanWal, type WalRecord } from '../../src/io/wal.js';
 import {
   type Configuration,
+  catchUpConfiguration,
   decodeConfiguration,
   encodeConfiguration,
   finalConfiguration,
+  jointAfterCatchUp,
   jointConfiguration,
   simpleConfiguration,
 } from '../../src/machines/configuration.js';
@@ -45,20 +47,26 @@ const address = fc.record({
   port: fc.integer({ min: 1, max: 65_535 }),
 });
 
-/** Configurations as the machine makes them: simple, joint (C_old,new) and final (C_new, with removed ids). */
+/**
+ * Configurations as the machine makes them: simple, catch-up (learners, when the change adds
+ * servers), joint (C_old,new, after a catch-up or at once) and final (C_new, with removed ids).
+ */
 const configuration: fc.Arbitrary<Configuration> = fc
   .tuple(
     fc.uniqueArray(nodeId, { minLength: 1, maxLength: 5 }),
     fc.uniqueArray(nodeId, { minLength: 1, maxLength: 5 }),
     fc.array(fc.tuple(nodeId, address), { maxLength: 7 }),
-    fc.constantFrom('simple', 'joint', 'final'),
+    fc.constantFrom('simple', 'catchUp', 'joint', 'final'),
   )
   .map(([before, after, pairs, stage]) => {
     const addresses = Object.fromEntries(pairs);
     const start = simpleConfiguration(before, addresses);
     if (stage === 'simple') return start;
-    const joint = jointConfiguration(start, after, addresses);
-    return stage === 'joint' ? joint : finalConfiguration(joint);
+    const adds = after.some((id) => !before.includes(id));
+    const catchUp = adds ? catchUpConfiguration(start, after, addresses) : null;
+    if (stage === 'catchUp' && catchUp !== null) return catchUp;
+    const joint = catchUp !== null ? jointAfterCatchUp(catchUp) : jointConfiguration(start, after, addresses);
+    return stage === 'final' ? finalConfiguration(joint) : joint;
   });
 
 const entry: fc.Arbitrary<Entry> = fc.oneof(
@@ -168,6 +176,12 @@ const malformed = fc.oneof(
         { voters: ['n1', 7], outgoing: [], removed: [], addresses: {} },
         { voters: ['n1'], outgoing: [], removed: [], addresses: { n1: { host: 'h', port: 70_000 } } },
         { voters: ['n1'], outgoing: [], removed: [], addresses: { n1: ['h', 1] } },
+        // Catch-up fields missing, a learner that votes, one outside the target, learners while joint.
+        { voters: ['n1'], outgoing: [], removed: [], addresses: {} },
+        { voters: ['n1'], outgoing: [], removed: [], addresses: {}, learners: ['n1'], target: ['n1'] },
+        { voters: ['n1'], outgoing: [], removed: [], addresses: {}, learners: ['n2'], target: ['n1'] },
+        { voters: ['n1'], outgoing: ['n3'], removed: [], addresses: {}, learners: ['n2'], target: ['n2'] },
+        { voters: ['n1'], outgoing: [], removed: [], addresses: {}, learners: [], target: ['n1'] },
       ),
     )
     .map(([snapshot, config]) => ({

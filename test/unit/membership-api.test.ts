@@ -208,7 +208,7 @@ describe('reconfigure: checks', () => {
 });
 
 describe('reconfigure: changes', () => {
-  it('grows 3 -> 4 (the new node started with peers naming the whole membership); events report C_old,new then C_new', async () => {
+  it('grows 3 -> 4 (the new node started with peers naming the whole membership); events report the catch-up, C_old,new, then C_new', async () => {
     const { transport, members, nodes, leader } = await startThree();
     const n4 = makeNode(transport, 'n4', IDS);
     await n4.node.start();
@@ -222,14 +222,70 @@ describe('reconfigure: changes', () => {
       );
     }
     const leaderEvents = members.find((member) => member.node === leader())!.events;
+    // The new node catches up as a learner first (voters unchanged), then the joint phase.
+    const catchUp = leaderEvents.find((event) => event.learners.length > 0)!;
+    expect(catchUp).toMatchObject({ voters: IDS, outgoing: [], learners: ['n4'] });
     const joint = leaderEvents.find((event) => event.outgoing.length > 0)!;
-    expect(joint).toMatchObject({ voters: [...IDS, 'n4'], outgoing: IDS });
+    expect(joint).toMatchObject({ voters: [...IDS, 'n4'], outgoing: IDS, learners: [] });
+    expect(joint.index).toBeGreaterThan(catchUp.index);
     const final = leaderEvents.at(-1)!;
     expect(final).toMatchObject({ voters: [...IDS, 'n4'], outgoing: [] });
     expect(final.index).toBeGreaterThan(joint.index);
     expect(n4.node.getPeers().map((peer) => peer.nodeId)).toEqual([...IDS, 'n4']);
     await n4.node.set('from-n4', 1);
     expect(await leader().get('from-n4')).toBe(1);
+  });
+
+  it('a change whose new node never comes up waits with it as a learner (no majority needs it); the current members cancel it', async () => {
+    const { members, leader } = await startThree();
+    await within(leader().set('before', 1), 'a first write', BOUND_MS);
+    // n4 is never started: the change cannot get past its catch-up.
+    const code = await codeOf(leader().reconfigure([...IDS, 'n4'], { timeoutMs: 500 }));
+    expect(code).toBe('QUORUM_UNAVAILABLE');
+    const learner = leader()
+      .getPeers()
+      .find((peer) => peer.nodeId === 'n4');
+    expect(learner?.voting).toBe('learner');
+    // The cluster still commits without it: it counts toward no majority.
+    await within(leader().set('while-catching-up', 1), 'a write during the catch-up', BOUND_MS);
+    await within(leader().reconfigure(IDS), 'the cancel', BOUND_MS);
+    expect(
+      leader()
+        .getPeers()
+        .map((peer) => [peer.nodeId, peer.voting]),
+    ).toEqual(IDS.map((id) => [id, 'voter']));
+    const last = members.find((member) => member.node === leader())!.events.at(-1)!;
+    expect(last).toMatchObject({ voters: IDS, outgoing: [], learners: [] });
+  });
+
+  it('a call whose change is still catching up is replaced by a later one, and rejects with CHANGE_IN_PROGRESS', async () => {
+    const { transport, nodes, leader } = await startThree();
+    await within(leader().set('before', 1), 'a first write', BOUND_MS);
+    const n5 = makeNode(transport, 'n5', IDS);
+    const first = codeOf(leader().reconfigure([...IDS, 'n4']));
+    // Once the first change's catch-up is committed (n4 never starts), a change to add n5 replaces it.
+    await when(
+      [leader()],
+      () =>
+        leader()
+          .getPeers()
+          .some((peer) => peer.nodeId === 'n4' && peer.voting === 'learner'),
+      'the first catch-up in force',
+    );
+    await n5.node.start();
+    let second: string | undefined = 'CHANGE_IN_PROGRESS';
+    // From another node (a node takes one call at a time): its leader takes it once the catch-up
+    // is committed (until then, CHANGE_IN_PROGRESS).
+    const other = nodes.find((node) => node !== leader())!;
+    for (let attempt = 0; attempt < 20 && second === 'CHANGE_IN_PROGRESS'; attempt += 1)
+      second = await codeOf(other.reconfigure([...IDS, 'n5']));
+    expect(second).toBeUndefined();
+    expect(await within(first, 'the first call', BOUND_MS)).toBe('CHANGE_IN_PROGRESS');
+    expect(
+      leader()
+        .getPeers()
+        .map((peer) => peer.nodeId),
+    ).toEqual([...IDS, 'n5']);
   });
 
   it('a second change while one is in progress rejects with CHANGE_IN_PROGRESS', async () => {
