@@ -8,7 +8,17 @@
  * - a server that uses only the committed configuration: a follower ignores the config entries an
  *   AppendEntries writes past its commit index (`configsAfterWrite`);
  * - a removed server that keeps campaigning (`mayCampaign` always true), and one that ignores
- *   `Removed` (`acceptsRemoved` always false).
+ *   `Removed` (`acceptsRemoved` always false);
+ * - the learner phase (dissertation §4.2.1) cut short: C_old,new appended as soon as the catch-up
+ *   configuration commits, before its learners hold the log (`isCatchUpDone` ignores their
+ *   progress). That is no safety violation: it is a liveness change (the new servers may again be
+ *   voters that cannot vote while they recover), so the model catches it as a divergence between
+ *   machine and spec (the machine's log gains C_old,new where the spec's does not);
+ * - learners counted in a majority: their acknowledgements and votes count toward the voters'
+ *   majority (`quorumIndex` and `hasQuorum` count voters and learners against a majority of the
+ *   voters). That is a safety hazard (an entry held by one voter and a learner is "committed", a
+ *   learner's vote elects); the model catches it at the first commit or election the spec does not
+ *   make (a divergence), before a safety invariant would see a lost entry.
  *
  * The reference spec (spec.ts, spec-config.ts) has its own configuration code, untouched by the
  * mocks, so a broken machine disagrees with it; the harness's invariants (a configuration in force
@@ -28,6 +38,8 @@ const broken = vi.hoisted(() => ({
   committedOnly: false,
   campaignsWhenRemoved: false,
   ignoresRemoved: false,
+  eagerCatchUp: false,
+  learnersCount: false,
 }));
 
 vi.mock('../../src/machines/configuration.js', async (importOriginal) => {
@@ -42,6 +54,18 @@ vi.mock('../../src/machines/configuration.js', async (importOriginal) => {
     ): Configuration => {
       const joint = original.jointConfiguration(current, voters, addresses);
       return broken.noJoint ? original.finalConfiguration(joint) : joint;
+    },
+    /** Learners' matches count toward the voters' majority (no joint sets while catching up). */
+    quorumIndex: (config: Configuration, matchOf: (id: NodeId) => number): number => {
+      if (!broken.learnersCount || config.learners.length === 0) return original.quorumIndex(config, matchOf);
+      const matches = [...config.voters, ...config.learners].map(matchOf).sort((x, y) => y - x);
+      return matches[Math.floor(config.voters.length / 2)] ?? 0;
+    },
+    /** Learners' votes (and answers) count toward the voters' majority. */
+    hasQuorum: (config: Configuration, has: (id: NodeId) => boolean): boolean => {
+      if (!broken.learnersCount || config.learners.length === 0) return original.hasQuorum(config, has);
+      const count = [...config.voters, ...config.learners].filter(has).length;
+      return count >= Math.floor(config.voters.length / 2) + 1;
     },
   };
 });
@@ -67,6 +91,12 @@ vi.mock('../../src/machines/rules/membership.js', async (importOriginal) => {
       !broken.ignoresRemoved && original.acceptsRemoved(context, message),
     learnRemoved: (context: RaftContext, message: Removed) =>
       broken.ignoresRemoved ? {} : original.learnRemoved(context, message),
+    /** The catch-up is "done" once its configuration commits, whatever the learners hold (leader state only). */
+    isCatchUpDone: (context: RaftContext) =>
+      broken.eagerCatchUp
+        ? context.config.learners.length > 0 &&
+          context.configs[context.configs.length - 1]!.index <= context.commitIndex
+        : original.isCatchUpDone(context),
   };
 });
 
@@ -75,6 +105,8 @@ afterEach(() => {
   broken.committedOnly = false;
   broken.campaignsWhenRemoved = false;
   broken.ignoresRemoved = false;
+  broken.eagerCatchUp = false;
+  broken.learnersCount = false;
 });
 
 const SEED = 13;
@@ -117,6 +149,19 @@ describe('broken membership rules are caught by the model checker', () => {
     const report = caught('ignoresRemoved');
     expect(report.failed).toBe(true);
     expect(report.error).toMatch(/removed/);
+  });
+
+  it('C_old,new appended before the learners caught up (a liveness change: caught as a divergence)', () => {
+    const report = caught('eagerCatchUp');
+    expect(report.failed).toBe(true);
+    expect(report.error).toMatch(/disagree|announced configuration/);
+  });
+
+  it('learners counted in a majority', () => {
+    const report = caught('learnersCount');
+    expect(report.failed).toBe(true);
+    // A commit the spec does not make shows first (often as the C_old,new it lets the leader append).
+    expect(report.error).toMatch(/disagree|safety|announced configuration/);
   });
 
   it('the real rules pass the same runs', () => {

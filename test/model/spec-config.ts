@@ -2,15 +2,22 @@
  * The reference spec's membership (Raft paper §6; dissertation §4.3, joint consensus), written
  * apart from src/machines/configuration.ts and membership.ts: only the *format* of a config
  * entry's data is shared (a msgpack map {v: C_new, o: C_old while joint, r: removed ids, a: {id:
- * [host, port]}}), because the spec reads the entries the implementation sends.
+ * [host, port]}}, then l: learners and t: target only while catching up, so that a configuration
+ * without learners encodes as before they existed), because the spec reads the entries the
+ * implementation sends.
  *
- * - A configuration is simple (`outgoing` empty) or joint (C_old,new): every majority then needs a
- *   majority of C_new and one of C_old.
+ * - A configuration is stable (`outgoing` and `learners` empty), catching up (C_learn: `learners`
+ *   the servers being added, non-voting, `target` the voters the change goes to; dissertation
+ *   §4.2.1) or joint (C_old,new): every majority then needs a majority of C_new and one of C_old.
+ *   Learners are replicated to like any member but count toward no majority and are no members
+ *   (`isMemberOf`): they never campaign.
  * - The configuration in force is the newest config entry in the log, committed or not, else the
  *   bootstrap voters (`configInForce` scans the log, so a truncation falls back by itself).
- * - A change: C_old,new (the leader's voters become `outgoing`, addresses merged, the new voters
- *   taken off `removed`), then C_new (C_old's servers not in C_new join `removed`, at most 64, the
- *   newest kept; only C_new's addresses stay).
+ * - A change: C_learn first when it adds servers (`catchUpOf`; C_old,new follows once every learner
+ *   holds the log up to C_learn, `afterCatchUp`), then C_old,new (the leader's voters become
+ *   `outgoing`, addresses merged, the new voters taken off `removed`), then C_new (C_old's servers
+ *   not in C_new join `removed`, at most 64, the newest kept; only C_new's addresses stay). A
+ *   request for the voters in force while catching up appends `stableOf` C_learn: it cancels.
  */
 import { decode, encode } from '@msgpack/msgpack';
 import type { Entry, NodeId } from '../../src/machines/messages.js';
@@ -22,6 +29,10 @@ export type SpecConfig = {
   readonly outgoing: readonly NodeId[];
   readonly removed: readonly NodeId[];
   readonly addresses: Readonly<Record<NodeId, SpecAddress>>;
+  /** Catching up: the servers being added (non-voting); empty otherwise. */
+  readonly learners: readonly NodeId[];
+  /** Catching up: the voters the change goes to (learners included); empty otherwise. */
+  readonly target: readonly NodeId[];
 };
 
 /** The configuration in force and where it came from (index 0: the bootstrap voters). */
@@ -37,13 +48,20 @@ export const bootstrapConfig = (voters: readonly NodeId[]): SpecConfig => ({
   outgoing: [],
   removed: [],
   addresses: {},
+  learners: [],
+  target: [],
 });
 
 export const isJointConfig = (c: SpecConfig): boolean => c.outgoing.length > 0;
 
-/** Every server the configuration counts: C_new and C_old. */
-export const membersOfConfig = (c: SpecConfig): NodeId[] => sorted([...c.voters, ...c.outgoing]);
+/** C_learn: a change that adds servers, catching them up before they vote. */
+export const isCatchUpConfig = (c: SpecConfig): boolean => c.learners.length > 0;
 
+/** Every server the configuration replicates to: C_new, C_old and the learners. */
+export const membersOfConfig = (c: SpecConfig): NodeId[] =>
+  sorted([...c.voters, ...c.outgoing, ...c.learners]);
+
+/** A member counts toward majorities and may campaign: C_new or C_old, never a learner. */
 export const isMemberOf = (c: SpecConfig, id: NodeId): boolean =>
   c.voters.includes(id) || c.outgoing.includes(id);
 
@@ -89,11 +107,24 @@ export const configOfEntry = (entry: Entry): SpecConfig => {
   if (entry.kind !== 'config' || entry.data === null) throw new Error('spec: not a config entry');
   const known = parsed.get(entry.data);
   if (known) return known;
-  const { v, o, r, a } = decode(entry.data) as Record<string, unknown>;
+  const { v, o, r, a, l, t } = decode(entry.data) as Record<string, unknown>;
   const addresses: Record<NodeId, SpecAddress> = {};
   for (const [id, pair] of Object.entries((a ?? {}) as Record<string, [string, number]>))
     addresses[id] = { host: pair[0], port: pair[1] };
-  const config = { voters: idList(v, 'v'), outgoing: idList(o, 'o'), removed: idList(r, 'r'), addresses };
+  const config: SpecConfig = {
+    voters: idList(v, 'v'),
+    outgoing: idList(o, 'o'),
+    removed: idList(r, 'r'),
+    addresses,
+    learners: l === undefined ? [] : idList(l, 'l'),
+    target: t === undefined ? [] : idList(t, 't'),
+  };
+  const { voters, outgoing, learners, target } = config;
+  const wellFormed =
+    learners.length === 0
+      ? t === undefined && l === undefined
+      : outgoing.length === 0 && learners.every((id) => !voters.includes(id) && target.includes(id));
+  if (!wellFormed) throw new Error('spec: a config entry with malformed learners (l) or target (t)');
   parsed.set(entry.data, config);
   return config;
 };
@@ -101,7 +132,12 @@ export const configOfEntry = (entry: Entry): SpecConfig => {
 export const configEntry = (term: number, c: SpecConfig): Entry => {
   const a: Record<NodeId, [string, number]> = {};
   for (const id of Object.keys(c.addresses).sort()) a[id] = [c.addresses[id]!.host, c.addresses[id]!.port];
-  const data = encode({ v: c.voters, o: c.outgoing, r: c.removed, a });
+  // Keys in this order; l and t only while catching up (byte-identical to the format before learners).
+  const data = encode(
+    isCatchUpConfig(c)
+      ? { v: c.voters, o: c.outgoing, r: c.removed, a, l: c.learners, t: c.target }
+      : { v: c.voters, o: c.outgoing, r: c.removed, a },
+  );
   parsed.set(data, c);
   return { term, kind: 'config', data };
 };
@@ -117,6 +153,8 @@ export const sameConfig = (x: SpecConfig, y: SpecConfig): boolean =>
   sameIds(x.voters, y.voters) &&
   sameIds(x.outgoing, y.outgoing) &&
   sameIds(x.removed, y.removed) &&
+  sameIds(x.learners, y.learners) &&
+  sameIds(x.target, y.target) &&
   sameIds(Object.keys(x.addresses).sort(), Object.keys(y.addresses).sort()) &&
   Object.keys(x.addresses).every((id) => sameAddress(x.addresses[id], y.addresses[id]));
 
@@ -145,25 +183,72 @@ export const configBefore = (log: readonly Entry[], bootstrap: readonly NodeId[]
 // ---------------------------------------------------------------------------------------------
 // A change
 
-/** C_old,new from the simple `current` to `voters`; the addresses of both, the new ones winning. */
+/** The addresses of `current`'s voters and of `voters`: the requested ones first, else the known. */
+const mergedAddresses = (
+  current: SpecConfig,
+  voters: readonly NodeId[],
+  addresses: Readonly<Record<NodeId, SpecAddress>>,
+): Record<NodeId, SpecAddress> => {
+  const merged: Record<NodeId, SpecAddress> = {};
+  for (const id of sorted([...current.voters, ...voters])) {
+    const address = addresses[id] ?? current.addresses[id];
+    if (address) merged[id] = address;
+  }
+  return merged;
+};
+
+/** C_old,new from the `current` voters to `voters`; the addresses of both, the new ones winning. */
 export const jointOf = (
   current: SpecConfig,
   voters: readonly NodeId[],
   addresses: Readonly<Record<NodeId, SpecAddress>>,
 ): SpecConfig => {
   const next = sorted(voters);
-  const merged: Record<NodeId, SpecAddress> = {};
-  for (const id of sorted([...current.voters, ...next])) {
-    const address = addresses[id] ?? current.addresses[id];
-    if (address) merged[id] = address;
-  }
   return {
     voters: next,
     outgoing: current.voters,
     removed: current.removed.filter((id) => !next.includes(id)),
-    addresses: merged,
+    addresses: mergedAddresses(current, next, addresses),
+    learners: [],
+    target: [],
   };
 };
+
+/**
+ * The stable configuration under `c` (the base of a change): its voters, its removed list and its
+ * voters' addresses; a catch-up loses its learners, its target and the learners' addresses.
+ */
+export const stableOf = (c: SpecConfig): SpecConfig => {
+  if (!isCatchUpConfig(c)) return c;
+  const addresses: Record<NodeId, SpecAddress> = {};
+  for (const id of c.voters) if (c.addresses[id]) addresses[id] = c.addresses[id]!;
+  return { voters: c.voters, outgoing: [], removed: c.removed, addresses, learners: [], target: [] };
+};
+
+/**
+ * C_learn (dissertation §4.2.1) from the stable `base` to `voters`, which adds servers: the voters
+ * stay base's, the added ones are learners, `target` is where the change goes; removed and addresses
+ * as C_old,new has them.
+ */
+export const catchUpOf = (
+  base: SpecConfig,
+  voters: readonly NodeId[],
+  addresses: Readonly<Record<NodeId, SpecAddress>>,
+): SpecConfig => {
+  const target = sorted(voters);
+  return {
+    voters: base.voters,
+    outgoing: [],
+    removed: base.removed.filter((id) => !target.includes(id)),
+    addresses: mergedAddresses(base, target, addresses),
+    learners: target.filter((id) => !base.voters.includes(id)),
+    target,
+  };
+};
+
+/** C_old,new once C_learn's learners caught up: from its voters to its target, its addresses kept. */
+export const afterCatchUp = (catchUp: SpecConfig): SpecConfig =>
+  jointOf({ ...catchUp, learners: [], target: [] }, catchUp.target, {});
 
 /** C_new after C_old,new. */
 export const finalOf = (joint: SpecConfig): SpecConfig => {
@@ -171,7 +256,14 @@ export const finalOf = (joint: SpecConfig): SpecConfig => {
   const removed = [...joint.removed.filter((id) => !leaving.includes(id)), ...leaving].slice(-REMOVED_KEPT);
   const addresses: Record<NodeId, SpecAddress> = {};
   for (const id of joint.voters) if (joint.addresses[id]) addresses[id] = joint.addresses[id]!;
-  return { voters: joint.voters, outgoing: [], removed: sorted(removed), addresses };
+  return {
+    voters: joint.voters,
+    outgoing: [],
+    removed: sorted(removed),
+    addresses,
+    learners: [],
+    target: [],
+  };
 };
 
 /** Asking for the configuration in force: same voters, and no address that differs or is new. */

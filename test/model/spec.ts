@@ -48,13 +48,16 @@ import type {
 } from '../../src/machines/messages.js';
 import { RECOVERING_VOTE } from '../../src/machines/messages.js';
 import {
+  afterCatchUp,
   asksForCurrent,
   type ConfigInForce,
+  catchUpOf,
   configBefore,
   configEntry,
   configInForce,
   configOfEntry,
   finalOf,
+  isCatchUpConfig,
   isJointConfig,
   isMemberOf,
   jointOf,
@@ -65,6 +68,7 @@ import {
   type SpecAddress,
   sameConfig,
   someSetMajority,
+  stableOf,
 } from './spec-config.js';
 
 /** A recovering server's round: its answers, and the leader it copies from once it has one. */
@@ -140,7 +144,7 @@ export type Persistent = { term: number; votedFor: NodeId | null; log: readonly 
 /** The configuration in force: the newest config entry in the log, else the bootstrap voters. */
 export const configOf = (s: SpecServer): ConfigInForce => configInForce(s.log, s.bootstrap);
 
-/** The other members of the configuration in force (both sets while it is joint). */
+/** The other servers of the configuration in force (both sets while it is joint, and the learners). */
 export const peers = (s: SpecServer): NodeId[] =>
   membersOfConfig(configOf(s).config).filter((v) => v !== s.id);
 
@@ -445,13 +449,18 @@ const leaderCommits = (s: SpecServer): SpecStep => {
   return { server, send };
 };
 
-/** C_new just committed: tell the servers of the configuration before it that it left out. */
+/**
+ * C_new (or a C_learn, or the base that cancels one) just committed: tell the servers of the
+ * configuration before it that it left out. A learner of both is not left out: it is still being
+ * added (learners are no members for majorities, but they are in the configuration).
+ */
 const tellRemoved = (s: SpecServer, previousCommit: number): RaftMessage[] => {
   const { index, config } = configOf(s);
   if (isJointConfig(config) || index <= previousCommit || index > s.commitIndex) return [];
   const before = configBefore(s.log, s.bootstrap, index);
+  const kept = membersOfConfig(config);
   return membersOfConfig(before)
-    .filter((id) => id !== s.id && !isMemberOf(config, id))
+    .filter((id) => id !== s.id && !kept.includes(id))
     .map((to) => removedMessage(s, to));
 };
 
@@ -468,16 +477,16 @@ const removedMessage = (s: SpecServer, to: NodeId): RaftMessage => ({
  * counted where it is a voter) since the last check steps down.
  */
 export const checkQuorum = (s: SpecServer): SpecStep => {
-  if (s.role !== 'leader') return unchanged(s);
+  if (s.role !== 'leader') return settle(unchanged(s));
   if (!quorumOf(configOf(s).config, (v) => v === s.id || s.recentActive[v] === true))
     return unchanged(becomeFollower(s));
   const cleared: Record<NodeId, boolean> = {};
   for (const p of peers(s)) cleared[p] = false;
-  return unchanged({ ...s, recentActive: cleared });
+  return settle(unchanged({ ...s, recentActive: cleared }));
 };
 
 /** The heartbeat timer only makes a leader send Heartbeats (checked by `leaderMayHaveSent`). */
-export const heartbeatTimeout = (s: SpecServer): SpecStep => unchanged(s);
+export const heartbeatTimeout = (s: SpecServer): SpecStep => settle(unchanged(s));
 
 /** What the spec answers a reconfigure request (the machine's reconfigureAccepted / reconfigureRejected). */
 export type RefusalCode = 'NOT_LEADER' | 'LEADER_NOT_READY' | 'CHANGE_IN_PROGRESS' | 'INVALID_ARGUMENT';
@@ -494,9 +503,13 @@ export type ReconfigureAnswer =
  * A reconfigure request (§6): only a leader takes it; the voters must be a non-empty list without
  * repeats; one change at a time: refused while the configuration in force is joint or not yet
  * committed (CHANGE_IN_PROGRESS), and before the leader committed an entry of its own term
- * (LEADER_NOT_READY; dissertation §4.1); asking
- * for the configuration in force is answered at once; otherwise C_old,new is appended (in force at
- * once: its peers join the leader's view) and the leader's commit rule runs.
+ * (LEADER_NOT_READY; dissertation §4.1). A committed catch-up is no change in progress: the request
+ * replaces it. The change starts from the stable base of the configuration in force (a catch-up
+ * without its learners): asking for the base is answered at once when nothing is catching up, and
+ * cancels the catch-up otherwise (the base is appended); a change that adds servers appends C_learn
+ * (they catch up as learners first, dissertation §4.2.1; `settle` goes on to C_old,new); any other
+ * appends C_old,new at once. What is appended is in force at once (its servers join the leader's
+ * view) and the leader's commit rule runs.
  */
 export const reconfigure = (
   s: SpecServer,
@@ -516,14 +529,20 @@ export const reconfigure = (
   if (isJointConfig(inForce.config) || inForce.index > s.commitIndex) return refuse('CHANGE_IN_PROGRESS');
   // The last leader's configuration may be uncommitted elsewhere: first a commit of its own term.
   if (!committedOwnTerm) return refuse('LEADER_NOT_READY');
-  if (asksForCurrent(inForce.config, voters, addresses))
+  const base = stableOf(inForce.config);
+  const catchingUp = isCatchUpConfig(inForce.config);
+  if (!catchingUp && asksForCurrent(base, voters, addresses))
     return {
       server: s,
       send: [],
       answer: { accepted: true, index: inForce.index, term: inForce.term, unchanged: true },
     };
-  const joint = configEntry(s.currentTerm, jointOf(inForce.config, voters, addresses));
-  const step = settle(leaderCommits(syncPeers({ ...s, log: [...s.log, joint] })));
+  const next = asksForCurrent(base, voters, addresses)
+    ? base
+    : voters.every((id) => base.voters.includes(id))
+      ? jointOf(base, voters, addresses)
+      : catchUpOf(base, voters, addresses);
+  const step = settle(leaderCommits(syncPeers({ ...s, log: [...s.log, configEntry(s.currentTerm, next)] })));
   return {
     ...step,
     answer: { accepted: true, index: s.log.length + 1, term: s.currentTerm, unchanged: false },
@@ -538,17 +557,40 @@ export const leavesAsRemoved = (s: SpecServer): boolean => {
 };
 
 /**
- * After any action: a removed leader leaves (the machine's `always` on the leader state). What it
- * sent in the step it sent as the leader it was (`sentAs`).
+ * The learners of a committed C_learn have caught up (dissertation §4.2.1): the leader holds
+ * progress for each, heard from its current incarnation that it is not recovering, and it holds the
+ * log up to C_learn. Then C_old,new follows (`settle`).
  */
-export const settle = <T extends SpecStep>(step: T): T =>
-  leavesAsRemoved(step.server)
-    ? {
-        ...step,
-        server: { ...becomeFollower(step.server), leaderId: null, removed: true },
-        sentAs: step.server,
-      }
-    : step;
+export const catchUpDone = (s: SpecServer): boolean => {
+  if (s.role !== 'leader') return false;
+  const { index, config } = configOf(s);
+  return (
+    isCatchUpConfig(config) &&
+    index <= s.commitIndex &&
+    config.learners.every(
+      (l) => l in s.matchIndex && s.recoveringOf[l] === false && s.matchIndex[l]! >= index,
+    )
+  );
+};
+
+/**
+ * After any action (the machine's `always` on the leader state), in this order: a removed leader
+ * leaves (what it sent in the step it sent as the leader it was, `sentAs`); a leader whose committed
+ * catch-up is done appends C_old,new (its commit rule runs, as after any append).
+ */
+export const settle = <T extends SpecStep>(step: T): T => {
+  if (leavesAsRemoved(step.server))
+    return {
+      ...step,
+      server: { ...becomeFollower(step.server), leaderId: null, removed: true },
+      sentAs: step.server,
+    };
+  if (!catchUpDone(step.server)) return step;
+  const s = step.server;
+  const joint = configEntry(s.currentTerm, afterCatchUp(configOf(s).config));
+  const next = leaderCommits(syncPeers({ ...s, log: [...s.log, joint] }));
+  return settle({ ...step, server: next.server, send: [...step.send, ...next.send] });
+};
 
 /**
  * The AppendEntries and Heartbeat actions, read as predicates: null when `s` (the sender's state
@@ -758,7 +800,8 @@ const handleAppendEntriesRequest = (s: SpecServer, m: AppendEntries): SpecStep =
 
 /**
  * A server told it was removed is a member again once a write to its log changes the configuration
- * in force (another entry, or another index) to one that includes it.
+ * in force (another entry, or another index) to one that includes it (as a learner too: it is being
+ * added again).
  */
 const rejoins = (s: SpecServer, log: readonly Entry[]): boolean => {
   const before = configOf(s);
@@ -766,7 +809,7 @@ const rejoins = (s: SpecServer, log: readonly Entry[]): boolean => {
   const changed =
     after.index !== before.index ||
     (after.index > 0 && !sameEntry(log[after.index - 1]!, s.log[after.index - 1]!));
-  return changed && isMemberOf(after.config, s.id);
+  return changed && membersOfConfig(after.config).includes(s.id);
 };
 
 /** Heartbeat (m.term = currentTerm): the leader is alive; commit min(commit, our last index). */
@@ -1051,10 +1094,13 @@ const isReplicationOfTerm = (s: SpecServer, m: RaftMessage): boolean => {
   return false;
 };
 
-/** Told it was removed (unless it knew, or its own newer configuration includes it): a candidate or leader stops. */
+/**
+ * Told it was removed (unless it knew, or its own newer configuration includes it, as a learner too):
+ * a candidate or leader stops.
+ */
 const learnRemoved = (s: SpecServer, configIndex: number): SpecServer => {
   const inForce = configOf(s);
-  if (s.removed || (isMemberOf(inForce.config, s.id) && inForce.index > configIndex)) return s;
+  if (s.removed || (membersOfConfig(inForce.config).includes(s.id) && inForce.index > configIndex)) return s;
   return { ...becomeFollower(s), removed: true };
 };
 

@@ -264,7 +264,10 @@ export const tellRemoved = (context: RaftContext, previousCommitIndex: number): 
   if (isJoint(context.config) || index <= previousCommitIndex || index > context.commitIndex) return {};
   const before = context.configs.length > 1 ? context.configs[context.configs.length - 2]!.config : null;
   if (before === null) return {};
-  const leaving = membersOf(before).filter((id) => !isMember(context.config, id) && id !== context.id);
+  // A learner of the configuration in force is still being added: not told (§4.2.1).
+  const leaving = membersOf(before).filter(
+    (id) => !membersOf(context.config).includes(id) && id !== context.id,
+  );
   return { send: leaving.map((id) => removedAnswer(context, id)) };
 };
 
@@ -289,11 +292,12 @@ export const answerRemovedServer = (context: RaftContext, message: RaftMessage):
 
 /**
  * Whether a `Removed` message tells this server something: it was not told already, and its own
- * log holds no newer configuration that includes it. A candidate or a leader that accepts one stops
+ * log holds no newer configuration that includes it (as a learner too: it is being added again). A candidate or a leader that accepts one stops
  * at once (raft.machine.ts): a removed server neither campaigns nor leads.
  */
 export const acceptsRemoved = (context: RaftContext, message: Removed): boolean =>
-  !context.removed && !(isMember(context.config, context.id) && configIndexOf(context) > message.configIndex);
+  !context.removed &&
+  !(membersOf(context.config).includes(context.id) && configIndexOf(context) > message.configIndex);
 
 /**
  * A member says a committed configuration removed this server. Ignored when this server's own log
