@@ -7,7 +7,8 @@
  * Receives: `apply` (a commit batch from raft), `restore` (an installed snapshot), `snapshotFor`
  * (a peer sends the store's snapshot to a follower), `checkSnapshot` (a whole snapshot from the
  * leader). Sends: `applied` / `restored` to requests (one per apply pass, with this session's
- * settled requests), `compact` to log and raft, `snapshotData` to a peer, a checked snapshot to raft.
+ * settled requests), `compact` to log and raft, `clusterIdLearned` to log (once it knows the
+ * committed cluster id), `snapshotData` to a peer, a checked snapshot to raft.
  */
 import { type AnyActorRef, fromCallback } from 'xstate';
 import { assert } from '../machines/assert.js';
@@ -85,9 +86,19 @@ export const storeActor = fromCallback<StoreEvent, StoreInput>(({ input, receive
     if (taken === null || taken.index !== store.appliedIndex()) taken = store.snapshot();
     return taken;
   };
+  /** The cluster id last told to the log (it keeps it durable: machines/cluster-id.ts). */
+  let clusterIdSent: string | null = null;
+  /** The store knows the cluster id from a committed source now: the log records it (once). */
+  const announceClusterId = (): void => {
+    const clusterId = store.clusterId();
+    if (clusterId === null || clusterId === clusterIdSent) return;
+    clusterIdSent = clusterId;
+    relay(system, self, ids.log, { type: 'clusterIdLearned', clusterId });
+  };
   if (input.initial) {
     store.restore(input.initial.data);
     compactedTo = input.initial.index;
+    announceClusterId();
   }
   input.views.store = store;
   input.views.storeCounters = counters;
@@ -119,6 +130,7 @@ export const storeActor = fromCallback<StoreEvent, StoreInput>(({ input, receive
         settled = [];
         const configBefore = store.config();
         store.apply(event.firstIndex, event.entries);
+        announceClusterId();
         relay(system, self, ids.requests, {
           type: 'applied',
           appliedIndex: store.appliedIndex(),
@@ -138,6 +150,7 @@ export const storeActor = fromCallback<StoreEvent, StoreInput>(({ input, receive
         );
         compactedTo = Math.max(compactedTo, event.index);
         counters.snapshotsInstalled += 1;
+        announceClusterId();
         announceConfig(scope, null, store.config());
         const { settledBelow, applied } = store.sessionOf(input.session);
         relay(system, self, ids.requests, {

@@ -26,6 +26,7 @@ import {
   walError,
 } from '../io/wal.js';
 import { assert } from '../machines/assert.js';
+import type { ClusterId } from '../machines/cluster-id.js';
 import {
   createMemoryLog,
   type InstallOutput,
@@ -149,6 +150,17 @@ export const createWalLog = async (dir: string, nodeId: string, options: OpenWal
   };
 
   /**
+   * The committed cluster id joins the hard state (machines/cluster-id.ts): a hard-state record
+   * carrying it goes with the next flush; later records without it keep it at replay (io/wal.ts).
+   */
+  const recordClusterId = (clusterId: ClusterId): boolean => {
+    if (closed) throw walError('WAL_CLOSED', `recordClusterId after close of ${wal.path}`);
+    if (!mirror.recordClusterId(clusterId)) return false;
+    pending.push({ hardState: mirror.view().hardState, fromIndex: -1, entries: [] });
+    return true;
+  };
+
+  /**
    * The server's own compaction: the mirror forgets the entries at once. The file is cut only when
    * it has grown to 4 times its size after the last cut (and at least 1 MiB), so that writing the
    * whole state again costs at most a quarter of what was appended: the next flush then replaces
@@ -193,6 +205,7 @@ export const createWalLog = async (dir: string, nodeId: string, options: OpenWal
     persist,
     installSnapshot,
     compact,
+    recordClusterId,
     persisted: (): PersistedState => mirror.persisted(),
     writes: mirror.writes,
     lastIndex: mirror.lastIndex,
