@@ -172,21 +172,19 @@ const fatal = (box: Outbox, error: Error): void => {
 };
 
 /**
- * The store learned the committed cluster id: the log records it in its hard state, once (a durable
- * log writes it as a persist of its own, so the outputs emitted after it wait for that one flush:
- * once in a server's life). Another id than the one recorded means this server holds two clusters'
- * state: fail-stop.
+ * The store learned the committed cluster id: the log records it in its hard state, once. A durable
+ * log writes it with the next group it flushes (the next persist's: a write, a vote, an append, or
+ * the close of a clean stop), at no cost of its own, and nothing waits for it: a crash before then
+ * loses only the record, and the restarted server learns the id again on apply (until then it knows
+ * none, which every peer accepts). Another id than the one recorded means this server holds two
+ * clusters' state: fail-stop.
  */
 const recordClusterId = (box: Outbox, clusterId: ClusterId): void => {
-  const { log } = box.input;
-  let recorded: boolean;
   try {
-    recorded = log.recordClusterId(clusterId);
+    box.input.log.recordClusterId(clusterId);
   } catch (error) {
     fatal(box, error as Error);
-    return;
   }
-  if (recorded && log.durable) persistDurable(box, null);
 };
 
 export const logActor = fromCallback<LogEvent, LogInput>(({ input, receive, system, self }) => {

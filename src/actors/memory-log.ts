@@ -165,7 +165,7 @@ export type LogStorage = {
   /**
    * The server applied its cluster id (committed): it joins the hard state, where every later hard
    * state keeps it, so a restart knows it (machines/cluster-id.ts). True when it was not recorded
-   * yet: a durable log then writes it at the next flush. Another id than the recorded one throws.
+   * yet: a durable log then writes it with its next flush. Another id than the recorded one throws.
    */
   recordClusterId(clusterId: ClusterId): boolean;
   persisted(): PersistedState;

@@ -151,7 +151,8 @@ export const createWalLog = async (dir: string, nodeId: string, options: OpenWal
 
   /**
    * The committed cluster id joins the hard state (machines/cluster-id.ts): a hard-state record
-   * carrying it goes with the next flush; later records without it keep it at replay (io/wal.ts).
+   * carrying it goes with the next flush (log-actor.ts asks for none of its own); later records
+   * without it keep it at replay (io/wal.ts).
    */
   const recordClusterId = (clusterId: ClusterId): boolean => {
     if (closed) throw walError('WAL_CLOSED', `recordClusterId after close of ${wal.path}`);

@@ -75,7 +75,8 @@ export const restartsWithItsState = async (disk: 'memory' | 'durable', seed: num
   expect(knownAtRestart, `seed ${seed}: an uncommitted id is not known`).toBeNull();
   expect(idInLog(sim, first), `seed ${seed}: its index 1 was replaced`).toBe(committed);
   expect(await sameCommittedEverywhere(sim)).toEqual(['x', 'y', 'z']);
-  // Learned on apply, the id is durable: the next restart knows it before a single step.
+  // Learned on apply, the id is in the hard state, and on disk since the flush of 'z' (and of
+  // anything after it): the next restart knows it before a single step.
   await sim.runFor(50);
   expect(sim.persisted(first).hardState.clusterId, `seed ${seed}: in the hard state`).toBe(committed);
   sim.restart(first);
