@@ -39,6 +39,21 @@ const kept = (recorded: HardState | string): HardState => {
   return recorded;
 };
 
+/**
+ * The cluster id the server applied (committed: machines/cluster-id.ts) joins the hard state as a
+ * hard-state-only persist of its own (`persist` of a memory log or a WAL log), and every later hard
+ * state keeps it; false, and nothing persisted, when `hardState` holds it already.
+ */
+export const persistClusterId = (
+  hardState: HardState,
+  persist: (output: PersistOutput) => void,
+  clusterId: ClusterId,
+): boolean => {
+  if (hardState.clusterId === clusterId) return false;
+  persist({ type: 'persist', hardState: { ...hardState, clusterId }, fromIndex: -1, entries: [] });
+  return true;
+};
+
 export const createMemoryLog = (initial?: PersistedState, memoryOptions: MemoryLogOptions = {}) => {
   let hardState: HardState = initial?.hardState ?? { term: 0, votedFor: null };
   let snapshot: StoreSnapshot | null = initial?.snapshot ?? null;
@@ -70,17 +85,6 @@ export const createMemoryLog = (initial?: PersistedState, memoryOptions: MemoryL
       for (const entry of output.entries) entries.push(entry);
     }
     writes += 1;
-  };
-
-  /**
-   * The cluster id the server applied (committed: machines/cluster-id.ts) joins the hard state, and
-   * stays in it; true when it was not recorded yet (a durable log then writes it).
-   */
-  const recordClusterId = (clusterId: ClusterId): boolean => {
-    if (hardState.clusterId === clusterId) return false;
-    hardState = kept(recordHardState(hardState, { ...hardState, clusterId }));
-    writes += 1;
-    return true;
   };
 
   const dropThrough = (index: number): void => {
@@ -140,7 +144,7 @@ export const createMemoryLog = (initial?: PersistedState, memoryOptions: MemoryL
     persist,
     installSnapshot,
     compact,
-    recordClusterId,
+    recordClusterId: (clusterId: ClusterId): boolean => persistClusterId(hardState, persist, clusterId),
     persisted,
     view,
     writes: () => writes,

@@ -43,7 +43,13 @@ export type StoreInput = {
   views: { store?: Store; storeCounters?: StoreCounters };
 };
 
-type Scope = { system: AnyActorSystem; self: AnyActorRef; input: StoreInput };
+type Scope = {
+  system: AnyActorSystem;
+  self: AnyActorRef;
+  input: StoreInput;
+  /** The cluster id last told to the log (announceClusterId). */
+  clusterIdSent: string | null;
+};
 
 /**
  * Where the log may be compacted to now: `keepEntries` below the applied index, and on a leader
@@ -65,7 +71,7 @@ const compactionTarget = ({ system, input }: Scope, appliedIndex: number): numbe
 };
 
 export const storeActor = fromCallback<StoreEvent, StoreInput>(({ input, receive, system, self }) => {
-  const scope: Scope = { system, self, input };
+  const scope: Scope = { system, self, input, clusterIdSent: null };
   const { ids } = input;
   const counters: StoreCounters = { compactions: 0, snapshotsInstalled: 0, malformedMessages: 0 };
   /** This session's requests settled by the apply pass running now. */
@@ -86,19 +92,9 @@ export const storeActor = fromCallback<StoreEvent, StoreInput>(({ input, receive
     if (taken === null || taken.index !== store.appliedIndex()) taken = store.snapshot();
     return taken;
   };
-  /** The cluster id last told to the log (it keeps it durable: machines/cluster-id.ts). */
-  let clusterIdSent: string | null = null;
-  /** The store knows the cluster id from a committed source now: the log records it (once). */
-  const announceClusterId = (): void => {
-    const clusterId = store.clusterId();
-    if (clusterId === null || clusterId === clusterIdSent) return;
-    clusterIdSent = clusterId;
-    relay(system, self, ids.log, { type: 'clusterIdLearned', clusterId });
-  };
   if (input.initial) {
     store.restore(input.initial.data);
     compactedTo = input.initial.index;
-    announceClusterId();
   }
   input.views.store = store;
   input.views.storeCounters = counters;
@@ -130,7 +126,7 @@ export const storeActor = fromCallback<StoreEvent, StoreInput>(({ input, receive
         settled = [];
         const configBefore = store.config();
         store.apply(event.firstIndex, event.entries);
-        announceClusterId();
+        announceClusterId(scope, store.clusterId());
         relay(system, self, ids.requests, {
           type: 'applied',
           appliedIndex: store.appliedIndex(),
@@ -150,7 +146,7 @@ export const storeActor = fromCallback<StoreEvent, StoreInput>(({ input, receive
         );
         compactedTo = Math.max(compactedTo, event.index);
         counters.snapshotsInstalled += 1;
-        announceClusterId();
+        announceClusterId(scope, store.clusterId());
         announceConfig(scope, null, store.config());
         const { settledBelow, applied } = store.sessionOf(input.session);
         relay(system, self, ids.requests, {
@@ -174,6 +170,17 @@ export const storeActor = fromCallback<StoreEvent, StoreInput>(({ input, receive
     }
   });
 });
+
+/**
+ * The store knows the cluster id from a committed source (an applied entry 1, an installed
+ * snapshot): the log records it, once, so a restart knows it (machines/cluster-id.ts). A restart
+ * from a snapshot needs no record: the snapshot's header carries the id.
+ */
+const announceClusterId = (scope: Scope, clusterId: string | null): void => {
+  if (clusterId === null || clusterId === scope.clusterIdSent) return;
+  scope.clusterIdSent = clusterId;
+  relay(scope.system, scope.self, scope.input.ids.log, { type: 'clusterIdLearned', clusterId });
+};
 
 /** A configuration applied (an entry, or a snapshot's): the membership actor settles calls on it. */
 const announceConfig = (

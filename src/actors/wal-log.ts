@@ -33,6 +33,7 @@ import {
   type MemoryLog,
   type PersistedState,
   type PersistOutput,
+  persistClusterId,
 } from './memory-log.js';
 import type { StoreSnapshot } from './store.js';
 
@@ -150,18 +151,6 @@ export const createWalLog = async (dir: string, nodeId: string, options: OpenWal
   };
 
   /**
-   * The committed cluster id joins the hard state (machines/cluster-id.ts): a hard-state record
-   * carrying it goes with the next flush (log-actor.ts asks for none of its own); later records
-   * without it keep it at replay (io/wal.ts).
-   */
-  const recordClusterId = (clusterId: ClusterId): boolean => {
-    if (closed) throw walError('WAL_CLOSED', `recordClusterId after close of ${wal.path}`);
-    if (!mirror.recordClusterId(clusterId)) return false;
-    pending.push({ hardState: mirror.view().hardState, fromIndex: -1, entries: [] });
-    return true;
-  };
-
-  /**
    * The server's own compaction: the mirror forgets the entries at once. The file is cut only when
    * it has grown to 4 times its size after the last cut (and at least 1 MiB), so that writing the
    * whole state again costs at most a quarter of what was appended: the next flush then replaces
@@ -206,7 +195,9 @@ export const createWalLog = async (dir: string, nodeId: string, options: OpenWal
     persist,
     installSnapshot,
     compact,
-    recordClusterId,
+    /** A hard-state record with the committed cluster id, written with the next flush (io/wal.ts). */
+    recordClusterId: (clusterId: ClusterId): boolean =>
+      persistClusterId(mirror.view().hardState, persist, clusterId),
     persisted: (): PersistedState => mirror.persisted(),
     writes: mirror.writes,
     lastIndex: mirror.lastIndex,
