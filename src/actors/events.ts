@@ -10,6 +10,7 @@
  */
 import type { ActorSystem, AnyActorRef, AnyEventObject } from 'xstate';
 import type { TransportMessage } from '../io/transport.js';
+import type { ClusterId } from '../machines/cluster-id.js';
 import { type Configuration, type MemberAddress, membersOf } from '../machines/configuration.js';
 import type { Entry, InstallSnapshot, NodeId, RaftMessage, SnapshotChunkAck } from '../machines/messages.js';
 import type { RaftEmitted, Role } from '../machines/raft.types.js';
@@ -72,7 +73,12 @@ export type LogEvent =
   /** An output that waits until every persist emitted before it is durable (durable logs). */
   | { type: 'afterPersist'; output: RaftEmitted }
   /** The store snapshotted the state up to `index`: forget the entries it covers. */
-  | { type: 'compact'; index: number; take: () => StoreSnapshot };
+  | { type: 'compact'; index: number; take: () => StoreSnapshot }
+  /**
+   * The store learned the cluster id from a committed source (the applied entry 1, or a snapshot):
+   * the log records it in the hard state, so a restart knows it (machines/cluster-id.ts).
+   */
+  | { type: 'clusterIdLearned'; clusterId: ClusterId };
 
 export type StoreEvent =
   | { type: 'apply'; firstIndex: number; entries: Entry[] }

@@ -17,6 +17,7 @@
  * A failed write or sync stops the node (fail-stop, `onFatal`): its state on disk is unknown.
  */
 import { type AnyActorRef, fromCallback } from 'xstate';
+import type { ClusterId } from '../machines/cluster-id.js';
 import type { RaftEmitted } from '../machines/raft.types.js';
 import type { AnyActorSystem } from './events.js';
 import { deliverOutput, type LogEvent, relay, type SystemIds } from './events.js';
@@ -116,10 +117,7 @@ const flushAll = async (box: Outbox): Promise<void> => {
       release(box);
     }
   } catch (error) {
-    if (!box.stopped) {
-      box.durability.fatalError = (error as Error).message;
-      box.input.onFatal(error as Error);
-    }
+    fatal(box, error as Error);
   } finally {
     box.flushing = null;
   }
@@ -166,6 +164,29 @@ const afterPersist = (box: Outbox, output: RaftEmitted): void => {
   box.durability.maxOutbox = Math.max(box.durability.maxOutbox, outboxSize(box));
 };
 
+/** The log failed or refused a write: the node stops (fail-stop), saying why. */
+const fatal = (box: Outbox, error: Error): void => {
+  if (box.stopped) return;
+  box.durability.fatalError = error.message;
+  box.input.onFatal(error);
+};
+
+/**
+ * The store learned the committed cluster id: the log records it in its hard state, once. A durable
+ * log writes it with the next group it flushes (the next persist's: a write, a vote, an append, or
+ * the close of a clean stop), at no cost of its own, and nothing waits for it: a crash before then
+ * loses only the record, and the restarted server learns the id again on apply (until then it knows
+ * none, which every peer accepts). Another id than the one recorded means this server holds two
+ * clusters' state: fail-stop.
+ */
+const recordClusterId = (box: Outbox, clusterId: ClusterId): void => {
+  try {
+    box.input.log.recordClusterId(clusterId);
+  } catch (error) {
+    fatal(box, error as Error);
+  }
+};
+
 export const logActor = fromCallback<LogEvent, LogInput>(({ input, receive, system, self }) => {
   const box: Outbox = {
     input,
@@ -200,6 +221,9 @@ export const logActor = fromCallback<LogEvent, LogInput>(({ input, receive, syst
         return;
       case 'compact':
         input.log.compact(event.index, event.take);
+        return;
+      case 'clusterIdLearned':
+        recordClusterId(box, event.clusterId);
         return;
     }
   });

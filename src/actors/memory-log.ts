@@ -9,6 +9,7 @@
  * `persisted()` is the entry at index `snapshot.index + 1 + i` (or `1 + i` without a snapshot).
  */
 import { assert } from '../machines/assert.js';
+import { type ClusterId, recordHardState } from '../machines/cluster-id.js';
 import type { Entry } from '../machines/messages.js';
 import type { HardState, RaftEmitted } from '../machines/raft.types.js';
 import type { StoreSnapshot } from './store.js';
@@ -30,6 +31,27 @@ export type MemoryLogOptions = {
    * memory node's log dies with its process anyway.
    */
   keepSnapshots?: boolean;
+};
+
+/** A hard state `recordHardState` accepted; a refused one (a second cluster id) is a bug here. */
+const kept = (recorded: HardState | string): HardState => {
+  assert(typeof recorded !== 'string', String(recorded));
+  return recorded;
+};
+
+/**
+ * The cluster id the server applied (committed: machines/cluster-id.ts) joins the hard state as a
+ * hard-state-only persist of its own (`persist` of a memory log or a WAL log), and every later hard
+ * state keeps it; false, and nothing persisted, when `hardState` holds it already.
+ */
+export const persistClusterId = (
+  hardState: HardState,
+  persist: (output: PersistOutput) => void,
+  clusterId: ClusterId,
+): boolean => {
+  if (hardState.clusterId === clusterId) return false;
+  persist({ type: 'persist', hardState: { ...hardState, clusterId }, fromIndex: -1, entries: [] });
+  return true;
 };
 
 export const createMemoryLog = (initial?: PersistedState, memoryOptions: MemoryLogOptions = {}) => {
@@ -54,7 +76,7 @@ export const createMemoryLog = (initial?: PersistedState, memoryOptions: MemoryL
     changed();
     if (output.hardState) {
       assert(output.hardState.term >= hardState.term, 'persisted term went backwards');
-      hardState = output.hardState;
+      hardState = kept(recordHardState(hardState, output.hardState));
     }
     if (output.fromIndex > 0) {
       assert(output.fromIndex <= lastIndex() + 1, `persist leaves a gap at ${output.fromIndex}`);
@@ -122,6 +144,7 @@ export const createMemoryLog = (initial?: PersistedState, memoryOptions: MemoryL
     persist,
     installSnapshot,
     compact,
+    recordClusterId: (clusterId: ClusterId): boolean => persistClusterId(hardState, persist, clusterId),
     persisted,
     view,
     writes: () => writes,
@@ -143,6 +166,12 @@ export type LogStorage = {
   persist(output: PersistOutput): void;
   installSnapshot(output: InstallOutput): void;
   compact(index: number, take: () => StoreSnapshot): void;
+  /**
+   * The server applied its cluster id (committed): it joins the hard state, where every later hard
+   * state keeps it, so a restart knows it (machines/cluster-id.ts). True when it was not recorded
+   * yet: a durable log then writes it with its next flush. Another id than the recorded one throws.
+   */
+  recordClusterId(clusterId: ClusterId): boolean;
   persisted(): PersistedState;
   writes(): number;
   lastIndex(): number;

@@ -20,7 +20,6 @@ import {
 import { encodeCommand, type KvOperation } from '../io/command.js';
 import type { RaftTransport, TransportEndpoint, TransportMessage } from '../io/transport.js';
 import { assert } from '../machines/assert.js';
-import { clusterIdOfLog } from '../machines/cluster-id.js';
 import { type Configuration, type MemberAddress, membersOf } from '../machines/configuration.js';
 import type { NodeId, RaftMessage } from '../machines/messages.js';
 import { emptyMembershipCounters, emptyRecoveryCounters, initialConfigs } from '../machines/rules/index.js';
@@ -448,7 +447,7 @@ type NodeState = {
   starting: boolean;
   stopping: Promise<void> | null;
   incarnation: number;
-  /** The cluster id the log's entry 1 holds at a restart from a WAL (the store's applied one wins). */
+  /** The cluster id the log's hard state recorded at this start (the store's applied one wins). */
   startClusterId: string | null;
   deliver: ((message: TransportMessage) => void) | null;
   /** Calls made in this tick, handed to the requests actor as one event after it. */
@@ -534,8 +533,9 @@ const startNode = async (s: NodeState): Promise<void> => {
   }
   s.endpoint = booted.endpoint;
   s.incarnation = booted.incarnation;
-  // A restart from the WAL knows its cluster id at once (machines/cluster-id.ts).
-  s.startClusterId = booted.persisted.snapshot ? null : clusterIdOfLog(booted.persisted.entries);
+  // A restart knows its cluster id at once when its hard state recorded it (it was committed:
+  // machines/cluster-id.ts), or from its snapshot (the store's); never from an entry 1 as such.
+  s.startClusterId = booted.persisted.hardState.clusterId ?? null;
   s.raftDeps.durable = s.log.durable === true;
   const wiring: Wiring = {
     options: s.options,

@@ -7,7 +7,8 @@
  * Receives: `apply` (a commit batch from raft), `restore` (an installed snapshot), `snapshotFor`
  * (a peer sends the store's snapshot to a follower), `checkSnapshot` (a whole snapshot from the
  * leader). Sends: `applied` / `restored` to requests (one per apply pass, with this session's
- * settled requests), `compact` to log and raft, `snapshotData` to a peer, a checked snapshot to raft.
+ * settled requests), `compact` to log and raft, `clusterIdLearned` to log (once it knows the
+ * committed cluster id), `snapshotData` to a peer, a checked snapshot to raft.
  */
 import { type AnyActorRef, fromCallback } from 'xstate';
 import { assert } from '../machines/assert.js';
@@ -42,7 +43,13 @@ export type StoreInput = {
   views: { store?: Store; storeCounters?: StoreCounters };
 };
 
-type Scope = { system: AnyActorSystem; self: AnyActorRef; input: StoreInput };
+type Scope = {
+  system: AnyActorSystem;
+  self: AnyActorRef;
+  input: StoreInput;
+  /** The cluster id last told to the log (announceClusterId). */
+  clusterIdSent: string | null;
+};
 
 /**
  * Where the log may be compacted to now: `keepEntries` below the applied index, and on a leader
@@ -64,7 +71,7 @@ const compactionTarget = ({ system, input }: Scope, appliedIndex: number): numbe
 };
 
 export const storeActor = fromCallback<StoreEvent, StoreInput>(({ input, receive, system, self }) => {
-  const scope: Scope = { system, self, input };
+  const scope: Scope = { system, self, input, clusterIdSent: null };
   const { ids } = input;
   const counters: StoreCounters = { compactions: 0, snapshotsInstalled: 0, malformedMessages: 0 };
   /** This session's requests settled by the apply pass running now. */
@@ -119,6 +126,7 @@ export const storeActor = fromCallback<StoreEvent, StoreInput>(({ input, receive
         settled = [];
         const configBefore = store.config();
         store.apply(event.firstIndex, event.entries);
+        announceClusterId(scope, store.clusterId());
         relay(system, self, ids.requests, {
           type: 'applied',
           appliedIndex: store.appliedIndex(),
@@ -138,6 +146,7 @@ export const storeActor = fromCallback<StoreEvent, StoreInput>(({ input, receive
         );
         compactedTo = Math.max(compactedTo, event.index);
         counters.snapshotsInstalled += 1;
+        announceClusterId(scope, store.clusterId());
         announceConfig(scope, null, store.config());
         const { settledBelow, applied } = store.sessionOf(input.session);
         relay(system, self, ids.requests, {
@@ -161,6 +170,17 @@ export const storeActor = fromCallback<StoreEvent, StoreInput>(({ input, receive
     }
   });
 });
+
+/**
+ * The store knows the cluster id from a committed source (an applied entry 1, an installed
+ * snapshot): the log records it, once, so a restart knows it (machines/cluster-id.ts). A restart
+ * from a snapshot needs no record: the snapshot's header carries the id.
+ */
+const announceClusterId = (scope: Scope, clusterId: string | null): void => {
+  if (clusterId === null || clusterId === scope.clusterIdSent) return;
+  scope.clusterIdSent = clusterId;
+  relay(scope.system, scope.self, scope.input.ids.log, { type: 'clusterIdLearned', clusterId });
+};
 
 /** A configuration applied (an entry, or a snapshot's): the membership actor settles calls on it. */
 const announceConfig = (

@@ -26,12 +26,14 @@ import {
   walError,
 } from '../io/wal.js';
 import { assert } from '../machines/assert.js';
+import type { ClusterId } from '../machines/cluster-id.js';
 import {
   createMemoryLog,
   type InstallOutput,
   type MemoryLog,
   type PersistedState,
   type PersistOutput,
+  persistClusterId,
 } from './memory-log.js';
 import type { StoreSnapshot } from './store.js';
 
@@ -193,6 +195,9 @@ export const createWalLog = async (dir: string, nodeId: string, options: OpenWal
     persist,
     installSnapshot,
     compact,
+    /** A hard-state record with the committed cluster id, written with the next flush (io/wal.ts). */
+    recordClusterId: (clusterId: ClusterId): boolean =>
+      persistClusterId(mirror.view().hardState, persist, clusterId),
     persisted: (): PersistedState => mirror.persisted(),
     writes: mirror.writes,
     lastIndex: mirror.lastIndex,

@@ -13,9 +13,11 @@
  *   - `length` is the body's size in bytes, at least 1 and below 2^31 (so it never reads as a
  *     marker's tag); `crc` is CRC-32 (zlib.crc32) of the 4 length bytes and the body;
  *   - `body` is one persist output of the raft machine, as a msgpack map
- *       { hardState: { term, votedFor } | null, fromIndex, entries: [{ term, kind, data }] }
+ *       { hardState: { term, votedFor, clusterId? } | null, fromIndex, entries: [{ term, kind, data }] }
  *     (`kind` noop, command or config; a config entry's data is a configuration,
- *     machines/configuration.ts, checked at replay);
+ *     machines/configuration.ts, checked at replay; `clusterId`, 32 lower-case hex digits, is the
+ *     committed cluster id once the server applied it, machines/cluster-id.ts: files written before
+ *     it existed have none);
  *     plus, for an installed snapshot (InstallSnapshot, §7), `snapshot: { index, term, data,
  *     keptSuffix }`;
  *   - a marker says "the bytes of this file before me were fsynced": its `syncedEnd` is its own
@@ -23,7 +25,8 @@
  *     incarnation of the process that wrote it (see `openWal`).
  *
  * Replay applies the records in file order, exactly like the memory log applies persist outputs:
- * a non-null `hardState` replaces the hard state; `fromIndex` >= 1 cuts the log to
+ * a non-null `hardState` replaces the hard state (one without `clusterId` keeps the id recorded
+ * before it; a record that changes a recorded id is refused, WAL_CORRUPT); `fromIndex` >= 1 cuts the log to
  * `fromIndex - 1` entries and appends `entries` there; `fromIndex` -1 (or 0) is hard-state-only.
  * A snapshot record makes the log start after `snapshot.index` (keeping the entries after it when
  * `keptSuffix`). Markers change nothing in the state.
@@ -74,6 +77,7 @@ import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { Decoder, Encoder } from '@msgpack/msgpack';
 import { assert, isCount } from '../machines/assert.js';
+import { isClusterId, recordHardState } from '../machines/cluster-id.js';
 import type { Entry } from '../machines/messages.js';
 import type { HardState } from '../machines/raft.types.js';
 import { isConfigurationData } from './codec.js';
@@ -259,12 +263,9 @@ const decodeBody = (decoder: Decoder, body: Uint8Array): WalRecord | string => {
     return `its body is not msgpack (${(error as Error).message})`;
   }
   if (!isRecordObject(value)) return 'its body is not a map';
-  const { hardState, fromIndex, entries } = value;
-  if (hardState !== null) {
-    if (!isRecordObject(hardState) || !isCount(hardState.term)) return 'bad hardState';
-    if (hardState.votedFor !== null && typeof hardState.votedFor !== 'string')
-      return 'bad hardState.votedFor';
-  }
+  const { fromIndex, entries } = value;
+  const hardState = decodeHardState(value.hardState);
+  if (typeof hardState === 'string') return hardState;
   if (typeof fromIndex !== 'number' || !Number.isSafeInteger(fromIndex) || fromIndex < -1)
     return 'bad fromIndex';
   if (!Array.isArray(entries)) return 'entries is not an array';
@@ -287,15 +288,18 @@ const decodeBody = (decoder: Decoder, body: Uint8Array): WalRecord | string => {
   if (fromIndex < 1 && decoded.length > 0) return 'entries without a fromIndex';
   const snapshot = decodeSnapshot(value.snapshot);
   if (typeof snapshot === 'string') return snapshot;
-  return {
-    snapshot,
-    hardState:
-      hardState === null
-        ? null
-        : { term: hardState.term as number, votedFor: hardState.votedFor as string | null },
-    fromIndex,
-    entries: decoded,
-  };
+  return { snapshot, hardState, fromIndex, entries: decoded };
+};
+
+/** A record's hard state (null: none), or why it is not one. `clusterId` is optional, never null. */
+const decodeHardState = (value: unknown): HardState | null | string => {
+  if (value === null) return null;
+  if (!isRecordObject(value) || !isCount(value.term)) return 'bad hardState';
+  const { term, votedFor, clusterId } = value;
+  if (votedFor !== null && typeof votedFor !== 'string') return 'bad hardState.votedFor';
+  if (clusterId === undefined) return { term, votedFor };
+  if (!isClusterId(clusterId)) return 'bad hardState.clusterId';
+  return { term, votedFor, clusterId };
 };
 
 const decodeSnapshot = (value: unknown): WalRecord['snapshot'] | string => {
@@ -313,7 +317,9 @@ export const applyRecord = (state: WalState, record: WalRecord): string | null =
     if (record.hardState.term < state.hardState.term) {
       return `term goes back from ${state.hardState.term} to ${record.hardState.term}`;
     }
-    state.hardState = record.hardState;
+    const next = recordHardState(state.hardState, record.hardState);
+    if (typeof next === 'string') return next;
+    state.hardState = next;
   }
   const offset = state.snapshot?.index ?? 0;
   if (record.snapshot) {

@@ -8,17 +8,24 @@
  *   with an empty log win against a majority that holds an entry). Its no-op entry (§8) at index 1
  *   carries the id as its 16 bytes of data. The randomness comes from the node (the machine's input
  *   `newClusterId`), never from inside the machine, so the machine stays pure and replayable.
- * - Learned: when that entry is applied (committed, so no later leader can overwrite it: Leader
- *   Completeness, §5.4), from a snapshot (the store's snapshot header carries the id, so
- *   compaction and InstallSnapshot keep it), or at a restart from the WAL's entry at index 1.
+ * - Learned: only from a committed source. When that entry is applied (committed, so no later
+ *   leader can overwrite it: Leader Completeness, §5.4), or from a snapshot (the store's snapshot
+ *   header carries the id, so compaction and InstallSnapshot keep it). Never from the log's entry
+ *   at index 1 as such: a first leader that crashed before its no-op committed holds an id that a
+ *   later leader, its log empty, replaced with its own (that entry 1 is overwritten when it catches
+ *   up). Once learned, the id is recorded in the server's hard state (`HardState.clusterId`, in the
+ *   WAL or the memory log; see `recordHardState`), so a restart knows it at once; a WAL written
+ *   before the field existed starts with no id and learns it again on apply.
  * - Checked: by the transport (tls-transport.ts): the handshake carries each side's id, and a side
  *   that learns its id later announces it on its open connections; a side that knows its id refuses
  *   a peer whose known id differs. An unknown id (null) is accepted: that is how a new or amnesiac
  *   member learns it.
  *
- * Pure functions only; the node keeps the learned id (actors/node.ts, actors/store.ts).
+ * Pure functions only; the node keeps the learned id (actors/node.ts, actors/store.ts) and its log
+ * makes it durable (actors/log-actor.ts).
  */
 import type { Entry } from './messages.js';
+import type { HardState } from './raft.types.js';
 
 export type ClusterId = string;
 
@@ -68,9 +75,19 @@ export const clusterIdOfEntry = (index: number, entry: Entry): ClusterId | null 
   return clusterIdFromBytes(entry.data);
 };
 
-/** The cluster id of a log that starts at index 1 (no snapshot before it), or null. */
-export const clusterIdOfLog = (entries: readonly Entry[]): ClusterId | null =>
-  entries.length > 0 ? clusterIdOfEntry(1, entries[0]!) : null;
+/**
+ * The hard state a log holds after it records `next` over `previous` (the memory log, the WAL's
+ * replay): `next` without a cluster id (every hard state the machine persists) keeps the earlier
+ * one; an id is set once and never changes, so a `next` with another id than the recorded one is
+ * refused: the returned string says why (the WAL then refuses the file as WAL_CORRUPT).
+ */
+export const recordHardState = (previous: HardState, next: HardState): HardState | string => {
+  if (next.clusterId === undefined)
+    return previous.clusterId === undefined ? next : { ...next, clusterId: previous.clusterId };
+  if (previous.clusterId !== undefined && previous.clusterId !== next.clusterId)
+    return `the cluster id changes from ${previous.clusterId} to ${next.clusterId}`;
+  return next;
+};
 
 /** What a receiver does with a peer's cluster id: accept it, or refuse a different one. */
 export const clusterIdVerdict = (ours: ClusterId | null, theirs: ClusterId | null): 'accept' | 'mismatch' =>

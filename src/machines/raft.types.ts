@@ -4,6 +4,7 @@
  * emitted outputs that the node's actors carry out.
  */
 
+import type { ClusterId } from './cluster-id.js';
 import type { Configuration, MemberAddress } from './configuration.js';
 import type { CrashVector, Entry, NodeId, RaftMessage, RecoveryResponse } from './messages.js';
 import type { Progress } from './progress.js';
@@ -12,8 +13,12 @@ import type { RngState } from './rng.js';
 
 export type Role = 'follower' | 'candidate' | 'leader';
 
-/** The state a server must persist before it answers an RPC (Figure 2, "Persistent state"). */
-export type HardState = { term: number; votedFor: NodeId | null };
+/**
+ * The state a server must persist before it answers an RPC (Figure 2, "Persistent state"), and the
+ * cluster id once the server applied it (cluster-id.ts: committed, so it never changes). The
+ * machine never sets `clusterId`; the log keeps it across the machine's later hard states.
+ */
+export type HardState = { term: number; votedFor: NodeId | null; clusterId?: ClusterId };
 
 /** One ReadIndex round (dissertation §6.4): reads that wait for a heartbeat quorum at `seq`. */
 export type ReadRound = { seq: number; readIndex: number; ids: number[]; acks: NodeId[] };

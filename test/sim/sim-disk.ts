@@ -25,6 +25,7 @@ import type {
 } from '../../src/actors/memory-log.js';
 import { createMemoryLog, type MemoryLog } from '../../src/actors/memory-log.js';
 import type { StoreSnapshot } from '../../src/actors/store.js';
+import type { ClusterId } from '../../src/machines/cluster-id.js';
 import type { HardState } from '../../src/machines/raft.types.js';
 import type { Rng } from '../../src/machines/rng.js';
 
@@ -119,6 +120,12 @@ export const createSimDisk = (environment: SimDiskEnvironment) => {
           hardState: null,
           isPersist: false,
         });
+      },
+      recordClusterId(clusterId: ClusterId) {
+        if (!live() || !mirror.recordClusterId(clusterId)) return false;
+        // Not a persist of the machine: losing it loses no promise (the id is learned again).
+        enqueue({ apply: (log) => log.recordClusterId(clusterId), hardState: null, isPersist: false });
+        return true;
       },
       persisted: (): PersistedState => mirror.persisted(),
       writes: () => mirror.writes(),

@@ -495,6 +495,11 @@ const gatedLog = () => {
       pending += 1;
     },
     compact: mirror.compact,
+    recordClusterId: (clusterId) => {
+      const recorded = mirror.recordClusterId(clusterId);
+      if (recorded) pending += 1;
+      return recorded;
+    },
     persisted: mirror.persisted,
     writes: mirror.writes,
     lastIndex: mirror.lastIndex,
@@ -580,6 +585,7 @@ describe('a leader replicates before its own fsync (dissertation §10.2.1)', () 
       persist: mirror.persist,
       installSnapshot: mirror.installSnapshot,
       compact: mirror.compact,
+      recordClusterId: mirror.recordClusterId,
       persisted: mirror.persisted,
       writes: mirror.writes,
       lastIndex: mirror.lastIndex,
