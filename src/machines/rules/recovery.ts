@@ -133,9 +133,7 @@ export const PROMPT_AFTER_TICKS = 2;
  * any moment without harm.
  */
 export const promptRecovery = (context: RaftContext): Outcome =>
-  context.recovering &&
-  context.recovery.target === null &&
-  context.electionElapsedTicks >= PROMPT_AFTER_TICKS
+  context.recovering && context.recovery.target === null && context.electionElapsedTicks >= PROMPT_AFTER_TICKS
     ? startRecoveryRound(context)
     : {};
 
