@@ -31,6 +31,11 @@ export type ServerView = {
   entries: readonly Entry[];
   /** The smallest index written since the last check (Infinity when the log did not change). */
   dirtyFrom: number;
+  /**
+   * Entries at or below `offset` that the running server's machine still holds in memory (its
+   * storage may snapshot further than the machine compacted), by index; undefined when it holds none.
+   */
+  heldBelowOffset?: (index: number) => Entry | undefined;
 };
 
 const entryHashes = new WeakMap<Entry, number>();
@@ -82,15 +87,23 @@ export const createSafetyChecker = () => {
     track.hashes.length = Math.min(track.hashes.length, Math.max(1, from));
     track.terms.length = track.hashes.length;
     if (track.hashes.length <= server.offset) {
-      if (server.offset > committedHashes.length - 1) {
-        return fail(
-          'snapshot within commit',
-          `${server.id} holds a snapshot up to ${server.offset}, beyond anything committed (${committedHashes.length - 1})`,
-        );
-      }
       for (let index = track.hashes.length; index <= server.offset; index += 1) {
-        track.hashes.push(committedHashes[index]!);
-        track.terms.push(committedTerms[index]!);
+        if (index < committedHashes.length) {
+          track.hashes.push(committedHashes[index]!);
+          track.terms.push(committedTerms[index]!);
+          continue;
+        }
+        // Appended, committed, applied and snapshotted in this one step (a single voter can): only
+        // the server's own commit covers it, and its machine must still hold the entry.
+        const held = index <= server.commitIndex ? server.heldBelowOffset?.(index) : undefined;
+        if (held === undefined) {
+          return fail(
+            'snapshot within commit',
+            `${server.id} holds a snapshot up to ${server.offset}, beyond anything committed (${committedHashes.length - 1})`,
+          );
+        }
+        track.hashes.push(mix(track.hashes[index - 1]!, hashEntry(held)));
+        track.terms.push(held.term);
       }
     }
     for (let index = track.hashes.length; index <= lastOf(server); index += 1) {

@@ -18,6 +18,7 @@ import type { RaftTransport, TransportMessage } from '../../src/io/transport.js'
 import { assert } from '../../src/machines/assert.js';
 import { clusterIdFromSeed } from '../../src/machines/cluster-id.js';
 import { type Entry, isRequest, type RaftMessage } from '../../src/machines/messages.js';
+import { entryAt, lastIndex } from '../../src/machines/raft-log.js';
 import { createRng } from '../../src/machines/rng.js';
 import { createSafetyChecker, type ServerView } from './invariants.js';
 import { createAgenda, type Scheduled } from './queue.js';
@@ -404,6 +405,15 @@ export const createSimulation = (options: SimOptions) => {
     return server;
   };
 
+  /** The entries a running server's machine still holds in memory, by index (the checker's fallback). */
+  const heldBy =
+    (server: Server) =>
+    (index: number): Entry | undefined => {
+      const log = server.node?.snapshot().context.log;
+      if (log === undefined || index <= log.offset || index > lastIndex(log)) return undefined;
+      return entryAt(log, index);
+    };
+
   const views = (): ServerView[] =>
     [...servers.values()].map((server) => {
       const alive = server.node !== null && !server.node.isStopped();
@@ -426,6 +436,7 @@ export const createSimulation = (options: SimOptions) => {
         offset,
         entries,
         dirtyFrom: server.dirtyFrom,
+        ...(alive ? { heldBelowOffset: heldBy(server) } : {}),
       };
       server.dirtyFrom = Number.POSITIVE_INFINITY;
       return view;
