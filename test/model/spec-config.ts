@@ -274,3 +274,13 @@ export const asksForCurrent = (
 ): boolean =>
   sameIds(sorted(voters), current.voters) &&
   voters.every((id) => addresses[id] === undefined || sameAddress(addresses[id], current.addresses[id]));
+
+/** A catch-up configuration asked for again: the same target voters, no address that differs. */
+export const asksForTarget = (
+  current: SpecConfig,
+  voters: readonly NodeId[],
+  addresses: Readonly<Record<NodeId, SpecAddress>>,
+): boolean =>
+  current.learners.length > 0 &&
+  sameIds(sorted(voters), current.target) &&
+  voters.every((id) => addresses[id] === undefined || sameAddress(addresses[id], current.addresses[id]));

@@ -50,6 +50,7 @@ import { RECOVERING_VOTE } from '../../src/machines/messages.js';
 import {
   afterCatchUp,
   asksForCurrent,
+  asksForTarget,
   type ConfigInForce,
   catchUpOf,
   configBefore,
@@ -536,6 +537,13 @@ export const reconfigure = (
       server: s,
       send: [],
       answer: { accepted: true, index: inForce.index, term: inForce.term, unchanged: true },
+    };
+  // The same change asked again (a call retried after a leader change): the catch-up goes on.
+  if (catchingUp && asksForTarget(inForce.config, voters, addresses))
+    return {
+      server: s,
+      send: [],
+      answer: { accepted: true, index: inForce.index, term: inForce.term, unchanged: false },
     };
   const next = asksForCurrent(base, voters, addresses)
     ? base

@@ -170,7 +170,8 @@ export const rejectReconfigure = (context: RaftContext, requestId: number): Outc
  * The leader starts a change to `voters` (§6): C_old,new goes into the log, in force at once, or,
  * when the change adds servers, the catch-up configuration that makes them learners first (§4.2.1).
  * A change whose voters and addresses equal the configuration in force is answered at once; the
- * same call during a catch-up cancels it. A committed catch-up is replaced by a new change.
+ * same call during a catch-up cancels it. A committed catch-up is replaced by a new change; asked for
+ * again (a call retried after a leader change), it goes on under its entry.
  */
 export const proposeReconfigure = (
   context: RaftContext,
@@ -195,6 +196,16 @@ export const proposeReconfigure = (
     const index = configIndexOf(context);
     const term = termAt(context.log, index) ?? 0;
     return { emitted: [{ type: 'reconfigureAccepted', requestId, index, term, unchanged: true }] };
+  }
+  // The same change asked again (a call retried after a leader change): the catch-up goes on.
+  if (
+    catchingUp &&
+    sameVoters(voters, context.config.target) &&
+    sameAddresses(context.config, voters, addresses)
+  ) {
+    const index = configIndexOf(context);
+    const term = termAt(context.log, index) ?? 0;
+    return { emitted: [{ type: 'reconfigureAccepted', requestId, index, term, unchanged: false }] };
   }
   const adds = voters.some((id) => !base.voters.includes(id));
   if (adds) context.membershipCounters.catchUps += 1;
