@@ -41,6 +41,7 @@ type Totals = MembershipCounters & {
   leaderCrashedAfterCall: number;
   livenessChecked: number;
   livenessBlockedByAmnesia: number;
+  amnesiaSkipped: number;
 };
 const totals: Totals = {
   ...emptyMembershipCounters(),
@@ -56,6 +57,7 @@ const totals: Totals = {
   leaderCrashedAfterCall: 0,
   livenessChecked: 0,
   livenessBlockedByAmnesia: 0,
+  amnesiaSkipped: 0,
 };
 /** Servers of the current run restarted amnesiac (they recover only from a leader). */
 const amnesiac = new Set<string>();
@@ -127,7 +129,7 @@ const change = (sim: Simulation, voters: string[], on?: string): Tracked | null 
   );
 };
 
-/** Faults between changes: a partition, a crash and restart, an amnesiac restart (a minority at most). */
+/** Faults between changes: a partition, a crash and restart, an amnesiac restart (within what memory mode survives: `mayForget`). */
 const fault = async (sim: Simulation, clients: Clients): Promise<void> => {
   const members = sim.members();
   const roll = sim.rng.float();
@@ -147,11 +149,35 @@ const fault = async (sim: Simulation, clients: Clients): Promise<void> => {
     sim.restart(victim);
   } else if (roll < 0.55 && members.length >= 3) {
     const victim = sim.rng.pick(members);
+    if (!mayForget(sim, members, victim)) {
+      totals.amnesiaSkipped += 1;
+      return;
+    }
     harvest(sim, victim);
     sim.restart(victim, 'amnesia');
     amnesiac.add(victim);
     totals.amnesiacRestarts += 1;
   }
+};
+
+/**
+ * Whether `victim` may restart without its state within what memory mode survives (README
+ * "Restarts, recovery and bootstrap": restart a member only when a majority of the others hold the
+ * log): no member is still recovering, and a majority of the others hold every committed entry.
+ * Beyond that, a majority without the state may bootstrap a new cluster: data loss by design.
+ */
+const mayForget = (sim: Simulation, members: string[], victim: string): boolean => {
+  let committed = 0;
+  for (const id of sim.ids) committed = Math.max(committed, sim.node(id)?.status().commitIndex ?? 0);
+  const others = members.filter((id) => id !== victim);
+  let holding = 0;
+  for (const id of others) {
+    const node = sim.node(id);
+    if (node === null || node.isStopped()) continue;
+    if (node.snapshot().context.recovering) return false;
+    if (node.status().lastIndex >= committed) holding += 1;
+  }
+  return holding >= Math.floor(others.length / 2) + 1;
 };
 
 const isolateFor = async (sim: Simulation, clients: Clients, id: string): Promise<void> => {
