@@ -26,7 +26,7 @@
 import { Decoder, Encoder } from '@msgpack/msgpack';
 import { isCount } from '../machines/assert.js';
 import { isClusterId } from '../machines/cluster-id.js';
-import { configurationFrom, MAX_REMOVED_IDS, MAX_VOTERS } from '../machines/configuration.js';
+import { configurationFrom, isSoundCatchUp, MAX_REMOVED_IDS, MAX_VOTERS } from '../machines/configuration.js';
 import type { TransportMessage } from './transport.js';
 
 export const PROTOCOL_NAME = 'diskeyval';
@@ -295,10 +295,8 @@ export const isConfigurationShape = (value: unknown): boolean => {
   const { voters, outgoing, removed, addresses, learners, target } = value;
   if (!isIdList(voters, MAX_VOTERS) || voters.length === 0 || !isIdList(outgoing, MAX_VOTERS)) return false;
   if (!isIdList(removed, MAX_REMOVED_IDS) || !isRecord(addresses)) return false;
-  // A catch-up (machines/configuration.ts): learners not voters, among the target, never joint.
   if (!isIdList(learners, MAX_VOTERS) || !isIdList(target, MAX_VOTERS)) return false;
-  if (learners.length === 0 ? target.length > 0 : outgoing.length > 0) return false;
-  if (learners.some((id) => voters.includes(id) || !target.includes(id))) return false;
+  if (!isSoundCatchUp(voters, outgoing, learners, target)) return false;
   return Object.values(addresses).every(
     (address) =>
       isRecord(address) &&

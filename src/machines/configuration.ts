@@ -230,15 +230,27 @@ const isIdList = (value: unknown): value is NodeId[] =>
   value.length <= MAX_VOTERS + MAX_REMOVED_IDS &&
   value.every((id) => typeof id === 'string' && id.length > 0);
 
+/**
+ * Whether the catch-up fields agree with the rest (for every decoder of a configuration): a target
+ * only with learners; a catch-up is not joint; its learners are not voters and are in its target.
+ */
+export const isSoundCatchUp = (
+  voters: readonly NodeId[],
+  outgoing: readonly NodeId[],
+  learners: readonly NodeId[],
+  target: readonly NodeId[],
+): boolean =>
+  learners.length === 0
+    ? target.length === 0
+    : outgoing.length === 0 && learners.every((id) => !voters.includes(id) && target.includes(id));
+
 /** Parses a configuration from plain data (an entry's decoded data, a snapshot header); null when malformed. */
 export const configurationFrom = (value: unknown): Configuration | null => {
   if (typeof value !== 'object' || value === null) return null;
   const { v, o, r, a, l = [], t = [] } = value as Record<string, unknown>;
   if (!isIdList(v) || !isIdList(o) || !isIdList(r) || !isIdList(l) || !isIdList(t) || v.length === 0)
     return null;
-  // A catch-up is not joint, its learners are not voters and are among the target's.
-  if (l.length > 0 && (o.length > 0 || l.some((id) => v.includes(id) || !t.includes(id)))) return null;
-  if (l.length === 0 && t.length > 0) return null;
+  if (!isSoundCatchUp(v, o, l, t)) return null;
   if (typeof a !== 'object' || a === null) return null;
   const addresses: Record<NodeId, MemberAddress> = {};
   for (const [id, pair] of Object.entries(a as Record<string, unknown>)) {

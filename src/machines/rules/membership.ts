@@ -189,30 +189,30 @@ export const proposeReconfigure = (
   const base = withoutLearners(context.config);
   const catchingUp = isCatchingUp(context.config);
   if (sameVoters(voters, base.voters) && sameAddresses(base, voters, addresses)) {
-    if (catchingUp) {
-      context.membershipCounters.catchUpsCancelled += 1;
-      return accepted(context, requestId, appendConfig(context, base));
-    }
-    const index = configIndexOf(context);
-    const term = termAt(context.log, index) ?? 0;
-    return { emitted: [{ type: 'reconfigureAccepted', requestId, index, term, unchanged: true }] };
+    if (!catchingUp) return acceptedInForce(context, requestId, true);
+    context.membershipCounters.catchUpsCancelled += 1;
+    return accepted(context, requestId, appendConfig(context, base));
   }
   // The same change asked again (a call retried after a leader change): the catch-up goes on.
   if (
     catchingUp &&
     sameVoters(voters, context.config.target) &&
     sameAddresses(context.config, voters, addresses)
-  ) {
-    const index = configIndexOf(context);
-    const term = termAt(context.log, index) ?? 0;
-    return { emitted: [{ type: 'reconfigureAccepted', requestId, index, term, unchanged: false }] };
-  }
+  )
+    return acceptedInForce(context, requestId, false);
   const adds = voters.some((id) => !base.voters.includes(id));
   if (adds) context.membershipCounters.catchUps += 1;
   const next = adds
     ? catchUpConfiguration(base, voters, addresses)
     : jointConfiguration(base, voters, addresses);
   return accepted(context, requestId, appendConfig(context, next));
+};
+
+/** The call is answered with the configuration in force: asked for as it is, or a catch-up going on. */
+const acceptedInForce = (context: RaftContext, requestId: number, unchanged: boolean): Outcome => {
+  const index = configIndexOf(context);
+  const term = termAt(context.log, index) ?? 0;
+  return { emitted: [{ type: 'reconfigureAccepted', requestId, index, term, unchanged }] };
 };
 
 const accepted = (
@@ -276,9 +276,8 @@ export const tellRemoved = (context: RaftContext, previousCommitIndex: number): 
   const before = context.configs.length > 1 ? context.configs[context.configs.length - 2]!.config : null;
   if (before === null) return {};
   // A learner of the configuration in force is still being added: not told (§4.2.1).
-  const leaving = membersOf(before).filter(
-    (id) => !membersOf(context.config).includes(id) && id !== context.id,
-  );
+  const staying = membersOf(context.config);
+  const leaving = membersOf(before).filter((id) => !staying.includes(id) && id !== context.id);
   return { send: leaving.map((id) => removedAnswer(context, id)) };
 };
 
