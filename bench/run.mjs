@@ -15,9 +15,10 @@
  *                                          time (--perf: also `perf record` of the leader, real CPU)
  *   npm run bench -- --inspect             W1 c=1 on the leader without an inspector, with
  *                                          @statelyai/inspect's WebSocket inspector on every node (a
- *                                          client reads the socket) and with a plain callback; ratios,
- *                                          socket bytes per write, whether the leader held
- *                                          (--ops: 2000, --jit-warmup: 600, --time-limit S: 60 per phase)
+ *                                          client reads the socket; default budget, then no budget)
+ *                                          and with a plain callback; ratios, events sent and kept
+ *                                          back, socket bytes per write, whether the leader held
+ *                                          (--ops: 3000, --jit-warmup: 3000, --time-limit S: 60 per phase)
  *   node bench/ab.mjs --a DIR --b DIR      two built checkouts interleaved, with an A-against-A noise floor
  *
  * Options: --ops N (5000) --warmup N (500) --value-size B (100) --concurrency 1,64 (W1 runs at each,
@@ -634,8 +635,8 @@ if (mode === 'main') {
 
 if (mode === 'inspect') {
   const inspect = await runInspect({
-    ops: opt.ops ? config.ops : 2000,
-    jitWarmup: opt['jit-warmup'] ? config.jitWarmup : 600,
+    ops: opt.ops ? config.ops : 3000,
+    jitWarmup: config.jitWarmup,
     valueBytes: config.valueBytes,
     electionTimeoutMs: config.electionTimeoutMs,
     timeLimitS: opt['time-limit'] === undefined ? 60 : int(opt['time-limit'], 'time-limit'),
@@ -648,8 +649,11 @@ if (mode === 'inspect') {
   print(inspect.table);
   print(
     '\nwebsocket: createWebSocketInspector from @statelyai/inspect (`inspect: inspector.inspect`) on every node, ' +
-      'sending to a relay on 127.0.0.1 whose client reads every message; callback: a function that counts the ' +
-      'inspection events. vs none: ops/s over the run without an inspector (issue 12 wants >= 0.5x). ' +
+      'sending to a relay on 127.0.0.1 whose client reads every message, with the default inspection budget ' +
+      '(inspectEventsPerSecond 250 per node); websocket-all: the same with inspectEventsPerSecond Infinity (every ' +
+      'event); callback: a function that counts the inspection events. events sent / skipped: what the nodes sent ' +
+      'their inspector, and the replication traffic the budget kept back (counted, not sent). vs none: ops/s over ' +
+      'the run without an inspector (issue 12 wants >= 0.5x). ' +
       'leader held: no term change or election during the warm-up and the timed phase.',
   );
 }

@@ -17,7 +17,7 @@ import { performance } from 'node:perf_hooks';
  *     join?, forceRecovery?,        // the library options: never bootstrap / force recovery
  *     traceRoles?: true,            // report every role/term change via XState inspection (default
  *                                   //   true; the benchmark may turn it off: inspection costs CPU)
- *     inspector?: { kind: 'websocket', url } | { kind: 'callback' },
+ *     inspector?: { kind: 'websocket', url, eventsPerSecond? } | { kind: 'callback', eventsPerSecond? },
  *                                   // attach an inspector to the node (`npm run bench -- --inspect`):
  *                                   //   @statelyai/inspect's createWebSocketInspector sending to url,
  *                                   //   or a plain callback that counts the inspection events
@@ -257,6 +257,9 @@ const attachInspector = async (options, spec) => {
   } else {
     throw new Error(`cluster-node: unknown inspector kind ${spec.kind}`);
   }
+  // The inspection budget (README "Watching it in the inspector"); null: Infinity (every event).
+  if (spec.eventsPerSecond !== undefined)
+    options.inspectEventsPerSecond = spec.eventsPerSecond ?? Number.POSITIVE_INFINITY;
   const trace = options.inspect;
   if (trace === undefined) options.inspect = observe;
   else {

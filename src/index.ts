@@ -73,6 +73,13 @@ export type DiskeyvalOptions = {
    */
   inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
   /**
+   * With `inspect`: events of replication traffic (calls, proposals, AppendEntries, Heartbeats and
+   * their answers, persists, applies) the inspector gets per second, at most; past it they are
+   * counted in getMetrics().inspection.skippedEvents. Counted per 100 ms of the wall clock, the
+   * same slices on every node. Everything else always goes. Default 250; Infinity sends all.
+   */
+  inspectEventsPerSecond?: number;
+  /**
    * Largest wire frame in bytes, both ways (TLS transport). Default 16 MiB, at least 64 KiB. Replication
    * sends at most 1 MiB (or maxFrameBytes / 16) of entries per AppendEntries beyond the first, and
    * snapshots in chunks of 1 MiB (or maxFrameBytes / 4); a tick's messages to a peer that exceed
@@ -224,6 +231,11 @@ export type RaftMetrics = {
   clusterId: string | null;
   /** Handshakes refused and connections closed because the peer's cluster id differs (TLS transport). */
   clusterMismatches: number;
+  /**
+   * With `inspect`: inspection events sent to it, and events of replication traffic its budget
+   * kept back (`inspectEventsPerSecond`); null without `inspect`.
+   */
+  inspection: { sentEvents: number; skippedEvents: number } | null;
 };
 
 /** Per-call options. `forward: false` refuses with NOT_LEADER instead of forwarding to the leader. */
@@ -333,6 +345,13 @@ const checkOptions = (options: DiskeyvalOptions): void => {
     !(Number.isSafeInteger(options.compactEvery) && options.compactEvery > 0)
   ) {
     throw diskeyvalError('INVALID_ARGUMENT', 'options.compactEvery must be a positive integer');
+  }
+  const rate = options.inspectEventsPerSecond;
+  if (rate !== undefined && !(typeof rate === 'number' && rate >= 10 && !Number.isNaN(rate))) {
+    throw diskeyvalError(
+      'INVALID_ARGUMENT',
+      'options.inspectEventsPerSecond must be a number of at least 10, or Infinity',
+    );
   }
   const ids = options.peers.map(peerIdOf);
   if (ids.some((id) => typeof id !== 'string' || id.length === 0) || new Set(ids).size !== ids.length) {
@@ -502,6 +521,9 @@ const nodeOptionsOf = (
         }
       : {}),
     ...(options.inspect ? { inspect: options.inspect } : {}),
+    ...(options.inspectEventsPerSecond !== undefined
+      ? { inspectEventsPerSecond: options.inspectEventsPerSecond }
+      : {}),
     // A WAL write or sync failed: the node stopped itself; calls reject with DISK_FAILED from now on.
     onFatal: (error: Error) => {
       ctx.ended = true;
@@ -759,6 +781,7 @@ const metricsOfHandle = (ctx: HandleContext): RaftMetrics => {
     recovering: ctx.started && !ctx.ended ? metrics.recovering : false,
     clusterId: ctx.node.clusterId(),
     clusterMismatches: ctx.tls ? ctx.tls.metrics().clusterMismatches : 0,
+    inspection: metrics.inspection,
   };
 };
 

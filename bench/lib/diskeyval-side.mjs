@@ -125,6 +125,9 @@ const countersOf = (metrics) => {
     proposalBatches: sum((m) => (m.role === 'leader' ? m.proposalBatches : 0)),
     readBatches: sum((m) => (m.role === 'leader' ? m.readBatches : 0)),
     elections: sum((m) => m.elections),
+    // With an inspector (--inspect): inspection events sent, and traffic its budget kept back.
+    inspectionSent: sum((m) => m.inspection?.sentEvents),
+    inspectionSkipped: sum((m) => m.inspection?.skippedEvents),
   };
 };
 

@@ -3,12 +3,13 @@
  * item 3). W1 c=1 (sequential sets on the leader) on three fresh 3-node clusters, one after the
  * other in one run:
  *
- *   none       no inspector
- *   websocket  every node with @statelyai/inspect's createWebSocketInspector, as README.md shows
- *              (`inspect: inspector.inspect`), sending to a relay on 127.0.0.1 that forwards every
- *              message to a connected ws client, which reads and counts them (as the Stately
- *              inspector's own server does for a browser)
- *   callback   every node with a plain callback that counts the inspection events
+ *   none           no inspector
+ *   websocket      every node with @statelyai/inspect's createWebSocketInspector, as README.md shows
+ *                  (`inspect: inspector.inspect`, the default inspection budget), sending to a relay
+ *                  on 127.0.0.1 that forwards every message to a connected ws client, which reads
+ *                  and counts them (as the Stately inspector's own server does for a browser)
+ *   websocket-all  the same with `inspectEventsPerSecond: Infinity` (every event, no budget)
+ *   callback       every node with a plain callback that counts the inspection events (default budget)
  *
  * Per variant: ops/s, p50/p99, the ratio to `none`, whether the leader held (no term change, no
  * election, one leader before and after), and for `websocket` the messages and bytes the client
@@ -25,7 +26,7 @@ import {
   stopDiskeyvalCluster,
 } from './diskeyval-side.mjs';
 
-export const INSPECT_VARIANTS = ['none', 'websocket', 'callback'];
+export const INSPECT_VARIANTS = ['none', 'websocket', 'websocket-all', 'callback'];
 
 /**
  * A WebSocket relay on 127.0.0.1 (what @statelyai/inspect/server does, without its HTTP page and
@@ -73,8 +74,13 @@ const startRelay = async () => {
   };
 };
 
-const inspectorOf = (variant, relay) =>
-  variant === 'websocket' ? { kind: 'websocket', url: relay.url } : { kind: 'callback' };
+/** The inspector of a variant; `eventsPerSecond: null` is Infinity (cluster-node.mjs). */
+const inspectorOf = (variant, relay) => {
+  if (variant === 'websocket') return { kind: 'websocket', url: relay.url };
+  if (variant === 'websocket-all') return { kind: 'websocket', url: relay.url, eventsPerSecond: null };
+  return { kind: 'callback' };
+};
+const isWebSocket = (variant) => variant.startsWith('websocket');
 
 /** One variant: a fresh cluster, the JIT warm-up, then W1 c=1 on the leader. */
 const runVariant = async (variant, relay, cfg) => {
@@ -90,7 +96,7 @@ const runVariant = async (variant, relay, cfg) => {
     perNode,
   });
   try {
-    if (variant === 'websocket') {
+    if (isWebSocket(variant)) {
       await pollUntil(() => relay.senders() >= ids.length, {
         timeoutMs: 10_000,
         everyMs: 20,
@@ -105,7 +111,7 @@ const runVariant = async (variant, relay, cfg) => {
     }
     relay.reset();
     const row = await runDiskeyvalWorkload(run, leader, { ...spec, ops: cfg.ops, warmup: 0, timeLimitMs });
-    const socket = variant === 'websocket' ? { ...relay.counts } : null;
+    const socket = isWebSocket(variant) ? { ...relay.counts } : null;
     const callbacks =
       variant === 'callback'
         ? await Promise.all(
@@ -146,6 +152,7 @@ export const runInspect = async (cfg) => {
       'vs none',
       'p50 / p99 ms',
       'leader held',
+      'events sent / skipped per write',
       'socket msgs / write',
       'socket KB / write',
       'largest msg KB',
@@ -157,11 +164,14 @@ export const runInspect = async (cfg) => {
       none?.opsPerS ? `${fmtNum(r.opsPerS / none.opsPerS, 2)}x` : 'n/a',
       `${fmtMs(r.p50Ms)} / ${fmtMs(r.p99Ms)}`,
       r.leaderHeld ? 'yes' : 'NO',
+      r.variant === 'none'
+        ? '-'
+        : `${fmtNum(r.perOp.inspectionSent ?? 0, 1)} / ${fmtNum(r.perOp.inspectionSkipped ?? 0, 1)}`,
       r.socket ? fmtNum(r.socket.messages / Math.max(r.ok, 1), 1) : '-',
       r.socket ? fmtNum(r.socket.bytes / 1024 / Math.max(r.ok, 1), 2) : '-',
       r.socket ? fmtNum(r.socket.maxMessageBytes / 1024, 1) : '-',
     ]),
-    ['l', 'r', 'r', 'r', 'r', 'l', 'r', 'r', 'r'],
+    ['l', 'r', 'r', 'r', 'r', 'l', 'r', 'r', 'r', 'r'],
   );
   const flagged = rows.some((r) => !r.leaderHeld || r.errors > 0);
   return {

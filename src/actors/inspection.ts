@@ -4,7 +4,7 @@
  *
  * - Events between actors go with their type and small fields, every byte array replaced by its
  *   length and every long array by its count, so that watching a node never ships the log's
- *   entries or values. An event is summarized once, however many inspection events carry it.
+ *   entries or values. An event with nothing to replace (most of the write path's) goes as itself.
  * - XState's reports of each action run (`@xstate.action`) and each microstep (`@xstate.microstep`)
  *   do not go: the Stately inspector drops them, and on a write they are about as many as
  *   everything else together (each would cost the observer a call and, with
@@ -18,14 +18,24 @@
  *   with the events around it). Snapshots that change only indexes, progress and counters (a
  *   leader's match indexes move on every write) go at most once per SNAPSHOT_WINDOW_MS per node:
  *   the first at once, then the latest one of the window at its end, so the inspector always ends
- *   on the actor's current snapshot. This is what keeps a watched node at more than half its
- *   speed: the raft machine's snapshot (about 2 KB as JSON) is most of the bytes an inspector
- *   serializes and sends per write.
+ *   on the actor's current snapshot (the raft machine's is about 2 KB as JSON).
+ * - Replication traffic has a budget (`createBudget`): the events of the write and read path
+ *   (calls, proposals, AppendEntries and Heartbeats and their answers, persists, applies, ...) go
+ *   at most `eventsPerSecond` per node, counted in slices of INSPECT_SLICE_MS aligned on the wall
+ *   clock (what quieter slices left unused is saved, up to a second's worth); past that, they are
+ *   counted (`skippedEvents`, in getMetrics) instead of sent, until the next slice. Every node
+ *   starts its slices at the same instants, so under load the writes that open a slice show
+ *   whole, hop by hop, on every node; a quiet node shows a burst whole. Everything else goes: actors,
+ *   snapshots, elections, membership, snapshot transfers, errors. Why: @statelyai/inspect's
+ *   WebSocket inspector writes each event to its socket on its own, and its server forwards each
+ *   on its own, which costs more CPU than the event itself (a write makes about 22 events over
+ *   three nodes); without a budget a busy watched cluster runs at about a third of its speed.
  *
  * Only inspected nodes pay for it; without `inspect` nothing here runs. One timer per node at
  * most (the window's), never one per event.
  */
-import type { InspectionEvent, Observer } from 'xstate';
+import type { AnyActorRef, InspectionEvent, Observer } from 'xstate';
+import { assert } from '../machines/assert.js';
 import type { Clock } from './deadlines.js';
 
 export type Inspect = Observer<InspectionEvent> | ((event: InspectionEvent) => void);
@@ -36,32 +46,153 @@ const MAX_LISTED_ITEMS = 4;
 const MAX_DEPTH = 3;
 /** Snapshots that change no milestone go at most once per window per node (about 20 per second). */
 export const SNAPSHOT_WINDOW_MS = 50;
+/** The replication traffic's budget is counted per slice of this length, on the wall clock. */
+export const INSPECT_SLICE_MS = 100;
+/** Events of replication traffic a node sends the inspector per second, by default. */
+export const DEFAULT_INSPECT_EVENTS_PER_SECOND = 250;
 
+/** Events of the write and read path, whatever they carry (ARCHITECTURE.md's table). */
+const TRAFFIC_EVENTS = new Set([
+  'calls',
+  'propose',
+  'readIndex',
+  'outgoing',
+  'client',
+  'persist',
+  'afterPersist',
+  'persisted',
+  'apply',
+  'applied',
+  'proposalsAccepted',
+  'readsReady',
+  'heartbeatAnswered',
+]);
+/** Raft messages of replication; `send` and `message` events of these only are traffic too. */
+const TRAFFIC_MESSAGES = new Set([
+  'AppendEntries',
+  'AppendEntriesResponse',
+  'Heartbeat',
+  'HeartbeatResponse',
+]);
+
+/** Whether an event between actors is replication traffic (the budget applies) or always goes. */
+export const isReplicationTraffic = (event: { type: string }): boolean => {
+  if (TRAFFIC_EVENTS.has(event.type)) return true;
+  if (event.type === 'message') {
+    const message = (event as { message?: { type?: unknown } }).message;
+    return TRAFFIC_MESSAGES.has(message?.type as string);
+  }
+  if (event.type === 'send') {
+    const messages = (event as { messages?: Array<{ type?: unknown }> }).messages;
+    return (
+      Array.isArray(messages) && messages.every((message) => TRAFFIC_MESSAGES.has(message.type as string))
+    );
+  }
+  return false;
+};
+
+/** What the inspector got and what the budget kept from it (getMetrics().inspection). */
+export type InspectionCounters = { sentEvents: number; skippedEvents: number };
+
+export type InspectOptions = {
+  /** Replication traffic per second per node; Infinity sends everything. */
+  eventsPerSecond: number;
+  /** The wall clock in ms (slices start at its multiples of INSPECT_SLICE_MS on every node). */
+  wallClockMs: () => number;
+  counters: InspectionCounters;
+};
+
+/**
+ * Whether one more event of replication traffic may go now: the current slice's share is not spent,
+ * or budget left unused by quieter slices is (saved, up to one second's worth). A node that was
+ * quiet shows a burst whole (a write, an election's aftermath); under steady load every slice gets
+ * its share, the same slices on every node.
+ */
+const createBudget = ({ eventsPerSecond, wallClockMs, counters }: InspectOptions): (() => boolean) => {
+  const perSlice = (eventsPerSecond * INSPECT_SLICE_MS) / 1000;
+  let slice = Number.NEGATIVE_INFINITY;
+  let spent = 0;
+  let saved = 0;
+  return () => {
+    const now = Math.floor(wallClockMs() / INSPECT_SLICE_MS);
+    if (now !== slice) {
+      // Slices that passed with no traffic (none if the wall clock stepped back).
+      const quietSlices = Math.max(0, Math.min(now - slice - 1, 1000 / INSPECT_SLICE_MS));
+      saved = Math.min(eventsPerSecond, saved + Math.max(0, perSlice - spent) + quietSlices * perSlice);
+      slice = now;
+      spent = 0;
+    }
+    if (spent < perSlice) spent += 1;
+    else if (saved >= 1) saved -= 1;
+    else {
+      counters.skippedEvents += 1;
+      return false;
+    }
+    return true;
+  };
+};
+
+/**
+ * `value` as the inspector may see it: byte arrays as their length, long or deep arrays as their
+ * count, maps and sets as their size, functions left out. A value with nothing to replace comes
+ * back as itself (most events of the write path carry only numbers and strings: no copy).
+ */
 const summarize = (value: unknown, depth: number): unknown => {
   if (value === null || typeof value !== 'object') return typeof value === 'function' ? undefined : value;
   if (ArrayBuffer.isView(value)) return { bytes: value.byteLength };
   if (depth >= MAX_DEPTH) return Array.isArray(value) ? { count: value.length } : '{…}';
   if (Array.isArray(value)) {
     if (value.length > MAX_LISTED_ITEMS) return { count: value.length };
-    return value.map((item) => summarize(item, depth + 1));
+    let items: unknown[] | null = null;
+    for (let index = 0; index < value.length; index += 1) {
+      const item = summarize(value[index], depth + 1);
+      if (items === null && item !== value[index]) items = value.slice(0, index);
+      items?.push(item);
+    }
+    return items ?? value;
   }
   if (value instanceof Map || value instanceof Set) return { size: value.size };
-  const out: Record<string, unknown> = {};
-  for (const key of Object.keys(value))
-    out[key] = summarize((value as Record<string, unknown>)[key], depth + 1);
-  return out;
+  const fields = value as Record<string, unknown>;
+  let out: Record<string, unknown> | null = null;
+  for (const key in fields) {
+    if (!Object.hasOwn(fields, key)) continue;
+    const field = fields[key];
+    const shown = summarize(field, depth + 1);
+    if (out === null && shown !== field) out = { ...fields };
+    if (out !== null) out[key] = shown;
+  }
+  return out ?? value;
 };
 
-/** The inspection event with its `event` (the one sent between actors) summarized, once per event. */
-const summarized = (inspection: InspectionEvent, summaries: WeakMap<object, unknown>): InspectionEvent => {
-  if (!('event' in inspection) || inspection.event === undefined) return inspection;
-  const event = inspection.event as object;
-  let summary = summaries.get(event);
-  if (summary === undefined) {
-    summary = summarize(event, 0);
-    summaries.set(event, summary);
-  }
-  return { ...inspection, event: summary } as InspectionEvent;
+/**
+ * The inspection event with its `event` (the one sent between actors) summarized. XState reports
+ * an event as sent and then, right after, in the receiver's snapshot report: the last summary is
+ * kept for that (one slot, no table that grows with the traffic).
+ */
+const summarizer = (): ((inspection: InspectionEvent) => InspectionEvent) => {
+  let lastEvent: unknown = null;
+  let lastSummary: unknown = null;
+  const summaryOf = (event: unknown): unknown => {
+    if (event !== lastEvent) {
+      lastEvent = event;
+      lastSummary = summarize(event, 0);
+    }
+    return lastSummary;
+  };
+  return (inspection) => {
+    switch (inspection.type) {
+      case '@xstate.event': {
+        const { type, rootId, actorRef, sourceRef, event } = inspection;
+        return { type, rootId, actorRef, sourceRef, event: summaryOf(event) } as InspectionEvent;
+      }
+      case '@xstate.snapshot': {
+        const { type, rootId, actorRef, snapshot, event } = inspection;
+        return { type, rootId, actorRef, snapshot, event: summaryOf(event) } as InspectionEvent;
+      }
+      default:
+        return inspection;
+    }
+  };
 };
 
 type SnapshotLike = {
@@ -76,25 +207,37 @@ type SnapshotLike = {
  */
 type Milestone = { status: unknown; value: unknown; term: unknown; leaderId: unknown; recovering: unknown };
 
-const milestoneOf = (snapshot: unknown): Milestone => {
-  const { status, value, context } = snapshot as SnapshotLike;
-  return {
-    status,
-    // A state value is a string or a small object (a nested state): compared as JSON then.
-    value: typeof value === 'object' && value !== null ? JSON.stringify(value) : value,
-    term: context?.currentTerm,
-    leaderId: context?.leaderId,
-    recovering: context?.recovering,
-  };
+/** Two state values alike: the same string, or nested states alike key by key. */
+const sameValue = (a: unknown, b: unknown): boolean => {
+  if (a === b) return true;
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null) return false;
+  const left = a as Record<string, unknown>;
+  const right = b as Record<string, unknown>;
+  let keys = 0;
+  for (const key in left) {
+    if (!(key in right) || !sameValue(left[key], right[key])) return false;
+    keys += 1;
+  }
+  for (const _key in right) keys -= 1;
+  return keys === 0;
 };
 
-const sameMilestone = (a: Milestone | undefined, b: Milestone): boolean =>
-  a !== undefined &&
-  a.status === b.status &&
-  a.value === b.value &&
-  a.term === b.term &&
-  a.leaderId === b.leaderId &&
-  a.recovering === b.recovering;
+/** Whether `snapshot` has the milestone `last` records (no allocation: it runs on every event). */
+const hasMilestone = (last: Milestone | undefined, snapshot: SnapshotLike): boolean =>
+  last !== undefined &&
+  last.status === snapshot.status &&
+  last.term === snapshot.context?.currentTerm &&
+  last.leaderId === snapshot.context?.leaderId &&
+  last.recovering === snapshot.context?.recovering &&
+  sameValue(last.value, snapshot.value);
+
+const milestoneOf = ({ status, value, context }: SnapshotLike): Milestone => ({
+  status,
+  value,
+  term: context?.currentTerm,
+  leaderId: context?.leaderId,
+  recovering: context?.recovering,
+});
 
 type Window = {
   /** Each machine actor's last milestone sent. */
@@ -124,13 +267,13 @@ const machineSnapshot = (
   event: InspectionEvent & { type: '@xstate.snapshot' },
   send: (event: InspectionEvent) => void,
 ): void => {
-  const milestone = milestoneOf(event.snapshot);
-  const changed = !sameMilestone(window.milestones.get(event.actorRef), milestone);
+  const snapshot = event.snapshot as SnapshotLike;
+  const changed = !hasMilestone(window.milestones.get(event.actorRef), snapshot);
   if (!changed && window.timer !== null) {
     window.held.set(event.actorRef, event);
     return;
   }
-  window.milestones.set(event.actorRef, milestone);
+  if (changed) window.milestones.set(event.actorRef, milestoneOf(snapshot));
   window.held.delete(event.actorRef);
   send(event);
   if (window.timer === null) openWindow(window, clock, send);
@@ -140,10 +283,19 @@ const machineSnapshot = (
  * Wraps the user's observer or callback as described in the header. `clock` runs the snapshot
  * window (the node's clock: simulated in the simulator).
  */
-export const summarizingInspect = (inspect: Inspect, clock: Clock): ((event: InspectionEvent) => void) => {
+export const summarizingInspect = (
+  inspect: Inspect,
+  clock: Clock,
+  options: InspectOptions,
+): ((event: InspectionEvent) => void) => {
   const next = typeof inspect === 'function' ? inspect : (event: InspectionEvent) => inspect.next?.(event);
-  const summaries = new WeakMap<object, unknown>();
-  const send = (event: InspectionEvent): void => next(summarized(event, summaries));
+  const summarized = summarizer();
+  const { counters } = options;
+  const send = (event: InspectionEvent): void => {
+    counters.sentEvents += 1;
+    next(summarized(event));
+  };
+  const mayGo = Number.isFinite(options.eventsPerSecond) ? createBudget(options) : () => true;
   const seen = new WeakMap<object, unknown>();
   const window: Window = { milestones: new WeakMap(), held: new Map(), timer: null };
   return (event) => {
@@ -155,7 +307,41 @@ export const summarizingInspect = (inspect: Inspect, clock: Clock): ((event: Ins
       }
       if (seen.get(event.actorRef) === event.snapshot) return;
       seen.set(event.actorRef, event.snapshot);
-    }
+    } else if (event.type === '@xstate.event' && isReplicationTraffic(event.event) && !mayGo()) return;
     send(event);
   };
+};
+
+type InspectedSystem = { _sendInspectionEvent: (event: InspectionEvent) => void };
+
+/**
+ * Connects `report` (a `summarizingInspect`) to the actor system of `root`, before it starts.
+ * Not through XState's `inspect` option: for each observer XState copies every inspection event
+ * it makes (`{ ...event, rootId }`), also the reports of each action run and microstep that
+ * `report` drops at once, which was most of what watching cost a node once the budget capped what
+ * it sends (about 60 us per write on a leader, a third of its CPU). The system's own hook
+ * (`_sendInspectionEvent`, the one XState's observers hang from; it stays called, so observers
+ * added through `system.inspect` still see everything) reaches `report` first, uncopied; `rootId`
+ * is added only to what goes on. The `@xstate.actor` reports of the root and of the children its
+ * initial state invoked, made in `createActor` before any hook could be set, are made here, parents
+ * first. test/unit/inspect.test.ts checks that every actor and every hop still shows.
+ */
+export const inspectSystem = (root: AnyActorRef, report: (event: InspectionEvent) => void): void => {
+  const system = root.system as unknown as InspectedSystem;
+  const xstateHook = system._sendInspectionEvent;
+  // A newer XState without this hook must fail loudly here, not leave an inspector seeing nothing.
+  assert(typeof xstateHook === 'function', 'the XState actor system has no _sendInspectionEvent hook');
+  const rootId = root.sessionId;
+  system._sendInspectionEvent = (event) => {
+    xstateHook(event);
+    if (event.type === '@xstate.action' || event.type === '@xstate.microstep') return;
+    (event as { rootId: string }).rootId = rootId;
+    report(event);
+  };
+  const created = (actorRef: AnyActorRef): void => {
+    report({ type: '@xstate.actor', actorRef, rootId } as InspectionEvent);
+    const children = (actorRef.getSnapshot() as { children?: Record<string, AnyActorRef> }).children;
+    for (const child of Object.values(children ?? {})) created(child);
+  };
+  created(root);
 };

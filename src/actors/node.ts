@@ -35,7 +35,13 @@ import {
   type SystemIds,
   systemIdsOf,
 } from './events.js';
-import { summarizingInspect } from './inspection.js';
+import {
+  DEFAULT_INSPECT_EVENTS_PER_SECOND,
+  type Inspect,
+  type InspectionCounters,
+  inspectSystem,
+  summarizingInspect,
+} from './inspection.js';
 import { type LogView, logActor } from './log-actor.js';
 import { type MembershipView, membershipActor } from './membership.js';
 import { createMemoryLog, type LogStorage } from './memory-log.js';
@@ -112,6 +118,10 @@ export type NodeOptions = {
   snapshotWindowChunks?: number;
   /** Observes every actor of the node (XState inspection): an observer or a function. */
   inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
+  /** Replication traffic the inspector gets per second (inspection.ts); default 500, Infinity: all. */
+  inspectEventsPerSecond?: number;
+  /** The wall clock in ms for the inspection budget's slices (default Date.now). */
+  wallClockMs?: () => number;
   onChange?: (change: Change) => void;
   /** Whether anyone listens to changes now (default: whether onChange is given). */
   wantsChanges?: () => boolean;
@@ -141,6 +151,8 @@ type Views = {
   requests?: RequestsView;
   transportCounters?: TransportCounters;
   peers: Map<NodeId, { metrics: PeerMetrics; counters: PeerCounters }>;
+  /** What the inspector got and what its budget kept from it; absent without `inspect`. */
+  inspection?: InspectionCounters;
 };
 
 /** A start with no state at all: no term, no entry, no snapshot (a memory log, an empty dir). */
@@ -564,15 +576,21 @@ const startNode = async (s: NodeState): Promise<void> => {
       });
     },
   };
-  const inspect = s.options.inspect;
-  s.root = createActor(nodeMachineOf(wiring, booted), {
-    clock: s.clock,
-    systemId: s.options.id,
-    ...(inspect ? { inspect: summarizingInspect(inspect, s.clock) } : {}),
-  });
+  s.root = createActor(nodeMachineOf(wiring, booted), { clock: s.clock, systemId: s.options.id });
+  if (s.options.inspect) inspectSystem(s.root, inspectionOf(s, s.options.inspect));
   s.root.start();
   s.raft = s.root.system.get(s.ids.raft) as AnyActorRef | undefined;
   handOver(s);
+};
+
+/** The node's `inspect`, summarized and within its budget (inspection.ts); counted in the views. */
+const inspectionOf = (s: NodeState, inspect: Inspect): ((event: InspectionEvent) => void) => {
+  s.views.inspection ??= { sentEvents: 0, skippedEvents: 0 };
+  return summarizingInspect(inspect, s.clock, {
+    eventsPerSecond: s.options.inspectEventsPerSecond ?? DEFAULT_INSPECT_EVENTS_PER_SECOND,
+    wallClockMs: s.options.wallClockMs ?? Date.now,
+    counters: s.views.inspection,
+  });
 };
 
 /**
@@ -645,6 +663,7 @@ const nodeMetrics = (s: NodeState) => {
     durable: s.log.durable === true,
     ...(views.log?.durability ?? { flushes: 0, heldOutputs: 0, maxOutbox: 0, fatalError: null }),
     outbox: views.log?.outboxSize() ?? 0,
+    inspection: views.inspection ? { ...views.inspection } : null,
   };
 };
 

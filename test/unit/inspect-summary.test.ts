@@ -18,7 +18,13 @@
 import { describe, expect, it } from 'vitest';
 import type { InspectionEvent } from 'xstate';
 import type { Clock } from '../../src/actors/deadlines.js';
-import { SNAPSHOT_WINDOW_MS, summarizingInspect } from '../../src/actors/inspection.js';
+import {
+  INSPECT_SLICE_MS,
+  type InspectOptions,
+  isReplicationTraffic,
+  SNAPSHOT_WINDOW_MS,
+  summarizingInspect,
+} from '../../src/actors/inspection.js';
 
 /** A clock the test advances by hand: timers fire in due order when `advance` passes them. */
 const manualClock = () => {
@@ -51,6 +57,13 @@ const manualClock = () => {
   return { clock, advance, pending: () => timers.size };
 };
 
+/** No budget (every event goes), a wall clock that stands still, fresh counters. */
+const unlimited = (): InspectOptions => ({
+  eventsPerSecond: Number.POSITIVE_INFINITY,
+  wallClockMs: () => 0,
+  counters: { sentEvents: 0, skippedEvents: 0 },
+});
+
 const raftRef = { systemId: 'n1/raft' };
 const peerRef = { systemId: 'n1/peer:n2' };
 
@@ -74,7 +87,7 @@ describe('summarizingInspect', () => {
   it("passes a callback actor's unchanged snapshot once, and every event summarized", () => {
     const { clock } = manualClock();
     const seen: InspectionEvent[] = [];
-    const inspect = summarizingInspect((event) => seen.push(event), clock);
+    const inspect = summarizingInspect((event) => seen.push(event), clock, unlimited());
     const callbackSnapshot = { status: 'active', output: undefined, error: undefined };
     for (let round = 0; round < 5; round += 1) {
       inspect({
@@ -111,7 +124,7 @@ describe('summarizingInspect', () => {
   it('sends every milestone at once, in order, even inside a window', () => {
     const { clock } = manualClock();
     const seen: InspectionEvent[] = [];
-    const inspect = summarizingInspect({ next: (event) => seen.push(event) }, clock);
+    const inspect = summarizingInspect({ next: (event) => seen.push(event) }, clock, unlimited());
     const context = { currentTerm: 1, leaderId: null, recovering: false, commitIndex: 0 };
     inspect(machineSnapshot('follower', context));
     inspect(machineSnapshot('candidate', { ...context, currentTerm: 2 }));
@@ -124,7 +137,7 @@ describe('summarizingInspect', () => {
   it('sends index-only changes at most once per window, the latest at its end, and ends on the current one', () => {
     const { clock, advance, pending } = manualClock();
     const seen: InspectionEvent[] = [];
-    const inspect = summarizingInspect((event) => seen.push(event), clock);
+    const inspect = summarizingInspect((event) => seen.push(event), clock, unlimited());
     for (let commit = 1; commit <= 100; commit += 1) inspect(leaderAt(commit));
     expect(seen.map(commitOf)).toEqual([1]);
     advance(SNAPSHOT_WINDOW_MS);
@@ -142,5 +155,80 @@ describe('summarizingInspect', () => {
     advance(3 * SNAPSHOT_WINDOW_MS);
     expect(seen.map(commitOf)).toEqual([1, 100, 101, 102]);
     expect((seen.at(-1) as unknown as { snapshot: { value: unknown } }).snapshot.value).toBe('follower');
+  });
+
+  it('sends replication traffic up to its budget per slice of the wall clock and what quiet slices saved, counts the rest, and always sends the rest', () => {
+    const { clock } = manualClock();
+    const seen: InspectionEvent[] = [];
+    let wallMs = 10 * INSPECT_SLICE_MS + 3;
+    const options: InspectOptions = {
+      eventsPerSecond: 50, // 5 per slice, up to 50 saved
+      wallClockMs: () => wallMs,
+      counters: { sentEvents: 0, skippedEvents: 0 },
+    };
+    const inspect = summarizingInspect((event) => seen.push(event), clock, options);
+    const between = (event: Record<string, unknown>) =>
+      inspect({
+        type: '@xstate.event',
+        actorRef: peerRef,
+        sourceRef: raftRef,
+        event,
+      } as unknown as InspectionEvent);
+    const append = { type: 'send', messages: [{ type: 'AppendEntries', entries: [] }] };
+    const vote = { type: 'send', messages: [{ type: 'RequestVote' }] };
+    const types = () =>
+      seen.map((event) => {
+        const { event: sent } = event as unknown as {
+          event: { type: string; messages?: Array<{ type: string }> };
+        };
+        return sent.messages ? sent.messages[0]!.type : sent.type;
+      });
+    const count = (type: string) => types().filter((sent) => sent === type).length;
+
+    // A node that was quiet: its slice's share and a second's worth saved go, the rest is counted.
+    for (let i = 0; i < 60; i += 1) between(append);
+    between(vote);
+    between({ type: 'leaderChanged' });
+    between({ type: 'calls' });
+    expect(count('AppendEntries')).toBe(55);
+    expect(types().slice(-2)).toEqual(['RequestVote', 'leaderChanged']);
+    expect(options.counters).toEqual({ sentEvents: 57, skippedEvents: 6 });
+
+    // Under steady load every slice has its share only (nothing was left to save).
+    wallMs += INSPECT_SLICE_MS;
+    for (let i = 0; i < 8; i += 1) between({ type: 'calls' });
+    expect(count('calls')).toBe(5);
+    expect(options.counters).toEqual({ sentEvents: 62, skippedEvents: 9 });
+
+    // Two quiet slices pass (their shares saved), then a burst: its slice's share and the two saved.
+    wallMs += 3 * INSPECT_SLICE_MS;
+    for (let i = 0; i < 20; i += 1) between({ type: 'apply' });
+    expect(count('apply')).toBe(15);
+    expect(options.counters).toEqual({ sentEvents: 77, skippedEvents: 14 });
+  });
+
+  it('counts as replication traffic only the write and read path', () => {
+    const traffic = [
+      { type: 'calls' },
+      { type: 'propose' },
+      { type: 'persist' },
+      { type: 'apply' },
+      { type: 'applied' },
+      { type: 'proposalsAccepted' },
+      { type: 'message', message: { type: 'AppendEntriesResponse' } },
+      { type: 'send', messages: [{ type: 'Heartbeat' }, { type: 'AppendEntries' }] },
+    ];
+    const always = [
+      { type: 'message', message: { type: 'RequestVote' } },
+      { type: 'send', messages: [{ type: 'AppendEntries' }, { type: 'InstallSnapshot' }] },
+      { type: 'leaderChanged' },
+      { type: 'proposalsRejected' },
+      { type: 'reconfigure' },
+      { type: 'restore' },
+      { type: 'tick' },
+      { type: 'xstate.init' },
+    ];
+    expect(traffic.filter((event) => !isReplicationTraffic(event))).toEqual([]);
+    expect(always.filter((event) => isReplicationTraffic(event))).toEqual([]);
   });
 });

@@ -88,7 +88,8 @@ const recorder = (): Recorder => {
   };
 };
 
-const startCluster = async () => {
+/** `inspectEventsPerSecond` of every node: the default budget unless a test counts every event. */
+const startCluster = async (inspectEventsPerSecond?: number) => {
   const transport = createMemoryTransport();
   const recorders = new Map<string, Recorder>();
   const nodes = new Map<string, DiskeyvalNode>();
@@ -106,6 +107,7 @@ const startCluster = async () => {
       seed: index + 7,
       persistence: { dir },
       inspect: (event) => record.events.push(event),
+      ...(inspectEventsPerSecond === undefined ? {} : { inspectEventsPerSecond }),
     });
     open.push(node);
     nodes.set(nodeId, node);
@@ -237,7 +239,8 @@ describe('the node in the XState inspector', () => {
   }, 90_000);
 
   it('keeps every snapshot under the bound after 200 writes of 1 KiB, and a burst costs the same events per hop for 10 and 1,000 sets', async () => {
-    const { nodes, recorders, leader } = await startCluster();
+    // Every event counted: no budget (the budget has its own test, inspect-summary.test.ts).
+    const { nodes, recorders, leader } = await startCluster(Number.POSITIVE_INFINITY);
     const first = await leader([...nodes.values()]);
     const record = recorders.get(idOf(nodes, first))!;
     const value = 'x'.repeat(1024);
@@ -292,4 +295,25 @@ describe('the node in the XState inspector', () => {
     // A few more AppendEntries rounds for 1,000 entries (512 per AppendEntries), never one per entry.
     expect(total(large)).toBeLessThan(4 * total(small));
   }, 120_000);
+
+  it('counts what the inspector got in getMetrics, and refuses an inspection budget that is not a rate', async () => {
+    const { nodes, leader } = await startCluster();
+    const first = await leader([...nodes.values()]);
+    await within(first.set('counted', 1), 'a write', BOUND_MS);
+    const inspection = first.getMetrics().inspection;
+    expect(inspection?.sentEvents).toBeGreaterThan(0);
+    expect(inspection?.skippedEvents).toBe(0); // a quiet node: a write goes whole
+
+    const transport = createMemoryTransport();
+    const plain = diskeyval({ nodeId: 'x1', peers: ['x2'], transport });
+    expect(plain.getMetrics().inspection).toBeNull();
+    for (const inspectEventsPerSecond of [0, 5, -1, Number.NaN, '100' as unknown as number]) {
+      expect(
+        () =>
+          diskeyval({ nodeId: 'x1', peers: ['x2'], transport, inspect: () => {}, inspectEventsPerSecond }),
+        String(inspectEventsPerSecond),
+      ).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    }
+    diskeyval({ nodeId: 'x1', peers: ['x2'], transport, inspectEventsPerSecond: Number.POSITIVE_INFINITY });
+  }, 90_000);
 });
