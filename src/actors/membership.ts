@@ -9,7 +9,8 @@
  * this node's store applies a simple configuration with exactly those voters at an index from i on
  * (C_new, committed and applied here), or until this node learns that the change removed it. A
  * later change that replaced it while its new servers caught up rejects it (CHANGE_IN_PROGRESS). A change lost with its leader (the entry at i turned out to be another one), a
- * refusal because the new leader has not committed yet, and a lost forward are tried again until
+ * refusal because the new leader has not committed yet or because the asked node no longer leads
+ * (tried again within milliseconds, `retrySoon`), and a lost forward are tried again until
  * the call's deadline (then QUORUM_UNAVAILABLE: the change may still complete). One call at a
  * time per node; the leader refuses a second change while one is in progress (CHANGE_IN_PROGRESS).
  *
@@ -62,6 +63,8 @@ type Pending = {
   everAccepted: number | null;
   deadline: unknown;
   retry: unknown;
+  /** Refusals in a row that told where to ask next (NOT_LEADER, LEADER_NOT_READY): the backoff. */
+  refusals: number;
 };
 
 type State = {
@@ -132,6 +135,25 @@ const retry = (state: State): void => {
   attempt(state);
 };
 
+/** The first quick retry after a refusal that named a leader (or a leader not ready yet). */
+const FIRST_QUICK_RETRY_MS = 10;
+
+/**
+ * A refusal that says where to ask next or that the leader is about to be ready (its term's first
+ * entry commits within a round trip): try again soon, 10 ms then doubling, never later than the
+ * retry timer would. Not at once: a view of the leader that is stale on both sides would ping-pong.
+ */
+const retrySoon = (state: State, pending: Pending): void => {
+  const { clock, retryMs } = state.input;
+  const delayMs = Math.min(retryMs, FIRST_QUICK_RETRY_MS * 2 ** pending.refusals);
+  pending.refusals += 1;
+  if (pending.retry !== null) clock.clearTimeout(pending.retry);
+  pending.retry = clock.setTimeout(() => {
+    pending.retry = null;
+    if (state.pending === pending && pending.acceptedIndex === null) retry(state);
+  }, delayMs);
+};
+
 /** The answer to this node's attempt (from its machine, or the leader's through a forward). */
 const answered = (
   state: State,
@@ -147,6 +169,7 @@ const answered = (
   const pending = state.pending;
   if (pending === null || pending.requestId !== requestId) return;
   if (answer.accepted) {
+    pending.refusals = 0;
     if (answer.unchanged) finish(state, null);
     else pending.acceptedIndex = answer.index;
     return;
@@ -158,7 +181,8 @@ const answered = (
   }
   if (answer.code === 'NOT_LEADER' || answer.code === 'LEADER_NOT_READY') {
     if (answer.leaderId !== null && answer.leaderId !== state.input.id) state.leaderId = answer.leaderId;
-    return; // the retry timer (or a leader change) tries again
+    retrySoon(state, pending);
+    return;
   }
   const message =
     answer.code === 'CHANGE_IN_PROGRESS'
@@ -240,6 +264,7 @@ const startCall = (state: State, call: ReconfigureCall): void => {
     everAccepted: null,
     deadline: null,
     retry: null,
+    refusals: 0,
   };
   state.pending = pending;
   pending.deadline = state.input.clock.setTimeout(() => {

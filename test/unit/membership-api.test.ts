@@ -333,4 +333,31 @@ describe('reconfigure: changes', () => {
         .map((peer) => peer.nodeId),
     ).toEqual(staying);
   });
+
+  it('a call made the moment a node becomes leader (its no-op not committed yet: LEADER_NOT_READY) is tried again within milliseconds, well within a short timeout', async () => {
+    const { members, leader } = await startThree();
+    const old = leader();
+    const survivors = members.filter((member) => member.node !== old);
+    const staying = survivors.map((member) => member.id);
+    // The first survivor to lead asks, from its `leader` event: before its term's first entry commits.
+    let call: Promise<void> | null = null;
+    const asked = new Promise<void>((resolve) => {
+      for (const { node, id } of survivors)
+        node.on('leader', (event) => {
+          if (event.nodeId !== id || call !== null) return;
+          call = node.reconfigure(staying, { timeoutMs: 600 });
+          resolve();
+        });
+    });
+    await old.end();
+    await within(asked, 'a survivor leads', BOUND_MS);
+    // Refused LEADER_NOT_READY at first; tried again only at rpcTimeoutMs (1,000 ms here) it would
+    // reject QUORUM_UNAVAILABLE at its 600 ms deadline.
+    await within(call!, 'the change asked at once', BOUND_MS);
+    expect(
+      leader()
+        .getPeers()
+        .map((peer) => peer.nodeId),
+    ).toEqual(staying);
+  });
 });
