@@ -18,18 +18,17 @@
  * Every wait is on an event or a reply, with a bound; nothing sleeps.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { createRng } from '../../src/machines/rng.js';
 import {
   type Cluster,
   describeTimeline,
   formatRoleTimeline,
   nowMs,
-  outcomeOf,
   startCluster,
   twoLeadersInATerm,
   waitForMetrics,
 } from '../support/amnesia.js';
-import { checkKvHistory, describeViolation, type Operation } from '../support/linearizability.js';
+import { longestGapMs, startClients, violation } from '../support/clients.js';
+import { checkKvHistory, describeViolation } from '../support/linearizability.js';
 
 const ROUNDS = process.env.DISKEYVAL_SOAK === '1' ? 4 : 2;
 const SEED = Number(process.env.DISKEYVAL_AMNESIA_SEED ?? 1);
@@ -51,122 +50,6 @@ const LEGACY = process.env.DISKEYVAL_AMNESIA_LEGACY === '1';
 
 const replay = (): string =>
   `${ROUNDS > 2 ? 'DISKEYVAL_SOAK=1 ' : ''}${LEGACY ? 'DISKEYVAL_AMNESIA_LEGACY=1 ' : ''}DISKEYVAL_AMNESIA_SEED=${SEED} npx vitest run test/e2e/amnesia-rolling.test.ts`;
-
-type Attempt = { value: string; acknowledged: boolean };
-
-const keyOf = (writer: number, n: number): string => `roll-${writer}-${n % KEYS_PER_WRITER}`;
-
-/** Writers (one per key set, sequential per key) and readers, all recorded as a client history. */
-const startClients = (cluster: Cluster) => {
-  const history: Operation[] = [];
-  const attempts = new Map<string, Attempt[]>();
-  const ackTimes: number[] = [];
-  const waiters = new Set<() => void>();
-  const rng = createRng(SEED);
-  let stopping = false;
-  let unknown = 0;
-
-  const writer = async (w: number): Promise<void> => {
-    for (let n = 0; !stopping && n < MAX_CALLS_PER_CLIENT; n += 1) {
-      const live = cluster.liveIds();
-      if (live.length === 0) return;
-      const key = keyOf(w, n);
-      const attempt: Attempt = { value: `w${w}-${n}`, acknowledged: false };
-      attempts.set(key, [...(attempts.get(key) ?? []), attempt]);
-      const callMs = nowMs();
-      const outcome = await outcomeOf(cluster.set(live[(w + n) % live.length]!, key, attempt.value));
-      const returnMs = nowMs();
-      attempt.acknowledged = outcome.ok;
-      history.push({
-        clientId: w,
-        input: { op: 'set', key, value: attempt.value },
-        output: outcome.ok ? { ok: true } : { unknown: true },
-        callMs,
-        returnMs: outcome.ok ? returnMs : Number.POSITIVE_INFINITY,
-      });
-      if (outcome.ok) {
-        ackTimes.push(returnMs);
-        for (const waiter of [...waiters]) waiter();
-      } else unknown += 1;
-    }
-  };
-
-  const reader = async (r: number): Promise<void> => {
-    for (let n = 0; !stopping && n < MAX_CALLS_PER_CLIENT; n += 1) {
-      const live = cluster.liveIds();
-      if (live.length === 0) return;
-      const key = keyOf(rng.int(0, WRITERS), rng.int(0, KEYS_PER_WRITER));
-      const callMs = nowMs();
-      const outcome = await outcomeOf(cluster.get(live[(r + n) % live.length]!, key));
-      if (outcome.ok) {
-        history.push({
-          clientId: WRITERS + r,
-          input: { op: 'get', key },
-          output: { value: outcome.value },
-          callMs,
-          returnMs: nowMs(),
-        });
-      }
-    }
-  };
-
-  const done = Promise.all([
-    ...Array.from({ length: WRITERS }, (_, w) => writer(w)),
-    ...Array.from({ length: READERS }, (_, r) => reader(r)),
-  ]);
-  return {
-    history,
-    attempts,
-    ackTimes,
-    unknown: () => unknown,
-    /** Resolves once `count` more writes were acknowledged than now; rejects after the bound. */
-    progress: (count: number, what: string): Promise<void> => {
-      const target = ackTimes.length + count;
-      return new Promise<void>((resolve, reject) => {
-        const check = (): void => {
-          if (ackTimes.length < target) return;
-          clearTimeout(timer);
-          waiters.delete(check);
-          resolve();
-        };
-        const timer = setTimeout(() => {
-          waiters.delete(check);
-          reject(
-            new Error(`${what}: ${ackTimes.length} acknowledged, waited for ${target} (replay: ${replay()})`),
-          );
-        }, PROGRESS_BOUND_MS);
-        waiters.add(check);
-      });
-    },
-    stop: async (): Promise<void> => {
-      stopping = true;
-      await done;
-    },
-  };
-};
-
-/** Why `value` at a key is neither its last acknowledged write nor a later one (or null). */
-const violation = (attempts: readonly Attempt[], value: unknown): string | null => {
-  const last = attempts.map((a) => a.acknowledged).lastIndexOf(true);
-  if (last === -1 && value === undefined) return null;
-  const allowed = attempts.slice(Math.max(0, last)).map((a) => a.value);
-  if (allowed.includes(value as string)) return null;
-  return `holds ${JSON.stringify(value)}, last acknowledged ${JSON.stringify(attempts[last]?.value)}`;
-};
-
-/** The longest gap between acknowledged writes over [fromMs, toMs], counting the last ack before it. */
-const longestGapMs = (ackTimes: readonly number[], fromMs: number, toMs: number): number => {
-  const sorted = [...ackTimes].sort((a, b) => a - b);
-  const before = sorted.filter((t) => t < fromMs).pop() ?? fromMs;
-  const inside = sorted.filter((t) => t >= fromMs && t <= toMs);
-  let gap = 0;
-  let previous = before;
-  for (const t of inside) {
-    gap = Math.max(gap, t - previous);
-    previous = t;
-  }
-  return Math.round(Math.max(gap, toMs - previous));
-};
 
 let cluster: Cluster | null = null;
 afterEach(async (context) => {
@@ -197,7 +80,17 @@ describe('amnesia: rolling restarts of an in-memory cluster under writes', () =>
         });
       }
     }
-    const clients = startClients(c);
+    const clients = startClients(c, {
+      seed: SEED,
+      writers: WRITERS,
+      readers: READERS,
+      keysPerWriter: KEYS_PER_WRITER,
+      keyPrefix: 'roll',
+      targets: () => c.liveIds(),
+      maxCallsPerClient: MAX_CALLS_PER_CLIENT,
+      progressBoundMs: PROGRESS_BOUND_MS,
+      replay,
+    });
     const restarts: Array<{ id: string; wasLeader: boolean; recoveryMs: number; gapMs: number }> = [];
     try {
       await clients.progress(PROGRESS_PER_STEP, 'before the first restart');
@@ -227,7 +120,7 @@ describe('amnesia: rolling restarts of an in-memory cluster under writes', () =>
             id,
             wasLeader,
             recoveryMs: Math.round(recoveredAt - restartedAt),
-            gapMs: longestGapMs(clients.ackTimes, killedAt, nowMs()),
+            gapMs: longestGapMs(clients.writes, killedAt, nowMs()),
           });
         }
       }
@@ -257,7 +150,7 @@ describe('amnesia: rolling restarts of an in-memory cluster under writes', () =>
     const linearizable = checkKvHistory(clients.history, { timeoutMs: 20_000 });
     const seconds = ((performance.now() - startedAt) / 1000).toFixed(1);
     console.log(
-      `rolling restarts (seed ${SEED}): ${restarts.length} empty restarts, ${clients.ackTimes.length} writes ` +
+      `rolling restarts (seed ${SEED}): ${restarts.length} empty restarts, ${clients.writes.length} writes ` +
         `acknowledged, ${clients.unknown()} unknown, ${clients.history.length} operations checked ` +
         `(${linearizable.ok === true ? 'linearizable' : 'NOT linearizable'}), lost: ${lost.length}, ${seconds} s\n` +
         restarts
@@ -273,6 +166,6 @@ describe('amnesia: rolling restarts of an in-memory cluster under writes', () =>
     expect(twoLeadersInATerm(c.timeline), timeline).toEqual([]);
     expect(restarts.length).toBe(ROUNDS * c.ids.length);
     if (!LEGACY)
-      expect(clients.ackTimes.length).toBeGreaterThanOrEqual((ROUNDS * c.ids.length + 1) * PROGRESS_PER_STEP);
+      expect(clients.writes.length).toBeGreaterThanOrEqual((ROUNDS * c.ids.length + 1) * PROGRESS_PER_STEP);
   }, 150_000);
 });

@@ -20,6 +20,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { createRng } from '../../src/machines/rng.js';
+import { startClients, violation } from '../support/clients.js';
 
 type TimelineEntry = { event: string; node: string; atMs: number } & Record<string, unknown>;
 type Leader = { leaderId: string; term: number };
@@ -58,82 +59,6 @@ const PROGRESS_BOUND_MS = 20_000;
 const replay = (): string =>
   `DISKEYVAL_SOAK_CYCLES=${CYCLES} DISKEYVAL_SOAK_SEED=${SEED} npx vitest run test/e2e/kill9-soak.test.ts`;
 
-type Attempt = { value: string; acknowledged: boolean };
-
-/**
- * `WRITERS` loops, each writing its own keys in turn (value `w<writer>-<n>`) through a live node,
- * recording every attempt per key in order. Bounded by `stop()` and by a count.
- */
-const startWriters = (cluster: Cluster) => {
-  const history = new Map<string, Attempt[]>();
-  let acknowledged = 0;
-  let unknown = 0;
-  let stopping = false;
-  const waiters = new Set<() => void>();
-  const maxCallsPerWriter = 200_000;
-  const loop = async (writer: number): Promise<void> => {
-    for (let n = 0; !stopping && n < maxCallsPerWriter; n += 1) {
-      const live = cluster.liveIds();
-      if (live.length === 0) return;
-      const key = `soak-${writer}-${n % KEYS_PER_WRITER}`;
-      const attempt: Attempt = { value: `w${writer}-${n}`, acknowledged: false };
-      const attempts = history.get(key) ?? [];
-      attempts.push(attempt);
-      history.set(key, attempts);
-      try {
-        await cluster.set(live[(writer + n) % live.length]!, key, attempt.value);
-        attempt.acknowledged = true;
-        acknowledged += 1;
-        for (const waiter of [...waiters]) waiter();
-      } catch {
-        unknown += 1;
-      }
-    }
-  };
-  const done = Promise.all(Array.from({ length: WRITERS }, (_, writer) => loop(writer)));
-  return {
-    history,
-    acknowledged: () => acknowledged,
-    unknown: () => unknown,
-    /** Resolves once `count` more writes were acknowledged than now; rejects after the bound. */
-    progress: (count: number, what: string): Promise<void> => {
-      const target = acknowledged + count;
-      return new Promise<void>((resolve, reject) => {
-        const check = (): void => {
-          if (acknowledged < target) return;
-          clearTimeout(timer);
-          waiters.delete(check);
-          resolve();
-        };
-        const timer = setTimeout(() => {
-          waiters.delete(check);
-          reject(
-            new Error(`${what}: ${acknowledged} acknowledged, waited for ${target} (replay: ${replay()})`),
-          );
-        }, PROGRESS_BOUND_MS);
-        waiters.add(check);
-      });
-    },
-    stop: async (): Promise<void> => {
-      stopping = true;
-      await done;
-    },
-  };
-};
-
-/** Why `value`, read at `key` on a node, is not the last acknowledged write or a later one (or null). */
-const violation = (attempts: readonly Attempt[], value: unknown): string | null => {
-  let lastAcknowledged = -1;
-  attempts.forEach((attempt, index) => {
-    if (attempt.acknowledged) lastAcknowledged = index;
-  });
-  const allowed = attempts.slice(Math.max(0, lastAcknowledged)).map((attempt) => attempt.value);
-  if (lastAcknowledged === -1 && value === undefined) return null;
-  if (allowed.includes(value as string)) return null;
-  const acknowledged = attempts[lastAcknowledged]?.value;
-  return `holds ${JSON.stringify(value)}, last acknowledged ${JSON.stringify(acknowledged)} (allowed: ${allowed.join(', ')})`;
-};
-
 let cluster: Cluster | null = null;
 
 afterEach(async () => {
@@ -157,7 +82,18 @@ describe('kill -9 soak: real processes, real mTLS, a WAL per node', () => {
         label: 'every member recovered or bootstrapped',
       });
       const rng = createRng(SEED);
-      const writers = startWriters(c);
+      // Writers only (every attempt per key recorded), each on the next live node.
+      const writers = startClients(c, {
+        seed: SEED,
+        writers: WRITERS,
+        readers: 0,
+        keysPerWriter: KEYS_PER_WRITER,
+        keyPrefix: 'soak',
+        targets: () => c.liveIds(),
+        maxCallsPerClient: 200_000,
+        progressBoundMs: PROGRESS_BOUND_MS,
+        replay,
+      });
       const victims: string[] = [];
       let leaderKills = 0;
       try {
@@ -187,7 +123,7 @@ describe('kill -9 soak: real processes, real mTLS, a WAL per node', () => {
       // Every node, read linearizably (it answers once it applied everything committed before).
       const lost: string[] = [];
       for (const id of c.ids) {
-        for (const [key, attempts] of writers.history) {
+        for (const [key, attempts] of writers.attempts) {
           const why = violation(attempts, await c.get(id, key));
           if (why) lost.push(`${id} ${key}: ${why}`);
         }
@@ -196,12 +132,12 @@ describe('kill -9 soak: real processes, real mTLS, a WAL per node', () => {
       const seconds = ((performance.now() - startedAt) / 1000).toFixed(1);
       console.log(
         `kill -9 soak (seed ${SEED}): ${CYCLES} cycles (${leaderKills} of the leader; victims ${victims.join(' ')}), ` +
-          `${writers.acknowledged()} writes acknowledged, ${writers.unknown()} with unknown outcome, ` +
-          `${writers.history.size} keys checked on ${c.ids.length} nodes, lost: ${lost.length}, ${seconds} s`,
+          `${writers.writes.length} writes acknowledged, ${writers.unknown()} with unknown outcome, ` +
+          `${writers.attempts.size} keys checked on ${c.ids.length} nodes, lost: ${lost.length}, ${seconds} s`,
       );
       expect(lost, `acknowledged writes lost or rolled back (replay: ${replay()})`).toEqual([]);
       expect(leaderKills).toBeGreaterThanOrEqual(Math.ceil(CYCLES / 3));
-      expect(writers.acknowledged()).toBeGreaterThanOrEqual(CYCLES * 2 * PROGRESS_PER_STEP);
+      expect(writers.writes.length).toBeGreaterThanOrEqual(CYCLES * 2 * PROGRESS_PER_STEP);
     },
     CYCLES * 30_000 + 60_000,
   );

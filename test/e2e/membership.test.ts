@@ -23,21 +23,20 @@
  * command). Every wait is on an event or a reply, with a bound; nothing sleeps.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { createRng } from '../../src/machines/rng.js';
 import {
   type Cluster,
   describeTimeline,
   formatRoleTimeline,
   freePorts,
   nowMs,
-  type Outcome,
   outcomeOf,
   startCluster,
   twoLeadersInATerm,
   waitForMetrics,
   waitForWarning,
 } from '../support/amnesia.js';
-import { checkKvHistory, describeViolation, type Operation } from '../support/linearizability.js';
+import { type AckedWrite, longestGapMs, startClients, violation } from '../support/clients.js';
+import { checkKvHistory, describeViolation } from '../support/linearizability.js';
 
 const SEED = Number(process.env.DISKEYVAL_MEMBERSHIP_SEED ?? 1);
 const HOST = '127.0.0.1';
@@ -57,146 +56,19 @@ type Member = { nodeId: string; host: string; port: number };
 type MembershipCluster = Cluster & {
   call(id: string, command: Record<string, unknown>, options?: { timeoutMs?: number }): Promise<unknown>;
 };
-type Attempt = { value: string; acknowledged: boolean };
-type Write = { callMs: number; latencyMs: number };
-
-const keyOf = (writer: number, n: number): string => `member-${writer}-${n % KEYS_PER_WRITER}`;
-
-/**
- * Writers (one per key set) and readers, each call on the next of `targets()` (the members the test
- * sends calls to now), recorded as a client history; acknowledged writes with their latency.
- */
-const startClients = (cluster: MembershipCluster, targets: () => string[]) => {
-  const history: Operation[] = [];
-  const attempts = new Map<string, Attempt[]>();
-  const writes: Write[] = [];
-  const codes = new Map<string, number>();
-  const waiters = new Set<() => void>();
-  const rng = createRng(SEED);
-  let stopping = false;
-
-  const pick = (i: number): string | undefined => {
-    const live = targets().filter((id) => cluster.isLive(id));
-    return live.length === 0 ? undefined : live[i % live.length];
-  };
-  const failed = (outcome: Outcome): void => {
-    if (!outcome.ok) codes.set(outcome.code, (codes.get(outcome.code) ?? 0) + 1);
-  };
-
-  const writer = async (w: number): Promise<void> => {
-    for (let n = 0; !stopping && n < MAX_CALLS_PER_CLIENT; n += 1) {
-      const target = pick(w + n);
-      if (target === undefined) return;
-      const key = keyOf(w, n);
-      const attempt: Attempt = { value: `w${w}-${n}`, acknowledged: false };
-      attempts.set(key, [...(attempts.get(key) ?? []), attempt]);
-      const callMs = nowMs();
-      const outcome = await outcomeOf(cluster.set(target, key, attempt.value));
-      const returnMs = nowMs();
-      attempt.acknowledged = outcome.ok;
-      history.push({
-        clientId: w,
-        input: { op: 'set', key, value: attempt.value },
-        output: outcome.ok ? { ok: true } : { unknown: true },
-        callMs,
-        returnMs: outcome.ok ? returnMs : Number.POSITIVE_INFINITY,
-      });
-      failed(outcome);
-      if (!outcome.ok) continue;
-      writes.push({ callMs, latencyMs: returnMs - callMs });
-      for (const waiter of [...waiters]) waiter();
-    }
-  };
-
-  const reader = async (r: number): Promise<void> => {
-    for (let n = 0; !stopping && n < MAX_CALLS_PER_CLIENT; n += 1) {
-      const target = pick(r + n);
-      if (target === undefined) return;
-      const key = keyOf(rng.int(0, WRITERS), rng.int(0, KEYS_PER_WRITER));
-      const callMs = nowMs();
-      const outcome = await outcomeOf(cluster.get(target, key));
-      failed(outcome);
-      if (!outcome.ok) continue;
-      history.push({
-        clientId: WRITERS + r,
-        input: { op: 'get', key },
-        output: { value: outcome.value },
-        callMs,
-        returnMs: nowMs(),
-      });
-    }
-  };
-
-  const done = Promise.all([
-    ...Array.from({ length: WRITERS }, (_, w) => writer(w)),
-    ...Array.from({ length: READERS }, (_, r) => reader(r)),
-  ]);
-  return {
-    history,
-    attempts,
-    writes,
-    codes,
-    /** Resolves once `count` more writes were acknowledged than now; rejects after the bound. */
-    progress: (count: number, what: string): Promise<void> => {
-      const target = writes.length + count;
-      return new Promise<void>((resolve, reject) => {
-        const check = (): void => {
-          if (writes.length < target) return;
-          clearTimeout(timer);
-          waiters.delete(check);
-          resolve();
-        };
-        const timer = setTimeout(() => {
-          waiters.delete(check);
-          reject(
-            new Error(`${what}: ${writes.length} acknowledged, waited for ${target} (replay: ${replay()})`),
-          );
-        }, BOUND_MS);
-        waiters.add(check);
-        check();
-      });
-    },
-    stop: async (): Promise<void> => {
-      stopping = true;
-      await done;
-    },
-  };
-};
-
-/** Why `value` at a key is neither its last acknowledged write nor a later one (or null). */
-const violation = (attempts: readonly Attempt[], value: unknown): string | null => {
-  const last = attempts.map((a) => a.acknowledged).lastIndexOf(true);
-  if (last === -1 && value === undefined) return null;
-  const allowed = attempts.slice(Math.max(0, last)).map((a) => a.value);
-  if (allowed.includes(value as string)) return null;
-  return `holds ${JSON.stringify(value)}, last acknowledged ${JSON.stringify(attempts[last]?.value)}`;
-};
-
 const percentile = (sorted: readonly number[], p: number): number =>
   sorted.length === 0
     ? Number.NaN
     : sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 
 /** p50 / p99 (ms, 1 decimal) and count of the writes started in [fromMs, toMs]. */
-const latencyOf = (writes: readonly Write[], fromMs: number, toMs: number) => {
+const latencyOf = (writes: readonly AckedWrite[], fromMs: number, toMs: number) => {
   const sorted = writes
     .filter((write) => write.callMs >= fromMs && write.callMs <= toMs)
-    .map((write) => write.latencyMs)
+    .map((write) => write.ackMs - write.callMs)
     .sort((a, b) => a - b);
   const round = (ms: number): number => Math.round(ms * 10) / 10;
   return { count: sorted.length, p50: round(percentile(sorted, 50)), p99: round(percentile(sorted, 99)) };
-};
-
-/** The longest gap between acknowledged writes over [fromMs, toMs], counting the last ack before it. */
-const longestGapMs = (writes: readonly Write[], fromMs: number, toMs: number): number => {
-  const acks = writes.map((write) => write.callMs + write.latencyMs).sort((a, b) => a - b);
-  let previous = acks.filter((t) => t < fromMs).pop() ?? fromMs;
-  let gap = 0;
-  for (const t of acks.filter((at) => at >= fromMs && at <= toMs)) {
-    gap = Math.max(gap, t - previous);
-    previous = t;
-  }
-  return Math.round(Math.max(gap, toMs - previous));
 };
 
 /** The rejection code of a command, or 'resolved'. */
@@ -258,7 +130,17 @@ describe('membership: 3 -> 5 -> 3 on real processes under writes', () => {
         label: 'bootstrapped',
       });
     let targets = [...ORIGINAL];
-    const clients = startClients(c, () => targets);
+    const clients = startClients(c, {
+      seed: SEED,
+      writers: WRITERS,
+      readers: READERS,
+      keysPerWriter: KEYS_PER_WRITER,
+      keyPrefix: 'member',
+      targets: () => targets.filter((id) => c.isLive(id)),
+      maxCallsPerClient: MAX_CALLS_PER_CLIENT,
+      progressBoundMs: BOUND_MS,
+      replay,
+    });
     const grow = { ms: 0, fromMs: 0, toMs: 0 };
     const shrink = { ms: 0, fromMs: 0, toMs: 0 };
     let removed: string[] = [];
