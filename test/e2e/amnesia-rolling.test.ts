@@ -27,7 +27,7 @@ import {
   twoLeadersInATerm,
   waitForMetrics,
 } from '../support/amnesia.js';
-import { longestGapMs, startClients, violation } from '../support/clients.js';
+import { longestGapMs, readBack, startClients } from '../support/clients.js';
 import { checkKvHistory, describeViolation } from '../support/linearizability.js';
 
 const ROUNDS = process.env.DISKEYVAL_SOAK === '1' ? 4 : 2;
@@ -129,24 +129,7 @@ describe('amnesia: rolling restarts of an in-memory cluster under writes', () =>
     }
     await c.waitForLeader(LEADER_BOUND_MS, { agreed: true });
 
-    const lost: string[] = [];
-    let finalReads = 0;
-    for (const id of c.ids) {
-      for (const [key, attempts] of clients.attempts) {
-        const callMs = nowMs();
-        const value = await c.get(id, key);
-        clients.history.push({
-          clientId: 100 + finalReads,
-          input: { op: 'get', key },
-          output: { value },
-          callMs,
-          returnMs: nowMs(),
-        });
-        finalReads += 1;
-        const why = violation(attempts, value);
-        if (why) lost.push(`${id} ${key}: ${why}`);
-      }
-    }
+    const lost = await readBack(c, c.ids, clients);
     const linearizable = checkKvHistory(clients.history, { timeoutMs: 20_000 });
     const seconds = ((performance.now() - startedAt) / 1000).toFixed(1);
     console.log(

@@ -35,7 +35,7 @@ import {
   waitForMetrics,
   waitForWarning,
 } from '../support/amnesia.js';
-import { type AckedWrite, longestGapMs, startClients, violation } from '../support/clients.js';
+import { type AckedWrite, longestGapMs, readBack, startClients } from '../support/clients.js';
 import { checkKvHistory, describeViolation } from '../support/linearizability.js';
 
 const SEED = Number(process.env.DISKEYVAL_MEMBERSHIP_SEED ?? 1);
@@ -233,24 +233,7 @@ describe('membership: 3 -> 5 -> 3 on real processes under writes', () => {
       await clients.stop();
     }
 
-    const lost: string[] = [];
-    let finalReads = 0;
-    for (const id of staying) {
-      for (const [key, attempts] of clients.attempts) {
-        const callMs = nowMs();
-        const value = await c.get(id, key);
-        clients.history.push({
-          clientId: 100 + finalReads,
-          input: { op: 'get', key },
-          output: { value },
-          callMs,
-          returnMs: nowMs(),
-        });
-        finalReads += 1;
-        const why = violation(attempts, value);
-        if (why) lost.push(`${id} ${key}: ${why}`);
-      }
-    }
+    const lost = await readBack(c, staying, clients);
     const linearizable = checkKvHistory(clients.history, { timeoutMs: 20_000 });
     console.log(
       `membership: ${clients.writes.length} writes acknowledged, ${clients.history.length} operations checked ` +

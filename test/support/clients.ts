@@ -170,3 +170,34 @@ export const longestGapMs = (writes: readonly AckedWrite[], fromMs: number, toMs
   }
   return Math.round(Math.max(gap, toMs - previous));
 };
+
+/**
+ * Reads every key the writers wrote on each of `ids` (after `stop()`): each read joins the client
+ * history as a client of its own, and a value that is neither the key's last acknowledged write nor
+ * a later one is a lost write. Returns the lost writes, `<id> <key>: why`.
+ */
+export const readBack = async (
+  cluster: ClientTarget,
+  ids: readonly string[],
+  clients: Clients,
+): Promise<string[]> => {
+  const lost: string[] = [];
+  let reads = 0;
+  for (const id of ids) {
+    for (const [key, attempts] of clients.attempts) {
+      const callMs = nowMs();
+      const value = await cluster.get(id, key);
+      clients.history.push({
+        clientId: 100 + reads,
+        input: { op: 'get', key },
+        output: { value },
+        callMs,
+        returnMs: nowMs(),
+      });
+      reads += 1;
+      const why = violation(attempts, value);
+      if (why) lost.push(`${id} ${key}: ${why}`);
+    }
+  }
+  return lost;
+};
