@@ -22,7 +22,7 @@ import {
   type TlsTransportLogEvent,
 } from '../../src/io/tls-transport.js';
 import { clusterIdFromSeed } from '../../src/machines/cluster-id.js';
-import { within } from '../support/within.js';
+import { conditions } from '../support/within.js';
 
 const HOST = '127.0.0.1';
 const BOUND_MS = 5000;
@@ -53,10 +53,7 @@ const startNode = async (
   const events: TlsTransportLogEvent[] = [];
   const reports: ClusterMismatchReport[] = [];
   const report = firstClusterMismatchPerPeer((mismatch) => reports.push(mismatch));
-  const waiters = new Set<() => void>();
-  const notify = (): void => {
-    for (const waiter of [...waiters]) waiter();
-  };
+  const { notify, until: untilHeld } = conditions(BOUND_MS);
   const transport = createTlsTransport<Ping>({
     host: HOST,
     port: 0,
@@ -78,20 +75,7 @@ const startNode = async (
   });
   open.push(endpoint);
   /** Resolves once `check` holds (checked after every event and delivery), within a bound. */
-  const until = (check: () => boolean, what: string): Promise<void> =>
-    within(
-      new Promise<void>((resolve) => {
-        const waiter = (): void => {
-          if (!check()) return;
-          waiters.delete(waiter);
-          resolve();
-        };
-        waiters.add(waiter);
-        waiter();
-      }),
-      `${id}: ${what}`,
-      BOUND_MS,
-    );
+  const until = (check: () => boolean, what: string): Promise<void> => untilHeld(check, `${id}: ${what}`);
   return { id, endpoint, delivered, events, reports, until, port: endpoint.address().port };
 };
 

@@ -31,7 +31,7 @@ import {
 } from '../../src/io/tls-transport.js';
 import { clusterIdFromSeed } from '../../src/machines/cluster-id.js';
 import type { Removed } from '../../src/machines/messages.js';
-import { within } from '../support/within.js';
+import { conditions } from '../support/within.js';
 
 const HOST = '127.0.0.1';
 const BOUND_MS = 5000;
@@ -56,10 +56,7 @@ const startNode = async (id: string, clusterId: string | null, peers: TlsPeer[] 
   const delivered: Message[] = [];
   const events: TlsTransportLogEvent[] = [];
   const heardClusterIds: Array<[string, string]> = [];
-  const waiters = new Set<() => void>();
-  const notify = (): void => {
-    for (const waiter of [...waiters]) waiter();
-  };
+  const { notify, until: untilHeld } = conditions(BOUND_MS);
   const transport = createTlsTransport<Message>({
     host: HOST,
     port: 0,
@@ -78,20 +75,7 @@ const startNode = async (id: string, clusterId: string | null, peers: TlsPeer[] 
     notify();
   });
   open.push(endpoint);
-  const until = (check: () => boolean, what: string): Promise<void> =>
-    within(
-      new Promise<void>((resolve) => {
-        const waiter = (): void => {
-          if (!check()) return;
-          waiters.delete(waiter);
-          resolve();
-        };
-        waiters.add(waiter);
-        waiter();
-      }),
-      `${id}: ${what}`,
-      BOUND_MS,
-    );
+  const until = (check: () => boolean, what: string): Promise<void> => untilHeld(check, `${id}: ${what}`);
   const address: TlsPeer = { nodeId: id, host: HOST, port: endpoint.address().port };
   const nonces = (from: string): number[] =>
     delivered.filter((m): m is Ping => m.type === 'Ping' && m.from === from).map((m) => m.nonce);
