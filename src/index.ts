@@ -485,6 +485,35 @@ const wireTransport = (
   return { transport, tls, reachability };
 };
 
+/**
+ * The user's `inspect`, called so that one that throws never reaches the node (it runs inside the
+ * actors' steps, where a throw would break a delivery): each error is counted in listenerErrors,
+ * and the first is a LISTENER_ERROR warning (an observer that always throws would otherwise warn
+ * on every event).
+ */
+const safeInspect = (
+  inspect: NonNullable<DiskeyvalOptions['inspect']>,
+  { counters, emit }: Pick<HandleContext, 'counters' | 'emit'>,
+): ((event: InspectionEvent) => void) => {
+  const next = typeof inspect === 'function' ? inspect : (event: InspectionEvent) => inspect.next?.(event);
+  let warned = false;
+  return (event) => {
+    try {
+      next(event);
+    } catch (error) {
+      counters.listenerErrors += 1;
+      if (warned) return;
+      warned = true;
+      emit('warning', {
+        code: 'LISTENER_ERROR',
+        message: `the inspect observer threw: ${(error as Error)?.message ?? String(error)} (later throws are only counted, in listenerErrors)`,
+        event: 'inspect',
+        error,
+      } satisfies WarningEvent);
+    }
+  };
+};
+
 /** The node's own options from the public ones; its callbacks become node events. */
 const nodeOptionsOf = (
   ctx: HandleContext,
@@ -520,7 +549,7 @@ const nodeOptionsOf = (
           },
         }
       : {}),
-    ...(options.inspect ? { inspect: options.inspect } : {}),
+    ...(options.inspect ? { inspect: safeInspect(options.inspect, ctx) } : {}),
     ...(options.inspectEventsPerSecond !== undefined
       ? { inspectEventsPerSecond: options.inspectEventsPerSecond }
       : {}),

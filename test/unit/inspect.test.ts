@@ -316,4 +316,47 @@ describe('the node in the XState inspector', () => {
     }
     diskeyval({ nodeId: 'x1', peers: ['x2'], transport, inspectEventsPerSecond: Number.POSITIVE_INFINITY });
   }, 90_000);
+
+  it('an inspect observer that throws never reaches the node: writes go on, the first error is a warning, every one counted', async () => {
+    const transport = createMemoryTransport();
+    const nodes = IDS.map((nodeId, index) =>
+      diskeyval({
+        nodeId,
+        peers: IDS.filter((id) => id !== nodeId),
+        transport,
+        electionTimeoutMs: 150,
+        heartbeatMs: 30,
+        seed: index + 11,
+        inspect: {
+          next: () => {
+            throw new Error('an inspector bug');
+          },
+        },
+      }),
+    );
+    open.push(...nodes);
+    const warnings = nodes.map(() => [] as Array<{ code: string; message: string }>);
+    nodes.forEach((node, index) => node.on('warning', (warning) => warnings[index]!.push(warning)));
+    await Promise.all(nodes.map((node) => node.start()));
+    const leaderNode = await within(
+      new Promise<DiskeyvalNode>((resolve) => {
+        const check = () => {
+          const found = nodes.find((node) => node.isLeader());
+          if (found) resolve(found);
+        };
+        for (const node of nodes) node.on('leader', check);
+        check();
+      }),
+      'a leader, with throwing inspectors',
+      BOUND_MS,
+    );
+    for (let i = 0; i < 20; i += 1) await within(leaderNode.set(`thrown-${i}`, i), 'a write', BOUND_MS);
+    expect(await within(leaderNode.get('thrown-19'), 'a read', BOUND_MS)).toBe(19);
+    for (const [index, node] of nodes.entries()) {
+      const thrown = warnings[index]!.filter((warning) => warning.code === 'LISTENER_ERROR');
+      expect(thrown, node.getMetrics().nodeId).toHaveLength(1);
+      expect(thrown[0]!.message).toContain('an inspector bug');
+      expect(node.getMetrics().listenerErrors).toBeGreaterThan(1);
+    }
+  }, 90_000);
 });
