@@ -20,6 +20,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { InspectionEvent } from 'xstate';
 import { createMemoryTransport, type DiskeyvalNode, diskeyval } from '../../src/index.js';
+import { anyLeader } from '../support/leader.js';
 import { within } from '../support/within.js';
 
 const IDS = ['n1', 'n2', 'n3'] as const;
@@ -336,20 +337,10 @@ describe('the node in the XState inspector', () => {
     );
     open.push(...nodes);
     const warnings = nodes.map(() => [] as Array<{ code: string; message: string }>);
-    nodes.forEach((node, index) => node.on('warning', (warning) => warnings[index]!.push(warning)));
+    for (const [index, node] of nodes.entries())
+      node.on('warning', (warning) => warnings[index]!.push(warning));
     await Promise.all(nodes.map((node) => node.start()));
-    const leaderNode = await within(
-      new Promise<DiskeyvalNode>((resolve) => {
-        const check = () => {
-          const found = nodes.find((node) => node.isLeader());
-          if (found) resolve(found);
-        };
-        for (const node of nodes) node.on('leader', check);
-        check();
-      }),
-      'a leader, with throwing inspectors',
-      BOUND_MS,
-    );
+    const leaderNode = await anyLeader(nodes, BOUND_MS);
     for (let i = 0; i < 20; i += 1) await within(leaderNode.set(`thrown-${i}`, i), 'a write', BOUND_MS);
     expect(await within(leaderNode.get('thrown-19'), 'a read', BOUND_MS)).toBe(19);
     for (const [index, node] of nodes.entries()) {

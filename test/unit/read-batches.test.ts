@@ -14,6 +14,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { createLeaderBatches, takeReads } from '../../src/actors/leader-batches.js';
 import { createMemoryTransport, type DiskeyvalNode, diskeyval } from '../../src/index.js';
+import { anyLeader } from '../support/leader.js';
 import { within } from '../support/within.js';
 
 const BOUND_MS = 20_000;
@@ -57,18 +58,7 @@ describe('leader read batches', () => {
     );
     open.push(...nodes);
     await Promise.all(nodes.map((node) => node.start()));
-    const leader = await within(
-      new Promise<DiskeyvalNode>((resolve) => {
-        const check = () => {
-          const found = nodes.find((node) => node.isLeader());
-          if (found) resolve(found);
-        };
-        for (const node of nodes) node.on('leader', check);
-        check();
-      }),
-      'a leader',
-      BOUND_MS,
-    );
+    const leader = await anyLeader(nodes, BOUND_MS);
     const follower = nodes.find((node) => node !== leader)!;
     await within(leader.set('k', 'v1'), 'a write', BOUND_MS);
     const before = leader.getMetrics().readBatches;
