@@ -641,6 +641,9 @@ const configurationOf = (ctx: HandleContext): Configuration => {
 const peersOfHandle = (ctx: HandleContext): PeerInfo[] => {
   const config = configurationOf(ctx);
   const status = ctx.started && !ctx.ended ? ctx.node.status() : null;
+  // A node told it was removed before it applied the change's C_new still holds an older
+  // configuration: it lists itself as leaving, never as a voter.
+  const removed = ctx.node.metrics().membership.removed;
   return membersOf(config).map((nodeId): PeerInfo => {
     const self = nodeId === ctx.options.nodeId;
     const inNew = config.voters.includes(nodeId);
@@ -652,13 +655,16 @@ const peersOfHandle = (ctx: HandleContext): PeerInfo[] => {
       ...(address ? { host: address.host, port: address.port } : {}),
       self,
       role,
-      voting: config.learners.includes(nodeId)
-        ? 'learner'
-        : inNew && inOld
-          ? 'voter'
-          : inNew
-            ? 'joining'
-            : 'leaving',
+      voting:
+        self && removed
+          ? 'leaving'
+          : config.learners.includes(nodeId)
+            ? 'learner'
+            : inNew && inOld
+              ? 'voter'
+              : inNew
+                ? 'joining'
+                : 'leaving',
     };
   });
 };

@@ -327,6 +327,9 @@ describe('reconfigure: changes', () => {
       );
       expect(isRemoved(error)).toBe(true);
     }
+    // What it lists of itself, whatever configuration it last held: never a voter.
+    const itself = removed.node.getPeers().filter((peer) => peer.self);
+    expect(itself.every((peer) => peer.voting === 'leaving')).toBe(true);
     expect(
       leader()
         .getPeers()
@@ -359,5 +362,24 @@ describe('reconfigure: changes', () => {
         .getPeers()
         .map((peer) => peer.nodeId),
     ).toEqual(staying);
+  });
+
+  it('a node cut off during the change that removed it learns it from the members, and lists itself as leaving, not as a voter', async () => {
+    const { transport, members, leader } = await startThree();
+    const cutOff = members.find((member) => member.node !== leader())!;
+    const staying = IDS.filter((id) => id !== cutOff.id);
+    const warned = new Promise<void>((resolve) =>
+      cutOff.node.on('warning', (warning) => {
+        if (warning.code === 'REMOVED') resolve();
+      }),
+    );
+    transport.isolate(cutOff.id);
+    await within(leader().reconfigure(staying), 'the change that removes the cut-off node', BOUND_MS);
+    transport.heal();
+    // It campaigns with the configuration it had; the members answer Removed.
+    await within(warned, `${cutOff.id} learns it was removed`, BOUND_MS);
+    const itself = cutOff.node.getPeers().find((peer) => peer.self);
+    expect(itself?.voting).toBe('leaving');
+    expect(cutOff.node.getPeers().filter((peer) => !peer.self && peer.voting !== 'voter')).toEqual([]);
   });
 });
