@@ -347,7 +347,7 @@ const checkOptions = (options: DiskeyvalOptions): void => {
     throw diskeyvalError('INVALID_ARGUMENT', 'options.compactEvery must be a positive integer');
   }
   const rate = options.inspectEventsPerSecond;
-  if (rate !== undefined && !(typeof rate === 'number' && rate >= 10 && !Number.isNaN(rate))) {
+  if (rate !== undefined && !(typeof rate === 'number' && rate >= 10)) {
     throw diskeyvalError(
       'INVALID_ARGUMENT',
       'options.inspectEventsPerSecond must be a number of at least 10, or Infinity',
@@ -643,7 +643,7 @@ const peersOfHandle = (ctx: HandleContext): PeerInfo[] => {
   const status = ctx.started && !ctx.ended ? ctx.node.status() : null;
   // A node told it was removed before it applied the change's C_new still holds an older
   // configuration: it lists itself as leaving, never as a voter.
-  const removed = ctx.node.metrics().membership.removed;
+  const removed = ctx.node.membership()?.removed ?? false;
   return membersOf(config).map((nodeId): PeerInfo => {
     const self = nodeId === ctx.options.nodeId;
     const inNew = config.voters.includes(nodeId);

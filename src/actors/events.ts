@@ -38,7 +38,9 @@ export type AnyActorSystem = ActorSystem<any>;
 type Relay = (source: AnyActorRef | undefined, target: AnyActorRef, event: AnyEventObject) => void;
 
 /**
- * Sends `event` to the actor with system id `targetId`, from `source`. XState's own relay (what
+ * Sends `event` to the actor with system id `targetId`, from `source`. Contract: an event is not
+ * changed once relayed, by its sender or anyone else: the receiver, the inspector (which may
+ * serialize it later) and, with the in-process transport, another node see this very object. XState's own relay (what
  * `sendTo` uses) when the system has it, so the inspector records the sender; `send` otherwise.
  * An actor that is gone (stopped, or a peer no longer a member) gets nothing: returns false.
  */

@@ -20,13 +20,14 @@
  *   the first at once, then the latest one of the window at its end, so the inspector always ends
  *   on the actor's current snapshot (the raft machine's is about 2 KB as JSON).
  * - Replication traffic has a budget (`createBudget`): the events of the write and read path
- *   (calls, proposals, AppendEntries and Heartbeats and their answers, persists, applies, ...) go
- *   at most `eventsPerSecond` per node, counted in slices of INSPECT_SLICE_MS aligned on the wall
- *   clock (what quieter slices left unused is saved, up to a second's worth); past that, they are
- *   counted (`skippedEvents`, in getMetrics) instead of sent, until the next slice. Every node
- *   starts its slices at the same instants, so under load the writes that open a slice show
- *   whole, hop by hop, on every node; a quiet node shows a burst whole. Everything else goes: actors,
- *   snapshots, elections, membership, snapshot transfers, errors. Why: @statelyai/inspect's
+ *   (calls, proposals, AppendEntries and Heartbeats and their answers, persists, applies,
+ *   forwarded calls and their answers, ...) go at most `eventsPerSecond` per node, counted in
+ *   slices of INSPECT_SLICE_MS aligned on the wall clock (what quieter slices left unused is
+ *   saved, up to a second's worth); past that, they are counted (`skippedEvents`, in getMetrics)
+ *   instead of sent, until the next slice. Every node starts its slices at the same instants, so
+ *   under load the writes that open a slice show whole, hop by hop, on every node; a quiet node
+ *   shows a burst whole. Everything else goes: actors, snapshots, elections, membership,
+ *   snapshot transfers, refusals of the raft machine, timers. Why: @statelyai/inspect's
  *   WebSocket inspector writes each event to its socket on its own, and its server forwards each
  *   on its own, which costs more CPU than the event itself (a write makes about 22 events over
  *   three nodes); without a budget a busy watched cluster runs at about a third of its speed.
@@ -56,8 +57,6 @@ const TRAFFIC_EVENTS = new Set([
   'calls',
   'propose',
   'readIndex',
-  'outgoing',
-  'client',
   'persist',
   'afterPersist',
   'persisted',
@@ -67,27 +66,33 @@ const TRAFFIC_EVENTS = new Set([
   'readsReady',
   'heartbeatAnswered',
 ]);
-/** Raft messages of replication; `send` and `message` events of these only are traffic too. */
+/**
+ * Messages of replication and of forwarded writes and reads: `send`, `message`, `outgoing` and
+ * `client` events that carry only these are traffic too (a RequestVote, a Removed, a membership
+ * call always goes).
+ */
 const TRAFFIC_MESSAGES = new Set([
   'AppendEntries',
   'AppendEntriesResponse',
   'Heartbeat',
   'HeartbeatResponse',
+  'ClientPropose',
+  'ClientProposeResult',
+  'ClientRead',
+  'ClientReadResult',
 ]);
+
+const allTraffic = (messages: unknown): boolean =>
+  Array.isArray(messages) &&
+  messages.every((message: { type?: unknown }) => TRAFFIC_MESSAGES.has(message?.type as string));
 
 /** Whether an event between actors is replication traffic (the budget applies) or always goes. */
 export const isReplicationTraffic = (event: { type: string }): boolean => {
   if (TRAFFIC_EVENTS.has(event.type)) return true;
-  if (event.type === 'message') {
-    const message = (event as { message?: { type?: unknown } }).message;
+  const { message, messages } = event as { message?: { type?: unknown }; messages?: unknown };
+  if (event.type === 'message' || event.type === 'client')
     return TRAFFIC_MESSAGES.has(message?.type as string);
-  }
-  if (event.type === 'send') {
-    const messages = (event as { messages?: Array<{ type?: unknown }> }).messages;
-    return (
-      Array.isArray(messages) && messages.every((message) => TRAFFIC_MESSAGES.has(message.type as string))
-    );
-  }
+  if (event.type === 'send' || event.type === 'outgoing') return allTraffic(messages);
   return false;
 };
 
@@ -103,32 +108,30 @@ export type InspectOptions = {
 };
 
 /**
- * Whether one more event of replication traffic may go now: the current slice's share is not spent,
- * or budget left unused by quieter slices is (saved, up to one second's worth). A node that was
- * quiet shows a burst whole (a write, an election's aftermath); under steady load every slice gets
- * its share, the same slices on every node.
+ * Whether one more event of replication traffic may go now. A token bucket refilled at the start
+ * of each slice of the wall clock with the slice's share (`eventsPerSecond` / 10, fractions kept),
+ * holding at most a second's worth and one share: what quieter slices left unused is saved, so a
+ * node that was quiet shows a burst whole (a write, an election's aftermath); under steady load
+ * every slice gets its share, the same slices on every node. A wall clock that steps back adds
+ * nothing until it passes the last slice again.
  */
 const createBudget = ({ eventsPerSecond, wallClockMs, counters }: InspectOptions): (() => boolean) => {
   const perSlice = (eventsPerSecond * INSPECT_SLICE_MS) / 1000;
+  const capacity = eventsPerSecond + perSlice;
   let slice = Number.NEGATIVE_INFINITY;
-  let spent = 0;
-  let saved = 0;
+  let tokens = 0;
   return () => {
     const now = Math.floor(wallClockMs() / INSPECT_SLICE_MS);
-    if (now !== slice) {
-      // Slices that passed with no traffic (none if the wall clock stepped back).
-      const quietSlices = Math.max(0, Math.min(now - slice - 1, 1000 / INSPECT_SLICE_MS));
-      saved = Math.min(eventsPerSecond, saved + Math.max(0, perSlice - spent) + quietSlices * perSlice);
+    if (now > slice) {
+      tokens = Math.min(capacity, tokens + Math.min(now - slice, 1000 / INSPECT_SLICE_MS + 1) * perSlice);
       slice = now;
-      spent = 0;
     }
-    if (spent < perSlice) spent += 1;
-    else if (saved >= 1) saved -= 1;
-    else {
-      counters.skippedEvents += 1;
-      return false;
+    if (tokens >= 1) {
+      tokens -= 1;
+      return true;
     }
-    return true;
+    counters.skippedEvents += 1;
+    return false;
   };
 };
 
@@ -167,7 +170,8 @@ const summarize = (value: unknown, depth: number): unknown => {
 /**
  * The inspection event with its `event` (the one sent between actors) summarized. XState reports
  * an event as sent and then, right after, in the receiver's snapshot report: the last summary is
- * kept for that (one slot, no table that grows with the traffic).
+ * kept for that (one slot, no table that grows with the traffic; it keeps the last event alive
+ * until the next one).
  */
 const summarizer = (): ((inspection: InspectionEvent) => InspectionEvent) => {
   let lastEvent: unknown = null;
@@ -296,6 +300,9 @@ export const summarizingInspect = (
     next(summarized(event));
   };
   const mayGo = Number.isFinite(options.eventsPerSecond) ? createBudget(options) : () => true;
+  /** Replication traffic past the budget: counted (in mayGo), not sent. */
+  const isHeldBack = (event: InspectionEvent): boolean =>
+    event.type === '@xstate.event' && isReplicationTraffic(event.event) && !mayGo();
   const seen = new WeakMap<object, unknown>();
   const window: Window = { milestones: new WeakMap(), held: new Map(), timer: null };
   return (event) => {
@@ -307,7 +314,7 @@ export const summarizingInspect = (
       }
       if (seen.get(event.actorRef) === event.snapshot) return;
       seen.set(event.actorRef, event.snapshot);
-    } else if (event.type === '@xstate.event' && isReplicationTraffic(event.event) && !mayGo()) return;
+    } else if (isHeldBack(event)) return;
     send(event);
   };
 };

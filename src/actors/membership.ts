@@ -319,7 +319,10 @@ const onEvent = (state: State, event: MembershipEvent) => {
       state.leading = event.self;
       // A new leader: an attempt not yet accepted goes to it; an accepted one is asked again, as
       // its entry may be lost (a CHANGE_IN_PROGRESS answer then means it goes on: keep waiting).
-      if (changed && state.pending !== null && event.leaderId !== null) retry(state);
+      if (changed && state.pending !== null && event.leaderId !== null) {
+        state.pending.refusals = 0; // a new leader: its first refusal backs off from the start again
+        retry(state);
+      }
       return;
     }
     case 'stop':

@@ -118,9 +118,9 @@ export type NodeOptions = {
   snapshotWindowChunks?: number;
   /** Observes every actor of the node (XState inspection): an observer or a function. */
   inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
-  /** Replication traffic the inspector gets per second (inspection.ts); default 500, Infinity: all. */
+  /** Replication traffic the inspector gets per second (inspection.ts); default 250, Infinity: all. */
   inspectEventsPerSecond?: number;
-  /** The wall clock in ms for the inspection budget's slices (default Date.now). */
+  /** The wall clock in ms for the inspection budget's slices (default `nowMs` when given, else Date.now). */
   wallClockMs?: () => number;
   onChange?: (change: Change) => void;
   /** Whether anyone listens to changes now (default: whether onChange is given). */
@@ -588,7 +588,8 @@ const inspectionOf = (s: NodeState, inspect: Inspect): ((event: InspectionEvent)
   s.views.inspection ??= { sentEvents: 0, skippedEvents: 0 };
   return summarizingInspect(inspect, s.clock, {
     eventsPerSecond: s.options.inspectEventsPerSecond ?? DEFAULT_INSPECT_EVENTS_PER_SECOND,
-    wallClockMs: s.options.wallClockMs ?? Date.now,
+    // A simulated node's clock is shared by every node of the simulation: the slices agree there too.
+    wallClockMs: s.options.wallClockMs ?? s.options.nowMs ?? Date.now,
     counters: s.views.inspection,
   });
 };

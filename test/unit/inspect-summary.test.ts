@@ -217,6 +217,8 @@ describe('summarizingInspect', () => {
       { type: 'proposalsAccepted' },
       { type: 'message', message: { type: 'AppendEntriesResponse' } },
       { type: 'send', messages: [{ type: 'Heartbeat' }, { type: 'AppendEntries' }] },
+      { type: 'client', message: { type: 'ClientPropose' } },
+      { type: 'outgoing', messages: [{ type: 'ClientReadResult' }] },
     ];
     const always = [
       { type: 'message', message: { type: 'RequestVote' } },
@@ -227,8 +229,45 @@ describe('summarizingInspect', () => {
       { type: 'restore' },
       { type: 'tick' },
       { type: 'xstate.init' },
+      { type: 'client', message: { type: 'ClientReconfigure' } },
+      { type: 'outgoing', messages: [{ type: 'ClientReconfigureResult' }] },
+      { type: 'outgoing', messages: [{ type: 'ClientPropose' }, { type: 'RequestVote' }] },
     ];
     expect(traffic.filter((event) => !isReplicationTraffic(event))).toEqual([]);
     expect(always.filter((event) => isReplicationTraffic(event))).toEqual([]);
+  });
+
+  it('keeps a fractional share per slice (15 per second is 15, not 20), and a clock that steps back adds nothing', () => {
+    const { clock } = manualClock();
+    let wallMs = 0;
+    const options: InspectOptions = {
+      eventsPerSecond: 15,
+      wallClockMs: () => wallMs,
+      counters: { sentEvents: 0, skippedEvents: 0 },
+    };
+    const inspect = summarizingInspect(() => {}, clock, options);
+    const calls = () =>
+      inspect({
+        type: '@xstate.event',
+        actorRef: peerRef,
+        sourceRef: raftRef,
+        event: { type: 'calls' },
+      } as unknown as InspectionEvent);
+    for (let i = 0; i < 100; i += 1) calls(); // the saved second and the first share go at once
+    const first = options.counters.sentEvents;
+    expect(first).toBe(16); // 15 + 1.5, whole events
+    for (let slice = 1; slice <= 100; slice += 1) {
+      wallMs = slice * INSPECT_SLICE_MS;
+      for (let i = 0; i < 10; i += 1) calls();
+    }
+    // Ten seconds at 15 per second, and the half event the first burst left.
+    expect(options.counters.sentEvents - first).toBe(150);
+    // Back and forth across a slice edge: no new share until the clock passes the last slice.
+    const before = options.counters.sentEvents;
+    for (let flip = 0; flip < 20; flip += 1) {
+      wallMs = (flip % 2 === 0 ? 99 : 100) * INSPECT_SLICE_MS;
+      for (let i = 0; i < 10; i += 1) calls();
+    }
+    expect(options.counters.sentEvents).toBe(before);
   });
 });
