@@ -95,20 +95,25 @@ const finish = (state: State, error: Error | null): void => {
   } else pending.call.reject(error);
 };
 
-/** One attempt: this node's machine when it leads (or knows no leader), else the leader's. */
-const attempt = (state: State): void => {
-  const pending = state.pending;
-  if (pending === null) return;
-  const { ids, id, clock, retryMs } = state.input;
-  pending.requestId = state.nextRequestId++;
-  if (pending.acceptedIndex !== null) pending.everAccepted = pending.acceptedIndex;
-  pending.acceptedIndex = null;
+/** The attempt of `pending` goes again in `delayMs` unless accepted by then (one timer per call). */
+const scheduleRetry = (state: State, pending: Pending, delayMs: number): void => {
+  const { clock } = state.input;
   if (pending.retry !== null) clock.clearTimeout(pending.retry);
   pending.retry = clock.setTimeout(() => {
     pending.retry = null;
     if (state.pending === pending && pending.acceptedIndex === null) retry(state);
-    else if (state.pending === pending) pending.retry = null;
-  }, retryMs);
+  }, delayMs);
+};
+
+/** One attempt: this node's machine when it leads (or knows no leader), else the leader's. */
+const attempt = (state: State): void => {
+  const pending = state.pending;
+  if (pending === null) return;
+  const { ids, id, retryMs } = state.input;
+  pending.requestId = state.nextRequestId++;
+  if (pending.acceptedIndex !== null) pending.everAccepted = pending.acceptedIndex;
+  pending.acceptedIndex = null;
+  scheduleRetry(state, pending, retryMs);
   const { voters, addresses } = pending.call;
   if (state.leaderId === null || state.leaderId === id) {
     relay(state.system, state.self, ids.raft, {
@@ -144,14 +149,9 @@ const FIRST_QUICK_RETRY_MS = 10;
  * retry timer would. Not at once: a view of the leader that is stale on both sides would ping-pong.
  */
 const retrySoon = (state: State, pending: Pending): void => {
-  const { clock, retryMs } = state.input;
-  const delayMs = Math.min(retryMs, FIRST_QUICK_RETRY_MS * 2 ** pending.refusals);
+  const delayMs = Math.min(state.input.retryMs, FIRST_QUICK_RETRY_MS * 2 ** pending.refusals);
   pending.refusals += 1;
-  if (pending.retry !== null) clock.clearTimeout(pending.retry);
-  pending.retry = clock.setTimeout(() => {
-    pending.retry = null;
-    if (state.pending === pending && pending.acceptedIndex === null) retry(state);
-  }, delayMs);
+  scheduleRetry(state, pending, delayMs);
 };
 
 /** The answer to this node's attempt (from its machine, or the leader's through a forward). */

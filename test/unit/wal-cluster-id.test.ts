@@ -153,11 +153,11 @@ describe('the durable log actor and the node', () => {
     await reopened.close();
   });
 
-  /** A node on `log` that cannot be elected (its other voter never runs): it applies nothing. */
-  const stuckNode = (log: LogStorage) =>
+  /** A node on `log` with these voters (fast timers, no randomness left to chance). */
+  const nodeOn = (log: LogStorage, voters: string[]) =>
     createNode({
       id: NODE,
-      voters: [NODE, 'absent'],
+      voters,
       transport: createMemoryTransport(),
       electionTimeoutMs: 20,
       heartbeatMs: 5,
@@ -166,6 +166,8 @@ describe('the durable log actor and the node', () => {
       session: 1,
       log,
     });
+  /** A node on `log` that cannot be elected (its other voter never runs): it applies nothing. */
+  const stuckNode = (log: LogStorage) => nodeOn(log, [NODE, 'absent']);
 
   it('a restart knows the id its hard state recorded, never the one of an uncommitted entry 1', async () => {
     const old = freshDir();
@@ -196,20 +198,7 @@ describe('the durable log actor and the node', () => {
     await writeWal(dir, [
       { hardState: { term: 1, votedFor: NODE }, fromIndex: 1, entries: [firstNoop(1, A)] },
     ]);
-    const solo = () =>
-      createWalLog(dir, NODE).then((log) =>
-        createNode({
-          id: NODE,
-          voters: [NODE],
-          transport: createMemoryTransport(),
-          electionTimeoutMs: 20,
-          heartbeatMs: 5,
-          proposalTimeoutMs: 10_000,
-          seed: 3,
-          session: 1,
-          log,
-        }),
-      );
+    const solo = () => createWalLog(dir, NODE).then((log) => nodeOn(log, [NODE]));
     const first = await solo();
     await first.start();
     expect(first.clusterId()).toBeNull();
