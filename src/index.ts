@@ -6,6 +6,7 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { InspectionEvent, Observer } from 'xstate';
+import { inspectFunction } from './actors/inspection.js';
 import type { MemoryLog } from './actors/memory-log.js';
 import { createNode, type Node } from './actors/node.js';
 import { dropSupersededAppends } from './actors/peer.js';
@@ -74,7 +75,8 @@ export type DiskeyvalOptions = {
   inspect?: Observer<InspectionEvent> | ((event: InspectionEvent) => void);
   /**
    * With `inspect`: events of replication traffic (calls, proposals, AppendEntries, Heartbeats and
-   * their answers, persists, applies) the inspector gets per second, at most; past it they are
+   * their answers, persists, applies, forwarded writes and reads) the inspector gets per second,
+   * at most; past it they are
    * counted in getMetrics().inspection.skippedEvents. Counted per 100 ms of the wall clock, the
    * same slices on every node. Everything else always goes. Default 250; Infinity sends all.
    */
@@ -495,7 +497,7 @@ const safeInspect = (
   inspect: NonNullable<DiskeyvalOptions['inspect']>,
   { counters, emit }: Pick<HandleContext, 'counters' | 'emit'>,
 ): ((event: InspectionEvent) => void) => {
-  const next = typeof inspect === 'function' ? inspect : (event: InspectionEvent) => inspect.next?.(event);
+  const next = inspectFunction(inspect);
   let warned = false;
   return (event) => {
     try {

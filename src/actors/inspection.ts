@@ -41,6 +41,10 @@ import type { Clock } from './deadlines.js';
 
 export type Inspect = Observer<InspectionEvent> | ((event: InspectionEvent) => void);
 
+/** An `inspect` option, observer or function, as the function that takes each report. */
+export const inspectFunction = (inspect: Inspect): ((event: InspectionEvent) => void) =>
+  typeof inspect === 'function' ? inspect : (event) => inspect.next?.(event);
+
 /** Arrays longer than this show as `{ count }`; shorter ones item by item. */
 const MAX_LISTED_ITEMS = 4;
 /** Nesting shown; deeper values show as their kind. */
@@ -292,7 +296,7 @@ export const summarizingInspect = (
   clock: Clock,
   options: InspectOptions,
 ): ((event: InspectionEvent) => void) => {
-  const next = typeof inspect === 'function' ? inspect : (event: InspectionEvent) => inspect.next?.(event);
+  const next = inspectFunction(inspect);
   const summarized = summarizer();
   const { counters } = options;
   const send = (event: InspectionEvent): void => {
